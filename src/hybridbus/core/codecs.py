@@ -1,0 +1,231 @@
+"""Event codecs: CloudEvents JSON (structured and batch), HTTP binary mode, MessagePack.
+
+Owns: turning an `Event` into bytes and back in every format hybridbus speaks,
+with errors that name the offending attribute. Must not do I/O: HTTP binary
+mode works on a header mapping and a body, not on a request.
+
+MessagePack is hybridbus's own compact encoding of the `Event` struct (field
+names as keys, binary data as bin, times as timestamps); it is what the durable
+log stores and what the MessagePack wire subprotocol carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, Final
+from urllib.parse import quote, unquote
+
+import msgspec
+
+from hybridbus.core.event import (
+    EXTENSION_ATTRIBUTES,
+    Event,
+    attribute_of,
+    event_from_dict,
+    validate_extension_name,
+)
+from hybridbus.errors import InvalidEvent
+
+__all__ = [
+    "JSON_BATCH_CONTENT_TYPE",
+    "JSON_CONTENT_TYPE",
+    "decode_json",
+    "decode_json_batch",
+    "decode_msgpack",
+    "encode_json",
+    "encode_json_batch",
+    "encode_msgpack",
+    "from_http",
+    "is_json_content_type",
+    "to_http",
+]
+
+JSON_CONTENT_TYPE: Final = "application/cloudevents+json"
+JSON_BATCH_CONTENT_TYPE: Final = "application/cloudevents-batch+json"
+
+_json_encoder = msgspec.json.Encoder()
+_json_event_decoder = msgspec.json.Decoder(Event)
+_json_any_decoder = msgspec.json.Decoder()
+_msgpack_encoder = msgspec.msgpack.Encoder()
+_msgpack_decoder = msgspec.msgpack.Decoder(Event)
+
+
+def encode_msgpack(event: Event) -> bytes:
+    """Encode an event as MessagePack (the log's and the binary wire's format)."""
+    return _msgpack_encoder.encode(event)
+
+
+def decode_msgpack(buf: bytes) -> Event:
+    """Decode MessagePack made by `encode_msgpack`; raise `InvalidEvent` on bad input."""
+    try:
+        return _msgpack_decoder.decode(buf)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(f"invalid event: {exc}", attribute=attribute_of(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"malformed MessagePack: {exc}") from exc
+
+
+def _structured(event: Event) -> dict[str, Any]:
+    """The structured-format dict of an event with binary data or extensions."""
+    out: dict[str, Any] = msgspec.to_builtins(event)
+    extensions = out.pop("x-extensions", None)
+    if extensions:
+        out.update(extensions)
+    if isinstance(event.data, bytes):
+        out["data_base64"] = out.pop("data")
+    return out
+
+
+def encode_json(event: Event) -> bytes:
+    """Encode an event in the CloudEvents JSON structured format."""
+    if event.extensions or isinstance(event.data, bytes):
+        return _json_encoder.encode(_structured(event))
+    return _json_encoder.encode(event)
+
+
+def decode_json(buf: bytes | str) -> Event:
+    """Decode one event in the CloudEvents JSON structured format."""
+    try:
+        # Fast path: no unknown extension and no data_base64.
+        return _json_event_decoder.decode(buf)
+    except msgspec.ValidationError:
+        pass
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"malformed JSON: {exc}") from exc
+    return event_from_dict(_json_any_decoder.decode(buf))
+
+
+def encode_json_batch(events: Iterable[Event]) -> bytes:
+    """Encode events in the CloudEvents JSON batch format (a JSON array)."""
+    return b"[" + b",".join(encode_json(e) for e in events) + b"]"
+
+
+def decode_json_batch(buf: bytes | str) -> list[Event]:
+    """Decode the CloudEvents JSON batch format; errors name the index."""
+    try:
+        raw = _json_any_decoder.decode(buf)
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"malformed JSON: {exc}") from exc
+    if not isinstance(raw, list):
+        raise InvalidEvent("a batch must be a JSON array of events")
+    events = []
+    for index, item in enumerate(raw):
+        try:
+            events.append(event_from_dict(item))
+        except InvalidEvent as exc:
+            raise InvalidEvent(f"event [{index}]: {exc}", attribute=exc.attribute) from exc
+    return events
+
+
+def is_json_content_type(content_type: str | None) -> bool:
+    """True for `application/json`, `text/json` and any `+json` media type."""
+    if content_type is None:
+        return True  # CloudEvents: JSON is implied when datacontenttype is absent
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in ("application/json", "text/json") or media.endswith("+json")
+
+
+# HTTP binary mode ----------------------------------------------------------
+
+_HEADER_ATTRIBUTES: Final = (
+    "id",
+    "source",
+    "type",
+    "specversion",
+    "subject",
+    "dataschema",
+    "tenantid",
+    "appid",
+    "partitionkey",
+    "sequence",
+)
+# Printable ASCII except space, '"' and '%' pass through; the CloudEvents HTTP
+# binding asks for everything else to be percent-encoded (UTF-8).
+_SAFE: Final = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
+
+
+def _header_value(value: object) -> str:
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, datetime):
+        text = value.isoformat().replace("+00:00", "Z")
+    else:
+        text = str(value)
+    return quote(text, safe=_SAFE)
+
+
+def to_http(event: Event) -> tuple[dict[str, str], bytes]:
+    """The HTTP binary-mode headers and body of an event."""
+    headers: dict[str, str] = {}
+    for name in _HEADER_ATTRIBUTES:
+        value = getattr(event, name)
+        if value is not None:
+            headers[f"ce-{name}"] = _header_value(value)
+    for name in ("time", "expirytime", "lamport"):
+        value = getattr(event, name)
+        if value is not None:
+            headers[f"ce-{name}"] = _header_value(value)
+    for name, value in event.extensions.items():
+        headers[f"ce-{name}"] = _header_value(value)
+    data = event.data
+    if event.datacontenttype is not None:
+        headers["content-type"] = event.datacontenttype
+    if data is None:
+        return headers, b""
+    if isinstance(data, bytes):
+        return headers, data
+    if isinstance(data, str) and not is_json_content_type(event.datacontenttype):
+        return headers, data.encode()
+    if event.datacontenttype is None:
+        headers["content-type"] = "application/json"
+    return headers, _json_encoder.encode(data)
+
+
+def from_http(headers: Mapping[str, str], body: bytes) -> Event:
+    """Build an event from HTTP binary-mode headers (any case) and body."""
+    fields: dict[str, Any] = {}
+    extensions: dict[str, Any] = {}
+    content_type: str | None = None
+    for key, raw_value in headers.items():
+        lower = key.lower()
+        if lower == "content-type":
+            content_type = raw_value
+            continue
+        if not lower.startswith("ce-"):
+            continue
+        name = lower[3:]
+        value = unquote(raw_value)
+        if name in ("data", "data_base64", "datacontenttype"):
+            raise InvalidEvent(f"header {key} is not allowed in binary mode", attribute=name)
+        if name in EXTENSION_ATTRIBUTES or name in _HEADER_ATTRIBUTES or name == "time":
+            fields[name] = value
+        else:
+            validate_extension_name(name)
+            extensions[name] = value
+    if "lamport" in fields:
+        try:
+            fields["lamport"] = int(fields["lamport"])
+        except ValueError as exc:
+            raise InvalidEvent("ce-lamport must be an integer", attribute="lamport") from exc
+    if content_type is not None:
+        fields["datacontenttype"] = content_type
+    if body:
+        if is_json_content_type(content_type):
+            try:
+                fields["data"] = _json_any_decoder.decode(body)
+            except msgspec.DecodeError as exc:
+                raise InvalidEvent(f"body is not JSON: {exc}", attribute="data") from exc
+        elif content_type is not None and content_type.lower().startswith("text/"):
+            try:
+                fields["data"] = body.decode()
+            except UnicodeDecodeError as exc:
+                raise InvalidEvent("text body is not UTF-8", attribute="data") from exc
+        else:
+            fields["data"] = bytes(body)
+    if extensions:
+        fields["x-extensions"] = extensions
+    try:
+        return msgspec.convert(fields, Event)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(f"invalid event: {exc}", attribute=attribute_of(exc)) from exc

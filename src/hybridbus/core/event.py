@@ -1,0 +1,170 @@
+"""The event: a CloudEvents 1.0 envelope as a fast, typed, immutable struct.
+
+Owns: the `Event` type, its validation rules (required attributes, extension
+naming and types, the specversion), and conversion from a CloudEvents dict.
+Codecs (JSON, HTTP binary mode, MessagePack) live in `core.codecs`.
+Must not do I/O.
+
+Attributes follow the CloudEvents spec; hybridbus adds the extension
+attributes `tenantid`, `appid`, `partitionkey`, `expirytime`, `sequence` and
+`lamport` as typed fields. Any other extension goes into `extensions`, keyed
+by a name of 1-20 characters from a-z and 0-9, with a string, integer (32-bit
+signed, as the spec's Integer) or boolean value.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from hybridbus.errors import InvalidEvent
+
+__all__ = [
+    "CONTEXT_ATTRIBUTES",
+    "ExtensionValue",
+    "EXTENSION_ATTRIBUTES",
+    "Event",
+    "attribute_of",
+    "event_from_dict",
+    "validate_extension_name",
+]
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+ExtensionValue = str | int | bool
+
+_INT32_MIN: Final = -(2**31)
+_INT32_MAX: Final = 2**31 - 1
+_EXTENSION_NAME: Final = re.compile(r"[a-z0-9]{1,20}")
+
+# Context attributes defined by CloudEvents 1.0 itself.
+CONTEXT_ATTRIBUTES: Final = frozenset(
+    {"id", "source", "type", "specversion", "subject", "time", "datacontenttype", "dataschema"}
+)
+# Extension attributes hybridbus gives a typed field of their own.
+EXTENSION_ATTRIBUTES: Final = frozenset(
+    {"tenantid", "appid", "partitionkey", "expirytime", "sequence", "lamport"}
+)
+# Keys that may appear in the JSON structured format besides extensions.
+_RESERVED: Final = CONTEXT_ATTRIBUTES | EXTENSION_ATTRIBUTES | {"data", "data_base64"}
+
+
+class Event(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    omit_defaults=True,
+    forbid_unknown_fields=True,
+):
+    """A CloudEvents 1.0 event.
+
+    `data` is any JSON value, or `bytes` for binary data (carried as
+    `data_base64` in JSON). `source` + `id` is the dedupe key.
+    """
+
+    id: NonEmpty
+    source: NonEmpty
+    type: NonEmpty
+    specversion: Literal["1.0"] = "1.0"
+    subject: NonEmpty | None = None
+    time: Timestamp | None = None
+    datacontenttype: NonEmpty | None = None
+    dataschema: NonEmpty | None = None
+    data: Any = None
+    tenantid: NonEmpty | None = None
+    appid: NonEmpty | None = None
+    partitionkey: NonEmpty | None = None
+    expirytime: Timestamp | None = None
+    sequence: NonEmpty | None = None
+    lamport: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    # "x-extensions" is not a legal CloudEvents attribute name, so it can never
+    # collide with an extension someone else defines.
+    extensions: dict[str, ExtensionValue] = msgspec.field(default_factory=dict, name="x-extensions")
+
+    def __post_init__(self) -> None:
+        if self.extensions:
+            for name, value in self.extensions.items():
+                _check_extension(name, value)
+
+
+def validate_extension_name(name: str) -> None:
+    """Raise `InvalidEvent` unless `name` is a legal, non-reserved extension name."""
+    if not _EXTENSION_NAME.fullmatch(name):
+        raise InvalidEvent(
+            f"extension attribute name {name!r} must be 1-20 characters of a-z and 0-9",
+            attribute=name,
+        )
+    if name in _RESERVED:
+        raise InvalidEvent(f"{name!r} is not an extension attribute", attribute=name)
+
+
+def _check_extension(name: str, value: object) -> None:
+    validate_extension_name(name)
+    if isinstance(value, bool) or isinstance(value, str):
+        return
+    if isinstance(value, int):
+        if not _INT32_MIN <= value <= _INT32_MAX:
+            raise InvalidEvent(
+                f"extension attribute {name!r} is an Integer outside the 32-bit signed range",
+                attribute=name,
+            )
+        return
+    raise InvalidEvent(
+        f"extension attribute {name!r} must be a string, integer or boolean, "
+        f"not {type(value).__name__}",
+        attribute=name,
+    )
+
+
+_PATH = re.compile(r"\$\.([A-Za-z0-9_\-]+)")
+
+
+def attribute_of(exc: msgspec.ValidationError) -> str | None:
+    """The attribute a msgspec validation error is about, if it names one."""
+    text = str(exc)
+    found = _PATH.search(text)
+    if found:
+        name = found.group(1)
+        return "extensions" if name == "x-extensions" else name
+    missing = re.search(r"missing required field `([^`]+)`", text)
+    if missing:
+        return missing.group(1)
+    unknown = re.search(r"unknown field `([^`]+)`", text)
+    return unknown.group(1) if unknown else None
+
+
+def event_from_dict(raw: object) -> Event:
+    """Build an Event from a CloudEvents structured-format dict (JSON values).
+
+    Top-level keys that are not CloudEvents or hybridbus attributes are
+    extensions; `data_base64` becomes `bytes` data.
+    """
+    if not isinstance(raw, dict):
+        raise InvalidEvent(f"an event must be an object, not {type(raw).__name__}")
+    fields = dict(raw)
+    if "x-extensions" in fields:
+        raise InvalidEvent("'x-extensions' is not a CloudEvents attribute", attribute="x-extensions")
+    if "data_base64" in fields:
+        if "data" in fields:
+            raise InvalidEvent("an event has either data or data_base64, not both", "data_base64")
+        encoded = fields.pop("data_base64")
+        try:
+            fields["data"] = msgspec.convert(encoded, bytes)
+        except msgspec.ValidationError as exc:
+            raise InvalidEvent(f"data_base64 is not base64: {exc}", "data_base64") from exc
+    extras = fields.keys() - _RESERVED
+    if extras:
+        extensions: dict[str, Any] = {}
+        for name in sorted(extras):
+            value = fields.pop(name)
+            _check_extension(name, value)
+            extensions[name] = value
+        fields["x-extensions"] = extensions
+    try:
+        return msgspec.convert(fields, Event)
+    except msgspec.ValidationError as exc:
+        attribute = attribute_of(exc)
+        raise InvalidEvent(f"invalid event: {exc}", attribute=attribute) from exc

@@ -1,0 +1,152 @@
+"""The log's vocabulary: deliveries, acks, pages, positions and the recovery rule.
+
+Owns: the values every engine returns and the hub hands to subscribers, the
+resume token (`Position`) and its text form, the `Cursor` that makes delivery
+exactly-once across the history→live hand-over, and the pure rule that says
+whether recovery from a position is exact. Must not do I/O.
+
+Model. Each engine keeps one append-only log per shard. An appended event gets
+a gap-free per-topic `offset` (1, 2, 3...) and a `position` in its shard's log
+(increasing, not necessarily dense). `epoch` names one lifetime of the log: it
+changes whenever history is lost, so positions from another epoch mean nothing.
+A `Position` is an epoch plus, for every shard, the log position up to which a
+reader has seen everything its pattern matches.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+import msgspec
+
+from hybridbus.core.event import Event
+from hybridbus.errors import InvalidPosition
+
+__all__ = ["Ack", "Cursor", "Delivery", "Page", "Position", "is_exact"]
+
+
+class Delivery(msgspec.Struct, frozen=True, gc=False):
+    """One logged event: where it is in the log, and the event itself.
+
+    `time` is when it was appended and `expires` when it expires (Unix
+    seconds; None: never). An expired delivery is never handed to anyone.
+    """
+
+    topic: str
+    offset: int
+    shard: int
+    position: int
+    time: float
+    event: Event
+    expires: float | None = None
+
+    def expired(self, now: float) -> bool:
+        """True if this delivery's event has expired at `now`."""
+        return self.expires is not None and self.expires <= now
+
+
+class Ack(msgspec.Struct, frozen=True, gc=False):
+    """The answer to an append: where the event is, and whether it was a duplicate.
+
+    For a duplicate (same `source` + `id` within the dedupe window) the fields
+    describe the original append.
+    """
+
+    topic: str
+    offset: int
+    shard: int
+    position: int
+    epoch: str
+    duplicate: bool = False
+
+
+class Page(msgspec.Struct, frozen=True):
+    """One read from the log.
+
+    `deliveries` are in log order (per shard), expired ones left out.
+    `positions` is where the next read continues: past the last delivery, or,
+    when `more` is False, at the head of the log as of this read.
+    `exact` is False if retention removed anything the read would have
+    returned (the reader missed events it cannot get back).
+    """
+
+    epoch: str
+    deliveries: list[Delivery]
+    positions: tuple[int, ...]
+    more: bool
+    exact: bool
+
+
+_EPOCH: Final = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+class Position(msgspec.Struct, frozen=True):
+    """A resume token: an epoch and one log position per shard.
+
+    `str(position)` is the opaque text form clients store; `Position.parse`
+    reads it back.
+    """
+
+    epoch: str
+    positions: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"{self.epoch}-" + ".".join(map(str, self.positions))
+
+    @classmethod
+    def parse(cls, token: str) -> Position:
+        """Read a token made by `str(position)`; raise `InvalidPosition` if malformed."""
+        if not isinstance(token, str):
+            raise InvalidPosition(f"a position token is a string, not {type(token).__name__}")
+        epoch, sep, rest = token.rpartition("-")
+        if not sep or not _EPOCH.fullmatch(epoch) or not rest:
+            raise InvalidPosition(f"malformed position token {token!r}")
+        try:
+            positions = tuple(int(p) for p in rest.split("."))
+        except ValueError:
+            raise InvalidPosition(f"malformed position token {token!r}") from None
+        if any(p < 0 for p in positions):
+            raise InvalidPosition(f"negative position in token {token!r}")
+        return cls(epoch, positions)
+
+
+class Cursor:
+    """Where a reader is: the last position seen in each shard.
+
+    `advance` accepts a delivery only if it lies past what was seen in its
+    shard. A subscriber that feeds both history pages and live deliveries
+    through one cursor gets each delivery exactly once, because both arrive in
+    log order per shard.
+    """
+
+    __slots__ = ("epoch", "positions")
+
+    def __init__(self, epoch: str, positions: tuple[int, ...] | list[int]) -> None:
+        self.epoch = epoch
+        self.positions = list(positions)
+
+    def advance(self, delivery: Delivery) -> bool:
+        """Move past `delivery`; False (and no move) if it was already seen."""
+        shard = delivery.shard
+        if delivery.position <= self.positions[shard]:
+            return False
+        self.positions[shard] = delivery.position
+        return True
+
+    def skip_to(self, positions: tuple[int, ...]) -> None:
+        """Move forward (never back) to `positions`, e.g. the head after a read."""
+        self.positions = [max(a, b) for a, b in zip(self.positions, positions, strict=True)]
+
+    def position(self) -> Position:
+        """The resume token for this cursor."""
+        return Position(self.epoch, tuple(self.positions))
+
+
+def is_exact(since: Position, epoch: str, shards: int) -> bool:
+    """Can a reader resume exactly from `since` in a log of this epoch and shard count?
+
+    Positions are only comparable within one epoch and one sharding; whether
+    retention removed something since then is for the engine's `Page.exact`.
+    """
+    return since.epoch == epoch and len(since.positions) == shards

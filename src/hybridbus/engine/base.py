@@ -1,0 +1,117 @@
+"""The engine interface: one small Protocol every log backend implements.
+
+Owns: the `Engine` protocol with each method's contract, the `EngineConfig`
+every engine takes, and the `Listener` through which an engine tells the hub
+what it appended. Must not import a concrete engine or a driver.
+
+Contract shared by every engine (the conformance suite in
+`tests/engine/conformance.py` checks each point on each engine):
+
+- Offsets are per topic, start at 1 and have no gaps. Positions increase in
+  each shard's log. Within one topic, offset order = position order.
+- An append is acknowledged only once it is durable for that engine (sqlite:
+  committed to disk). Before the acks of a batch resolve, the engine calls the
+  listener once with the batch's deliveries in log order, on the event loop.
+- Dedupe: an event whose `source` + `id` was appended within
+  `dedupe_window` seconds is not appended again; the append answers with the
+  original's ack and `duplicate=True`.
+- Retention: at most `max_per_topic` events per topic, none older than
+  `max_age` seconds; expired events (`expirytime` passed) are never returned
+  by `read` and are removed in sweeps. A read that would have returned an
+  event removed by count or age retention says `exact=False`.
+- The epoch changes whenever history is lost: every start of a memory engine,
+  every `reset`.
+- No method blocks the event loop on disk or network.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+from hybridbus.core.event import Event
+from hybridbus.core.log import Ack, Delivery, Page
+
+__all__ = ["Clock", "Engine", "EngineConfig", "Listener", "system_clock"]
+
+Listener = Callable[[Sequence[Delivery]], None]
+Clock = Callable[[], float]
+
+
+def system_clock() -> float:
+    """Wall-clock Unix seconds (the default `Clock`)."""
+    return time.time()
+
+
+class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings shared by every engine. Durations are seconds; None: unlimited."""
+
+    dedupe_window: float = 300.0
+    max_per_topic: int | None = None
+    max_age: float | None = None
+    sweep_interval: float = 1.0
+    # sqlite only: "full" fsyncs every commit (survives power loss); "normal"
+    # survives a crash of the process but not of the machine.
+    synchronous: str = "full"
+    # sqlite only: the most appends committed in one transaction.
+    batch_max: int = 4096
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A durable (or not) ordered log of events, split into shards."""
+
+    @property
+    def epoch(self) -> str:
+        """The current epoch; valid after `start`."""
+        ...
+
+    @property
+    def shards(self) -> int:
+        """How many shards the log has; fixed for the life of the data."""
+        ...
+
+    async def start(self, listener: Listener) -> None:
+        """Open the log. `listener` gets every later append's deliveries, in log order."""
+        ...
+
+    async def close(self) -> None:
+        """Finish in-flight appends (their acks resolve), then release everything.
+
+        Appends after close raise `BusClosed`.
+        """
+        ...
+
+    async def append(self, topic: str, event: Event, payload: bytes) -> Ack:
+        """Append `event` (already validated; `payload` is its MessagePack) to `topic`.
+
+        Resolves once durable, after the listener saw the delivery. Raises
+        `EngineUnavailable` when the write failed (nothing was appended).
+        """
+        ...
+
+    async def read(self, pattern: str, after: Sequence[int] | None, limit: int) -> Page:
+        """Up to `limit` deliveries matching `pattern` past `after` (None: from the start).
+
+        `pattern` may be a plain topic. Oldest first per shard; expired ones
+        are left out. See `Page` for what comes back.
+        """
+        ...
+
+    async def head(self) -> tuple[int, ...]:
+        """The newest position of every shard (0 for an empty shard)."""
+        ...
+
+    async def sweep(self) -> int:
+        """Apply retention and expiry now; return how many events were removed.
+
+        Engines also sweep on their own every `sweep_interval` seconds.
+        """
+        ...
+
+    async def reset(self) -> str:
+        """Drop all history and offsets and begin a new epoch; return it."""
+        ...

@@ -1,0 +1,223 @@
+"""The memory engine: the log in this process's memory, lost when it stops.
+
+Owns: an in-memory implementation of the `Engine` contract (engine/base.py),
+for tests, development and ephemeral deployments. Every start is a new epoch,
+since nothing survives a restart. One shard. Appends never wait: an append is
+"durable" as soon as it is in memory, so its ack resolves at once.
+Must not be imported by the hub (it gets an `Engine`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Sequence
+
+from hybridbus.core.event import Event
+from hybridbus.core.log import Ack, Delivery, Page
+from hybridbus.core.topics import is_pattern, matches
+from hybridbus.engine.base import Clock, EngineConfig, Listener, system_clock
+from hybridbus.errors import BusClosed
+
+__all__ = ["MemoryEngine"]
+
+
+def _by_position(delivery: Delivery) -> int:
+    return delivery.position
+
+
+class _Topic:
+    """One topic's deliveries (oldest first) and counters."""
+
+    __slots__ = ("deliveries", "last_offset", "trimmed_position")
+
+    def __init__(self) -> None:
+        self.deliveries: deque[Delivery] = deque()
+        self.last_offset = 0
+        self.trimmed_position = 0  # highest position removed by count/age retention
+
+
+class MemoryEngine:
+    """The `Engine` contract in memory. See engine/base.py for the contract."""
+
+    def __init__(self, config: EngineConfig | None = None, clock: Clock = system_clock) -> None:
+        self._config = config or EngineConfig()
+        self._clock = clock
+        self._epoch = ""
+        self._listener: Listener | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closed = False
+        self._clear()
+
+    def _clear(self) -> None:
+        self._epoch = secrets.token_hex(8)
+        self._topics: dict[str, _Topic] = {}
+        # All deliveries in position order; entries removed by retention stay
+        # in `_log` until compaction but are gone from `_present`.
+        self._log: list[Delivery] = []
+        self._present: set[int] = set()
+        self._position = 0
+        self._max_trimmed = 0
+        self._expiring = 0  # how many present deliveries carry an expiry
+        self._dedupe: dict[tuple[str, str], tuple[Ack, float]] = {}
+        self._dedupe_order: deque[tuple[float, tuple[str, str]]] = deque()
+
+    @property
+    def epoch(self) -> str:
+        return self._epoch
+
+    @property
+    def shards(self) -> int:
+        return 1
+
+    async def start(self, listener: Listener) -> None:
+        self._listener = listener
+        self._closed = False
+        config = self._config
+        if config.max_age is not None or config.sweep_interval > 0:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="memory-engine-sweep")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    async def _sweep_forever(self) -> None:
+        interval = max(self._config.sweep_interval, 0.01)
+        while True:
+            await asyncio.sleep(interval)
+            self._sweep()
+
+    async def append(self, topic: str, event: Event, payload: bytes) -> Ack:
+        if self._closed:
+            raise BusClosed("the engine is closed")
+        now = self._clock()
+        key = (event.source, event.id)
+        window = self._config.dedupe_window
+        self._prune_dedupe(now - window)
+        seen = self._dedupe.get(key)
+        if seen is not None and seen[1] > now - window:
+            original = seen[0]
+            return Ack(
+                original.topic,
+                original.offset,
+                original.shard,
+                original.position,
+                original.epoch,
+                duplicate=True,
+            )
+        state = self._topics.get(topic)
+        if state is None:
+            state = self._topics[topic] = _Topic()
+        state.last_offset += 1
+        self._position += 1
+        expirytime = event.expirytime
+        expires = expirytime.timestamp() if expirytime is not None else None
+        delivery = Delivery(topic, state.last_offset, 0, self._position, now, event, expires)
+        state.deliveries.append(delivery)
+        self._log.append(delivery)
+        self._present.add(self._position)
+        if expires is not None:
+            self._expiring += 1
+        limit = self._config.max_per_topic
+        if limit is not None and len(state.deliveries) > limit:
+            self._remove(state.deliveries[0], trimmed=True)
+        ack = Ack(topic, delivery.offset, 0, delivery.position, self._epoch)
+        if window > 0:
+            self._dedupe[key] = (ack, now)
+            self._dedupe_order.append((now, key))
+        if self._listener is not None:
+            self._listener((delivery,))
+        return ack
+
+    def _prune_dedupe(self, cutoff: float) -> None:
+        order = self._dedupe_order
+        while order and order[0][0] <= cutoff:
+            _, key = order.popleft()
+            entry = self._dedupe.get(key)
+            if entry is not None and entry[1] <= cutoff:
+                del self._dedupe[key]
+
+    def _remove(self, delivery: Delivery, *, trimmed: bool) -> None:
+        """Forget `delivery`; `trimmed` marks a loss readers must hear about."""
+        state = self._topics[delivery.topic]
+        if state.deliveries and state.deliveries[0] is delivery:
+            state.deliveries.popleft()
+        else:
+            state.deliveries.remove(delivery)
+        self._present.discard(delivery.position)
+        if delivery.expires is not None:
+            self._expiring -= 1
+        if trimmed:
+            state.trimmed_position = max(state.trimmed_position, delivery.position)
+            self._max_trimmed = max(self._max_trimmed, delivery.position)
+        if len(self._log) > 1024 and len(self._present) * 2 < len(self._log):
+            self._log = [d for d in self._log if d.position in self._present]
+
+    def _sweep(self) -> int:
+        now = self._clock()
+        removed = 0
+        max_age = self._config.max_age
+        if max_age is not None:
+            cutoff = now - max_age
+            for delivery in list(self._oldest_first()):
+                if delivery.time >= cutoff:
+                    break
+                self._remove(delivery, trimmed=True)
+                removed += 1
+        if self._expiring:
+            for delivery in [d for d in self._log if d.position in self._present]:
+                if delivery.expired(now):
+                    self._remove(delivery, trimmed=False)
+                    removed += 1
+        self._prune_dedupe(now - self._config.dedupe_window)
+        return removed
+
+    def _oldest_first(self) -> list[Delivery]:
+        return [d for d in self._log if d.position in self._present]
+
+    async def sweep(self) -> int:
+        return self._sweep()
+
+    async def read(self, pattern: str, after: Sequence[int] | None, limit: int) -> Page:
+        start = after[0] if after else 0
+        now = self._clock()
+        if is_pattern(pattern):
+            source: Sequence[Delivery] = self._log
+            exact = start >= self._max_trimmed or not any(
+                state.trimmed_position > start and matches(pattern, topic)
+                for topic, state in self._topics.items()
+            )
+        else:
+            state = self._topics.get(pattern)
+            source = list(state.deliveries) if state is not None else []
+            exact = state is None or state.trimmed_position <= start
+        found: list[Delivery] = []
+        more = False
+        wildcard = source is self._log
+        present = self._present
+        for index in range(bisect_right(source, start, key=_by_position), len(source)):
+            delivery = source[index]
+            if wildcard and (delivery.position not in present or not matches(pattern, delivery.topic)):
+                continue
+            if delivery.expires is not None and delivery.expired(now):
+                continue
+            if len(found) == limit:
+                more = True
+                break
+            found.append(delivery)
+        positions = (found[-1].position,) if more else (max(self._position, start),)
+        return Page(self._epoch, found, positions, more, exact)
+
+    async def head(self) -> tuple[int, ...]:
+        return (self._position,)
+
+    async def reset(self) -> str:
+        self._clear()
+        return self._epoch

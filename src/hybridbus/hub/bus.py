@@ -1,0 +1,221 @@
+"""The Bus: the in-process public API — publish, history, subscribe.
+
+Owns: checking what callers hand in (topic, pattern, event, size), appending
+through the engine, routing each appended delivery to the matching
+subscriptions (local fan-out through the trie), and setting subscriptions up
+for exact recovery. Must not know which engine it runs on (it is given an
+`Engine`) nor speak any wire protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import msgspec
+
+from hybridbus.core.codecs import encode_msgpack
+from hybridbus.core.event import Event, event_from_dict
+from hybridbus.core.log import Ack, Delivery, Page, Position, is_exact
+from hybridbus.core.topics import validate_pattern, validate_topic
+from hybridbus.core.trie import Trie
+from hybridbus.engine.base import Clock, Engine, system_clock
+from hybridbus.errors import BusClosed, EventTooLarge, InvalidEvent
+from hybridbus.hub.subscription import Subscription
+
+__all__ = ["Bus", "BusConfig", "History"]
+
+
+class BusConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings of the bus itself (the engine has its own `EngineConfig`)."""
+
+    max_event_size: int = 1 << 20  # bytes, as encoded in MessagePack
+    queue_size: int = 10_000  # deliveries a subscriber may fall behind before it is ended
+    page_size: int = 1_000  # deliveries per history read during recovery
+
+
+class History(msgspec.Struct, frozen=True):
+    """A page of history: deliveries oldest first, and where to continue.
+
+    `exact` is False when retention removed events this page would have held,
+    or `since` came from another epoch.
+    """
+
+    deliveries: list[Delivery]
+    position: Position
+    more: bool
+    exact: bool
+
+
+EventLike = Event | Mapping[str, Any]
+
+
+def _as_event(event: EventLike) -> Event:
+    if type(event) is Event:
+        return event
+    if isinstance(event, Mapping):
+        return event_from_dict(event)
+    raise InvalidEvent(f"expected an Event or a CloudEvents dict, not {type(event).__name__}")
+
+
+def _since(since: Position | str | None) -> Position | None:
+    if since is None or isinstance(since, Position):
+        return since
+    return Position.parse(since)
+
+
+class Bus:
+    """The in-process event bus over one engine. Open it with `hybridbus.open`."""
+
+    def __init__(
+        self, engine: Engine, config: BusConfig | None = None, clock: Clock = system_clock
+    ) -> None:
+        self.engine = engine
+        self.config = config or BusConfig()
+        self._clock = clock
+        self._trie: Trie[Subscription] = Trie()
+        # topic -> the subscriptions it reaches; dropped whenever the trie changes.
+        self._routes: dict[str, tuple[Subscription, ...]] = {}
+        self._subscriptions: set[Subscription] = set()
+        self._closed = True
+
+    async def start(self) -> None:
+        """Open the engine and start routing its appends."""
+        await self.engine.start(self._route)
+        self._closed = False
+
+    async def close(self) -> None:
+        """End every subscription (they raise `BusClosed`), then close the engine."""
+        if self._closed:
+            return
+        self._closed = True
+        for sub in list(self._subscriptions):
+            sub.end(BusClosed("the bus is closed"))
+        await self.engine.close()
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- publish -------------------------------------------------------------
+
+    async def publish(self, topic: str, event: EventLike) -> Ack:
+        """Append `event` to `topic`; the ack says where it went (and if it was a duplicate).
+
+        Resolves once the engine holds it durably. Raises `InvalidTopic`,
+        `InvalidEvent`, `EventTooLarge`, `BusClosed`, `EngineUnavailable`.
+        """
+        if self._closed:
+            raise BusClosed("the bus is closed")
+        validate_topic(topic)
+        checked = _as_event(event)
+        payload = encode_msgpack(checked)
+        if len(payload) > self.config.max_event_size:
+            raise EventTooLarge(len(payload), self.config.max_event_size)
+        return await self.engine.append(topic, checked, payload)
+
+    def _route(self, deliveries: Sequence[Delivery]) -> None:
+        """The engine's listener: hand each delivery to the subscriptions it matches."""
+        routes = self._routes
+        now = 0.0
+        for delivery in deliveries:
+            if delivery.expires is not None:
+                now = now or self._clock()
+                if delivery.expired(now):
+                    continue
+            topic = delivery.topic
+            subs = routes.get(topic)
+            if subs is None:
+                subs = routes[topic] = tuple(self._trie.match(topic))
+            for sub in subs:
+                sub.push(delivery)
+
+    # -- history -------------------------------------------------------------
+
+    async def history(
+        self, pattern: str, since: Position | str | None = None, limit: int = 1000
+    ) -> History:
+        """Up to `limit` retained deliveries of a topic or pattern after `since`, oldest first."""
+        if self._closed:
+            raise BusClosed("the bus is closed")
+        validate_pattern(pattern)
+        if limit < 0:
+            raise ValueError("limit must be >= 0")
+        token = _since(since)
+        engine = self.engine
+        exact = True
+        after: tuple[int, ...] | None = None
+        if token is not None:
+            if is_exact(token, engine.epoch, engine.shards):
+                after = token.positions
+            else:
+                exact = False
+        page: Page = await engine.read(pattern, after, limit)
+        return History(
+            page.deliveries,
+            Position(page.epoch, page.positions),
+            page.more,
+            exact and page.exact,
+        )
+
+    # -- subscribe -----------------------------------------------------------
+
+    def subscribe(self, pattern: str, since: Position | str | None = None) -> Subscription:
+        """A subscription to a topic or pattern; use it as `async with ... as sub`.
+
+        With `since`, every retained event after that token comes first, then
+        live ones — each exactly once, in per-topic order. Without it, only
+        events appended after the subscription started.
+        """
+        if self._closed:
+            raise BusClosed("the bus is closed")
+        validate_pattern(pattern)
+        token = _since(since)
+        config = self.config
+
+        async def opener(sub: Subscription) -> None:
+            await self._open(sub, token)
+
+        return Subscription(
+            pattern,
+            reader=self.engine.read,
+            opener=opener,
+            closer=self._forget,
+            clock=self._clock,
+            maxsize=config.queue_size,
+            page_size=config.page_size,
+        )
+
+    async def _open(self, sub: Subscription, since: Position | None) -> None:
+        if self._closed:
+            raise BusClosed("the bus is closed")
+        # Register first, so that no append can fall between history and live.
+        self._trie.add(sub.pattern, sub)
+        self._subscriptions.add(sub)
+        self._routes.clear()
+        engine = self.engine
+        try:
+            if since is not None and is_exact(since, engine.epoch, engine.shards):
+                sub.begin(engine.epoch, since.positions, recovering=True)
+                await sub.catch_up()
+            else:
+                if since is not None:
+                    sub.recovered = False
+                sub.begin(engine.epoch, await engine.head(), recovering=False)
+        except BaseException:
+            self._forget(sub)
+            raise
+
+    def _forget(self, sub: Subscription) -> None:
+        if sub in self._subscriptions:
+            self._subscriptions.discard(sub)
+            self._trie.remove(sub.pattern, sub)
+            self._routes.clear()

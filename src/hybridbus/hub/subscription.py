@@ -1,0 +1,212 @@
+"""A subscription: missed events from the log, then live ones, each exactly once.
+
+Owns: one subscriber's bounded queue, its recovery from a resume token, the
+hand-over from history to live, and its resume token (`position`). Must not
+know which engine it reads from, nor route anything: the bus pushes live
+deliveries in (`push`), the engine's pages come through `Reader`.
+
+Theory of operation. A subscription is registered for live deliveries
+*before* it reads history, so nothing can fall between the two. While it
+recovers, live deliveries wait in `_pending`; history pages go to the queue
+through a `Cursor`, which lets a delivery through only if it lies past the
+last one seen in its shard. When a page reaches the head of the log, the
+pending deliveries follow through the same cursor (those the page already
+held are dropped), and from then on live deliveries go straight to the queue.
+If `_pending` outgrows the queue bound while recovering, it is discarded and
+recovery simply reads further: the log has everything pending had.
+
+States: RECOVERING → LIVE → ENDED (ENDED from any state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from enum import Enum
+from types import TracebackType
+
+from hybridbus.core.log import Cursor, Delivery, Page, Position
+from hybridbus.engine.base import Clock
+from hybridbus.errors import BusError, SubscriberTooSlow
+
+__all__ = ["Reader", "Subscription"]
+
+Reader = Callable[[str, Sequence[int], int], Awaitable[Page]]
+
+
+class _State(Enum):
+    RECOVERING = "recovering"
+    LIVE = "live"
+    ENDED = "ended"
+
+
+class Subscription:
+    """Deliveries of one pattern, oldest first: `async for delivery in sub`.
+
+    `recovered` is False when continuity from the `since` token could not be
+    kept (another epoch, or retention removed missed events); it can turn
+    False during recovery if retention removes events not yet read.
+    `position` is the resume token after the last delivery handed out.
+    """
+
+    def __init__(
+        self,
+        pattern: str,
+        *,
+        reader: Reader,
+        opener: Callable[[Subscription], Awaitable[None]],
+        closer: Callable[[Subscription], None],
+        clock: Clock,
+        maxsize: int,
+        page_size: int,
+    ) -> None:
+        self.pattern = pattern
+        self.recovered = True
+        self._reader = reader
+        self._opener = opener
+        self._closer = closer
+        self._clock = clock
+        self._maxsize = maxsize
+        self._page_size = page_size
+        self._state = _State.RECOVERING
+        self._queue: deque[Delivery] = deque()
+        self._pending: list[Delivery] = []
+        self._overflowed = False
+        self._cursor = Cursor("", ())
+        self._yielded: list[int] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BusError | None = None
+
+    # -- set-up, driven by the bus ------------------------------------------
+
+    def begin(self, epoch: str, positions: tuple[int, ...], *, recovering: bool) -> None:
+        """Start from `positions`: read history past them first if `recovering`."""
+        self._cursor = Cursor(epoch, positions)
+        self._yielded = list(positions)
+        if not recovering:
+            self._go_live()
+
+    async def catch_up(self) -> None:
+        """Read the next history page into the queue; go live at the head."""
+        page = await self._reader(self.pattern, tuple(self._cursor.positions), self._page_size)
+        if self._state is not _State.RECOVERING:
+            return
+        if not page.exact:
+            self.recovered = False
+        cursor = self._cursor
+        queue = self._queue
+        for delivery in page.deliveries:
+            if cursor.advance(delivery):
+                queue.append(delivery)
+        if page.more:
+            return
+        cursor.skip_to(page.positions)
+        if self._overflowed:
+            # Live deliveries were dropped while reading: read on from the log.
+            self._overflowed = False
+            self._pending.clear()
+            return
+        self._go_live()
+
+    def _go_live(self) -> None:
+        pending, self._pending = self._pending, []
+        self._state = _State.LIVE
+        for delivery in pending:
+            self.push(delivery)
+
+    # -- fed by the bus -------------------------------------------------------
+
+    def push(self, delivery: Delivery) -> None:
+        """Take a live delivery (called by the bus in log order)."""
+        state = self._state
+        if state is _State.LIVE:
+            if not self._cursor.advance(delivery):
+                return
+            if len(self._queue) >= self._maxsize:
+                self.end(SubscriberTooSlow(
+                    f"subscriber of {self.pattern!r} fell {self._maxsize} deliveries behind; "
+                    "resubscribe from its position"
+                ))
+                return
+            self._queue.append(delivery)
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        elif state is _State.RECOVERING:
+            if self._overflowed:
+                return
+            if len(self._pending) >= self._maxsize:
+                self._overflowed = True
+                self._pending.clear()
+                return
+            self._pending.append(delivery)
+
+    def end(self, error: BusError | None = None) -> None:
+        """End the subscription; iteration raises `error`, or stops if None."""
+        if self._state is _State.ENDED:
+            return
+        self._state = _State.ENDED
+        if error is not None:
+            self._error = error
+            # Queued deliveries were never handed out: the token must not pass them.
+            self._queue.clear()
+        self._pending = []
+        self._closer(self)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the application's side --------------------------------------------
+
+    @property
+    def position(self) -> Position:
+        """The resume token: pass it as `since` to continue after the last delivery."""
+        if not self._queue and self._error is None:
+            return self._cursor.position()
+        return Position(self._cursor.epoch, tuple(self._yielded))
+
+    @property
+    def live(self) -> bool:
+        """True once recovery is over and deliveries are live."""
+        return self._state is _State.LIVE
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        queue = self._queue
+        while True:
+            if queue:
+                delivery = queue.popleft()
+                self._yielded[delivery.shard] = delivery.position
+                if delivery.expires is not None and delivery.expired(self._clock()):
+                    continue
+                return delivery
+            if self._error is not None:
+                raise self._error
+            state = self._state
+            if state is _State.ENDED:
+                raise StopAsyncIteration
+            if state is _State.RECOVERING:
+                await self.catch_up()
+                continue
+            # An idle subscriber legitimately waits for as long as nothing is
+            # published; `end` always wakes it.
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def __aenter__(self) -> Subscription:
+        await self._opener(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.end()

@@ -1,0 +1,278 @@
+"""The engine conformance suite: one contract (engine/base.py), every engine.
+
+Each test runs once per engine kind (the `engine_kind` fixture in conftest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import defaultdict
+from datetime import UTC, datetime
+
+import pytest
+
+from hybridbus.core.codecs import encode_msgpack
+from hybridbus.core.event import Event
+from hybridbus.core.log import Ack, Delivery
+from hybridbus.engine.base import Engine, EngineConfig
+from hybridbus.errors import BusClosed
+from tests.support import FakeClock, MakeEngine
+
+_counter = 0
+
+
+def make_event(source: str = "/test", id: str | None = None, **fields: object) -> Event:
+    global _counter
+    _counter += 1
+    return Event(id=id or f"e{_counter}", source=source, type="test.event", **fields)  # type: ignore[arg-type]
+
+
+async def append(engine: Engine, topic: str, event: Event | None = None) -> Ack:
+    event = event or make_event()
+    return await engine.append(topic, event, encode_msgpack(event))
+
+
+async def read_all(engine: Engine, pattern: str, after: tuple[int, ...] | None = None,
+                   limit: int = 7) -> list[Delivery]:
+    """Every delivery past `after`, paging with a small limit to exercise continuation."""
+    found: list[Delivery] = []
+    while True:
+        page = await engine.read(pattern, after, limit)
+        assert len(page.deliveries) <= limit
+        found.extend(page.deliveries)
+        if not page.more:
+            return found
+        assert page.positions == (page.deliveries[-1].position,)
+        after = page.positions
+
+
+async def test_offsets_are_gap_free_per_topic_and_positions_increase(
+    make_engine: MakeEngine,
+) -> None:
+    opened = await make_engine()
+    acks = [await append(opened.engine, topic) for topic in ["a/x", "a/y", "a/x", "b", "a/x", "a/y"]]
+    assert [(a.topic, a.offset) for a in acks] == [
+        ("a/x", 1), ("a/y", 1), ("a/x", 2), ("b", 1), ("a/x", 3), ("a/y", 2),
+    ]
+    positions = [a.position for a in acks]
+    assert positions == sorted(positions)
+    assert len(set(positions)) == len(positions)
+    assert all(a.epoch == opened.engine.epoch and not a.duplicate for a in acks)
+    assert await opened.engine.head() == (positions[-1],)
+
+
+async def test_listener_sees_each_append_in_log_order_before_its_ack(
+    make_engine: MakeEngine,
+) -> None:
+    opened = await make_engine()
+
+    async def one(i: int) -> None:
+        event = make_event()
+        ack = await opened.engine.append(f"t/{i % 3}", event, encode_msgpack(event))
+        seen = [d for d in opened.seen if d.position == ack.position]
+        assert len(seen) == 1
+        assert seen[0].event == event
+        assert (seen[0].topic, seen[0].offset) == (ack.topic, ack.offset)
+
+    await asyncio.gather(*(one(i) for i in range(60)))
+    positions = [d.position for d in opened.seen]
+    assert positions == sorted(positions)
+    assert len(opened.seen) == 60
+
+
+async def test_many_concurrent_publishers_keep_order_and_lose_nothing(
+    make_engine: MakeEngine,
+) -> None:
+    opened = await make_engine()
+    acked: dict[str, list[tuple[int, str]]] = defaultdict(list)
+
+    async def publisher(p: int) -> None:
+        rng = random.Random(p)
+        for n in range(40):
+            topic = f"acme/t{rng.randrange(5)}"
+            event = make_event(source=f"/p{p}", id=str(n))
+            ack = await opened.engine.append(topic, event, encode_msgpack(event))
+            acked[topic].append((ack.offset, event.id))
+            if n % 7 == 0:
+                await asyncio.sleep(0)
+
+    await asyncio.gather(*(publisher(p) for p in range(50)))
+    total = sum(len(v) for v in acked.values())
+    assert total == 2000
+    for topic, entries in acked.items():
+        offsets = sorted(o for o, _ in entries)
+        assert offsets == list(range(1, len(entries) + 1)), topic
+        stored = await read_all(opened.engine, topic, limit=300)
+        assert [d.offset for d in stored] == offsets
+    # The listener saw each topic in offset order.
+    last: dict[str, int] = defaultdict(int)
+    for d in opened.seen:
+        assert d.offset == last[d.topic] + 1
+        last[d.topic] = d.offset
+
+
+async def test_read_pages_by_topic_and_pattern(make_engine: MakeEngine) -> None:
+    opened = await make_engine()
+    engine = opened.engine
+    for i in range(30):
+        await append(engine, ["acme/docs/1", "acme/docs/2", "acme/chat/1"][i % 3])
+    docs1 = await read_all(engine, "acme/docs/1")
+    assert [d.offset for d in docs1] == list(range(1, 11))
+    docs = await read_all(engine, "acme/docs/+")
+    assert len(docs) == 20
+    assert [d.position for d in docs] == sorted(d.position for d in docs)
+    assert {d.topic for d in docs} == {"acme/docs/1", "acme/docs/2"}
+    # Continue from the middle.
+    after = (docs[9].position,)
+    assert await read_all(engine, "acme/docs/+", after) == docs[10:]
+    # At the head, an empty read says so and points at the head.
+    page = await engine.read("acme/docs/+", await engine.head(), 100)
+    assert page.deliveries == [] and not page.more and page.exact
+    assert page.positions == await engine.head()
+    # A full last page of exactly `limit` deliveries is not "more".
+    page = await engine.read("acme/docs/1", None, 10)
+    assert len(page.deliveries) == 10 and not page.more
+
+
+async def test_wildcard_semantics(make_engine: MakeEngine) -> None:
+    opened = await make_engine()
+    engine = opened.engine
+    for topic in ["acme", "acme/a", "acme/a/b", "globex/a", "$audit/acme", "acme/b/b"]:
+        await append(engine, topic)
+
+    async def topics(pattern: str) -> list[str]:
+        return [d.topic for d in await read_all(engine, pattern)]
+
+    assert await topics("acme/#") == ["acme", "acme/a", "acme/a/b", "acme/b/b"]
+    assert await topics("acme/+") == ["acme/a"]
+    assert await topics("+/a") == ["acme/a", "globex/a"]
+    assert await topics("acme/+/b") == ["acme/a/b", "acme/b/b"]
+    assert "$audit/acme" not in await topics("#")
+    assert await topics("$audit/#") == ["$audit/acme"]
+    assert await topics("nobody/#") == []
+
+
+async def test_dedupe_answers_with_the_original(make_engine: MakeEngine, clock: FakeClock) -> None:
+    opened = await make_engine(EngineConfig(dedupe_window=60))
+    engine = opened.engine
+    event = make_event(source="/s", id="same")
+    first = await append(engine, "a", event)
+    await append(engine, "a")
+    again = await append(engine, "b", make_event(source="/s", id="same"))
+    assert again.duplicate
+    assert (again.topic, again.offset, again.position) == (first.topic, first.offset, first.position)
+    other_source = await append(engine, "a", make_event(source="/other", id="same"))
+    assert not other_source.duplicate and other_source.offset == 3
+    assert len(await read_all(engine, "#")) == 3
+    assert len(opened.seen) == 3
+    clock.advance(61)
+    later = await append(engine, "a", make_event(source="/s", id="same"))
+    assert not later.duplicate and later.offset == 4
+
+
+async def test_dedupe_within_one_burst(make_engine: MakeEngine) -> None:
+    opened = await make_engine()
+    event = make_event(source="/s", id="burst")
+    acks = await asyncio.gather(*(append(opened.engine, "a", event) for _ in range(20)))
+    assert sum(not a.duplicate for a in acks) == 1
+    assert {(a.offset, a.position) for a in acks} == {(1, acks[0].position)}
+    assert len(await read_all(opened.engine, "a")) == 1
+
+
+async def test_retention_by_count_per_topic(make_engine: MakeEngine) -> None:
+    opened = await make_engine(EngineConfig(max_per_topic=3))
+    engine = opened.engine
+    acks = [await append(engine, "a") for _ in range(5)]
+    b = await append(engine, "b")
+    await engine.sweep()
+    page = await engine.read("a", None, 100)
+    assert [d.offset for d in page.deliveries] == [3, 4, 5]
+    assert not page.exact  # offsets 1 and 2 are gone
+    assert (await engine.read("a", (acks[1].position,), 100)).exact
+    assert (await engine.read("b", None, 100)).exact
+    assert not (await engine.read("#", None, 100)).exact
+    assert (await engine.read("#", (acks[1].position,), 100)).exact
+    assert (await engine.read("+", (b.position,), 100)).exact
+    assert (await append(engine, "a")).offset == 6  # offsets never restart
+
+
+async def test_retention_by_age(make_engine: MakeEngine, clock: FakeClock) -> None:
+    opened = await make_engine(EngineConfig(max_age=10, sweep_interval=3600))
+    engine = opened.engine
+    old = [await append(engine, "a") for _ in range(3)]
+    clock.advance(11)
+    new = await append(engine, "a")
+    assert await engine.sweep() == 3
+    page = await engine.read("a", None, 100)
+    assert [d.offset for d in page.deliveries] == [new.offset]
+    assert not page.exact
+    assert (await engine.read("a", (old[-1].position,), 100)).exact
+
+
+async def test_expired_events_are_never_read(make_engine: MakeEngine, clock: FakeClock) -> None:
+    opened = await make_engine(EngineConfig(sweep_interval=3600))
+    engine = opened.engine
+    soon = datetime.fromtimestamp(clock.now + 5, UTC)
+    await append(engine, "a", make_event(expirytime=soon))
+    keep = await append(engine, "a")
+    assert len(await read_all(engine, "a")) == 2
+    clock.advance(5)
+    page = await engine.read("a", None, 100)
+    assert [d.position for d in page.deliveries] == [keep.position]
+    assert page.exact  # expiry is not a loss: the event was never to be delivered
+    assert await engine.sweep() == 1
+    assert (await engine.read("#", None, 100)).exact
+
+
+async def test_reset_begins_a_new_epoch(make_engine: MakeEngine) -> None:
+    opened = await make_engine()
+    engine = opened.engine
+    await append(engine, "a")
+    before = engine.epoch
+    assert await engine.reset() == engine.epoch != before
+    assert (await engine.read("#", None, 100)).deliveries == []
+    ack = await append(engine, "a")
+    assert (ack.offset, ack.epoch) == (1, engine.epoch)
+
+
+async def test_restart_keeps_history_iff_durable(make_engine: MakeEngine, durable: bool) -> None:
+    first = await make_engine(name="restart")
+    acks = [await append(first.engine, "a") for _ in range(3)]
+    epoch = first.engine.epoch
+    await first.engine.close()
+    second = await make_engine(name="restart")
+    stored = await read_all(second.engine, "a")
+    if durable:
+        assert second.engine.epoch == epoch
+        assert [d.offset for d in stored] == [1, 2, 3]
+        assert [d.position for d in stored] == [a.position for a in acks]
+        assert (await append(second.engine, "a")).offset == 4
+    else:
+        assert second.engine.epoch != epoch
+        assert stored == []
+
+
+async def test_close_resolves_in_flight_appends_then_refuses(make_engine: MakeEngine) -> None:
+    opened = await make_engine()
+    engine = opened.engine
+    pending = [asyncio.ensure_future(append(engine, "a")) for _ in range(50)]
+    await asyncio.sleep(0)
+    await engine.close()
+    acks = await asyncio.gather(*pending)
+    assert sorted(a.offset for a in acks) == list(range(1, 51))
+    with pytest.raises(BusClosed):
+        await append(engine, "a")
+
+
+async def test_deliveries_carry_the_event_and_times(make_engine: MakeEngine, clock: FakeClock) -> None:
+    opened = await make_engine()
+    expiry = datetime.fromtimestamp(clock.now + 100, UTC)
+    event = make_event(data={"k": [1, 2]}, expirytime=expiry, tenantid="acme",
+                       extensions={"traceparent": "00-ab"})
+    await append(opened.engine, "acme/x", event)
+    (stored,) = (await opened.engine.read("acme/x", None, 10)).deliveries
+    assert stored.event == event
+    assert stored.time == clock.now
+    assert stored.expires == pytest.approx(clock.now + 100)
+    assert stored == opened.seen[0]
