@@ -49,11 +49,19 @@ _json_event_decoder = msgspec.json.Decoder(Event)
 _json_any_decoder = msgspec.json.Decoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
 _msgpack_decoder = msgspec.msgpack.Decoder(Event)
+_SPECVERSION: Final = b'{"specversion":"1.0",'
 
 
 def encode_msgpack(event: Event) -> bytes:
     """Encode an event as MessagePack (the log's and the binary wire's format)."""
-    return _msgpack_encoder.encode(event)
+    try:
+        return _msgpack_encoder.encode(event)
+    except OverflowError as exc:
+        # JSON carries integers of any size; MessagePack only 64-bit ones.
+        raise InvalidEvent(
+            f"an integer in the event does not fit MessagePack's 64 bits: {exc}",
+            attribute="lamport" if (event.lamport or 0) >= 2**64 else "data",
+        ) from exc
 
 
 def decode_msgpack(buf: bytes) -> Event:
@@ -68,7 +76,7 @@ def decode_msgpack(buf: bytes) -> Event:
 
 def _structured(event: Event) -> dict[str, Any]:
     """The structured-format dict of an event with binary data or extensions."""
-    out: dict[str, Any] = msgspec.to_builtins(event)
+    out: dict[str, Any] = {"specversion": event.specversion, **msgspec.to_builtins(event)}
     extensions = out.pop("x-extensions", None)
     if extensions:
         out.update(extensions)
@@ -81,19 +89,30 @@ def encode_json(event: Event) -> bytes:
     """Encode an event in the CloudEvents JSON structured format."""
     if event.extensions or isinstance(event.data, bytes):
         return _json_encoder.encode(_structured(event))
-    return _json_encoder.encode(event)
+    # `specversion` is required on the wire but, being the struct's default,
+    # omitted by msgspec; `id` is required, so the object is never empty.
+    return _SPECVERSION + _json_encoder.encode(event)[1:]
 
 
 def decode_json(buf: bytes | str) -> Event:
     """Decode one event in the CloudEvents JSON structured format."""
     try:
         # Fast path: no unknown extension and no data_base64.
-        return _json_event_decoder.decode(buf)
+        event = _json_event_decoder.decode(buf)
     except msgspec.ValidationError:
         pass
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"malformed JSON: {exc}") from exc
-    return event_from_dict(_json_any_decoder.decode(buf))
+    else:
+        if not event.extensions:
+            return event
+        # Extensions can only have come from an "x-extensions" key, which is
+        # not CloudEvents: let event_from_dict refuse it.
+    try:
+        raw = _json_any_decoder.decode(buf)
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"malformed JSON: {exc}") from exc
+    return event_from_dict(raw)
 
 
 def encode_json_batch(events: Iterable[Event]) -> bytes:
@@ -174,6 +193,8 @@ def to_http(event: Event) -> tuple[dict[str, str], bytes]:
     if data is None:
         return headers, b""
     if isinstance(data, bytes):
+        # Without a Content-Type a receiver would take the body for JSON.
+        headers.setdefault("content-type", "application/octet-stream")
         return headers, data
     if isinstance(data, str) and not is_json_content_type(event.datacontenttype):
         return headers, data.encode()
@@ -211,7 +232,15 @@ def from_http(headers: Mapping[str, str], body: bytes) -> Event:
     if content_type is not None:
         fields["datacontenttype"] = content_type
     if body:
-        if is_json_content_type(content_type):
+        if content_type is None:
+            # The binding does not say what an unlabelled body is; CloudEvents
+            # SDKs send JSON and bytes alike without Content-Type. Take JSON if
+            # it parses, bytes otherwise, as they do.
+            try:
+                fields["data"] = _json_any_decoder.decode(body)
+            except msgspec.DecodeError:
+                fields["data"] = bytes(body)
+        elif is_json_content_type(content_type):
             try:
                 fields["data"] = _json_any_decoder.decode(body)
             except msgspec.DecodeError as exc:

@@ -24,9 +24,9 @@ from hybridbus.errors import InvalidEvent
 
 __all__ = [
     "CONTEXT_ATTRIBUTES",
-    "ExtensionValue",
     "EXTENSION_ATTRIBUTES",
     "Event",
+    "ExtensionValue",
     "attribute_of",
     "event_from_dict",
     "validate_extension_name",
@@ -103,7 +103,7 @@ def validate_extension_name(name: str) -> None:
 
 def _check_extension(name: str, value: object) -> None:
     validate_extension_name(name)
-    if isinstance(value, bool) or isinstance(value, str):
+    if isinstance(value, (bool, str)):
         return
     if isinstance(value, int):
         if not _INT32_MIN <= value <= _INT32_MAX:
@@ -146,7 +146,9 @@ def event_from_dict(raw: object) -> Event:
         raise InvalidEvent(f"an event must be an object, not {type(raw).__name__}")
     fields = dict(raw)
     if "x-extensions" in fields:
-        raise InvalidEvent("'x-extensions' is not a CloudEvents attribute", attribute="x-extensions")
+        raise InvalidEvent(
+            "'x-extensions' is not a CloudEvents attribute", attribute="x-extensions"
+        )
     if "data_base64" in fields:
         if "data" in fields:
             raise InvalidEvent("an event has either data or data_base64, not both", "data_base64")

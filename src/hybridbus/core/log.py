@@ -79,6 +79,8 @@ class Page(msgspec.Struct, frozen=True):
 
 
 _EPOCH: Final = re.compile(r"[A-Za-z0-9_]{1,64}")
+# ASCII digits only: int() alone would also take " 1", "+1", "1_0" and non-ASCII digits.
+_POSITIONS: Final = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 
 
 class Position(msgspec.Struct, frozen=True):
@@ -100,7 +102,7 @@ class Position(msgspec.Struct, frozen=True):
         if not isinstance(token, str):
             raise InvalidPosition(f"a position token is a string, not {type(token).__name__}")
         epoch, sep, rest = token.rpartition("-")
-        if not sep or not _EPOCH.fullmatch(epoch) or not rest:
+        if not sep or not _EPOCH.fullmatch(epoch) or not _POSITIONS.fullmatch(rest):
             raise InvalidPosition(f"malformed position token {token!r}")
         try:
             positions = tuple(int(p) for p in rest.split("."))

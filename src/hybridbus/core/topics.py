@@ -49,9 +49,15 @@ def _check_common(text: object, kind: str, error: type[InvalidTopic | InvalidPat
     return text
 
 
-@lru_cache(maxsize=65536)
 def validate_topic(topic: str) -> str:
     """Return `topic` if it is a legal topic name, else raise `InvalidTopic`."""
+    if not isinstance(topic, str):  # before the cache, which fails on unhashable values
+        raise InvalidTopic(f"a topic must be a string, not {type(topic).__name__}")
+    return _validate_topic(topic)
+
+
+@lru_cache(maxsize=65536)
+def _validate_topic(topic: str) -> str:
     _check_common(topic, "topic", InvalidTopic)
     segments = topic.split("/")
     if len(segments) > MAX_SEGMENTS:
@@ -64,9 +70,15 @@ def validate_topic(topic: str) -> str:
     return topic
 
 
-@lru_cache(maxsize=65536)
 def validate_pattern(pattern: str) -> str:
     """Return `pattern` if it is a legal pattern (or topic), else raise `InvalidPattern`."""
+    if not isinstance(pattern, str):  # before the cache, which fails on unhashable values
+        raise InvalidPattern(f"a pattern must be a string, not {type(pattern).__name__}")
+    return _validate_pattern(pattern)
+
+
+@lru_cache(maxsize=65536)
+def _validate_pattern(pattern: str) -> str:
     _check_common(pattern, "pattern", InvalidPattern)
     segments = pattern.split("/")
     if len(segments) > MAX_SEGMENTS:

@@ -26,6 +26,9 @@ from hybridbus.hub.subscription import Subscription
 
 __all__ = ["Bus", "BusConfig", "History"]
 
+# How many topics' routes the bus remembers before it starts over.
+_ROUTES_MAX = 65_536
+
 
 class BusConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Settings of the bus itself (the engine has its own `EngineConfig`)."""
@@ -134,6 +137,8 @@ class Bus:
             topic = delivery.topic
             subs = routes.get(topic)
             if subs is None:
+                if len(routes) >= _ROUTES_MAX:
+                    routes.clear()
                 subs = routes[topic] = tuple(self._trie.match(topic))
             for sub in subs:
                 sub.push(delivery)

@@ -102,8 +102,9 @@ class Subscription:
         if page.more:
             return
         cursor.skip_to(page.positions)
-        if self._overflowed:
-            # Live deliveries were dropped while reading: read on from the log.
+        if self._overflowed or len(queue) + len(self._pending) > self._maxsize:
+            # Live deliveries were dropped while reading, or handing them over
+            # would overflow the queue: read on from the log, which has them.
             self._overflowed = False
             self._pending.clear()
             return

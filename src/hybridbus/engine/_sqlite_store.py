@@ -1,0 +1,457 @@
+"""The thread side of the sqlite engine: the schema, its SQL, and the work done on a connection.
+
+Owns: the database layout (tables, indexes, pragmas, schema version), opening
+the writer's and the reader's connections, and the synchronous operations the
+two threads of `hybridbus.engine.sqlite` run: the group-commit append
+transaction, retention and expiry, reset, and the consistent read snapshot.
+Must not touch asyncio or the event loop; every function here runs in the
+writer thread or the reader thread. sqlite3 errors are wrapped into
+`hybridbus.errors` here, where they arise.
+
+Layout (`<dir>/hybridbus.db`, WAL mode):
+
+    log     position INTEGER PRIMARY KEY (the shard-0 log position), topic,
+            offset, time, expires (NULL: never), payload (the event's MessagePack)
+    topics  topic -> last_offset, trimmed_position (highest position that
+            count or age retention removed from the topic; 0: none)
+    dedupe  (source, id) -> topic, offset, position, time of the original
+    meta    'epoch' -> the epoch; 'position' -> the highest position ever
+            assigned in this epoch (never reused, even after the newest
+            events expired, so a reader's position can never be handed out twice)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Final
+
+import msgspec
+
+from hybridbus.core.codecs import decode_msgpack
+from hybridbus.core.event import Event
+from hybridbus.core.log import Ack, Delivery, Page
+from hybridbus.core.topics import is_pattern, matches
+from hybridbus.engine.base import EngineConfig
+from hybridbus.errors import EngineCorrupt, EngineError, EngineUnavailable, InvalidEvent
+
+__all__ = ["DB_NAME", "Store", "connect_reader", "head", "read_page", "wrap_error"]
+
+DB_NAME: Final = "hybridbus.db"
+SCHEMA_VERSION: Final = 1
+_SQLITE_CORRUPT: Final = 11
+_SQLITE_NOTADB: Final = 26
+_READ_CHUNK: Final = 256
+
+_DDL: Final = """
+CREATE TABLE log (
+    position INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    time REAL NOT NULL,
+    expires REAL,
+    payload BLOB NOT NULL
+);
+CREATE UNIQUE INDEX log_topic_offset ON log(topic, offset);
+-- Reads go by (topic, position): offsets cannot serve them without a scan.
+CREATE INDEX log_topic_position ON log(topic, position);
+CREATE INDEX log_time ON log(time);
+CREATE INDEX log_expires ON log(expires) WHERE expires IS NOT NULL;
+CREATE TABLE topics (
+    topic TEXT PRIMARY KEY,
+    last_offset INTEGER NOT NULL,
+    trimmed_position INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE dedupe (
+    source TEXT NOT NULL,
+    id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (source, id)
+) WITHOUT ROWID;
+CREATE INDEX dedupe_time ON dedupe(time);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"""
+
+_INSERT_LOG: Final = "INSERT INTO log VALUES (?, ?, ?, ?, ?, ?)"
+_FIND_DEDUPE: Final = "SELECT topic, offset, position, time FROM dedupe WHERE source = ? AND id = ?"
+_PUT_DEDUPE: Final = "INSERT OR REPLACE INTO dedupe VALUES (?, ?, ?, ?, ?, ?)"
+_PUT_TOPIC: Final = (
+    "INSERT INTO topics (topic, last_offset) VALUES (?, ?) "
+    "ON CONFLICT (topic) DO UPDATE SET last_offset = excluded.last_offset"
+)
+_RAISE_TRIMMED: Final = (
+    "UPDATE topics SET trimmed_position = max(trimmed_position, ?) WHERE topic = ?"
+)
+_SET_META: Final = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
+_GET_META: Final = "SELECT value FROM meta WHERE key = ?"
+_COLUMNS: Final = "position, topic, offset, time, expires, payload"
+_LIVE: Final = "(expires IS NULL OR expires > ?)"
+
+_Row = tuple[int, str, int, float, float | None, bytes]
+
+
+def new_epoch() -> str:
+    """A fresh random epoch (hex: safe inside a position token)."""
+    return secrets.token_hex(8)
+
+
+def wrap_error(exc: sqlite3.Error, what: str) -> EngineError:
+    """The hybridbus error for a driver error: corrupt files are `EngineCorrupt`."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    cls = EngineCorrupt if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) else EngineUnavailable
+    return cls(f"sqlite engine: {what}: {exc}")
+
+
+def _connect(file: Path, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction
+    # is exactly one batch (writer) or one snapshot (reader).
+    conn = sqlite3.connect(file, timeout=busy_timeout, isolation_level=None)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+    except BaseException:
+        conn.close()
+        raise
+    if str(mode).lower() != "wal":
+        conn.close()
+        raise sqlite3.OperationalError(f"cannot switch {file} to WAL mode (got {mode!r})")
+    return conn
+
+
+def connect_reader(directory: Path, busy_timeout: float) -> sqlite3.Connection:
+    """A connection for the reader thread (query-only)."""
+    try:
+        conn = _connect(directory / DB_NAME, "normal", busy_timeout)
+        conn.execute("PRAGMA query_only=1")
+    except sqlite3.Error as exc:
+        raise wrap_error(exc, "cannot open the database for reading") from exc
+    return conn
+
+
+def _create_or_check(conn: sqlite3.Connection) -> None:
+    """Create the schema in a new database; refuse one of another schema version."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return
+    if version != 0:
+        raise EngineCorrupt(f"sqlite engine: schema version {version} is not {SCHEMA_VERSION}")
+    for statement in _DDL.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.executemany(_SET_META, [("epoch", new_epoch()), ("position", 0)])
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+class Store:
+    """The writer's connection and what it caches: epoch, last position, offsets.
+
+    Only the writer thread calls its methods. Each method is one transaction;
+    on a driver error it rolls back, restores the caches to the committed
+    state and raises `EngineUnavailable` (or `EngineCorrupt`).
+    """
+
+    def __init__(
+        self, directory: Path, config: EngineConfig, clock: Callable[[], float], busy_timeout: float
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        # Appends committed since open; each is one transaction (for tests, metrics).
+        self.commits = 0
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise EngineUnavailable(f"sqlite engine: cannot create {directory}: {exc}") from exc
+        try:
+            self._conn = _connect(directory / DB_NAME, config.synchronous, busy_timeout)
+        except sqlite3.Error as exc:
+            raise wrap_error(exc, f"cannot open {directory / DB_NAME}") from exc
+        try:
+            self._load()
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise wrap_error(exc, f"cannot load {directory / DB_NAME}") from exc
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _load(self) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _create_or_check(conn)
+            self.epoch: str = conn.execute(_GET_META, ("epoch",)).fetchone()[0]
+            stored = conn.execute(_GET_META, ("position",)).fetchone()[0]
+            newest = conn.execute("SELECT max(position) FROM log").fetchone()[0] or 0
+            self.position: int = max(stored, newest)
+            self._offsets: dict[str, int] = dict(
+                conn.execute("SELECT topic, last_offset FROM topics").fetchall()
+            )
+            if self._config.max_per_topic is not None:
+                # The limit may have shrunk since the last run.
+                self._trim_count(self._offsets)
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def append(
+        self, batch: Sequence[tuple[str, Event, bytes, object]]
+    ) -> tuple[list[Ack], list[Delivery]]:
+        """Append a batch in one transaction; the 4th item of each entry is ignored.
+
+        Returns one ack per entry (duplicates answer with the original's ack)
+        and the deliveries of the new events, in position order.
+        """
+        now = self._clock()
+        window = self._config.dedupe_window
+        fresh_after = now - window
+        epoch = self.epoch
+        offsets = self._offsets
+        saved: dict[str, int | None] = {}  # committed offsets of the touched topics
+        seen: dict[tuple[str, str], Ack] = {}
+        acks: list[Ack] = []
+        deliveries: list[Delivery] = []
+        log_rows: list[_Row] = []
+        dedupe_rows: list[tuple[str, str, str, int, int, float]] = []
+        position = self.position
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for topic, event, payload, _ in batch:
+                if window > 0:
+                    key = (event.source, event.id)
+                    original = seen.get(key)
+                    if original is None:
+                        row = conn.execute(_FIND_DEDUPE, key).fetchone()
+                        if row is not None and row[3] > fresh_after:
+                            original = Ack(row[0], row[1], 0, row[2], epoch)
+                    if original is not None:
+                        acks.append(msgspec.structs.replace(original, duplicate=True))
+                        continue
+                last = offsets.get(topic)
+                if topic not in saved:
+                    saved[topic] = last
+                offset = offsets[topic] = (last or 0) + 1
+                position += 1
+                expires = event.expirytime.timestamp() if event.expirytime is not None else None
+                log_rows.append((position, topic, offset, now, expires, payload))
+                ack = Ack(topic, offset, 0, position, epoch)
+                acks.append(ack)
+                deliveries.append(Delivery(topic, offset, 0, position, now, event, expires))
+                if window > 0:
+                    seen[key] = ack
+                    dedupe_rows.append((event.source, event.id, topic, offset, position, now))
+            if log_rows:
+                conn.executemany(_INSERT_LOG, log_rows)
+                conn.executemany(_PUT_DEDUPE, dedupe_rows)
+                conn.executemany(_PUT_TOPIC, [(topic, offsets[topic]) for topic in saved])
+                conn.execute(_SET_META, ("position", position))
+                if self._config.max_per_topic is not None:
+                    self._trim_count(saved)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback()
+            for topic, committed in saved.items():
+                if committed is None:
+                    del offsets[topic]
+                else:
+                    offsets[topic] = committed
+            if isinstance(exc, sqlite3.Error):
+                raise wrap_error(exc, "append failed, nothing of the batch was written") from exc
+            raise
+        self.position = position
+        self.commits += 1
+        return acks, deliveries
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite already rolled back (e.g. after an I/O error)
+
+    def _trim_count(self, topics: Iterable[str]) -> int:
+        """Delete each topic's events beyond `max_per_topic` (inside a transaction)."""
+        limit = self._config.max_per_topic
+        assert limit is not None
+        removed = 0
+        conn = self._conn
+        for topic in topics:
+            cutoff = self._offsets[topic] - limit
+            if cutoff <= 0:
+                continue
+            gone = conn.execute(
+                "DELETE FROM log WHERE topic = ? AND offset <= ? RETURNING position",
+                (topic, cutoff),
+            ).fetchall()
+            if gone:
+                removed += len(gone)
+                conn.execute(_RAISE_TRIMMED, (max(p for (p,) in gone), topic))
+        return removed
+
+    def sweep(self) -> int:
+        """Apply age retention, expiry and the dedupe window now; return events removed.
+
+        Count retention needs no sweep: appends (and opening) enforce it.
+        """
+        now = self._clock()
+        conn = self._conn
+        removed = 0
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            # Expiry first: an expired event is no loss, even if it is also too old.
+            removed += conn.execute("DELETE FROM log WHERE expires <= ?", (now,)).rowcount
+            if self._config.max_age is not None:
+                too_old = now - self._config.max_age
+                trimmed = conn.execute(
+                    "SELECT max(position), topic FROM log WHERE time < ? GROUP BY topic",
+                    (too_old,),
+                ).fetchall()
+                if trimmed:
+                    conn.executemany(_RAISE_TRIMMED, trimmed)
+                    removed += conn.execute("DELETE FROM log WHERE time < ?", (too_old,)).rowcount
+            window = max(self._config.dedupe_window, 0.0)
+            conn.execute("DELETE FROM dedupe WHERE time <= ?", (now - window,))
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise wrap_error(exc, "sweep failed") from exc
+            raise
+        return removed
+
+    def reset(self) -> str:
+        """Delete all history, offsets and dedupe records; start and return a new epoch."""
+        epoch = new_epoch()
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for table in ("log", "topics", "dedupe"):
+                conn.execute(f"DELETE FROM {table}")
+            conn.executemany(_SET_META, [("epoch", epoch), ("position", 0)])
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise wrap_error(exc, "reset failed") from exc
+            raise
+        self.epoch = epoch
+        self.position = 0
+        self._offsets.clear()
+        return epoch
+
+
+def head(conn: sqlite3.Connection) -> int:
+    """The newest position of the log (0 when empty)."""
+    try:
+        value: int = conn.execute(_GET_META, ("position",)).fetchone()[0]
+    except sqlite3.Error as exc:
+        raise wrap_error(exc, "cannot read the head") from exc
+    return value
+
+
+def _topic_range(pattern: str) -> tuple[str, tuple[str, ...]]:
+    """SQL narrowing a wildcard pattern to topics under its literal prefix.
+
+    `a/b/+/c` → topics in [`a/b/`, `a/b0`) ('0' follows '/'); `a/#` also
+    matches `a` itself (MQTT).
+    """
+    segments = pattern.split("/")
+    literal = 0
+    while segments[literal] not in ("+", "#"):
+        literal += 1
+    if literal == 0:
+        return "", ()
+    prefix = "/".join(segments[:literal])
+    # The unary + keeps SQLite from using the topic index here: for a range of
+    # topics, a scan in position order from `after` is what a recovery wants.
+    clause = " AND ((+topic >= ? AND +topic < ?)"
+    params: tuple[str, ...] = (prefix + "/", prefix + "0")
+    if literal == len(segments) - 1 and segments[literal] == "#":
+        clause += " OR +topic = ?"
+        params += (prefix,)
+    return clause + ")", params
+
+
+def _deliveries(rows: list[_Row]) -> list[Delivery]:
+    out = []
+    for position, topic, offset, time, expires, payload in rows:
+        try:
+            event = decode_msgpack(payload)
+        except InvalidEvent as exc:
+            raise EngineCorrupt(
+                f"sqlite engine: the event at position {position} cannot be decoded: {exc}"
+            ) from exc
+        out.append(Delivery(topic, offset, 0, position, time, event, expires))
+    return out
+
+
+def read_page(conn: sqlite3.Connection, pattern: str, after: int, limit: int, now: float) -> Page:
+    """One consistent read: records, head, epoch and exactness from one snapshot."""
+    try:
+        conn.execute("BEGIN")
+        try:
+            return _read_snapshot(conn, pattern, after, limit, now)
+        finally:
+            conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise wrap_error(exc, f"cannot read {pattern!r}") from exc
+
+
+def _read_snapshot(
+    conn: sqlite3.Connection, pattern: str, after: int, limit: int, now: float
+) -> Page:
+    epoch: str = conn.execute(_GET_META, ("epoch",)).fetchone()[0]
+    newest: int = conn.execute(_GET_META, ("position",)).fetchone()[0]
+    want = max(limit, 0) + 1  # one more than asked tells whether there is more
+    if not is_pattern(pattern):
+        rows: list[_Row] = conn.execute(
+            f"SELECT {_COLUMNS} FROM log WHERE topic = ? AND position > ? AND {_LIVE} "
+            "ORDER BY position LIMIT ?",
+            (pattern, after, now, want),
+        ).fetchall()
+        trimmed = conn.execute(
+            "SELECT trimmed_position FROM topics WHERE topic = ?", (pattern,)
+        ).fetchone()
+        exact = trimmed is None or trimmed[0] <= after
+    else:
+        clause, params = _topic_range(pattern)
+        unfiltered = pattern.endswith("/#") and pattern.count("+") == 0  # the range is exact
+        sql = (
+            f"SELECT {_COLUMNS} FROM log WHERE position > ? AND {_LIVE}{clause} "
+            "ORDER BY position LIMIT ?"
+        )
+        chunk = max(want, _READ_CHUNK)
+        rows = []
+        cursor = after
+        while len(rows) < want:
+            found = conn.execute(sql, (cursor, now, *params, chunk)).fetchall()
+            if unfiltered:
+                rows.extend(found)
+            else:
+                rows.extend(row for row in found if matches(pattern, row[1]))
+            if len(found) < chunk:
+                break
+            cursor = found[-1][0]
+        del rows[want:]
+        indexed = clause.replace("+topic", "topic")
+        trimmed_topics = conn.execute(
+            f"SELECT topic FROM topics WHERE trimmed_position > ?{indexed}", (after, *params)
+        ).fetchall()
+        exact = not any(matches(pattern, topic) for (topic,) in trimmed_topics)
+    more = len(rows) > limit
+    if more:
+        del rows[max(limit, 0) :]
+        last = rows[-1][0] if rows else after
+    else:
+        last = max(newest, after)
+    return Page(epoch, _deliveries(rows), (last,), more, exact)

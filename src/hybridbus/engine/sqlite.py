@@ -1,0 +1,379 @@
+"""The embedded durable engine: the log in one SQLite database, written by one thread.
+
+Owns: the asyncio face of the sqlite engine — the writer thread and its group
+commit, the reader thread, the periodic sweep task, and the hand-over of
+results to the event loop. What is stored and how (schema, SQL, retention,
+snapshots) lives in `engine._sqlite_store`. Must not block the event loop on
+disk: the loop only enqueues work and awaits futures.
+
+Theory of operation. `append` puts `(topic, event, payload, future)` on a
+deque and wakes the writer thread. The writer takes everything waiting (up to
+`batch_max`), appends it in one transaction, commits, and posts one callback
+to the loop, which first calls the listener with the batch's new deliveries
+(in position order), then resolves each append's future with its ack. So an
+ack means "committed" and "the listener has seen it", and a burst of N
+concurrent appends costs a handful of fsyncs, not N. `sweep` and `reset` are
+commands on the same deque (there is one writer); `read` and `head` run on a
+single reader thread with its own connection, each in one read transaction
+(WAL lets it proceed while the writer commits).
+
+There is one shard; positions are the log table's integer primary key and
+are never reused within an epoch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy as _copy
+import logging
+import os
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from hybridbus.core.event import Event
+from hybridbus.core.log import Ack, Delivery, Page
+from hybridbus.engine import _sqlite_store as store
+from hybridbus.engine.base import Clock, EngineConfig, Listener, system_clock
+from hybridbus.errors import BusClosed, BusError, EngineError, EngineUnavailable, InvalidPosition
+
+__all__ = ["SqliteEngine"]
+
+log = logging.getLogger(__name__)
+
+_SYNCHRONOUS: Final = frozenset({"full", "normal"})
+_NEW, _OPEN, _CLOSED = "new", "open", "closed"
+
+_Append = tuple[str, Event, bytes, "asyncio.Future[Ack]"]
+
+
+class _Command:
+    """Work for the writer thread other than appends (sweep, reset, stop)."""
+
+    __slots__ = ("fn", "future", "on_loop")
+
+    def __init__(
+        self,
+        fn: Callable[[store.Store], Any] | None,
+        future: asyncio.Future[Any] | None,
+        on_loop: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.fn = fn  # None: stop the writer
+        self.future = future
+        self.on_loop = on_loop  # runs on the loop with the result, before the future resolves
+
+
+class SqliteEngine:
+    """The embedded durable engine: one SQLite database in directory `path`.
+
+    `config.synchronous` is "full" (an ack survives power loss) or "normal"
+    (it survives a crash of the process). `clock` gives Unix seconds for
+    append times, the dedupe window, age and expiry; the writer thread calls
+    it, so it must be thread-safe (a function returning a float is).
+    """
+
+    # Seconds a statement waits for a lock held by another connection before
+    # failing with EngineUnavailable.
+    busy_timeout: float = 5.0
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        config: EngineConfig = EngineConfig(),  # noqa: B008 - frozen, so sharing is safe
+        clock: Clock = system_clock,
+    ) -> None:
+        if config.synchronous.lower() not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be 'full' or 'normal', not {config.synchronous!r}")
+        if config.batch_max < 1:
+            raise ValueError("batch_max must be at least 1")
+        self._directory = Path(path)
+        self._config = config
+        self._clock = clock
+        self._state = _NEW
+        self._epoch = ""
+        self._listener: Listener | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: deque[_Append | _Command] = deque()
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._store: store.Store | None = None
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reader_conn: sqlite3.Connection | None = None  # reader thread only
+        self._sweeper: asyncio.Task[None] | None = None
+        self._crash: BaseException | None = None  # why the writer thread died, if it did
+
+    @property
+    def epoch(self) -> str:
+        """The current epoch; valid after `start`."""
+        return self._epoch
+
+    @property
+    def shards(self) -> int:
+        """Always 1: the sqlite engine keeps one log."""
+        return 1
+
+    @property
+    def commits(self) -> int:
+        """Append transactions committed since `start` (one per group-committed batch)."""
+        return self._store.commits if self._store is not None else 0
+
+    # lifecycle -------------------------------------------------------------
+
+    async def start(self, listener: Listener) -> None:
+        """Open (or create) the database, then start the writer, reader and sweeper."""
+        if self._state != _NEW:
+            raise RuntimeError("a SqliteEngine starts once; make a new one to reopen")
+        self._loop = asyncio.get_running_loop()
+        self._listener = listener
+        ready: concurrent.futures.Future[store.Store] = concurrent.futures.Future()
+        self._writer = threading.Thread(
+            target=self._write_forever, args=(ready,), name="hybridbus-sqlite-writer", daemon=True
+        )
+        self._writer.start()
+        try:
+            self._store = await asyncio.wrap_future(ready)
+        except BaseException:
+            await asyncio.to_thread(self._writer.join)
+            self._state = _CLOSED
+            raise
+        self._epoch = self._store.epoch
+        self._reader = concurrent.futures.ThreadPoolExecutor(1, "hybridbus-sqlite-reader")
+        self._state = _OPEN
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="hybridbus-sqlite-sweep")
+
+    async def close(self) -> None:
+        """Stop sweeping, let the writer commit everything queued, release both threads."""
+        if self._state != _OPEN:
+            self._state = _CLOSED
+            return
+        self._state = _CLOSED  # from here on, nothing new is queued
+        assert self._writer is not None
+        assert self._reader is not None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        self._submit(_Command(None, None))
+        # The writer posted its last callbacks before it exited, and this
+        # await resumes through a later loop callback, so every ack of the
+        # queued appends has resolved when it returns.
+        await asyncio.to_thread(self._writer.join)
+        self._fail_queued(BusClosed("the sqlite engine closed"))  # only after a writer crash
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._reader, self._close_reader)
+        await asyncio.to_thread(self._reader.shutdown)
+
+    # the log ---------------------------------------------------------------
+
+    async def append(self, topic: str, event: Event, payload: bytes) -> Ack:
+        """Append in the next group commit; resolves once committed and delivered.
+
+        Cancelling the await does not withdraw the event: it may still be appended.
+        """
+        self._check_open()
+        assert self._loop is not None
+        future: asyncio.Future[Ack] = self._loop.create_future()
+        self._submit((topic, event, payload, future))
+        return await future
+
+    async def read(self, pattern: str, after: Sequence[int] | None, limit: int) -> Page:
+        """Up to `limit` deliveries matching `pattern` past `after`, from one snapshot."""
+        if after is None:
+            start = 0
+        elif len(after) != 1:
+            raise InvalidPosition(f"the sqlite engine has 1 shard, not {len(after)}")
+        else:
+            start = after[0]
+        page: Page = await self._on_reader(store.read_page, pattern, start, limit, self._clock())
+        return page
+
+    async def head(self) -> tuple[int, ...]:
+        """The newest position ever assigned in this epoch (0: none)."""
+        return (await self._on_reader(store.head),)
+
+    async def sweep(self) -> int:
+        """Apply age retention, expiry and the dedupe window now (in the writer)."""
+        removed: int = await self._command(store.Store.sweep)
+        return removed
+
+    async def reset(self) -> str:
+        """Drop all history, offsets and dedupe records; return the new epoch."""
+        epoch: str = await self._command(store.Store.reset, self._set_epoch)
+        return epoch
+
+    # event-loop side ---------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._state != _OPEN:
+            raise BusClosed("the sqlite engine is closed")
+        if self._crash is not None:
+            raise EngineUnavailable("the sqlite writer thread died") from self._crash
+
+    def _submit(self, item: _Append | _Command) -> None:
+        self._queue.append(item)
+        # Safe without a lock: the writer clears the flag *before* draining.
+        if not self._wake.is_set():
+            self._wake.set()
+
+    async def _command(
+        self, fn: Callable[[store.Store], Any], on_loop: Callable[[Any], None] | None = None
+    ) -> Any:
+        self._check_open()
+        assert self._loop is not None
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._submit(_Command(fn, future, on_loop))
+        return await future
+
+    async def _on_reader(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, self._with_reader, fn, args)
+
+    def _writer_died(self, crash: BaseException) -> None:
+        self._crash = crash
+        self._fail_queued(EngineUnavailable("the sqlite writer thread died"))
+
+    def _fail_queued(self, error: BusError) -> None:
+        """Fail what the writer will never take (it is gone); on the loop."""
+        while self._queue:
+            item = self._queue.popleft()
+            future = item[3] if isinstance(item, tuple) else item.future
+            if future is not None and not future.done():
+                future.set_exception(_copy_error(error))
+
+    def _set_epoch(self, epoch: str) -> None:
+        self._epoch = epoch
+
+    def _settle_batch(
+        self,
+        deliveries: list[Delivery],
+        futures: list[asyncio.Future[Ack]],
+        outcome: list[Ack] | BaseException,
+    ) -> None:
+        """On the loop: tell the listener, then resolve the batch's acks."""
+        if deliveries:
+            assert self._listener is not None
+            try:
+                self._listener(deliveries)
+            except Exception:
+                log.exception("the listener failed on %d deliveries", len(deliveries))
+        if isinstance(outcome, BaseException):
+            for future in futures:
+                if not future.done():
+                    future.set_exception(_copy_error(outcome))
+        else:
+            for future, ack in zip(futures, outcome, strict=True):
+                if not future.done():
+                    future.set_result(ack)
+
+    def _settle_command(self, command: _Command, result: Any, error: BaseException | None) -> None:
+        if error is None and command.on_loop is not None:
+            command.on_loop(result)
+        future = command.future
+        if future is None or future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    # writer thread -----------------------------------------------------------
+
+    def _write_forever(self, ready: concurrent.futures.Future[store.Store]) -> None:
+        try:
+            db = store.Store(self._directory, self._config, self._clock, self.busy_timeout)
+        except BaseException as exc:  # noqa: BLE001 - handed to `start`, which raises it
+            ready.set_exception(exc)
+            return
+        ready.set_result(db)
+        try:
+            while self._drain(db):
+                self._wake.wait()
+                self._wake.clear()
+        except BaseException as exc:  # the thread's boundary: report, do not hang appends
+            log.exception("the sqlite writer thread crashed")
+            self._post(self._writer_died, exc)
+        finally:
+            db.close()
+
+    def _drain(self, db: store.Store) -> bool:
+        """Process everything queued; False once the stop command was seen."""
+        queue = self._queue
+        batch_max = self._config.batch_max
+        while queue:
+            batch: list[_Append] = []
+            while queue and len(batch) < batch_max and type(queue[0]) is tuple:
+                batch.append(queue.popleft())  # type: ignore[arg-type]
+            if batch:
+                self._commit(db, batch)
+                continue
+            command = queue.popleft()
+            assert isinstance(command, _Command)
+            if command.fn is None:
+                return False
+            self._run_command(db, command)
+        return True
+
+    def _commit(self, db: store.Store, batch: list[_Append]) -> None:
+        futures = [item[3] for item in batch]
+        deliveries: list[Delivery] = []
+        outcome: list[Ack] | BaseException
+        try:
+            outcome, deliveries = db.append(batch)
+        except Exception as exc:
+            if not isinstance(exc, EngineError):
+                log.exception("the sqlite writer failed on a batch of %d appends", len(batch))
+            outcome = exc
+        self._post(self._settle_batch, deliveries, futures, outcome)
+
+    def _run_command(self, db: store.Store, command: _Command) -> None:
+        assert command.fn is not None
+        try:
+            result = command.fn(db)
+        except Exception as exc:
+            if not isinstance(exc, EngineError):
+                log.exception("the sqlite writer failed on a command")
+            self._post(self._settle_command, command, None, exc)
+        else:
+            self._post(self._settle_command, command, result, None)
+
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            log.warning("the event loop is closed; dropping the sqlite writer's results")
+
+    # reader thread -----------------------------------------------------------
+
+    def _with_reader(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        if self._reader_conn is None:
+            self._reader_conn = store.connect_reader(self._directory, self.busy_timeout)
+        return fn(self._reader_conn, *args)
+
+    def _close_reader(self) -> None:
+        if self._reader_conn is not None:
+            self._reader_conn.close()
+            self._reader_conn = None
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.sweep_interval)
+            try:
+                removed = await self.sweep()
+            except EngineError as exc:
+                log.warning("sqlite sweep failed: %s", exc)
+            else:
+                if removed:
+                    log.debug("sqlite sweep removed %d events", removed)
+
+
+def _copy_error(error: BaseException) -> BaseException:
+    """A fresh instance per future, so tracebacks do not pile up on one object."""
+    copy = _copy.copy(error)
+    copy.__cause__ = error.__cause__
+    copy.__suppress_context__ = True
+    return copy
