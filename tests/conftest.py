@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
+from tests.support import FakeClock, MakeEngine, Opened
 
 from hybridbus.app import open_engine
 from hybridbus.core.log import Delivery
 from hybridbus.engine.base import Engine, EngineConfig
-from tests.support import FakeClock, MakeEngine, Opened
 
 ENGINE_KINDS = ["memory", "sqlite"]
 

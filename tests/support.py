@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from hybridbus.core.log import Delivery
 from hybridbus.engine.base import Engine
 
+
 class FakeClock:
     """A clock tests move by hand (Unix seconds)."""
 

@@ -1,9 +1,9 @@
 """hybridbus: a real-time event hub for collaborative applications.
 
-    async with hybridbus.open("sqlite:///var/lib/hybridbus") as bus:
-        ack = await bus.publish("acme/docs/42", event)
-        async with bus.subscribe("acme/docs/+", since=token) as sub:
-            async for delivery in sub: ...
+async with hybridbus.open("sqlite:///var/lib/hybridbus") as bus:
+    ack = await bus.publish("acme/docs/42", event)
+    async with bus.subscribe("acme/docs/+", since=token) as sub:
+        async for delivery in sub: ...
 """
 
 from hybridbus.app import open

@@ -96,7 +96,7 @@ class _Opening:
         await self._bus.close()
 
 
-def open(  # noqa: A001 - the public name the API promises
+def open(  # the public name the API promises, shadowing the builtin on purpose
     url: str = "memory://",
     *,
     engine: EngineConfig | None = None,

@@ -18,37 +18,41 @@ import hybridbus
 __all__ = ["main"]
 
 
-async def tour(data: Path) -> None:
-    data.mkdir(parents=True, exist_ok=True)
-    token_file = data / "demo.token"
-    since = token_file.read_text().strip() if token_file.exists() else None
+async def tour(data: Path, since: str | None) -> str:
+    """Publish two edits, then deliver everything since `since`; return the next token."""
     async with hybridbus.open(f"sqlite://{data}") as bus:
-        async with bus.subscribe("acme/docs/+", since=since) as sub:
-            print(f"subscribed to acme/docs/+ since {since or 'now'}; recovered={sub.recovered}")
-            for doc in ("42", "43"):
-                ack = await bus.publish(
-                    f"acme/docs/{doc}",
-                    {
-                        "id": str(uuid.uuid4()),
-                        "source": "/demo",
-                        "type": "com.acme.doc.edited",
-                        "data": {"doc": doc},
-                    },
-                )
-                print(f"published to {ack.topic}: offset {ack.offset}, position {ack.position}")
+        for doc in ("42", "43"):
+            ack = await bus.publish(
+                f"acme/docs/{doc}",
+                {
+                    "id": str(uuid.uuid4()),
+                    "source": "/demo",
+                    "type": "com.acme.doc.edited",
+                    "data": {"doc": doc},
+                },
+            )
+            print(f"published to {ack.topic}: offset {ack.offset}, position {ack.position}")
+        # The first run reads from the start of the log; later ones resume.
+        start = since or hybridbus.Position(bus.engine.epoch, (0,) * bus.engine.shards)
+        async with bus.subscribe("acme/docs/+", since=start) as sub:
+            print(f"subscribed to acme/docs/+ since {start}; recovered={sub.recovered}")
             while True:
                 try:
-                    delivery = await asyncio.wait_for(sub.__anext__(), 0.2)
+                    delivery = await asyncio.wait_for(anext(sub), 0.2)
                 except TimeoutError:
                     break
                 print(f"  delivered {delivery.topic} #{delivery.offset}: {delivery.event.data}")
-            token_file.write_text(str(sub.position))
-            print(f"saved resume token {sub.position} to {token_file}; run me again")
+            return str(sub.position)
 
 
 def main() -> None:
-    data = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("hybridbus-data")
-    asyncio.run(tour(data.resolve()))
+    data = (Path(sys.argv[1]) if len(sys.argv) > 1 else Path("hybridbus-data")).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    token_file = data / "demo.token"
+    since = token_file.read_text().strip() if token_file.exists() else None
+    token = asyncio.run(tour(data, since))
+    token_file.write_text(token)
+    print(f"saved resume token {token} to {token_file}; run me again")
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 import pytest
+from tests.support import FakeClock, MakeEngine
 
 from hybridbus.core.codecs import encode_msgpack
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery
 from hybridbus.engine.base import Engine, EngineConfig
 from hybridbus.errors import BusClosed
-from tests.support import FakeClock, MakeEngine
 
 _counter = 0
 
@@ -33,8 +33,9 @@ async def append(engine: Engine, topic: str, event: Event | None = None) -> Ack:
     return await engine.append(topic, event, encode_msgpack(event))
 
 
-async def read_all(engine: Engine, pattern: str, after: tuple[int, ...] | None = None,
-                   limit: int = 7) -> list[Delivery]:
+async def read_all(
+    engine: Engine, pattern: str, after: tuple[int, ...] | None = None, limit: int = 7
+) -> list[Delivery]:
     """Every delivery past `after`, paging with a small limit to exercise continuation."""
     found: list[Delivery] = []
     while True:
@@ -51,9 +52,16 @@ async def test_offsets_are_gap_free_per_topic_and_positions_increase(
     make_engine: MakeEngine,
 ) -> None:
     opened = await make_engine()
-    acks = [await append(opened.engine, topic) for topic in ["a/x", "a/y", "a/x", "b", "a/x", "a/y"]]
+    acks = [
+        await append(opened.engine, topic) for topic in ["a/x", "a/y", "a/x", "b", "a/x", "a/y"]
+    ]
     assert [(a.topic, a.offset) for a in acks] == [
-        ("a/x", 1), ("a/y", 1), ("a/x", 2), ("b", 1), ("a/x", 3), ("a/y", 2),
+        ("a/x", 1),
+        ("a/y", 1),
+        ("a/x", 2),
+        ("b", 1),
+        ("a/x", 3),
+        ("a/y", 2),
     ]
     positions = [a.position for a in acks]
     assert positions == sorted(positions)
@@ -161,7 +169,11 @@ async def test_dedupe_answers_with_the_original(make_engine: MakeEngine, clock: 
     await append(engine, "a")
     again = await append(engine, "b", make_event(source="/s", id="same"))
     assert again.duplicate
-    assert (again.topic, again.offset, again.position) == (first.topic, first.offset, first.position)
+    assert (again.topic, again.offset, again.position) == (
+        first.topic,
+        first.offset,
+        first.position,
+    )
     other_source = await append(engine, "a", make_event(source="/other", id="same"))
     assert not other_source.duplicate and other_source.offset == 3
     assert len(await read_all(engine, "#")) == 3
@@ -265,11 +277,14 @@ async def test_close_resolves_in_flight_appends_then_refuses(make_engine: MakeEn
         await append(engine, "a")
 
 
-async def test_deliveries_carry_the_event_and_times(make_engine: MakeEngine, clock: FakeClock) -> None:
+async def test_deliveries_carry_the_event_and_times(
+    make_engine: MakeEngine, clock: FakeClock
+) -> None:
     opened = await make_engine()
     expiry = datetime.fromtimestamp(clock.now + 100, UTC)
-    event = make_event(data={"k": [1, 2]}, expirytime=expiry, tenantid="acme",
-                       extensions={"traceparent": "00-ab"})
+    event = make_event(
+        data={"k": [1, 2]}, expirytime=expiry, tenantid="acme", extensions={"traceparent": "00-ab"}
+    )
     await append(opened.engine, "acme/x", event)
     (stored,) = (await opened.engine.read("acme/x", None, 10)).deliveries
     assert stored.event == event

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from tests.support import FakeClock
 
 import hybridbus
 from hybridbus.core.event import Event
@@ -26,7 +27,6 @@ from hybridbus.errors import (
 )
 from hybridbus.hub.bus import Bus, BusConfig
 from hybridbus.hub.subscription import Subscription
-from tests.support import FakeClock
 
 
 def url(kind: str, path: Path) -> str:
@@ -182,9 +182,13 @@ async def test_slow_subscriber_is_ended_and_resumes_without_loss(
             consumed, _ = await asyncio.gather(take(fast, 25), publish_all())
             assert len(consumed) == 25
             got: list[Delivery] = []
-            with pytest.raises(SubscriberTooSlow):
+
+            async def read_until_cut_off() -> None:
                 async for delivery in slow:
                     got.append(delivery)
+
+            with pytest.raises(SubscriberTooSlow):
+                await read_until_cut_off()
             token = slow.position
         async with bus.subscribe("acme/#", since=token) as again:
             assert again.recovered

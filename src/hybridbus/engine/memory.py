@@ -204,7 +204,9 @@ class MemoryEngine:
         present = self._present
         for index in range(bisect_right(source, start, key=_by_position), len(source)):
             delivery = source[index]
-            if wildcard and (delivery.position not in present or not matches(pattern, delivery.topic)):
+            if wildcard and (
+                delivery.position not in present or not matches(pattern, delivery.topic)
+            ):
                 continue
             if delivery.expires is not None and delivery.expired(now):
                 continue

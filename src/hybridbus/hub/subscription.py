@@ -125,10 +125,12 @@ class Subscription:
             if not self._cursor.advance(delivery):
                 return
             if len(self._queue) >= self._maxsize:
-                self.end(SubscriberTooSlow(
-                    f"subscriber of {self.pattern!r} fell {self._maxsize} deliveries behind; "
-                    "resubscribe from its position"
-                ))
+                self.end(
+                    SubscriberTooSlow(
+                        f"subscriber of {self.pattern!r} fell {self._maxsize} deliveries behind; "
+                        "resubscribe from its position"
+                    )
+                )
                 return
             self._queue.append(delivery)
             waiter = self._waiter
