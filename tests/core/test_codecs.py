@@ -268,7 +268,7 @@ def test_batch_is_a_json_array() -> None:
 
 
 def test_batch_error_names_the_index_and_attribute() -> None:
-    buf = b'[{"id":"1","source":"s","type":"t"},{"id":"","source":"s","type":"t"}]'
+    buf = b'[{"specversion":"1.0","id":"1","source":"s","type":"t"},{"specversion":"1.0","id":"","source":"s","type":"t"}]'
     with pytest.raises(InvalidEvent, match=r"event \[1\]") as info:
         decode_json_batch(buf)
     assert info.value.attribute == "id"
@@ -338,18 +338,30 @@ def test_non_object_json_is_invalid_event(buf: bytes) -> None:
 @pytest.mark.parametrize(
     ("buf", "attribute"),
     [
-        (b'{"source":"s","type":"t"}', "id"),
-        (b'{"id":"1","source":"","type":"t"}', "source"),
+        (b'{"specversion":"1.0","source":"s","type":"t"}', "id"),
+        (b'{"specversion":"1.0","id":"1","source":"","type":"t"}', "source"),
         (b'{"id":"1","source":"s","type":"t","specversion":"0.3"}', "specversion"),
-        (b'{"id":"1","source":"s","type":"t","time":"2024-01-01T00:00:00"}', "time"),
-        (b'{"id":"1","source":"s","type":"t","lamport":-1}', "lamport"),
-        (b'{"id":"1","source":"s","type":"t","Ext":"v"}', "Ext"),
-        (b'{"id":"1","source":"s","type":"t","ext":1.5}', "ext"),
-        (b'{"id":"1","source":"s","type":"t","ext":2147483648}', "ext"),
-        (b'{"id":"1","source":"s","type":"t","data":1,"data_base64":"AA=="}', "data_base64"),
-        (b'{"id":"1","source":"s","type":"t","data_base64":"%%"}', "data_base64"),
+        (
+            b'{"specversion":"1.0","id":"1","source":"s","type":"t","time":"2024-01-01T00:00:00"}',
+            "time",
+        ),
+        (b'{"specversion":"1.0","id":"1","source":"s","type":"t","lamport":-1}', "lamport"),
+        (b'{"specversion":"1.0","id":"1","source":"s","type":"t","Ext":"v"}', "Ext"),
+        (b'{"specversion":"1.0","id":"1","source":"s","type":"t","ext":1.5}', "ext"),
+        (b'{"specversion":"1.0","id":"1","source":"s","type":"t","ext":2147483648}', "ext"),
+        (
+            b'{"specversion":"1.0","id":"1","source":"s","type":"t","data":1,"data_base64":"AA=="}',
+            "data_base64",
+        ),
+        (
+            b'{"specversion":"1.0","id":"1","source":"s","type":"t","data_base64":"%%"}',
+            "data_base64",
+        ),
         # Not CloudEvents, even though it is the struct's own name for extensions.
-        (b'{"id":"1","source":"s","type":"t","x-extensions":{"a":"b"}}', "x-extensions"),
+        (
+            b'{"specversion":"1.0","id":"1","source":"s","type":"t","x-extensions":{"a":"b"}}',
+            "x-extensions",
+        ),
     ],
 )
 def test_invalid_json_event_names_the_attribute(buf: bytes, attribute: str) -> None:
@@ -393,11 +405,15 @@ def test_invalid_msgpack_event_names_the_attribute(fields: dict[str, Any], attri
 
 def test_integer_beyond_64_bits_is_refused_by_msgpack_not_crashing() -> None:
     # JSON carries it, so an ingress accepts it; the log's encoding must refuse it cleanly.
-    event = decode_json(b'{"id":"1","source":"s","type":"t","data":{"n":100000000000000000000000}}')
+    event = decode_json(
+        b'{"specversion":"1.0","id":"1","source":"s","type":"t","data":{"n":100000000000000000000000}}'
+    )
     with pytest.raises(InvalidEvent) as info:
         encode_msgpack(event)
     assert info.value.attribute == "data"
-    huge_lamport = decode_json(b'{"id":"1","source":"s","type":"t","lamport":18446744073709551616}')
+    huge_lamport = decode_json(
+        b'{"specversion":"1.0","id":"1","source":"s","type":"t","lamport":18446744073709551616}'
+    )
     with pytest.raises(InvalidEvent) as info:
         encode_msgpack(huge_lamport)
     assert info.value.attribute == "lamport"
@@ -532,3 +548,23 @@ def test_binary_mode_without_required_header_names_it(missing: str) -> None:
     with pytest.raises(InvalidEvent) as info:
         from_http(headers, b"")
     assert info.value.attribute == missing.removeprefix("ce-")
+
+
+def test_specversion_is_required_on_the_wire() -> None:
+    with pytest.raises(InvalidEvent) as info:
+        decode_json(b'{"id":"1","source":"s","type":"t"}')
+    assert info.value.attribute == "specversion"
+    with pytest.raises(InvalidEvent) as info:
+        decode_json('{"id":"1","source":"s","type":"t","x":"1"}')
+    assert info.value.attribute == "specversion"
+    with pytest.raises(InvalidEvent) as info:
+        from_http({"ce-id": "1", "ce-source": "s", "ce-type": "t"}, b"")
+    assert info.value.attribute == "specversion"
+
+
+@pytest.mark.parametrize("value", ["+5", " 5", "-1", "٥", "5.0"])
+def test_binary_mode_lamport_must_be_plain_digits(value: str) -> None:
+    headers = {"ce-id": "1", "ce-source": "s", "ce-type": "t", "ce-specversion": "1.0"}
+    with pytest.raises(InvalidEvent) as info:
+        from_http({**headers, "ce-lamport": value}, b"")
+    assert info.value.attribute == "lamport"

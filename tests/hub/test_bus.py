@@ -88,6 +88,13 @@ async def test_bad_input_raises_typed_errors_and_disturbs_nothing(bus: Bus) -> N
         assert info.value.attribute == "type"
         with pytest.raises(InvalidEvent):
             await bus.publish("acme/ok", "not an event")  # type: ignore[arg-type]
+        with pytest.raises(InvalidEvent) as built:  # built in Python: checked all the same
+            await bus.publish("acme/ok", Event(id="", source="/s", type="t"))
+        assert built.value.attribute == "id"
+        with pytest.raises(InvalidEvent):
+            await bus.publish("acme/ok", Event(id="9", source="/s", type="t", data=object()))
+        with pytest.raises(InvalidEvent):
+            await bus.publish("acme/ok", Event(id="9", source="/s", type="t", lamport=-1))
         with pytest.raises(EventTooLarge) as too_large:
             await bus.publish("acme/ok", ev(4, data="x" * (1 << 20)))
         assert too_large.value.limit == 1 << 20

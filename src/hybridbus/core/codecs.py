@@ -44,6 +44,8 @@ __all__ = [
 JSON_CONTENT_TYPE: Final = "application/cloudevents+json"
 JSON_BATCH_CONTENT_TYPE: Final = "application/cloudevents-batch+json"
 
+_SPECVERSION_KEY: Final = b'"specversion"'
+_SPECVERSION_KEY_STR: Final = '"specversion"'
 _json_encoder = msgspec.json.Encoder()
 _json_event_decoder = msgspec.json.Decoder(Event)
 _json_any_decoder = msgspec.json.Decoder()
@@ -56,6 +58,8 @@ def encode_msgpack(event: Event) -> bytes:
     """Encode an event as MessagePack (the log's and the binary wire's format)."""
     try:
         return _msgpack_encoder.encode(event)
+    except TypeError as exc:
+        raise InvalidEvent(f"the event holds a value with no encoding: {exc}", "data") from exc
     except OverflowError as exc:
         # JSON carries integers of any size; MessagePack only 64-bit ones.
         raise InvalidEvent(
@@ -105,6 +109,10 @@ def decode_json(buf: bytes | str) -> Event:
         raise InvalidEvent(f"malformed JSON: {exc}") from exc
     else:
         if not event.extensions:
+            # The struct defaults specversion; the format requires it.
+            marker = _SPECVERSION_KEY if isinstance(buf, bytes) else _SPECVERSION_KEY_STR
+            if marker not in buf:
+                raise InvalidEvent("the required attribute specversion is missing", "specversion")
             return event
         # Extensions can only have come from an "x-extensions" key, which is
         # not CloudEvents: let event_from_dict refuse it.
@@ -225,10 +233,12 @@ def from_http(headers: Mapping[str, str], body: bytes) -> Event:
             validate_extension_name(name)
             extensions[name] = value
     if "lamport" in fields:
-        try:
-            fields["lamport"] = int(fields["lamport"])
-        except ValueError as exc:
-            raise InvalidEvent("ce-lamport must be an integer", attribute="lamport") from exc
+        lamport = fields["lamport"]
+        if not (lamport.isascii() and lamport.isdigit()):
+            raise InvalidEvent("ce-lamport must be a non-negative integer", attribute="lamport")
+        fields["lamport"] = int(lamport)
+    if "specversion" not in fields:
+        raise InvalidEvent("the required header ce-specversion is missing", "specversion")
     if content_type is not None:
         fields["datacontenttype"] = content_type
     if body:

@@ -136,14 +136,18 @@ def attribute_of(exc: msgspec.ValidationError) -> str | None:
     return unknown.group(1) if unknown else None
 
 
-def event_from_dict(raw: object) -> Event:
+def event_from_dict(raw: object, *, require_specversion: bool = True) -> Event:
     """Build an Event from a CloudEvents structured-format dict (JSON values).
 
     Top-level keys that are not CloudEvents or hybridbus attributes are
-    extensions; `data_base64` becomes `bytes` data.
+    extensions; `data_base64` becomes `bytes` data. The spec requires
+    `specversion`; Python callers of the bus may leave it out
+    (`require_specversion=False`), it then defaults to "1.0".
     """
     if not isinstance(raw, dict):
         raise InvalidEvent(f"an event must be an object, not {type(raw).__name__}")
+    if require_specversion and "specversion" not in raw:
+        raise InvalidEvent("the required attribute specversion is missing", "specversion")
     fields = dict(raw)
     if "x-extensions" in fields:
         raise InvalidEvent(

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from hybridbus.core.codecs import encode_msgpack
+from hybridbus.core.codecs import decode_msgpack, encode_msgpack
 from hybridbus.core.event import Event, event_from_dict
 from hybridbus.core.log import Ack, Delivery, Page, Position, is_exact
 from hybridbus.core.topics import validate_pattern, validate_topic
@@ -54,11 +54,16 @@ class History(msgspec.Struct, frozen=True):
 EventLike = Event | Mapping[str, Any]
 
 
-def _as_event(event: EventLike) -> Event:
-    if type(event) is Event:
-        return event
+def _checked(event: EventLike) -> tuple[Event, bytes]:
+    """The validated event and its MessagePack encoding."""
+    if isinstance(event, Event):
+        payload = encode_msgpack(event)
+        # Constructing an Event in Python checks no types or constraints;
+        # decoding its encoding checks them all.
+        return decode_msgpack(payload), payload
     if isinstance(event, Mapping):
-        return event_from_dict(event)
+        checked = event_from_dict(event, require_specversion=False)
+        return checked, encode_msgpack(checked)
     raise InvalidEvent(f"expected an Event or a CloudEvents dict, not {type(event).__name__}")
 
 
@@ -119,8 +124,7 @@ class Bus:
         if self._closed:
             raise BusClosed("the bus is closed")
         validate_topic(topic)
-        checked = _as_event(event)
-        payload = encode_msgpack(checked)
+        checked, payload = _checked(event)
         if len(payload) > self.config.max_event_size:
             raise EventTooLarge(len(payload), self.config.max_event_size)
         return await self.engine.append(topic, checked, payload)
