@@ -268,7 +268,10 @@ def test_batch_is_a_json_array() -> None:
 
 
 def test_batch_error_names_the_index_and_attribute() -> None:
-    buf = b'[{"specversion":"1.0","id":"1","source":"s","type":"t"},{"specversion":"1.0","id":"","source":"s","type":"t"}]'
+    buf = (
+        b'[{"specversion":"1.0","id":"1","source":"s","type":"t"},'
+        b'{"specversion":"1.0","id":"","source":"s","type":"t"}]'
+    )
     with pytest.raises(InvalidEvent, match=r"event \[1\]") as info:
         decode_json_batch(buf)
     assert info.value.attribute == "id"
@@ -562,7 +565,7 @@ def test_specversion_is_required_on_the_wire() -> None:
     assert info.value.attribute == "specversion"
 
 
-@pytest.mark.parametrize("value", ["+5", " 5", "-1", "٥", "5.0"])
+@pytest.mark.parametrize("value", ["+5", " 5", "-1", "\u0665", "5.0"])
 def test_binary_mode_lamport_must_be_plain_digits(value: str) -> None:
     headers = {"ce-id": "1", "ce-source": "s", "ce-type": "t", "ce-specversion": "1.0"}
     with pytest.raises(InvalidEvent) as info:

@@ -110,8 +110,10 @@ def decode_json(buf: bytes | str) -> Event:
     else:
         if not event.extensions:
             # The struct defaults specversion; the format requires it.
-            marker = _SPECVERSION_KEY if isinstance(buf, bytes) else _SPECVERSION_KEY_STR
-            if marker not in buf:
+            present = (
+                _SPECVERSION_KEY in buf if isinstance(buf, bytes) else _SPECVERSION_KEY_STR in buf
+            )
+            if not present:
                 raise InvalidEvent("the required attribute specversion is missing", "specversion")
             return event
         # Extensions can only have come from an "x-extensions" key, which is
