@@ -136,7 +136,8 @@ class SqliteEngine:
         self._writer.start()
         try:
             self._store = await asyncio.wrap_future(ready)
-        except BaseException:
+        except BaseException:  # failed to open, or cancelled while opening
+            self._submit(_Command(None, None))
             await asyncio.to_thread(self._writer.join)
             self._state = _CLOSED
             raise
