@@ -55,10 +55,10 @@ CREATE TABLE log (
     expires REAL,
     payload BLOB NOT NULL
 );
-CREATE UNIQUE INDEX log_topic_offset ON log(topic, offset);
--- Reads go by (topic, position): offsets cannot serve them without a scan.
+-- The only index by topic: reads and count retention go by (topic, position).
+-- Offsets need none (the writer assigns them), nor does age retention (it
+-- removes the oldest positions first).
 CREATE INDEX log_topic_position ON log(topic, position);
-CREATE INDEX log_time ON log(time);
 CREATE INDEX log_expires ON log(expires) WHERE expires IS NOT NULL;
 CREATE TABLE topics (
     topic TEXT PRIMARY KEY,
@@ -79,7 +79,12 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
 
 _INSERT_LOG: Final = "INSERT INTO log VALUES (?, ?, ?, ?, ?, ?)"
-_FIND_DEDUPE: Final = "SELECT topic, offset, position, time FROM dedupe WHERE source = ? AND id = ?"
+# One lookup per batch: the batch's keys go in as one JSON array of [source, id].
+_FIND_DEDUPE: Final = (
+    "SELECT d.source, d.id, d.topic, d.offset, d.position FROM json_each(?) AS k "
+    "JOIN dedupe AS d ON d.source = json_extract(k.value, '$[0]') "
+    "AND d.id = json_extract(k.value, '$[1]') WHERE d.time > ?"
+)
 _PUT_DEDUPE: Final = "INSERT OR REPLACE INTO dedupe VALUES (?, ?, ?, ?, ?, ?)"
 _PUT_TOPIC: Final = (
     "INSERT INTO topics (topic, last_offset) VALUES (?, ?) "
@@ -88,12 +93,19 @@ _PUT_TOPIC: Final = (
 _RAISE_TRIMMED: Final = (
     "UPDATE topics SET trimmed_position = max(trimmed_position, ?) WHERE topic = ?"
 )
+_TRIM_OLDEST: Final = (
+    "DELETE FROM log WHERE position IN "
+    "(SELECT position FROM log WHERE topic = ? ORDER BY position LIMIT ?) RETURNING position"
+)
 _SET_META: Final = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
 _GET_META: Final = "SELECT value FROM meta WHERE key = ?"
 _COLUMNS: Final = "position, topic, offset, time, expires, payload"
 _LIVE: Final = "(expires IS NULL OR expires > ?)"
 
 _Row = tuple[int, str, int, float, float | None, bytes]
+
+
+_encode_keys = msgspec.json.Encoder().encode
 
 
 def new_epoch() -> str:
@@ -192,9 +204,14 @@ class Store:
             self._offsets: dict[str, int] = dict(
                 conn.execute("SELECT topic, last_offset FROM topics").fetchall()
             )
+            # Events held per topic, kept only when count retention needs it.
+            self._counts: dict[str, int] = {}
             if self._config.max_per_topic is not None:
+                self._counts = dict(
+                    conn.execute("SELECT topic, count(*) FROM log GROUP BY topic").fetchall()
+                )
                 # The limit may have shrunk since the last run.
-                self._trim_count(self._offsets)
+                self._trim_count(self._counts)
             conn.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -217,6 +234,8 @@ class Store:
         epoch = self.epoch
         offsets = self._offsets
         saved: dict[str, int | None] = {}  # committed offsets of the touched topics
+        counting = self._config.max_per_topic is not None
+        counts: dict[str, int] = {}  # new event counts of the touched topics, if counting
         seen: dict[tuple[str, str], Ack] = {}
         acks: list[Ack] = []
         deliveries: list[Delivery] = []
@@ -226,14 +245,16 @@ class Store:
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
+            if window > 0:
+                keys = _encode_keys([(event.source, event.id) for _, event, _, _ in batch])
+                for source, id_, topic, offset, at in conn.execute(
+                    _FIND_DEDUPE, (keys, fresh_after)
+                ):
+                    seen[(source, id_)] = Ack(topic, offset, 0, at, epoch)
             for topic, event, payload, _ in batch:
                 if window > 0:
                     key = (event.source, event.id)
                     original = seen.get(key)
-                    if original is None:
-                        row = conn.execute(_FIND_DEDUPE, key).fetchone()
-                        if row is not None and row[3] > fresh_after:
-                            original = Ack(row[0], row[1], 0, row[2], epoch)
                     if original is not None:
                         acks.append(msgspec.structs.replace(original, duplicate=True))
                         continue
@@ -241,6 +262,8 @@ class Store:
                 if topic not in saved:
                     saved[topic] = last
                 offset = offsets[topic] = (last or 0) + 1
+                if counting:
+                    counts[topic] = counts.get(topic, self._counts.get(topic, 0)) + 1
                 position += 1
                 expires = event.expirytime.timestamp() if event.expirytime is not None else None
                 log_rows.append((position, topic, offset, now, expires, payload))
@@ -255,8 +278,8 @@ class Store:
                 conn.executemany(_PUT_DEDUPE, dedupe_rows)
                 conn.executemany(_PUT_TOPIC, [(topic, offsets[topic]) for topic in saved])
                 conn.execute(_SET_META, ("position", position))
-                if self._config.max_per_topic is not None:
-                    self._trim_count(saved)
+                if counting:
+                    self._trim_count(counts)
             conn.execute("COMMIT")
         except BaseException as exc:
             self._rollback()
@@ -269,6 +292,7 @@ class Store:
                 raise wrap_error(exc, "append failed, nothing of the batch was written") from exc
             raise
         self.position = position
+        self._counts.update(counts)
         self.commits += 1
         return acks, deliveries
 
@@ -279,24 +303,32 @@ class Store:
             except sqlite3.Error:
                 pass  # SQLite already rolled back (e.g. after an I/O error)
 
-    def _trim_count(self, topics: Iterable[str]) -> int:
-        """Delete each topic's events beyond `max_per_topic` (inside a transaction)."""
+    def _trim_count(self, counts: dict[str, int]) -> int:
+        """Delete the oldest events of each topic beyond `max_per_topic`.
+
+        Runs inside a transaction; `counts` (events per topic) is updated.
+        """
         limit = self._config.max_per_topic
         assert limit is not None
         removed = 0
         conn = self._conn
-        for topic in topics:
-            cutoff = self._offsets[topic] - limit
-            if cutoff <= 0:
+        for topic, count in counts.items():
+            excess = count - limit
+            if excess <= 0:
                 continue
-            gone = conn.execute(
-                "DELETE FROM log WHERE topic = ? AND offset <= ? RETURNING position",
-                (topic, cutoff),
-            ).fetchall()
+            gone = conn.execute(_TRIM_OLDEST, (topic, excess)).fetchall()
             if gone:
                 removed += len(gone)
+                counts[topic] = count - len(gone)
                 conn.execute(_RAISE_TRIMMED, (max(p for (p,) in gone), topic))
         return removed
+
+    def _forget(self, topics: Iterable[str]) -> None:
+        """Count one event less for each topic named (after a committed removal)."""
+        if self._config.max_per_topic is not None:
+            counts = self._counts
+            for topic in topics:
+                counts[topic] -= 1
 
     def sweep(self) -> int:
         """Apply age retention, expiry and the dedupe window now; return events removed.
@@ -305,20 +337,34 @@ class Store:
         """
         now = self._clock()
         conn = self._conn
-        removed = 0
         try:
             conn.execute("BEGIN IMMEDIATE")
             # Expiry first: an expired event is no loss, even if it is also too old.
-            removed += conn.execute("DELETE FROM log WHERE expires <= ?", (now,)).rowcount
+            gone = [
+                topic
+                for (topic,) in conn.execute(
+                    "DELETE FROM log WHERE expires <= ? RETURNING topic", (now,)
+                ).fetchall()
+            ]
             if self._config.max_age is not None:
-                too_old = now - self._config.max_age
+                # Append times grow with positions: the old events are a prefix.
+                young = conn.execute(
+                    "SELECT position FROM log WHERE time >= ? ORDER BY position LIMIT 1",
+                    (now - self._config.max_age,),
+                ).fetchone()
+                bound = young[0] if young is not None else self.position + 1
                 trimmed = conn.execute(
-                    "SELECT max(position), topic FROM log WHERE time < ? GROUP BY topic",
-                    (too_old,),
+                    "SELECT max(position), topic FROM log WHERE position < ? GROUP BY topic",
+                    (bound,),
                 ).fetchall()
                 if trimmed:
                     conn.executemany(_RAISE_TRIMMED, trimmed)
-                    removed += conn.execute("DELETE FROM log WHERE time < ?", (too_old,)).rowcount
+                    gone += [
+                        topic
+                        for (topic,) in conn.execute(
+                            "DELETE FROM log WHERE position < ? RETURNING topic", (bound,)
+                        ).fetchall()
+                    ]
             window = max(self._config.dedupe_window, 0.0)
             conn.execute("DELETE FROM dedupe WHERE time <= ?", (now - window,))
             conn.execute("COMMIT")
@@ -327,7 +373,8 @@ class Store:
             if isinstance(exc, sqlite3.Error):
                 raise wrap_error(exc, "sweep failed") from exc
             raise
-        return removed
+        self._forget(gone)
+        return len(gone)
 
     def reset(self) -> str:
         """Delete all history, offsets and dedupe records; start and return a new epoch."""
@@ -347,6 +394,7 @@ class Store:
         self.epoch = epoch
         self.position = 0
         self._offsets.clear()
+        self._counts.clear()
         return epoch
 
 
