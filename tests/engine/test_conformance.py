@@ -291,3 +291,25 @@ async def test_deliveries_carry_the_event_and_times(
     assert stored.time == clock.now
     assert stored.expires == pytest.approx(clock.now + 100)
     assert stored == opened.seen[0]
+
+
+async def test_count_retention_counts_events_not_offsets(
+    make_engine: MakeEngine, clock: FakeClock
+) -> None:
+    """After expiry removed one event, the topic holds the limit again before trimming."""
+    opened = await make_engine(EngineConfig(max_per_topic=3, sweep_interval=3600))
+    engine = opened.engine
+    soon = datetime.fromtimestamp(clock.now + 5, UTC)
+    await append(engine, "a", make_event(expirytime=soon))
+    await append(engine, "a")
+    await append(engine, "a")
+    clock.advance(5)
+    assert await engine.sweep() == 1
+    await append(engine, "a")
+    page = await engine.read("a", None, 100)
+    assert [d.offset for d in page.deliveries] == [2, 3, 4]
+    assert page.exact
+    await append(engine, "a")
+    page = await engine.read("a", None, 100)
+    assert [d.offset for d in page.deliveries] == [3, 4, 5]
+    assert not page.exact
