@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from hybridbus.core.event import Event, event_from_dict, validate_extension_name
+from hybridbus.core.event import Event, check_event, event_from_dict, validate_extension_name
 from hybridbus.errors import ErrorCode, InvalidEvent, InvalidInput
 
 MINIMAL: dict[str, Any] = {"specversion": "1.0", "id": "e-1", "source": "/s", "type": "t.created"}
@@ -234,3 +234,42 @@ def test_input_dict_is_not_mutated() -> None:
 def test_validation_error_keeps_the_msgspec_cause() -> None:
     exc = refused(with_(id=""))
     assert isinstance(exc.__cause__, msgspec.ValidationError)
+
+
+@pytest.mark.parametrize(
+    ("fields", "attribute"),
+    [
+        ({"id": ""}, "id"),
+        ({"source": 5}, "source"),
+        ({"type": None}, "type"),
+        ({"specversion": "0.3"}, "specversion"),
+        ({"subject": ""}, "subject"),
+        ({"tenantid": 7}, "tenantid"),
+        ({"time": datetime(2024, 1, 1)}, "time"),
+        ({"expirytime": "2024-01-01T00:00:00Z"}, "expirytime"),
+        ({"lamport": -1}, "lamport"),
+        ({"lamport": True}, "lamport"),
+        ({"extensions": None}, "extensions"),
+    ],
+)
+def test_check_event_catches_what_python_construction_lets_through(
+    fields: dict[str, object], attribute: str
+) -> None:
+    base: dict[str, object] = {"id": "1", "source": "/s", "type": "t"}
+    event = Event(**{**base, **fields})  # type: ignore[arg-type]
+    with pytest.raises(InvalidEvent) as info:
+        check_event(event)
+    assert info.value.attribute == attribute
+
+
+def test_check_event_passes_valid_events_through() -> None:
+    event = Event(
+        id="1",
+        source="/s",
+        type="t",
+        time=datetime(2024, 1, 1, tzinfo=UTC),
+        lamport=0,
+        subject="x",
+        extensions={"a": 1},
+    )
+    assert check_event(event) is event

@@ -28,6 +28,7 @@ __all__ = [
     "Event",
     "ExtensionValue",
     "attribute_of",
+    "check_event",
     "event_from_dict",
     "validate_extension_name",
 ]
@@ -58,6 +59,9 @@ class Event(
     kw_only=True,
     omit_defaults=True,
     forbid_unknown_fields=True,
+    # An event never refers back to itself, so it cannot be part of a cycle:
+    # the garbage collector need not track it (its `data` is tracked as usual).
+    gc=False,
 ):
     """A CloudEvents 1.0 event.
 
@@ -88,6 +92,76 @@ class Event(
         if self.extensions:
             for name, value in self.extensions.items():
                 _check_extension(name, value)
+
+
+_REQUIRED: Final = ("id", "source", "type")
+_OPTIONAL_TEXT: Final = (
+    "subject",
+    "datacontenttype",
+    "dataschema",
+    "tenantid",
+    "appid",
+    "partitionkey",
+    "sequence",
+)
+
+
+def check_event(event: Event) -> Event:
+    """Return `event` if its attributes obey the rules decoding enforces, else raise.
+
+    Decoding (JSON, MessagePack, a dict) checks every type and constraint;
+    constructing an `Event` in Python checks none but the extensions. This
+    is the cheap check for events built in Python. `data` is checked by
+    encoding it.
+    """
+    e = event
+    if not (
+        type(e.id) is str
+        and e.id
+        and type(e.source) is str
+        and e.source
+        and type(e.type) is str
+        and e.type
+        and e.specversion == "1.0"
+        and type(e.extensions) is dict
+    ):
+        _explain(e)
+    if (
+        e.subject is None
+        and e.datacontenttype is None
+        and e.dataschema is None
+        and e.tenantid is None
+        and e.appid is None
+        and e.partitionkey is None
+        and e.sequence is None
+        and e.time is None
+        and e.expirytime is None
+        and e.lamport is None
+    ):
+        return e  # the common case: nothing optional to check
+    for name in _OPTIONAL_TEXT:
+        value = getattr(e, name)
+        if value is not None and (type(value) is not str or not value):
+            raise InvalidEvent(f"{name} must be a non-empty string if set", attribute=name)
+    for name in ("time", "expirytime"):
+        value = getattr(e, name)
+        if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
+            raise InvalidEvent(f"{name} must be a datetime with a time zone", attribute=name)
+    lamport = e.lamport
+    if lamport is not None and (type(lamport) is not int or lamport < 0):
+        raise InvalidEvent("lamport must be a non-negative integer", attribute="lamport")
+    return e
+
+
+def _explain(event: Event) -> None:
+    """Raise the error for the first required attribute `check_event` found wrong."""
+    for name in _REQUIRED:
+        value = getattr(event, name)
+        if type(value) is not str or not value:
+            raise InvalidEvent(f"{name} must be a non-empty string", attribute=name)
+    if event.specversion != "1.0":
+        raise InvalidEvent("specversion must be '1.0'", attribute="specversion")
+    raise InvalidEvent("extensions must be a dict", attribute="extensions")
 
 
 def validate_extension_name(name: str) -> None:

@@ -98,37 +98,41 @@ class MemoryEngine:
         if self._closed:
             raise BusClosed("the engine is closed")
         now = self._clock()
-        key = (event.source, event.id)
         window = self._config.dedupe_window
-        self._prune_dedupe(now - window)
-        seen = self._dedupe.get(key)
-        if seen is not None and seen[1] > now - window:
-            original = seen[0]
-            return Ack(
-                original.topic,
-                original.offset,
-                original.shard,
-                original.position,
-                original.epoch,
-                duplicate=True,
-            )
+        key = (event.source, event.id)
+        if window > 0:
+            order = self._dedupe_order
+            if order and order[0][0] <= now - window:
+                self._prune_dedupe(now - window)
+            seen = self._dedupe.get(key)
+            if seen is not None:
+                original = seen[0]
+                return Ack(
+                    original.topic,
+                    original.offset,
+                    original.shard,
+                    original.position,
+                    original.epoch,
+                    duplicate=True,
+                )
         state = self._topics.get(topic)
         if state is None:
             state = self._topics[topic] = _Topic()
-        state.last_offset += 1
-        self._position += 1
+        offset = state.last_offset = state.last_offset + 1
+        position = self._position = self._position + 1
         expirytime = event.expirytime
-        expires = expirytime.timestamp() if expirytime is not None else None
-        delivery = Delivery(topic, state.last_offset, 0, self._position, now, event, expires)
+        expires = None
+        if expirytime is not None:
+            expires = expirytime.timestamp()
+            self._expiring += 1
+        delivery = Delivery(topic, offset, 0, position, now, event, expires)
         state.deliveries.append(delivery)
         self._log.append(delivery)
-        self._present.add(self._position)
-        if expires is not None:
-            self._expiring += 1
+        self._present.add(position)
         limit = self._config.max_per_topic
         if limit is not None and len(state.deliveries) > limit:
             self._remove(state.deliveries[0], trimmed=True)
-        ack = Ack(topic, delivery.offset, 0, delivery.position, self._epoch)
+        ack = Ack(topic, offset, 0, position, self._epoch)
         if window > 0:
             self._dedupe[key] = (ack, now)
             self._dedupe_order.append((now, key))

@@ -15,8 +15,8 @@ from typing import Any
 
 import msgspec
 
-from hybridbus.core.codecs import decode_msgpack, encode_msgpack
-from hybridbus.core.event import Event, event_from_dict
+from hybridbus.core.codecs import encode_msgpack
+from hybridbus.core.event import Event, check_event, event_from_dict
 from hybridbus.core.log import Ack, Delivery, Page, Position, is_exact
 from hybridbus.core.topics import validate_pattern, validate_topic
 from hybridbus.core.trie import Trie
@@ -57,10 +57,7 @@ EventLike = Event | Mapping[str, Any]
 def _checked(event: EventLike) -> tuple[Event, bytes]:
     """The validated event and its MessagePack encoding."""
     if isinstance(event, Event):
-        payload = encode_msgpack(event)
-        # Constructing an Event in Python checks no types or constraints;
-        # decoding its encoding checks them all.
-        return decode_msgpack(payload), payload
+        return check_event(event), encode_msgpack(event)
     if isinstance(event, Mapping):
         checked = event_from_dict(event, require_specversion=False)
         return checked, encode_msgpack(checked)
