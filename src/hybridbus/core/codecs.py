@@ -19,7 +19,6 @@ from urllib.parse import quote, unquote
 import msgspec
 
 from hybridbus.core.event import (
-    EXTENSION_ATTRIBUTES,
     Event,
     attribute_of,
     event_from_dict,
@@ -174,29 +173,43 @@ _HEADER_ATTRIBUTES: Final = (
 _SAFE: Final = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
 
 
-def _header_value(value: object) -> str:
+def _needs_quoting(text: str) -> bool:
+    """True if `text` holds anything but printable ASCII other than space, '"', '%'."""
+    return not (text.isascii() and text.isprintable()) or " " in text or '"' in text or "%" in text
+
+
+def _header_text(value: object) -> str:
+    if isinstance(value, str):
+        return value
     if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, datetime):
-        text = value.isoformat().replace("+00:00", "Z")
-    else:
-        text = str(value)
-    return quote(text, safe=_SAFE)
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return str(value)
+
+
+# (attribute, header) pairs of the typed attributes carried as ce-* headers.
+_HEADERS: Final = tuple(
+    (name, f"ce-{name}") for name in (*_HEADER_ATTRIBUTES, "time", "expirytime", "lamport")
+)
+
+
+_ATTRIBUTE_OF_HEADER: Final = {header: name for name, header in _HEADERS}
 
 
 def to_http(event: Event) -> tuple[dict[str, str], bytes]:
     """The HTTP binary-mode headers and body of an event."""
     headers: dict[str, str] = {}
-    for name in _HEADER_ATTRIBUTES:
+    for name, header in _HEADERS:
         value = getattr(event, name)
         if value is not None:
-            headers[f"ce-{name}"] = _header_value(value)
-    for name in ("time", "expirytime", "lamport"):
-        value = getattr(event, name)
-        if value is not None:
-            headers[f"ce-{name}"] = _header_value(value)
+            headers[header] = _header_text(value)
     for name, value in event.extensions.items():
-        headers[f"ce-{name}"] = _header_value(value)
+        headers[f"ce-{name}"] = _header_text(value)
+    # One check over all values: escaping is rare, so look at them together.
+    if _needs_quoting("!".join(headers.values())):
+        for header, text in headers.items():
+            headers[header] = quote(text, safe=_SAFE)
     data = event.data
     if event.datacontenttype is not None:
         headers["content-type"] = event.datacontenttype
@@ -220,18 +233,16 @@ def from_http(headers: Mapping[str, str], body: bytes) -> Event:
     content_type: str | None = None
     for key, raw_value in headers.items():
         lower = key.lower()
-        if lower == "content-type":
-            content_type = raw_value
-            continue
-        if not lower.startswith("ce-"):
-            continue
-        name = lower[3:]
-        value = unquote(raw_value)
-        if name in ("data", "data_base64", "datacontenttype"):
-            raise InvalidEvent(f"header {key} is not allowed in binary mode", attribute=name)
-        if name in EXTENSION_ATTRIBUTES or name in _HEADER_ATTRIBUTES or name == "time":
+        value = unquote(raw_value) if "%" in raw_value else raw_value
+        name = _ATTRIBUTE_OF_HEADER.get(lower)
+        if name is not None:
             fields[name] = value
-        else:
+        elif lower == "content-type":
+            content_type = raw_value
+        elif lower.startswith("ce-"):
+            name = lower[3:]
+            if name in ("data", "data_base64", "datacontenttype"):
+                raise InvalidEvent(f"header {key} is not allowed in binary mode", attribute=name)
             validate_extension_name(name)
             extensions[name] = value
     if "lamport" in fields:
