@@ -126,31 +126,36 @@ def check_event(event: Event) -> Event:
         and type(e.extensions) is dict
     ):
         _explain(e)
-    if (
-        e.subject is None
-        and e.datacontenttype is None
-        and e.dataschema is None
-        and e.tenantid is None
-        and e.appid is None
-        and e.partitionkey is None
-        and e.sequence is None
-        and e.time is None
-        and e.expirytime is None
-        and e.lamport is None
+    for value in (
+        e.subject,
+        e.datacontenttype,
+        e.dataschema,
+        e.tenantid,
+        e.appid,
+        e.partitionkey,
+        e.sequence,
     ):
-        return e  # the common case: nothing optional to check
-    for name in _OPTIONAL_TEXT:
-        value = getattr(e, name)
         if value is not None and (type(value) is not str or not value):
-            raise InvalidEvent(f"{name} must be a non-empty string if set", attribute=name)
-    for name in ("time", "expirytime"):
-        value = getattr(e, name)
-        if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
-            raise InvalidEvent(f"{name} must be a datetime with a time zone", attribute=name)
+            _explain_optional(e)
+    for when in (e.time, e.expirytime):
+        if when is not None and (not isinstance(when, datetime) or when.tzinfo is None):
+            _explain_optional(e)
     lamport = e.lamport
     if lamport is not None and (type(lamport) is not int or lamport < 0):
         raise InvalidEvent("lamport must be a non-negative integer", attribute="lamport")
     return e
+
+
+def _explain_optional(event: Event) -> None:
+    """Raise the error for the first optional attribute `check_event` found wrong."""
+    for name in _OPTIONAL_TEXT:
+        value = getattr(event, name)
+        if value is not None and (type(value) is not str or not value):
+            raise InvalidEvent(f"{name} must be a non-empty string if set", attribute=name)
+    for name in ("time", "expirytime"):
+        value = getattr(event, name)
+        if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
+            raise InvalidEvent(f"{name} must be a datetime with a time zone", attribute=name)
 
 
 def _explain(event: Event) -> None:
