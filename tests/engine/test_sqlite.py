@@ -227,15 +227,27 @@ async def test_the_sweeper_runs_on_its_own(engines: list[SqliteEngine], tmp_path
     assert rows(tmp_path, "SELECT topic FROM topics WHERE trimmed_position > 0") == [("b",)]
 
 
-async def test_dedupe_records_are_pruned_after_the_window(
+async def test_dedupe_window_ends_and_survives_a_restart(
     engines: list[SqliteEngine], tmp_path: Path
 ) -> None:
     clock = Clock()
-    engine = await start(engines, tmp_path, EngineConfig(dedupe_window=30), clock)
-    await append(engine, "a", event(id="x"))
-    clock.now += 31
+    config = EngineConfig(dedupe_window=30)
+    engine = await start(engines, tmp_path, config, clock)
+    first = await append(engine, "a", event(id="x"))
+    await append(engine, "a", event(id="y"))
+    clock.now += 20
+    await append(engine, "a", event(id="z"))
+    await engine.close()
+    # The dedupe index is rebuilt from the log: a retry after a restart is caught.
+    engine = await start(engines, tmp_path, config, clock)
+    again = await append(engine, "a", event(id="x"))
+    assert (again.duplicate, again.offset, again.position) == (True, 1, first.position)
+    clock.now += 11  # x and y are 31 s old now, z 11 s
     await engine.sweep()
-    assert rows(tmp_path, "SELECT count(*) FROM dedupe") == [(0,)]
+    assert not (await append(engine, "a", event(id="y"))).duplicate
+    await engine.close()
+    engine = await start(engines, tmp_path, config, clock)
+    assert (await append(engine, "a", event(id="z"))).duplicate
     assert not (await append(engine, "a", event(id="x"))).duplicate
 
 
@@ -286,11 +298,11 @@ async def test_a_failed_transaction_appends_nothing(
     seen: list[Delivery] = []
     engine = await start(engines, tmp_path, seen=seen)
     await append(engine, "a")
-    # A trigger makes the dedupe insert fail after the log rows of the batch
+    # A trigger makes the log insert fail after earlier rows of the batch
     # are already inserted in the same transaction: a real mid-batch failure.
     with contextlib.closing(sqlite3.connect(tmp_path / "hybridbus.db")) as conn:
         conn.execute(
-            "CREATE TRIGGER boom BEFORE INSERT ON dedupe WHEN NEW.id LIKE 'bad%' "
+            "CREATE TRIGGER boom BEFORE INSERT ON log WHEN NEW.id LIKE 'bad%' "
             "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
         )
     batch = [event(id="bad") if i == 5 else event() for i in range(10)]

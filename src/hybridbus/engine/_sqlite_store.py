@@ -11,10 +11,12 @@ writer thread or the reader thread. sqlite3 errors are wrapped into
 Layout (`<dir>/hybridbus.db`, WAL mode):
 
     log     position INTEGER PRIMARY KEY (the shard-0 log position), topic,
-            offset, time, expires (NULL: never), payload (the event's MessagePack)
+            offset, time, expires (NULL: never), payload (the event's MessagePack),
+            source, id (the dedupe key, from which `core.dedupe.DedupeIndex`
+            is rebuilt at open; no index on it: keys arrive in random order,
+            and an on-disk index of them costs several times the append)
     topics  topic -> last_offset, trimmed_position (highest position that
             count or age retention removed from the topic; 0: none)
-    dedupe  (source, id) -> topic, offset, position, time of the original
     meta    'epoch' -> the epoch; 'position' -> the highest position ever
             assigned in this epoch (never reused, even after the newest
             events expired, so a reader's position can never be handed out twice)
@@ -27,11 +29,12 @@ import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
 from hybridbus.core.codecs import decode_msgpack
+from hybridbus.core.dedupe import DedupeIndex
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.core.topics import is_pattern, matches
@@ -53,7 +56,9 @@ CREATE TABLE log (
     offset INTEGER NOT NULL,
     time REAL NOT NULL,
     expires REAL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    source TEXT NOT NULL,
+    id TEXT NOT NULL
 );
 -- The only index by topic: reads and count retention go by (topic, position).
 -- Offsets need none (the writer assigns them), nor does age retention (it
@@ -65,27 +70,11 @@ CREATE TABLE topics (
     last_offset INTEGER NOT NULL,
     trimmed_position INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
-CREATE TABLE dedupe (
-    source TEXT NOT NULL,
-    id TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    offset INTEGER NOT NULL,
-    position INTEGER NOT NULL,
-    time REAL NOT NULL,
-    PRIMARY KEY (source, id)
-) WITHOUT ROWID;
-CREATE INDEX dedupe_time ON dedupe(time);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
 
-_INSERT_LOG: Final = "INSERT INTO log VALUES (?, ?, ?, ?, ?, ?)"
-# One lookup per batch: the batch's keys go in as one JSON array of [source, id].
-_FIND_DEDUPE: Final = (
-    "SELECT d.source, d.id, d.topic, d.offset, d.position FROM json_each(?) AS k "
-    "JOIN dedupe AS d ON d.source = json_extract(k.value, '$[0]') "
-    "AND d.id = json_extract(k.value, '$[1]') WHERE d.time > ?"
-)
-_PUT_DEDUPE: Final = "INSERT OR REPLACE INTO dedupe VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT_LOG: Final = "INSERT INTO log VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_FIND_ORIGINAL: Final = "SELECT topic, offset, time, source, id FROM log WHERE position = ?"
 _PUT_TOPIC: Final = (
     "INSERT INTO topics (topic, last_offset) VALUES (?, ?) "
     "ON CONFLICT (topic) DO UPDATE SET last_offset = excluded.last_offset"
@@ -103,9 +92,39 @@ _COLUMNS: Final = "position, topic, offset, time, expires, payload"
 _LIVE: Final = "(expires IS NULL OR expires > ?)"
 
 _Row = tuple[int, str, int, float, float | None, bytes]
+_NewRow = tuple[int, str, int, float, float | None, bytes, str, str]
 
 
-_encode_keys = msgspec.json.Encoder().encode
+# Rows per multi-row INSERT. Each statement is one sqlite3_step, around which
+# Python releases and re-takes the GIL; with executemany that happens per row,
+# and every re-take can wait for the event loop's thread. 64 rows x 6 values
+# stays far below SQLite's limit on bound parameters.
+_ROWS_PER_INSERT: Final = 64
+
+
+def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Run `insert` (one row of `?` placeholders) for every row, many rows per statement."""
+    if not rows:
+        return
+    head, _, values = insert.partition(" VALUES ")
+    full = len(rows) - len(rows) % _ROWS_PER_INSERT
+    if full:
+        many = f"{head} VALUES {', '.join([values] * _ROWS_PER_INSERT)}"
+        for start in range(0, full, _ROWS_PER_INSERT):
+            chunk = rows[start : start + _ROWS_PER_INSERT]
+            conn.execute(many, [value for row in chunk for value in row])
+    rest = rows[full:]
+    if rest:
+        # Power-of-two chunks keep the number of distinct statements (and of
+        # prepared statements in sqlite3's cache) small.
+        size = _ROWS_PER_INSERT
+        start = 0
+        while start < len(rest):
+            size = min(size, 1 << (len(rest) - start).bit_length() - 1)
+            sql = f"{head} VALUES {', '.join([values] * size)}"
+            chunk = rest[start : start + size]
+            conn.execute(sql, [value for row in chunk for value in row])
+            start += size
 
 
 def new_epoch() -> str:
@@ -204,6 +223,9 @@ class Store:
             self._offsets: dict[str, int] = dict(
                 conn.execute("SELECT topic, last_offset FROM topics").fetchall()
             )
+            self._dedupe = DedupeIndex(self._config.dedupe_window)
+            if self._config.dedupe_window > 0:
+                self._rebuild_dedupe()
             # Events held per topic, kept only when count retention needs it.
             self._counts: dict[str, int] = {}
             if self._config.max_per_topic is not None:
@@ -219,6 +241,35 @@ class Store:
 
     def close(self) -> None:
         self._conn.close()
+
+    def _rebuild_dedupe(self) -> None:
+        """Fill the dedupe index with the keys appended within the window."""
+        conn = self._conn
+        since = self._clock() - self._config.dedupe_window
+        # Append times grow with positions: find the first young one by bisection.
+        low, high = 0, self.position + 1
+        while low < high:
+            middle = (low + high) // 2
+            row = conn.execute(
+                "SELECT time FROM log WHERE position >= ? ORDER BY position LIMIT 1", (middle,)
+            ).fetchone()
+            if row is None or row[0] > since:
+                high = middle
+            else:
+                low = middle + 1
+        remember = self._dedupe.remember
+        for position, time, source, id_ in conn.execute(
+            "SELECT position, time, source, id FROM log WHERE position >= ? ORDER BY position",
+            (low,),
+        ):
+            remember(source, id_, position, time)
+
+    def _original(self, position: int, source: str, id_: str, fresh_after: float) -> Ack | None:
+        """The duplicate's ack if the event at `position` is this key's original, in time."""
+        row = self._conn.execute(_FIND_ORIGINAL, (position,)).fetchone()
+        if row is None or row[2] <= fresh_after or row[3] != source or row[4] != id_:
+            return None  # a hash collision, too old, or removed by retention
+        return Ack(row[0], row[1], 0, position, self.epoch, duplicate=True)
 
     def append(
         self, batch: Sequence[tuple[str, Event, bytes, object]]
@@ -239,22 +290,22 @@ class Store:
         seen: dict[tuple[str, str], Ack] = {}
         acks: list[Ack] = []
         deliveries: list[Delivery] = []
-        log_rows: list[_Row] = []
-        dedupe_rows: list[tuple[str, str, str, int, int, float]] = []
+        log_rows: list[_NewRow] = []
+        dedupe = self._dedupe
         position = self.position
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
-            if window > 0:
-                keys = _encode_keys([(event.source, event.id) for _, event, _, _ in batch])
-                for source, id_, topic, offset, at in conn.execute(
-                    _FIND_DEDUPE, (keys, fresh_after)
-                ):
-                    seen[(source, id_)] = Ack(topic, offset, 0, at, epoch)
             for topic, event, payload, _ in batch:
+                source = event.source
+                id_ = event.id
                 if window > 0:
-                    key = (event.source, event.id)
+                    key = (source, id_)
                     original = seen.get(key)
+                    if original is None:
+                        found = dedupe.lookup(source, id_)
+                        if found is not None:
+                            original = self._original(found, source, id_, fresh_after)
                     if original is not None:
                         acks.append(msgspec.structs.replace(original, duplicate=True))
                         continue
@@ -266,16 +317,14 @@ class Store:
                     counts[topic] = counts.get(topic, self._counts.get(topic, 0)) + 1
                 position += 1
                 expires = event.expirytime.timestamp() if event.expirytime is not None else None
-                log_rows.append((position, topic, offset, now, expires, payload))
+                log_rows.append((position, topic, offset, now, expires, payload, source, id_))
                 ack = Ack(topic, offset, 0, position, epoch)
                 acks.append(ack)
                 deliveries.append(Delivery(topic, offset, 0, position, now, event, expires))
                 if window > 0:
                     seen[key] = ack
-                    dedupe_rows.append((event.source, event.id, topic, offset, position, now))
             if log_rows:
-                conn.executemany(_INSERT_LOG, log_rows)
-                conn.executemany(_PUT_DEDUPE, dedupe_rows)
+                _insert_rows(conn, _INSERT_LOG, log_rows)
                 conn.executemany(_PUT_TOPIC, [(topic, offsets[topic]) for topic in saved])
                 conn.execute(_SET_META, ("position", position))
                 if counting:
@@ -293,6 +342,9 @@ class Store:
             raise
         self.position = position
         self._counts.update(counts)
+        if window > 0:
+            for row in log_rows:
+                dedupe.remember(row[6], row[7], row[0], now)
         self.commits += 1
         return acks, deliveries
 
@@ -365,8 +417,6 @@ class Store:
                             "DELETE FROM log WHERE position < ? RETURNING topic", (bound,)
                         ).fetchall()
                     ]
-            window = max(self._config.dedupe_window, 0.0)
-            conn.execute("DELETE FROM dedupe WHERE time <= ?", (now - window,))
             conn.execute("COMMIT")
         except BaseException as exc:
             self._rollback()
@@ -374,6 +424,7 @@ class Store:
                 raise wrap_error(exc, "sweep failed") from exc
             raise
         self._forget(gone)
+        self._dedupe.prune(now)
         return len(gone)
 
     def reset(self) -> str:
@@ -382,7 +433,7 @@ class Store:
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for table in ("log", "topics", "dedupe"):
+            for table in ("log", "topics"):
                 conn.execute(f"DELETE FROM {table}")
             conn.executemany(_SET_META, [("epoch", epoch), ("position", 0)])
             conn.execute("COMMIT")
@@ -395,6 +446,7 @@ class Store:
         self.position = 0
         self._offsets.clear()
         self._counts.clear()
+        self._dedupe.clear()
         return epoch
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Sequence
 
+from hybridbus.core.dedupe import DedupeIndex
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.core.topics import is_pattern, matches
@@ -62,8 +63,7 @@ class MemoryEngine:
         self._position = 0
         self._max_trimmed = 0
         self._expiring = 0  # how many present deliveries carry an expiry
-        self._dedupe: dict[tuple[str, str], tuple[Ack, float]] = {}
-        self._dedupe_order: deque[tuple[float, tuple[str, str]]] = deque()
+        self._dedupe = DedupeIndex(self._config.dedupe_window)
 
     @property
     def epoch(self) -> str:
@@ -99,22 +99,12 @@ class MemoryEngine:
             raise BusClosed("the engine is closed")
         now = self._clock()
         window = self._config.dedupe_window
-        key = (event.source, event.id)
         if window > 0:
-            order = self._dedupe_order
-            if order and order[0][0] <= now - window:
-                self._prune_dedupe(now - window)
-            seen = self._dedupe.get(key)
-            if seen is not None:
-                original = seen[0]
-                return Ack(
-                    original.topic,
-                    original.offset,
-                    original.shard,
-                    original.position,
-                    original.epoch,
-                    duplicate=True,
-                )
+            found = self._dedupe.lookup(event.source, event.id)
+            if found is not None:
+                original = self._original(found, event, now - window)
+                if original is not None:
+                    return original
         state = self._topics.get(topic)
         if state is None:
             state = self._topics[topic] = _Topic()
@@ -134,19 +124,24 @@ class MemoryEngine:
             self._remove(state.deliveries[0], trimmed=True)
         ack = Ack(topic, offset, 0, position, self._epoch)
         if window > 0:
-            self._dedupe[key] = (ack, now)
-            self._dedupe_order.append((now, key))
+            self._dedupe.remember(event.source, event.id, position, now)
         if self._listener is not None:
             self._listener((delivery,))
         return ack
 
-    def _prune_dedupe(self, cutoff: float) -> None:
-        order = self._dedupe_order
-        while order and order[0][0] <= cutoff:
-            _, key = order.popleft()
-            entry = self._dedupe.get(key)
-            if entry is not None and entry[1] <= cutoff:
-                del self._dedupe[key]
+    def _original(self, position: int, event: Event, fresh_after: float) -> Ack | None:
+        """The duplicate's ack if `position` holds `event`'s original, still retained."""
+        if position not in self._present:
+            return None
+        log = self._log
+        index = bisect_left(log, position, key=_by_position)
+        original = log[index]
+        if original.time <= fresh_after or (original.event.source, original.event.id) != (
+            event.source,
+            event.id,
+        ):
+            return None
+        return Ack(original.topic, original.offset, 0, position, self._epoch, duplicate=True)
 
     def _remove(self, delivery: Delivery, *, trimmed: bool) -> None:
         """Forget `delivery`; `trimmed` marks a loss readers must hear about."""
@@ -180,7 +175,7 @@ class MemoryEngine:
                 if delivery.expired(now):
                     self._remove(delivery, trimmed=False)
                     removed += 1
-        self._prune_dedupe(now - self._config.dedupe_window)
+        self._dedupe.prune(now)
         return removed
 
     def _oldest_first(self) -> list[Delivery]:
