@@ -303,3 +303,16 @@ async def test_recovery_through_small_pages_and_queue_while_publishing(
         for topic in ("acme/0", "acme/1"):
             offsets = [d.offset for d in got if d.topic == topic]
             assert offsets == list(range(1, len(offsets) + 1))
+
+
+async def test_a_tight_publish_loop_lets_subscribers_in_this_process_keep_up(
+    engine_kind: str, tmp_path: Path
+) -> None:
+    """The memory engine acks at once; the bus yields when a subscriber lags."""
+    async with hybridbus.open(url(engine_kind, tmp_path), bus=BusConfig(queue_size=100)) as bus:
+        async with bus.subscribe("acme/#") as sub:
+            reader = asyncio.ensure_future(take(sub, 1000))
+            for i in range(1000):
+                await bus.publish("acme/a", ev(i))
+            got = await reader
+        assert [d.offset for d in got] == list(range(1, 1001))

@@ -9,6 +9,7 @@ for exact recovery. Must not know which engine it runs on (it is given an
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -84,6 +85,10 @@ class Bus:
         self._routes: dict[str, tuple[Subscription, ...]] = {}
         self._subscriptions: set[Subscription] = set()
         self._closed = True
+        # Set by `_route` when a subscriber's queue is past half full: the next
+        # publish then yields to the loop once, so that consumers in this
+        # process run even if the publisher never awaits anything that suspends.
+        self._lagging = False
 
     async def start(self) -> None:
         """Open the engine and start routing its appends."""
@@ -124,7 +129,11 @@ class Bus:
         checked, payload = _checked(event)
         if len(payload) > self.config.max_event_size:
             raise EventTooLarge(len(payload), self.config.max_event_size)
-        return await self.engine.append(topic, checked, payload)
+        ack = await self.engine.append(topic, checked, payload)
+        if self._lagging:
+            self._lagging = False
+            await asyncio.sleep(0)
+        return ack
 
     def _route(self, deliveries: Sequence[Delivery]) -> None:
         """The engine's listener: hand each delivery to the subscriptions it matches."""
@@ -142,7 +151,8 @@ class Bus:
                     routes.clear()
                 subs = routes[topic] = tuple(self._trie.match(topic))
             for sub in subs:
-                sub.push(delivery)
+                if sub.push(delivery):
+                    self._lagging = True
 
     # -- history -------------------------------------------------------------
 

@@ -118,32 +118,44 @@ class Subscription:
 
     # -- fed by the bus -------------------------------------------------------
 
-    def push(self, delivery: Delivery) -> None:
-        """Take a live delivery (called by the bus in log order)."""
+    def push(self, delivery: Delivery) -> bool:
+        """Take a live delivery (called by the bus in log order).
+
+        True if the queue is past half its bound: the publisher should yield.
+        """
         state = self._state
         if state is _State.LIVE:
-            if not self._cursor.advance(delivery):
-                return
-            if len(self._queue) >= self._maxsize:
+            # Cursor.advance, inlined: this runs once per delivery per subscriber.
+            seen = self._cursor.positions
+            shard = delivery.shard
+            if delivery.position <= seen[shard]:
+                return False
+            seen[shard] = delivery.position
+            backlog = len(self._queue)
+            if backlog >= self._maxsize:
                 self.end(
                     SubscriberTooSlow(
                         f"subscriber of {self.pattern!r} fell {self._maxsize} deliveries behind; "
                         "resubscribe from its position"
                     )
                 )
-                return
+                return False
             self._queue.append(delivery)
             waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            if waiter is not None:
+                self._waiter = None  # wake it once; later pushes skip this
+                if not waiter.done():
+                    waiter.set_result(None)
+            return backlog * 2 >= self._maxsize
         elif state is _State.RECOVERING:
             if self._overflowed:
-                return
+                return False
             if len(self._pending) >= self._maxsize:
                 self._overflowed = True
                 self._pending.clear()
-                return
+                return False
             self._pending.append(delivery)
+        return False
 
     def end(self, error: BusError | None = None) -> None:
         """End the subscription; iteration raises `error`, or stops if None."""
