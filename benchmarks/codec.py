@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from benchmarks.harness import Case, Result, Settings, per_op_seconds
+from benchmarks.harness import Case, Result, Settings, per_op_seconds, run_cases
 from benchmarks.samples import KB_ATTRIBUTES, KB_DATA, kb_event
 from hybridbus.core.codecs import (
     decode_json,
@@ -141,7 +141,7 @@ def cases(settings: Settings) -> list[Case]:
 
 
 def run(settings: Settings, log: Callable[[str], None] = print) -> list[Result]:
-    return [case.run(settings, log) for case in cases(settings)]
+    return run_cases(cases(settings), settings, log)
 
 
 if __name__ == "__main__":

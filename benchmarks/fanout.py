@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import hybridbus
-from benchmarks.harness import Case, Result, Settings, run_async, scratch_dir
+from benchmarks.harness import Case, Result, Settings, run_async, run_cases, scratch_dir
 from benchmarks.publish import sqlite_engine_available
 from benchmarks.samples import small_event
 from hybridbus import Subscription
@@ -102,6 +102,7 @@ def cases(settings: Settings, log: Callable[[str], None] = print) -> list[Case]:
             _bus_case(lambda _: "memory://", settings),
             peer="fanout.peer",
             target=1_000_000,
+            warmup=True,
         )
     ]
     if sqlite_engine_available():
@@ -112,6 +113,7 @@ def cases(settings: Settings, log: Callable[[str], None] = print) -> list[Case]:
                 "deliveries/s",
                 _bus_case(lambda p: f"sqlite://{p}", settings),
                 peer="fanout.peer",
+                warmup=True,
             )
         )
     else:
@@ -119,17 +121,18 @@ def cases(settings: Settings, log: Callable[[str], None] = print) -> list[Case]:
     out.append(
         Case(
             "fanout.peer",
-            "one asyncio.Queue per subscriber, 1,000 subscribers",
+            "asyncio.Queue per subscriber",
             "deliveries/s",
             lambda: run_async(queue_fanout(settings.fanout_events)),
             is_peer=True,
+            warmup=True,
         )
     )
     return out
 
 
 def run(settings: Settings, log: Callable[[str], None] = print) -> list[Result]:
-    return [case.run(settings, log) for case in cases(settings, log)]
+    return run_cases(cases(settings, log), settings, log)
 
 
 if __name__ == "__main__":

@@ -17,20 +17,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 __all__ = [
+    "RESULTS_DIR",
     "Case",
     "Result",
     "Settings",
     "format_table",
+    "load_average",
     "machine_info",
     "median",
     "per_op_seconds",
     "run_async",
+    "run_cases",
     "scratch_dir",
     "write_json",
 ]
@@ -46,7 +49,7 @@ class Settings:
 
     runs: int = 3  # medians of this many runs
     publish_seconds: float = 3.0  # length of one publish run
-    fanout_events: int = 1_000  # events per fan-out run (x subscribers deliveries)
+    fanout_events: int = 2_000  # events per fan-out run (x subscribers deliveries)
     codec_seconds: float = 0.25  # length of one codec run
     tmpdir: str | None = None  # where sqlite files go (default: the system temp dir)
 
@@ -73,7 +76,6 @@ class Result:
     peer: str | None = None
     target: float | None = None
     is_peer: bool = False
-    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def higher_is_better(self) -> bool:
@@ -118,13 +120,14 @@ class Case:
     peer: str | None = None
     target: float | None = None
     is_peer: bool = False
+    warmup: bool = False  # one untimed run first (cheap cases whose first run is slow)
 
-    def run(self, settings: Settings, log: Callable[[str], None]) -> Result:
-        runs = []
-        for _ in range(settings.runs):
-            gc.collect()  # start clean: no garbage of the previous run to collect
-            runs.append(self.measure())
-        result = Result(
+    def once(self) -> float:
+        gc.collect()  # start clean: no garbage of an earlier run to collect
+        return self.measure()
+
+    def result(self, runs: list[float]) -> Result:
+        return Result(
             self.id,
             self.id.split(".", 1)[0],
             self.label,
@@ -134,11 +137,35 @@ class Case:
             target=self.target,
             is_peer=self.is_peer,
         )
+
+    def run(self, settings: Settings, log: Callable[[str], None]) -> Result:
+        """Measure this case alone (see `run_cases` for a group)."""
+        return run_cases([self], settings, log)[0]
+
+
+def run_cases(
+    cases: Sequence[Case], settings: Settings, log: Callable[[str], None]
+) -> list[Result]:
+    """Measure `cases` round-robin: run 1 of every case, then run 2, ...
+
+    Something else briefly busy on the machine then spoils one run of a few
+    cases, which the median drops, rather than every run of one case.
+    """
+    for case in cases:
+        if case.warmup and settings.runs > 1:
+            case.once()
+    runs: list[list[float]] = [[] for _ in cases]
+    for round_ in range(settings.runs):
+        log(f"  round {round_ + 1} of {settings.runs}: {len(cases)} cases")
+        for case, figures in zip(cases, runs, strict=True):
+            figures.append(case.once())
+    results = [case.result(figures) for case, figures in zip(cases, runs, strict=True)]
+    for result in results:
         log(
-            f"  {self.id:<34} {_fmt(result.value, self.unit):>14}  runs: "
-            + ", ".join(_fmt(r, self.unit) for r in runs)
+            f"  {result.id:<34} {_fmt(result.value, result.unit):>14}  runs: "
+            + ", ".join(_fmt(r, result.unit) for r in result.runs)
         )
-        return result
+    return results
 
 
 def median(values: Sequence[float]) -> float:
@@ -181,10 +208,10 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 def loop_name() -> str:
     try:
-        import uvloop
+        import uvloop  # noqa: F401
     except ImportError:
         return "asyncio"
-    return f"uvloop {uvloop.__version__}"
+    return f"uvloop {_version('uvloop')}"
 
 
 @contextlib.contextmanager
@@ -277,6 +304,7 @@ def machine_info(settings: Settings) -> dict[str, Any]:
     disk["path"] = settings.tmpdir or tempfile.gettempdir()
     return {
         "cpu_model": cpu.get("Model name") or platform.processor() or None,
+        "cpu_family_model": f"{cpu.get('CPU family', '?')}/{cpu.get('Model', '?')}",
         "cpus": os.cpu_count(),
         "threads_per_core": cpu.get("Thread(s) per core"),
         "hypervisor": cpu.get("Hypervisor vendor"),
@@ -292,6 +320,14 @@ def machine_info(settings: Settings) -> dict[str, Any]:
         "sqlite": sqlite3.sqlite_version,
         "disk": disk,
     }
+
+
+def load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages: other work on the machine skews results."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 # -- reporting -----------------------------------------------------------------

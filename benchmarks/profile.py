@@ -15,10 +15,10 @@ import argparse
 import cProfile
 import io
 import pstats
+import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 from benchmarks import codec, fanout, publish
 from benchmarks.harness import Case, Settings
@@ -26,15 +26,18 @@ from benchmarks.harness import Case, Settings
 __all__ = ["all_cases", "main"]
 
 
+def _quiet(_: str) -> None:
+    return None
+
+
 def all_cases(settings: Settings) -> dict[str, Case]:
-    quiet: Callable[[str], None] = lambda _: None  # noqa: E731
-    found = codec.cases(settings) + publish.cases(settings, quiet) + fanout.cases(settings, quiet)
+    found = codec.cases(settings) + publish.cases(settings, _quiet) + fanout.cases(settings, _quiet)
     return {case.id: case for case in found}
 
 
 @contextmanager
-def profiled_threads(profiles: dict[str, cProfile.Profile]) -> Iterator[None]:
-    """Profile the body of every `threading.Thread` started meanwhile, one profile per name."""
+def profiled_threads(profiles: dict[str, list[cProfile.Profile]]) -> Iterator[None]:
+    """Profile the body of every `threading.Thread` started meanwhile, grouped by name."""
     original = threading.Thread.run
     lock = threading.Lock()
 
@@ -43,15 +46,9 @@ def profiled_threads(profiles: dict[str, cProfile.Profile]) -> Iterator[None]:
         try:
             profile.runcall(original, self)
         finally:
-            name = self.name.rsplit("_", 1)[0]  # pool workers: one entry per pool
+            name = re.sub(r"_\d+$", "", self.name)  # pool workers: one entry per pool
             with lock:
-                if name in profiles:
-                    profiles[name].create_stats()
-                    merged = pstats.Stats(profiles[name])
-                    merged.add(pstats.Stats(profile))
-                    profiles[name] = _Merged(merged)  # type: ignore[assignment]
-                else:
-                    profiles[name] = profile
+                profiles.setdefault(name, []).append(profile)
 
     threading.Thread.run = run  # type: ignore[method-assign]
     try:
@@ -60,20 +57,9 @@ def profiled_threads(profiles: dict[str, cProfile.Profile]) -> Iterator[None]:
         threading.Thread.run = original  # type: ignore[method-assign]
 
 
-class _Merged:
-    """Already-merged stats standing in for a Profile in `profiles`."""
-
-    def __init__(self, stats: pstats.Stats) -> None:
-        self.stats: Any = stats
-
-    def create_stats(self) -> None:
-        return None
-
-
-def _report(source: cProfile.Profile | _Merged, sort: str, top: int) -> str:
+def _report(profiles: Sequence[cProfile.Profile], sort: str, top: int) -> str:
     out = io.StringIO()
-    stats = source.stats if isinstance(source, _Merged) else pstats.Stats(source)
-    stats.stream = out
+    stats = pstats.Stats(*profiles, stream=out)
     stats.strip_dirs().sort_stats(sort).print_stats(top)
     return out.getvalue()
 
@@ -94,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     case = cases[args.case]
     main_profile = cProfile.Profile()
-    threads: dict[str, cProfile.Profile] = {}
+    threads: dict[str, list[cProfile.Profile]] = {}
     if args.threads:
         with profiled_threads(threads):
             value = main_profile.runcall(case.measure)
@@ -102,10 +88,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         value = main_profile.runcall(case.measure)
     print(f"{case.id}: {value:,.2f} {case.unit} (under the profiler)\n")
     print("== event-loop thread ==")
-    print(_report(main_profile, args.sort, args.top))
-    for name, profile in threads.items():
-        print(f"== thread {name} ==")
-        print(_report(profile, args.sort, args.top))
+    print(_report([main_profile], args.sort, args.top))
+    for name, profiles in threads.items():
+        if sum(pstats.Stats(p).total_tt for p in profiles) < 0.01:  # type: ignore[attr-defined]
+            continue  # idle helper threads
+        print(f"== thread {name} ({len(profiles)}) ==")
+        print(_report(profiles, args.sort, args.top))
 
 
 if __name__ == "__main__":

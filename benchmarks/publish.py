@@ -14,20 +14,21 @@ Targets: sqlite (full) >= 100,000/s, memory >= 500,000/s.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import hybridbus
-from benchmarks.harness import Case, Result, Settings, run_async, scratch_dir
+from benchmarks.harness import Case, Result, Settings, run_async, run_cases, scratch_dir
 from benchmarks.samples import small_event
 from hybridbus import Event
 from hybridbus.core.codecs import encode_msgpack
 
-__all__ = ["PUBLISHERS", "TOPICS", "cases", "run", "sqlite_engine_available"]
+__all__ = ["PUBLISHERS", "TOPICS", "cases", "drive", "main", "run", "sqlite_engine_available"]
 
 PUBLISHERS = 100
 TOPICS = tuple(f"acme/docs/doc-{n}" for n in range(4))
@@ -155,14 +156,14 @@ def cases(settings: Settings, log: Callable[[str], None] = print) -> list[Case]:
     out += [
         Case(
             "publish.peer.full",
-            "sqlite3 INSERT+COMMIT per publish in to_thread, WAL, synchronous=FULL",
+            "sqlite3, commit per publish (FULL)",
             "ops/s",
             _baseline_case("FULL", settings),
             is_peer=True,
         ),
         Case(
             "publish.peer.normal",
-            "sqlite3 INSERT+COMMIT per publish in to_thread, WAL, synchronous=NORMAL",
+            "sqlite3, commit per publish (NORMAL)",
             "ops/s",
             _baseline_case("NORMAL", settings),
             is_peer=True,
@@ -172,10 +173,36 @@ def cases(settings: Settings, log: Callable[[str], None] = print) -> list[Case]:
 
 
 def run(settings: Settings, log: Callable[[str], None] = print) -> list[Result]:
-    return [case.run(settings, log) for case in cases(settings, log)]
+    return run_cases(cases(settings, log), settings, log)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m benchmarks.publish`: the group, or one engine URL with `--url`."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.publish")
+    parser.add_argument(
+        "--url", help="measure this engine URL alone; {dir} becomes a fresh directory per run"
+    )
+    parser.add_argument("--publishers", type=int, default=PUBLISHERS)
+    parser.add_argument("--seconds", type=float, default=Settings.publish_seconds)
+    parser.add_argument("--runs", type=int, default=Settings.runs)
+    args = parser.parse_args(argv)
+    if args.url is None:
+        from benchmarks.run import main as run_main
+
+        run_main(["publish"])
+        return
+    settings = Settings(runs=args.runs, publish_seconds=args.seconds)
+
+    async def rate(url: str) -> float:
+        async with hybridbus.open(url) as bus:
+            return await drive(bus.publish, settings.publish_seconds, args.publishers)
+
+    def measure() -> float:
+        with scratch_dir(settings) as path:
+            return run_async(rate(args.url.replace("{dir}", str(path))))
+
+    Case("publish.url", args.url, "ops/s", measure).run(settings, print)
 
 
 if __name__ == "__main__":
-    from benchmarks.run import main
-
-    main(["publish"])
+    main()

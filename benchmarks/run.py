@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import codec, fanout, publish
-from benchmarks.harness import RESULTS_DIR, Result, Settings, format_table, machine_info, write_json
+from benchmarks.harness import (
+    RESULTS_DIR,
+    Result,
+    Settings,
+    format_table,
+    load_average,
+    machine_info,
+    write_json,
+)
 
 __all__ = ["GROUPS", "main"]
 
@@ -73,18 +81,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         out = RESULTS_DIR / "latest.json"
 
     started = datetime.now(UTC)
+    load_at_start = load_average()
     clock = time.perf_counter()
+    results: list[Result] = []
+    for group in groups:
+        _log(f"{group}:")
+        results += GROUPS[group](settings, _log)
+    duration = time.perf_counter() - clock
+    # After the runs: the fsync probe must not disturb the first case.
     machine = machine_info(settings)
     _log(
         f"{machine['cpu_model']}, {machine['cpus']} CPUs, {machine['ram_gib']} GiB, "
         f"Python {machine['python']}, {machine['event_loop']}, msgspec {machine['msgspec']}, "
         f"SQLite {machine['sqlite']}, fsync {machine['disk']['fsync_us']} µs"
     )
-    results: list[Result] = []
-    for group in groups:
-        _log(f"{group}:")
-        results += GROUPS[group](settings, _log)
-    duration = time.perf_counter() - clock
 
     print(format_table(results))
     print(f"\n{len(results)} cases in {duration:.0f} s; medians of {settings.runs} run(s).")
@@ -94,9 +104,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             "started": started.isoformat(timespec="seconds"),
             "duration_s": round(duration, 1),
             "revision": _git_revision(),
-            "command": "python -m benchmarks.run " + " ".join(argv or sys.argv[1:]),
+            "command": " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]),
             "settings": asdict(settings),
             "machine": machine,
+            "loadavg_at_start": load_at_start,
+            "loadavg_at_end": load_average(),
             "results": [r.as_dict(by_id) for r in results],
         }
         write_json(out, payload)
