@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Awaitable, Callable
 
-from hybridbus.core.log import Delivery
+from hybridbus.core.codecs import encode_msgpack
+from hybridbus.core.event import Event
+from hybridbus.core.log import Ack, Delivery
 from hybridbus.engine.base import Engine
 
 
@@ -30,3 +33,32 @@ class Opened:
 
 
 MakeEngine = Callable[..., Awaitable[Opened]]
+
+
+_ids = itertools.count(1)
+
+
+def make_event(source: str = "/test", id: str | None = None, **fields: object) -> Event:
+    """A valid event with a fresh id unless one is given."""
+    return Event(id=id or f"e{next(_ids)}", source=source, type="test.event", **fields)  # type: ignore[arg-type]
+
+
+async def append(engine: Engine, topic: str, event: Event | None = None) -> Ack:
+    """Append `event` (or a fresh one) the way the bus does."""
+    event = event or make_event()
+    return await engine.append(topic, event, encode_msgpack(event))
+
+
+async def read_all(
+    engine: Engine, pattern: str, after: tuple[int, ...] | None = None, limit: int = 7
+) -> list[Delivery]:
+    """Every delivery past `after`, paging with a small limit to exercise continuation."""
+    found: list[Delivery] = []
+    while True:
+        page = await engine.read(pattern, after, limit)
+        assert len(page.deliveries) <= limit
+        found.extend(page.deliveries)
+        if not page.more:
+            return found
+        assert page.positions == (page.deliveries[-1].position,)
+        after = page.positions

@@ -11,41 +11,11 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 import pytest
-from tests.support import FakeClock, MakeEngine
+from tests.support import FakeClock, MakeEngine, append, make_event, read_all
 
 from hybridbus.core.codecs import encode_msgpack
-from hybridbus.core.event import Event
-from hybridbus.core.log import Ack, Delivery
-from hybridbus.engine.base import Engine, EngineConfig
+from hybridbus.engine.base import EngineConfig
 from hybridbus.errors import BusClosed
-
-_counter = 0
-
-
-def make_event(source: str = "/test", id: str | None = None, **fields: object) -> Event:
-    global _counter
-    _counter += 1
-    return Event(id=id or f"e{_counter}", source=source, type="test.event", **fields)  # type: ignore[arg-type]
-
-
-async def append(engine: Engine, topic: str, event: Event | None = None) -> Ack:
-    event = event or make_event()
-    return await engine.append(topic, event, encode_msgpack(event))
-
-
-async def read_all(
-    engine: Engine, pattern: str, after: tuple[int, ...] | None = None, limit: int = 7
-) -> list[Delivery]:
-    """Every delivery past `after`, paging with a small limit to exercise continuation."""
-    found: list[Delivery] = []
-    while True:
-        page = await engine.read(pattern, after, limit)
-        assert len(page.deliveries) <= limit
-        found.extend(page.deliveries)
-        if not page.more:
-            return found
-        assert page.positions == (page.deliveries[-1].position,)
-        after = page.positions
 
 
 async def test_offsets_are_gap_free_per_topic_and_positions_increase(

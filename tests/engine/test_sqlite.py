@@ -17,15 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from tests.support import append, make_event, read_all
 
-from hybridbus.core.codecs import encode_msgpack
-from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery
 from hybridbus.engine.base import Engine, EngineConfig
 from hybridbus.engine.sqlite import SqliteEngine
 from hybridbus.errors import BusClosed, EngineCorrupt, EngineUnavailable
-
-_ids = 0
 
 
 class Clock:
@@ -36,28 +33,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def event(id: str | None = None, source: str = "/test", **fields: object) -> Event:
-    global _ids
-    _ids += 1
-    return Event(id=id or f"e{_ids}", source=source, type="test", **fields)  # type: ignore[arg-type]
-
-
-async def append(engine: SqliteEngine, topic: str, ev: Event | None = None) -> Ack:
-    ev = ev or event()
-    return await engine.append(topic, ev, encode_msgpack(ev))
-
-
-async def read_all(engine: SqliteEngine, pattern: str, limit: int = 50) -> list[Delivery]:
-    found: list[Delivery] = []
-    after: tuple[int, ...] | None = None
-    while True:
-        page = await engine.read(pattern, after, limit)
-        found.extend(page.deliveries)
-        if not page.more:
-            return found
-        after = page.positions
 
 
 @pytest.fixture
@@ -169,7 +144,9 @@ async def test_positions_are_never_reused_after_the_newest_expired(
     clock = Clock()
     engine = await start(engines, tmp_path, EngineConfig(sweep_interval=3600), clock)
     await append(engine, "a")
-    doomed = await append(engine, "a", event(expirytime=datetime.fromtimestamp(clock.now + 1, UTC)))
+    doomed = await append(
+        engine, "a", make_event(expirytime=datetime.fromtimestamp(clock.now + 1, UTC))
+    )
     clock.now += 2
     assert await engine.sweep() == 1
     assert await engine.head() == (doomed.position,)
@@ -180,12 +157,12 @@ async def test_positions_are_never_reused_after_the_newest_expired(
 
 async def test_reset_is_durable(engines: list[SqliteEngine], tmp_path: Path) -> None:
     engine = await start(engines, tmp_path)
-    await append(engine, "a", event(id="x"))
+    await append(engine, "a", make_event(id="x"))
     old = engine.epoch
     new = await engine.reset()
     assert new == engine.epoch != old
     assert await engine.head() == (0,)
-    again = await append(engine, "a", event(id="x"))  # dedupe records went too
+    again = await append(engine, "a", make_event(id="x"))  # dedupe records went too
     assert (again.offset, again.position, again.duplicate) == (1, 1, False)
     await engine.close()
     engine = await start(engines, tmp_path)
@@ -217,7 +194,7 @@ async def test_the_sweeper_runs_on_its_own(engines: list[SqliteEngine], tmp_path
             await asyncio.sleep(0.01)
         assert rows(tmp_path, "SELECT count(*) FROM log") == [(count,)]
 
-    await append(engine, "a", event(expirytime=datetime.fromtimestamp(clock.now + 1, UTC)))
+    await append(engine, "a", make_event(expirytime=datetime.fromtimestamp(clock.now + 1, UTC)))
     await append(engine, "b")
     clock.now += 2
     await left(1)  # expired
@@ -233,22 +210,22 @@ async def test_dedupe_window_ends_and_survives_a_restart(
     clock = Clock()
     config = EngineConfig(dedupe_window=30)
     engine = await start(engines, tmp_path, config, clock)
-    first = await append(engine, "a", event(id="x"))
-    await append(engine, "a", event(id="y"))
+    first = await append(engine, "a", make_event(id="x"))
+    await append(engine, "a", make_event(id="y"))
     clock.now += 20
-    await append(engine, "a", event(id="z"))
+    await append(engine, "a", make_event(id="z"))
     await engine.close()
     # The dedupe index is rebuilt from the log: a retry after a restart is caught.
     engine = await start(engines, tmp_path, config, clock)
-    again = await append(engine, "a", event(id="x"))
+    again = await append(engine, "a", make_event(id="x"))
     assert (again.duplicate, again.offset, again.position) == (True, 1, first.position)
     clock.now += 11  # x and y are 31 s old now, z 11 s
     await engine.sweep()
-    assert not (await append(engine, "a", event(id="y"))).duplicate
+    assert not (await append(engine, "a", make_event(id="y"))).duplicate
     await engine.close()
     engine = await start(engines, tmp_path, config, clock)
-    assert (await append(engine, "a", event(id="z"))).duplicate
-    assert not (await append(engine, "a", event(id="x"))).duplicate
+    assert (await append(engine, "a", make_event(id="z"))).duplicate
+    assert not (await append(engine, "a", make_event(id="x"))).duplicate
 
 
 async def test_wildcard_reads_narrow_by_prefix_mqtt_style(
@@ -305,7 +282,7 @@ async def test_a_failed_transaction_appends_nothing(
             "CREATE TRIGGER boom BEFORE INSERT ON log WHEN NEW.id LIKE 'bad%' "
             "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
         )
-    batch = [event(id="bad") if i == 5 else event() for i in range(10)]
+    batch = [make_event(id="bad") if i == 5 else make_event() for i in range(10)]
     results = await asyncio.gather(
         *(append(engine, "a", ev) for ev in batch), return_exceptions=True
     )
@@ -322,7 +299,7 @@ async def test_a_failed_transaction_appends_nothing(
     assert [d.position for d in seen] == [d.position for d in stored]
     with contextlib.closing(sqlite3.connect(tmp_path / "hybridbus.db")) as conn:
         conn.execute("DROP TRIGGER boom")
-    retry = await append(engine, "a", event(id="bad"))
+    retry = await append(engine, "a", make_event(id="bad"))
     assert (retry.offset, retry.duplicate) == (len(stored) + 1, False)
 
 
@@ -368,7 +345,7 @@ async def test_an_undecodable_payload_is_corrupt(
     engines: list[SqliteEngine], tmp_path: Path
 ) -> None:
     engine = await start(engines, tmp_path)
-    await engine.append("a", event(), b"\xc1 not msgpack")
+    await engine.append("a", make_event(), b"\xc1 not msgpack")
     with pytest.raises(EngineCorrupt, match="position 1"):
         await engine.read("a", None, 10)
 
@@ -392,6 +369,7 @@ import asyncio, sys
 from hybridbus.core.codecs import encode_msgpack
 from hybridbus.core.event import Event
 from hybridbus.engine.sqlite import SqliteEngine
+from tests.support import append, make_event, read_all
 
 async def main(path):
     engine = SqliteEngine(path)

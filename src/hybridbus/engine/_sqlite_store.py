@@ -27,7 +27,8 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -293,52 +294,47 @@ class Store:
         log_rows: list[_NewRow] = []
         dedupe = self._dedupe
         position = self.position
-        conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for topic, event, payload, _ in batch:
-                source = event.source
-                id_ = event.id
-                if window > 0:
-                    key = (source, id_)
-                    original = seen.get(key)
-                    if original is None:
-                        found = dedupe.lookup(source, id_)
-                        if found is not None:
-                            original = self._original(found, source, id_, fresh_after)
-                    if original is not None:
-                        acks.append(msgspec.structs.replace(original, duplicate=True))
-                        continue
-                last = offsets.get(topic)
-                if topic not in saved:
-                    saved[topic] = last
-                offset = offsets[topic] = (last or 0) + 1
-                if counting:
-                    counts[topic] = counts.get(topic, self._counts.get(topic, 0)) + 1
-                position += 1
-                expires = event.expirytime.timestamp() if event.expirytime is not None else None
-                log_rows.append((position, topic, offset, now, expires, payload, source, id_))
-                ack = Ack(topic, offset, 0, position, epoch)
-                acks.append(ack)
-                deliveries.append(Delivery(topic, offset, 0, position, now, event, expires))
-                if window > 0:
-                    seen[key] = ack
-            if log_rows:
-                _insert_rows(conn, _INSERT_LOG, log_rows)
-                conn.executemany(_PUT_TOPIC, [(topic, offsets[topic]) for topic in saved])
-                conn.execute(_SET_META, ("position", position))
-                if counting:
-                    self._trim_count(counts)
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            self._rollback()
+            with self._transaction("append failed, nothing of the batch was written") as conn:
+                for topic, event, payload, _ in batch:
+                    source = event.source
+                    id_ = event.id
+                    if window > 0:
+                        key = (source, id_)
+                        original = seen.get(key)
+                        if original is None:
+                            found = dedupe.lookup(source, id_)
+                            if found is not None:
+                                original = self._original(found, source, id_, fresh_after)
+                        if original is not None:
+                            acks.append(msgspec.structs.replace(original, duplicate=True))
+                            continue
+                    last = offsets.get(topic)
+                    if topic not in saved:
+                        saved[topic] = last
+                    offset = offsets[topic] = (last or 0) + 1
+                    if counting:
+                        counts[topic] = counts.get(topic, self._counts.get(topic, 0)) + 1
+                    position += 1
+                    expires = event.expirytime.timestamp() if event.expirytime is not None else None
+                    log_rows.append((position, topic, offset, now, expires, payload, source, id_))
+                    ack = Ack(topic, offset, 0, position, epoch)
+                    acks.append(ack)
+                    deliveries.append(Delivery(topic, offset, 0, position, now, event, expires))
+                    if window > 0:
+                        seen[key] = ack
+                if log_rows:
+                    _insert_rows(conn, _INSERT_LOG, log_rows)
+                    conn.executemany(_PUT_TOPIC, [(topic, offsets[topic]) for topic in saved])
+                    conn.execute(_SET_META, ("position", position))
+                    if counting:
+                        self._trim_count(counts)
+        except BaseException:
             for topic, committed in saved.items():
                 if committed is None:
                     del offsets[topic]
                 else:
                     offsets[topic] = committed
-            if isinstance(exc, sqlite3.Error):
-                raise wrap_error(exc, "append failed, nothing of the batch was written") from exc
             raise
         self.position = position
         self._counts.update(counts)
@@ -347,6 +343,20 @@ class Store:
                 dedupe.remember(row[6], row[7], row[0], now)
         self.commits += 1
         return acks, deliveries
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction; on failure roll back and raise `what` as a hybridbus error."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise wrap_error(exc, what) from exc
+            raise
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
@@ -388,9 +398,7 @@ class Store:
         Count retention needs no sweep: appends (and opening) enforce it.
         """
         now = self._clock()
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with self._transaction("sweep failed") as conn:
             # Expiry first: an expired event is no loss, even if it is also too old.
             gone = [
                 topic
@@ -417,12 +425,6 @@ class Store:
                             "DELETE FROM log WHERE position < ? RETURNING topic", (bound,)
                         ).fetchall()
                     ]
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            self._rollback()
-            if isinstance(exc, sqlite3.Error):
-                raise wrap_error(exc, "sweep failed") from exc
-            raise
         self._forget(gone)
         self._dedupe.prune(now)
         return len(gone)
@@ -430,18 +432,10 @@ class Store:
     def reset(self) -> str:
         """Delete all history, offsets and dedupe records; start and return a new epoch."""
         epoch = new_epoch()
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with self._transaction("reset failed") as conn:
             for table in ("log", "topics"):
                 conn.execute(f"DELETE FROM {table}")
             conn.executemany(_SET_META, [("epoch", epoch), ("position", 0)])
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            self._rollback()
-            if isinstance(exc, sqlite3.Error):
-                raise wrap_error(exc, "reset failed") from exc
-            raise
         self.epoch = epoch
         self.position = 0
         self._offsets.clear()
