@@ -15,7 +15,7 @@ from tests.support import FakeClock, MakeEngine, append, make_event, read_all
 
 from hybridbus.core.codecs import encode_msgpack
 from hybridbus.engine.base import EngineConfig
-from hybridbus.errors import BusClosed
+from hybridbus.errors import BusClosed, InvalidPosition
 
 
 async def test_offsets_are_gap_free_per_topic_and_positions_increase(
@@ -283,3 +283,12 @@ async def test_count_retention_counts_events_not_offsets(
     page = await engine.read("a", None, 100)
     assert [d.offset for d in page.deliveries] == [3, 4, 5]
     assert not page.exact
+
+
+async def test_a_position_of_another_shard_count_is_refused(make_engine: MakeEngine) -> None:
+    opened = await make_engine()
+    await append(opened.engine, "a")
+    with pytest.raises(InvalidPosition):
+        await opened.engine.read("a", (0, 0), 10)
+    with pytest.raises(InvalidPosition):
+        await opened.engine.read("a", (), 10)

@@ -11,10 +11,13 @@ Contract shared by every engine (the conformance suite in
   each shard's log. Within one topic, offset order = position order.
 - An append is acknowledged only once it is durable for that engine (sqlite:
   committed to disk). Before the acks of a batch resolve, the engine calls the
-  listener once with the batch's deliveries in log order, on the event loop.
+  listener once with the batch's deliveries in log order, on the event loop
+  (a batch that appended nothing, e.g. only duplicates, makes no call).
+- Cancelling the await of an append does not withdraw the event: it may
+  still be appended (and delivered).
 - Dedupe: an event whose `source` + `id` was appended within
-  `dedupe_window` seconds is not appended again; the append answers with the
-  original's ack and `duplicate=True`.
+  `dedupe_window` seconds is not appended again, as long as the original is
+  retained; the append answers with the original's ack and `duplicate=True`.
 - Retention: at most `max_per_topic` events per topic, none older than
   `max_age` seconds; expired events (`expirytime` passed) are never returned
   by `read` and are removed in sweeps. A read that would have returned an
@@ -97,12 +100,17 @@ class Engine(Protocol):
         """Up to `limit` deliveries matching `pattern` past `after` (None: from the start).
 
         `pattern` may be a plain topic. Oldest first per shard; expired ones
-        are left out. See `Page` for what comes back.
+        are left out. See `Page` for what comes back. Raises `InvalidPosition`
+        if `after` does not hold one position per shard.
         """
         ...
 
     async def head(self) -> tuple[int, ...]:
-        """The newest position of every shard (0 for an empty shard)."""
+        """The highest position assigned in each shard in this epoch (0 if none).
+
+        Positions are never reused within an epoch, so the head never moves
+        back, even when the newest events expire or are trimmed.
+        """
         ...
 
     async def sweep(self) -> int:

@@ -21,7 +21,7 @@ from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.core.topics import is_pattern, matches
 from hybridbus.engine.base import Clock, EngineConfig, Listener, system_clock
-from hybridbus.errors import BusClosed
+from hybridbus.errors import BusClosed, InvalidPosition
 
 __all__ = ["MemoryEngine"]
 
@@ -185,7 +185,9 @@ class MemoryEngine:
         return self._sweep()
 
     async def read(self, pattern: str, after: Sequence[int] | None, limit: int) -> Page:
-        start = after[0] if after else 0
+        if after is not None and len(after) != 1:
+            raise InvalidPosition(f"the memory engine has one shard, not {len(after)}")
+        start = after[0] if after is not None else 0
         now = self._clock()
         if is_pattern(pattern):
             source: Sequence[Delivery] = self._log
