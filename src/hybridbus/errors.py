@@ -10,17 +10,30 @@ every layer can raise from here.
     │   ├── InvalidTopic            1002
     │   ├── InvalidPattern          1003
     │   ├── EventTooLarge           1004
-    │   └── InvalidPosition         1005
+    │   ├── InvalidPosition         1005
+    │   └── ProtocolError           1010-1099 (per instance; the wire protocol)
+    │         1010 MALFORMED_MESSAGE      no: the connection is closed
+    │         1011 UNKNOWN_COMMAND        no
+    │         1012 INVALID_COMMAND        no (names the field)
+    │         1013 ALREADY_SUBSCRIBED     no
+    │         1014 NOT_SUBSCRIBED         no
+    │         1015 TOO_MANY_SUBSCRIPTIONS no
+    │         1016 TOO_MANY_COMMANDS      yes: wait for replies, then send again
     ├── SubscriptionEnded           1200-1299
     │   └── SubscriberTooSlow       1201      yes: resubscribe from `sub.position`
     ├── BusClosed                   1210      no
     └── EngineError                 1300-1399
         ├── EngineUnavailable       1301      yes: try again later
         └── EngineCorrupt           1302      no: the stored log cannot be read
+    (no class)                      1399      INTERNAL_ERROR, wire only: an
+                                              unexpected failure; the details
+                                              stay in the server's log
 
 Codes are stable: a code, once published, keeps its meaning. Ranges say what a
-client should do: 1000-1099 fix the request; 1200-1299 the subscription is over
-(resubscribe if retriable); 1300-1399 the server side failed.
+client should do: 1000-1099 fix the request (1000-1009 the data, 1010-1099 the
+wire-protocol command carrying it, see `hybridbus.proto` and docs/protocol.md);
+1200-1299 the subscription is over (resubscribe if retriable); 1300-1399 the
+server side failed.
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ __all__ = [
     "InvalidPattern",
     "InvalidPosition",
     "InvalidTopic",
+    "ProtocolError",
     "SubscriberTooSlow",
     "SubscriptionEnded",
 ]
@@ -54,12 +68,21 @@ class ErrorCode(IntEnum):
     INVALID_PATTERN = 1003
     EVENT_TOO_LARGE = 1004
     INVALID_POSITION = 1005
+    # 1010-1099: the wire protocol (hybridbus.proto, docs/protocol.md).
+    MALFORMED_MESSAGE = 1010
+    UNKNOWN_COMMAND = 1011
+    INVALID_COMMAND = 1012
+    ALREADY_SUBSCRIBED = 1013
+    NOT_SUBSCRIBED = 1014
+    TOO_MANY_SUBSCRIPTIONS = 1015
+    TOO_MANY_COMMANDS = 1016
     SUBSCRIPTION_ENDED = 1200
     SUBSCRIBER_TOO_SLOW = 1201
     BUS_CLOSED = 1210
     ENGINE_ERROR = 1300
     ENGINE_UNAVAILABLE = 1301
     ENGINE_CORRUPT = 1302
+    INTERNAL_ERROR = 1399
 
 
 class BusError(Exception):
@@ -112,6 +135,23 @@ class InvalidPosition(InvalidInput):
     """A resume token could not be decoded."""
 
     code = ErrorCode.INVALID_POSITION
+
+
+class ProtocolError(InvalidInput):
+    """A peer's message broke the wire protocol (docs/protocol.md).
+
+    `code` is one of 1010-1099 and is set per instance; `id` is the command id
+    when it could be read (the session then answers that command with an error
+    and goes on), None when it could not (the session closes the connection).
+    """
+
+    code = ErrorCode.MALFORMED_MESSAGE
+
+    def __init__(self, code: ErrorCode, message: str, id: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.id = id
+        self.retriable = code is ErrorCode.TOO_MANY_COMMANDS
 
 
 class SubscriptionEnded(BusError):

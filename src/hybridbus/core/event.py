@@ -37,6 +37,7 @@ NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
 ExtensionValue = str | int | bool
 
+_SPECVERSION: Final = "1.0"
 _INT32_MIN: Final = -(2**31)
 _INT32_MAX: Final = 2**31 - 1
 _EXTENSION_NAME: Final = re.compile(r"[a-z0-9]{1,20}")
@@ -72,7 +73,7 @@ class Event(
     id: NonEmpty
     source: NonEmpty
     type: NonEmpty
-    specversion: Literal["1.0"] = "1.0"
+    specversion: Literal["1.0"] = _SPECVERSION
     subject: NonEmpty | None = None
     time: Timestamp | None = None
     datacontenttype: NonEmpty | None = None
@@ -89,6 +90,11 @@ class Event(
     extensions: dict[str, ExtensionValue] = msgspec.field(default_factory=dict, name="x-extensions")
 
     def __post_init__(self) -> None:
+        if self.specversion is not _SPECVERSION and self.specversion == _SPECVERSION:
+            # msgspec omits a default by identity: a decoded "1.0" is another
+            # string object and would be encoded again beside the one
+            # `encode_json` always writes.
+            msgspec.structs.force_setattr(self, "specversion", _SPECVERSION)
         if self.extensions:
             for name, value in self.extensions.items():
                 _check_extension(name, value)

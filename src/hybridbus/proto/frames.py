@@ -1,22 +1,39 @@
 """The messages of the client protocol, as typed tagged unions.
 
 Owns: every message a client and a server exchange (docs/protocol.md is the
-specification), one `type` tag per message, and the limits a frame must obey.
-Must not do I/O, nor know about the bus: events travel as raw bytes here (an
-encoded CloudEvent), decoded by the session with `core.codecs`.
+specification), one `type` tag per message, the result of each command, and
+the limits on their fields. Must not do I/O, nor know about the bus or a
+codec: an event travels as `msgspec.Raw`, the bytes of a CloudEvent already
+in the subprotocol's encoding (see `proto.codec`), so that one encoding of an
+event is shared by every push that carries it.
 
-Direction matters: `Command` is client → server, `ServerMessage` is
-server → client; each direction is its own union, so both may use `ping`.
+Direction matters: `ClientMessage` (a `Command` or a `Pong`) goes client →
+server, `ServerMessage` server → client; each direction is its own union, so
+both may use the tag `ping`. Every command carries an `id` chosen by the
+client and is answered by exactly one `Reply` or `ErrorReply` with that id.
+
+Topics and patterns here are RELATIVE to the connection's tenant: the server
+scopes them (`core.topics.scope_topic` / `scope_pattern`) and unscopes the
+topics it pushes; the protocol layer never does.
+
+Commands refuse unknown fields (a client learns that a server does not know an
+option instead of having it ignored); server messages and results allow them
+(a newer server may add fields, an older client skips them).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 
+from hybridbus.core.topics import MAX_TOPIC_LENGTH
+
 __all__ = [
+    "MAX_HISTORY_LIMIT",
+    "RESULT_TYPES",
     "ClientInfo",
+    "ClientMessage",
     "Command",
     "Connect",
     "ConnectResult",
@@ -24,86 +41,116 @@ __all__ = [
     "ErrorReply",
     "EventPush",
     "History",
+    "HistoryEvent",
     "HistoryResult",
     "Join",
     "Leave",
     "Ping",
+    "PingResult",
+    "Pong",
     "Presence",
     "PresenceResult",
     "Publish",
     "PublishResult",
     "Refresh",
+    "RefreshResult",
     "Reply",
+    "Result",
     "ServerMessage",
     "ServerPing",
     "Subscribe",
     "SubscribeResult",
     "Unsubscribe",
+    "UnsubscribeResult",
+    "Unsubscribed",
 ]
 
+MAX_HISTORY_LIMIT: Final = 1000
+
+# Command ids fit a JavaScript number exactly.
 CommandId = Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+Token = Annotated[str, msgspec.Meta(min_length=1, max_length=16_384)]
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+# Topic and pattern syntax is the server's to check (it answers 1002 / 1003).
+TopicText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOPIC_LENGTH)]
+PositionText = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+Limit = Annotated[int, msgspec.Meta(ge=0, le=MAX_HISTORY_LIMIT)]
 
 
-class _Command(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown_fields=True):
+# -- client → server -----------------------------------------------------------
+
+
+class _Command(msgspec.Struct, tag_field="type", omit_defaults=True, forbid_unknown_fields=True):
+    # Not kw_only, so that `id` comes first on the wire; construct with keywords.
     id: CommandId
 
 
 class Connect(_Command, tag="connect"):
     """First command of a connection: credentials and who the client is."""
 
-    token: Text | None = None
-    name: Text | None = None
-    version: Text | None = None
-    device: Text | None = None
+    token: Token | None = None
+    name: Label | None = None  # the client software, e.g. "hybridbus-py"
+    version: Label | None = None  # its version
+    device: Label | None = None  # groups connections for exclude_self="device"
 
 
 class Subscribe(_Command, tag="subscribe"):
     """Subscribe to a topic or pattern; with `since`, missed events come first."""
 
-    pattern: Text
-    since: Text | None = None
+    pattern: TopicText
+    since: PositionText | None = None
 
 
 class Unsubscribe(_Command, tag="unsubscribe"):
-    pattern: Text
+    """End the subscription to `pattern`."""
+
+    pattern: TopicText
 
 
 class Publish(_Command, tag="publish"):
     """Publish an event (a CloudEvent in the subprotocol's encoding) to a topic."""
 
-    topic: Text
+    topic: TopicText
     event: msgspec.Raw
     exclude_self: Literal["connection", "device"] | None = None
 
 
 class History(_Command, tag="history"):
-    topic: Text
-    since: Text | None = None
-    limit: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 100
+    """Up to `limit` retained events of a topic or pattern after `since`, oldest first."""
+
+    pattern: TopicText
+    since: PositionText | None = None
+    limit: Limit = 100
 
 
 class Presence(_Command, tag="presence"):
     """Who is subscribed to a topic; `watch` asks for join/leave pushes too."""
 
-    topic: Text
+    topic: TopicText
     watch: bool = False
 
 
 class Ping(_Command, tag="ping"):
-    pass
+    """Round trip: answered with an empty result."""
 
 
 class Refresh(_Command, tag="refresh"):
     """A fresh token for the open connection, before the current one expires."""
 
-    token: Text
+    token: Token
 
 
 Command = Connect | Subscribe | Unsubscribe | Publish | History | Presence | Ping | Refresh
 
 
-# -- server → client ---------------------------------------------------------
+class Pong(msgspec.Struct, tag_field="type", tag="pong", forbid_unknown_fields=True):
+    """The answer to a server's `ping`; has no id and gets no reply."""
+
+
+ClientMessage = Command | Pong
+
+
+# -- server → client -------------------------------------------------------------
 
 
 class _Server(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True):
@@ -111,32 +158,47 @@ class _Server(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True
 
 
 class Reply(_Server, tag="reply"):
-    """The success answer to command `id`; `result`'s shape depends on the command."""
+    """The success answer to command `id`; `result` is the command's result struct."""
 
     id: int
-    result: Any = None
+    result: msgspec.Raw
 
 
 class ErrorReply(_Server, tag="error"):
-    """The failure answer to command `id` (0: not about one command)."""
+    """The failure answer to command `id`: an `ErrorCode` and a message for humans."""
 
     id: int
     code: int
     message: str
+    retriable: bool
 
 
 class EventPush(_Server, tag="event"):
     """One delivery for the subscription `pattern`.
 
-    `position` (with the subscription's epoch) is the resume token after it.
+    `position` is the event's position in log shard `shard`: the client's
+    resume token after it is the subscription's token with that shard's
+    number replaced by `position`.
     """
 
     pattern: str
     topic: str
     offset: int
+    shard: int
     position: int
-    event: Any
-    shard: int = 0
+    event: msgspec.Raw
+
+
+class Unsubscribed(_Server, tag="unsubscribed"):
+    """The server ended the subscription to `pattern` (an `ErrorCode` says why).
+
+    After a 12xx code, subscribe again from the last position: nothing is lost
+    (or the reply says `recovered: false`).
+    """
+
+    pattern: str
+    code: int
+    reason: str
 
 
 class ClientInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -149,62 +211,138 @@ class ClientInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class Join(_Server, tag="join"):
+    """A client subscribed to a watched `topic`."""
+
     topic: str
     info: ClientInfo
 
 
 class Leave(_Server, tag="leave"):
+    """A client left a watched `topic`."""
+
     topic: str
     info: ClientInfo
 
 
 class ServerPing(_Server, tag="ping"):
-    """Heartbeat: the client answers with a `ping` command (or any command)."""
+    """Heartbeat: the client answers with a `pong`."""
 
 
 class Disconnect(_Server, tag="disconnect"):
-    """Sent before the server closes; `reconnect` tells whether to come back."""
+    """The last message before the server closes; `code` is a `CloseCode`."""
 
     code: int
     reason: str
     reconnect: bool
 
 
-ServerMessage = Reply | ErrorReply | EventPush | Join | Leave | ServerPing | Disconnect
+ServerMessage = (
+    Reply | ErrorReply | EventPush | Unsubscribed | Join | Leave | ServerPing | Disconnect
+)
 
 
-# -- results -------------------------------------------------------------------
+# -- results (the `result` of a `Reply`) -------------------------------------------
 
 
-class ConnectResult(msgspec.Struct, kw_only=True, omit_defaults=True):
-    client: str
-    version: str
-    ping: float  # seconds between server pings; be silent for two and be closed
-    tenant: str | None = None
+class _Result(msgspec.Struct, kw_only=True, omit_defaults=True):
+    pass
+
+
+class ConnectResult(_Result):
+    """Who the connection is, and the limits it must keep.
+
+    `ping` and `max_frame_size` are filled in by the `ServerSession` from its
+    config; the server sets the rest.
+    """
+
+    client: str  # this connection's id, as presence shows it
+    version: str  # the server's version
+    ping: float = 0.0  # seconds between server pings; be silent for two and be closed
+    max_frame_size: int = 0  # the largest frame the server accepts, in bytes
+    tenant: str | None = None  # the tenant topics are relative to
     expires: float | None = None  # Unix time the token expires
 
 
-class SubscribeResult(msgspec.Struct, kw_only=True):
-    pattern: str
+class SubscribeResult(_Result):
+    """Where the subscription starts: `position` is its resume token now.
+
+    `recovered` is False when `since` could not be honoured exactly (another
+    epoch, or retention removed missed events).
+    """
+
     epoch: str
-    position: str  # the resume token as of now
+    position: str
     recovered: bool
 
 
-class PublishResult(msgspec.Struct, kw_only=True):
-    topic: str
+class UnsubscribeResult(_Result):
+    """Nothing: the subscription is over."""
+
+
+class PublishResult(_Result):
+    """Where the event went; for a duplicate, where the original went."""
+
     offset: int
+    shard: int
     position: int
     epoch: str
     duplicate: bool
 
 
-class HistoryResult(msgspec.Struct, kw_only=True):
-    events: list[EventPush]
+class HistoryEvent(_Result):
+    """One retained event of a history page."""
+
+    topic: str
+    offset: int
+    shard: int
+    position: int
+    event: msgspec.Raw
+
+
+class HistoryResult(_Result):
+    """A page of history; `position` is the token to continue from (as `since`)."""
+
+    events: list[HistoryEvent]
     position: str
     more: bool
     exact: bool
 
 
-class PresenceResult(msgspec.Struct, kw_only=True):
+class PresenceResult(_Result):
+    """The clients subscribed to the topic."""
+
     clients: list[ClientInfo]
+
+
+class PingResult(_Result):
+    """Nothing: the round trip is the answer."""
+
+
+class RefreshResult(_Result):
+    """When the new token expires (Unix time), if it does."""
+
+    expires: float | None = None
+
+
+Result = (
+    ConnectResult
+    | SubscribeResult
+    | UnsubscribeResult
+    | PublishResult
+    | HistoryResult
+    | PresenceResult
+    | PingResult
+    | RefreshResult
+)
+
+# The result a successful reply to each command carries.
+RESULT_TYPES: Final[dict[type[Command], type[Result]]] = {
+    Connect: ConnectResult,
+    Subscribe: SubscribeResult,
+    Unsubscribe: UnsubscribeResult,
+    Publish: PublishResult,
+    History: HistoryResult,
+    Presence: PresenceResult,
+    Ping: PingResult,
+    Refresh: RefreshResult,
+}
