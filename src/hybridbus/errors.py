@@ -20,8 +20,11 @@ every layer can raise from here.
     │         1015 TOO_MANY_SUBSCRIPTIONS no
     │         1016 TOO_MANY_COMMANDS      yes: wait for replies, then send again
     ├── SubscriptionEnded           1200-1299
-    │   └── SubscriberTooSlow       1201      yes: resubscribe from `sub.position`
+    │   ├── SubscriberTooSlow       1201      yes: resubscribe from `sub.position`
+    │   └── ContinuityLost          1202      yes: events were missed; go on reading
     ├── BusClosed                   1210      no
+    ├── Disconnected                1220      client: the server closed for good
+    ├── RemoteError                 (the server's code) client: a command failed
     └── EngineError                 1300-1399
         ├── EngineUnavailable       1301      yes: try again later
         └── EngineCorrupt           1302      no: the stored log cannot be read
@@ -43,6 +46,8 @@ from enum import IntEnum
 __all__ = [
     "BusClosed",
     "BusError",
+    "ContinuityLost",
+    "Disconnected",
     "EngineCorrupt",
     "EngineError",
     "EngineUnavailable",
@@ -54,6 +59,7 @@ __all__ = [
     "InvalidPosition",
     "InvalidTopic",
     "ProtocolError",
+    "RemoteError",
     "SubscriberTooSlow",
     "SubscriptionEnded",
 ]
@@ -78,7 +84,9 @@ class ErrorCode(IntEnum):
     TOO_MANY_COMMANDS = 1016
     SUBSCRIPTION_ENDED = 1200
     SUBSCRIBER_TOO_SLOW = 1201
+    CONTINUITY_LOST = 1202
     BUS_CLOSED = 1210
+    DISCONNECTED = 1220
     ENGINE_ERROR = 1300
     ENGINE_UNAVAILABLE = 1301
     ENGINE_CORRUPT = 1302
@@ -165,6 +173,40 @@ class SubscriberTooSlow(SubscriptionEnded):
 
     code = ErrorCode.SUBSCRIBER_TOO_SLOW
     retriable = True
+
+
+class ContinuityLost(SubscriptionEnded):
+    """Events between two deliveries could not be recovered (retention, another epoch).
+
+    Raised once by a client subscription's iterator at the gap; iterating
+    again goes on with the events after it.
+    """
+
+    code = ErrorCode.CONTINUITY_LOST
+    retriable = True
+
+
+class Disconnected(BusError):
+    """A client's connection was closed by the server with a terminal code, or by `close`.
+
+    `close_code` is the WebSocket close code (see `hybridbus.proto.codes`).
+    """
+
+    code = ErrorCode.DISCONNECTED
+
+    def __init__(self, close_code: int | None, reason: str) -> None:
+        super().__init__(f"disconnected ({close_code}): {reason}")
+        self.close_code = close_code
+        self.reason = reason
+
+
+class RemoteError(BusError):
+    """The server answered a command with an error; `code` is the server's code."""
+
+    def __init__(self, code: int, message: str, retriable: bool) -> None:
+        super().__init__(message)
+        self.code = code  # type: ignore[assignment]  # the server's code, maybe one we don't know
+        self.retriable = retriable
 
 
 class BusClosed(BusError):

@@ -1,0 +1,14 @@
+"""The Python client: `async with hybridbus.client.connect(url) as c: ...`.
+
+Reconnects by itself with exponential backoff and full jitter, resubscribes
+from each subscription's last position, and retries in-flight publishes with
+the same event id (the server dedupes them), so an application sees every
+event once, in order, or an explicit `ContinuityLost`.
+Imports `proto` and `core` only, never the server.
+"""
+
+from hybridbus.client.connection import Client, ClientConfig, connect
+from hybridbus.client.subscription import ClientSubscription
+from hybridbus.proto.client import HistoryPage, Received
+
+__all__ = ["Client", "ClientConfig", "ClientSubscription", "HistoryPage", "Received", "connect"]
