@@ -29,10 +29,11 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
+# The embedded default: sqlite in ./hybridbus-data, on 127.0.0.1:8080. Anonymous clients are
+# let in (tenant "public") so that it is usable without tokens until real auth (issue 4);
+# drop --anonymous-tenant to require tokens.
 serve: $(STAMP)
-	@echo "The network server arrives with issue 3; today hybridbus is an in-process library."
-	@echo "Try it: $(BIN)/python -m hybridbus.demo"
-	$(BIN)/python -m hybridbus.demo
+	$(BIN)/hybridbus serve --anonymous-tenant public
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -571,3 +571,9 @@ def test_binary_mode_lamport_must_be_plain_digits(value: str) -> None:
     with pytest.raises(InvalidEvent) as info:
         from_http({**headers, "ce-lamport": value}, b"")
     assert info.value.attribute == "lamport"
+
+
+def test_binary_mode_refuses_undecodable_header_bytes() -> None:
+    headers = {"ce-id": "1", "ce-source": "s", "ce-type": "t", "ce-specversion": "1.0"}
+    with pytest.raises(InvalidEvent):
+        from_http({**headers, "ce-subject": "bad\udcff"}, b"")

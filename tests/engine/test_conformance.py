@@ -111,6 +111,12 @@ async def test_read_pages_by_topic_and_pattern(make_engine: MakeEngine) -> None:
     # A full last page of exactly `limit` deliveries is not "more".
     page = await engine.read("acme/docs/1", None, 10)
     assert len(page.deliveries) == 10 and not page.more
+    # A limit of 0 reads nothing, says there is more, and does not move.
+    for pattern in ("acme/docs/1", "acme/docs/+"):
+        page = await engine.read(pattern, after, 0)
+        assert (page.deliveries, page.more, page.positions) == ([], True, after)
+        page = await engine.read(pattern, None, 0)
+        assert (page.deliveries, page.more, page.positions) == ([], True, (0,))
 
 
 async def test_wildcard_semantics(make_engine: MakeEngine) -> None:
@@ -129,6 +135,37 @@ async def test_wildcard_semantics(make_engine: MakeEngine) -> None:
     assert "$audit/acme" not in await topics("#")
     assert await topics("$audit/#") == ["$audit/acme"]
     assert await topics("nobody/#") == []
+
+
+async def test_topics_lists_names_and_last_offsets_by_prefix(make_engine: MakeEngine) -> None:
+    opened = await make_engine(EngineConfig(max_per_topic=1))
+    engine = opened.engine
+    for topic in ["acme/b", "acme/a", "acme/a", "acmeco/x", "globex/a", "acme/a/deep", "$dlq/g/a"]:
+        await append(engine, topic)
+
+    async def listed(prefix: str, after: str = "", limit: int = 100) -> list[tuple[str, int]]:
+        return [(t.topic, t.offset) for t in await engine.topics(prefix, after, limit)]
+
+    # By code point ('$' < 'a', '/' < 'c'); the offset is the last one, even
+    # though count retention kept only one event of acme/a.
+    assert await listed("") == [
+        ("$dlq/g/a", 1),
+        ("acme/a", 2),
+        ("acme/a/deep", 1),
+        ("acme/b", 1),
+        ("acmeco/x", 1),
+        ("globex/a", 1),
+    ]
+    assert await listed("acme/") == [("acme/a", 2), ("acme/a/deep", 1), ("acme/b", 1)]
+    assert await listed("acme/a/deep/") == []
+    assert await listed("zz") == []
+    # Paging: `after` is the last name of the previous page.
+    assert await listed("acme", limit=2) == [("acme/a", 2), ("acme/a/deep", 1)]
+    assert await listed("acme", after="acme/a/deep", limit=2) == [("acme/b", 1), ("acmeco/x", 1)]
+    assert await listed("acme", after="acmeco/x") == []
+    assert await listed("", limit=0) == []
+    await engine.reset()
+    assert await listed("") == []
 
 
 async def test_dedupe_answers_with_the_original(make_engine: MakeEngine, clock: FakeClock) -> None:

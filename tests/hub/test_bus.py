@@ -76,6 +76,21 @@ async def test_publish_accepts_events_and_dicts_and_dedupes(bus: Bus) -> None:
     assert len((await bus.history("acme/a")).deliveries) == 1
 
 
+async def test_topics_lists_the_engines_topics(bus: Bus) -> None:
+    for topic in ["acme/b", "acme/a", "acme/a", "globex/a"]:
+        await bus.publish(topic, ev(f"{topic}-{random.random()}"))
+    assert [(t.topic, t.offset) for t in await bus.topics("acme/")] == [
+        ("acme/a", 2),
+        ("acme/b", 1),
+    ]
+    assert [t.topic for t in await bus.topics(limit=1, after="acme/a")] == ["acme/b"]
+    with pytest.raises(ValueError, match="limit"):
+        await bus.topics(limit=-1)
+    await bus.close()
+    with pytest.raises(BusClosed):
+        await bus.topics()
+
+
 async def test_bad_input_raises_typed_errors_and_disturbs_nothing(bus: Bus) -> None:
     async with bus.subscribe("acme/#") as sub:
         await bus.publish("acme/ok", ev(1))

@@ -234,6 +234,11 @@ def from_http(headers: Mapping[str, str], body: bytes) -> Event:
     for key, raw_value in headers.items():
         lower = key.lower()
         value = unquote(raw_value) if "%" in raw_value else raw_value
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError as exc:
+                raise InvalidEvent(f"header {key} is not valid UTF-8", attribute=key) from exc
         name = _ATTRIBUTE_OF_HEADER.get(lower)
         if name is not None:
             fields[name] = value

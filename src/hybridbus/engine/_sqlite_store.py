@@ -3,7 +3,8 @@
 Owns: the database layout (tables, indexes, pragmas, schema version), opening
 the writer's and the reader's connections, and the synchronous operations the
 two threads of `hybridbus.engine.sqlite` run: the group-commit append
-transaction, retention and expiry, reset, and the consistent read snapshot.
+transaction, retention and expiry, reset, the consistent read snapshot, and
+the topic listing.
 Must not touch asyncio or the event loop; every function here runs in the
 writer thread or the reader thread. sqlite3 errors are wrapped into
 `hybridbus.errors` here, where they arise.
@@ -39,10 +40,18 @@ from hybridbus.core.dedupe import DedupeIndex
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.core.topics import is_pattern, matches
-from hybridbus.engine.base import EngineConfig
+from hybridbus.engine.base import EngineConfig, TopicInfo
 from hybridbus.errors import EngineCorrupt, EngineError, EngineUnavailable, InvalidEvent
 
-__all__ = ["DB_NAME", "Store", "connect_reader", "head", "read_page", "wrap_error"]
+__all__ = [
+    "DB_NAME",
+    "Store",
+    "connect_reader",
+    "head",
+    "list_topics",
+    "read_page",
+    "wrap_error",
+]
 
 DB_NAME: Final = "hybridbus.db"
 SCHEMA_VERSION: Final = 1
@@ -451,6 +460,26 @@ def head(conn: sqlite3.Connection) -> int:
     except sqlite3.Error as exc:
         raise wrap_error(exc, "cannot read the head") from exc
     return value
+
+
+def list_topics(conn: sqlite3.Connection, prefix: str, after: str, limit: int) -> list[TopicInfo]:
+    """Up to `limit` topics starting with `prefix`, sorting after `after`, by name."""
+    try:
+        # The primary key orders topics by their UTF-8 bytes, i.e. by code
+        # point: those starting with `prefix` come first among those >= it.
+        rows: list[tuple[str, int]] = conn.execute(
+            "SELECT topic, last_offset FROM topics WHERE topic > ? AND topic >= ? "
+            "ORDER BY topic LIMIT ?",
+            (after, prefix, limit),
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise wrap_error(exc, "cannot list topics") from exc
+    found = []
+    for topic, offset in rows:
+        if not topic.startswith(prefix):
+            break
+        found.append(TopicInfo(topic, offset))
+    return found
 
 
 def _topic_range(pattern: str) -> tuple[str, tuple[str, ...]]:

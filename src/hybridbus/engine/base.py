@@ -38,7 +38,7 @@ import msgspec
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
 
-__all__ = ["Clock", "Engine", "EngineConfig", "Listener", "system_clock"]
+__all__ = ["Clock", "Engine", "EngineConfig", "Listener", "TopicInfo", "system_clock"]
 
 Listener = Callable[[Sequence[Delivery]], None]
 Clock = Callable[[], float]
@@ -61,6 +61,17 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     synchronous: str = "full"
     # sqlite only: the most appends committed in one transaction.
     batch_max: int = 4096
+
+
+class TopicInfo(msgspec.Struct, frozen=True):
+    """A topic of the log: its name and `offset`, the offset of its newest event.
+
+    `offset` is also how many events the topic was ever given in this epoch;
+    retention does not lower it.
+    """
+
+    topic: str
+    offset: int
 
 
 @runtime_checkable
@@ -102,6 +113,15 @@ class Engine(Protocol):
         `pattern` may be a plain topic. Oldest first per shard; expired ones
         are left out. See `Page` for what comes back. Raises `InvalidPosition`
         if `after` does not hold one position per shard.
+        """
+        ...
+
+    async def topics(self, prefix: str, after: str, limit: int) -> list[TopicInfo]:
+        """Up to `limit` topics whose name starts with `prefix` and sorts after `after`, by name.
+
+        `prefix` is plain text (not segment-aware); names sort by code point.
+        Every topic appended to in this epoch is listed, even once retention
+        has removed all of its events.
         """
         ...
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import secrets
 from bisect import bisect_left, bisect_right
 from collections import deque
@@ -20,7 +21,7 @@ from hybridbus.core.dedupe import DedupeIndex
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.core.topics import is_pattern, matches
-from hybridbus.engine.base import Clock, EngineConfig, Listener, system_clock
+from hybridbus.engine.base import Clock, EngineConfig, Listener, TopicInfo, system_clock
 from hybridbus.errors import BusClosed, InvalidPosition
 
 __all__ = ["MemoryEngine"]
@@ -215,8 +216,16 @@ class MemoryEngine:
                 more = True
                 break
             found.append(delivery)
-        positions = (found[-1].position,) if more else (max(self._position, start),)
+        if more:
+            positions = (found[-1].position,) if found else (start,)  # limit 0: stay put
+        else:
+            positions = (max(self._position, start),)
         return Page(self._epoch, found, positions, more, exact)
+
+    async def topics(self, prefix: str, after: str, limit: int) -> list[TopicInfo]:
+        topics = self._topics
+        names = heapq.nsmallest(limit, (t for t in topics if t > after and t.startswith(prefix)))
+        return [TopicInfo(name, topics[name].last_offset) for name in names]
 
     async def head(self) -> tuple[int, ...]:
         return (self._position,)

@@ -13,7 +13,7 @@ to the loop, which first calls the listener with the batch's new deliveries
 (in position order), then resolves each append's future with its ack. So an
 ack means "committed" and "the listener has seen it", and a burst of N
 concurrent appends costs a handful of fsyncs, not N. `sweep` and `reset` are
-commands on the same deque (there is one writer); `read` and `head` run on a
+commands on the same deque (there is one writer); `read`, `head` and `topics` run on a
 single reader thread with its own connection, each in one read transaction
 (WAL lets it proceed while the writer commits).
 
@@ -38,7 +38,7 @@ from typing import Any, Final
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.engine import _sqlite_store as store
-from hybridbus.engine.base import Clock, EngineConfig, Listener, system_clock
+from hybridbus.engine.base import Clock, EngineConfig, Listener, TopicInfo, system_clock
 from hybridbus.errors import BusClosed, BusError, EngineError, EngineUnavailable, InvalidPosition
 
 __all__ = ["SqliteEngine"]
@@ -190,6 +190,11 @@ class SqliteEngine:
             start = after[0]
         page: Page = await self._on_reader(store.read_page, pattern, start, limit, self._clock())
         return page
+
+    async def topics(self, prefix: str, after: str, limit: int) -> list[TopicInfo]:
+        """Up to `limit` topics starting with `prefix`, after `after`, by name (on the reader)."""
+        found: list[TopicInfo] = await self._on_reader(store.list_topics, prefix, after, limit)
+        return found
 
     async def head(self) -> tuple[int, ...]:
         """The newest position ever assigned in this epoch (0: none)."""

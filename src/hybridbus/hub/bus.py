@@ -1,10 +1,10 @@
-"""The Bus: the in-process public API — publish, history, subscribe.
+"""The Bus: the in-process public API — publish, history, subscribe, topics.
 
 Owns: checking what callers hand in (topic, pattern, event, size), appending
 through the engine, routing each appended delivery to the matching
-subscriptions (local fan-out through the trie), and setting subscriptions up
-for exact recovery. Must not know which engine it runs on (it is given an
-`Engine`) nor speak any wire protocol.
+subscriptions (local fan-out through the trie), setting subscriptions up for
+exact recovery, and reading history and the topic list. Must not know which
+engine it runs on (it is given an `Engine`) nor speak any wire protocol.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from hybridbus.core.event import Event, check_event, event_from_dict
 from hybridbus.core.log import Ack, Delivery, Page, Position, is_exact
 from hybridbus.core.topics import validate_pattern, validate_topic
 from hybridbus.core.trie import Trie
-from hybridbus.engine.base import Clock, Engine, system_clock
+from hybridbus.engine.base import Clock, Engine, TopicInfo, system_clock
 from hybridbus.errors import BusClosed, EventTooLarge, InvalidEvent
 from hybridbus.hub.subscription import Subscription
 
@@ -181,6 +181,20 @@ class Bus:
             page.more,
             exact and page.exact,
         )
+
+    async def topics(
+        self, prefix: str = "", limit: int = 1000, *, after: str = ""
+    ) -> list[TopicInfo]:
+        """Up to `limit` topics whose name starts with `prefix`, by name, after `after`.
+
+        `prefix` is plain text: `acme/` lists tenant acme's topics, `acme` also
+        `acmeco/...`. Page with `after` set to the last topic of a page.
+        """
+        if self._closed:
+            raise BusClosed("the bus is closed")
+        if limit < 0:
+            raise ValueError("limit must be >= 0")
+        return await self.engine.topics(prefix, after, limit)
 
     # -- subscribe -----------------------------------------------------------
 

@@ -182,6 +182,11 @@ class Subscription:
         return Position(self._cursor.epoch, tuple(self._yielded))
 
     @property
+    def backlog(self) -> int:
+        """Deliveries queued and not yet handed out: a writer batches that many."""
+        return len(self._queue)
+
+    @property
     def live(self) -> bool:
         """True once recovery is over and deliveries are live."""
         return self._state is _State.LIVE

@@ -1,0 +1,426 @@
+"""The OpenAPI 3.1 document of the HTTP API and SSE, served at `GET /v1/openapi.json`.
+
+Owns: the description of every route `HttpGateway.routes()` registers: its
+parameters, bodies, responses and their schemas, as one JSON-able dict. Must
+not import the gateway: tests/gateways/test_openapi.py checks that the two
+list the same routes, and runs schemathesis against a live server with it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Final
+
+from hybridbus.core.topics import MAX_TOPIC_LENGTH
+from hybridbus.proto.frames import MAX_HISTORY_LIMIT
+
+__all__ = ["document"]
+
+_REF: Final = "#/components/"
+_PROBLEM: Final = "application/problem+json"
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"{_REF}{kind}/{name}"}
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    return {str(status): _ref("responses", f"Problem{status}") for status in statuses}
+
+
+def _json(schema: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": _ref("schemas", schema)}},
+    }
+
+
+_TEXT: Final = {"type": "string", "minLength": 1}
+# Segments without whitespace, '/', '+' or '#' (the server also refuses control
+# characters, and more than 32 segments).
+_SEGMENT: Final = r"[^/\s+#]+"
+_TOPIC_REGEX: Final = rf"^{_SEGMENT}(/{_SEGMENT})*$"
+_PATTERN_REGEX: Final = rf"^(#|({_SEGMENT}|\+)(/({_SEGMENT}|\+))*(/#)?)$"
+_TIME: Final = {"type": "string", "format": "date-time"}
+
+_CLOUDEVENT: Final = {
+    "type": "object",
+    "description": (
+        "A CloudEvents 1.0 event in the JSON structured format. Other top-level members are "
+        "extension attributes: names of 1-20 characters a-z and 0-9, values string, "
+        "32-bit integer or boolean."
+    ),
+    "required": ["specversion", "id", "source", "type"],
+    "properties": {
+        "specversion": {"const": "1.0"},
+        "id": _TEXT,
+        "source": _TEXT,
+        "type": _TEXT,
+        "subject": _TEXT,
+        "time": _TIME,
+        "datacontenttype": _TEXT,
+        "dataschema": _TEXT,
+        "data": {"description": "any JSON value"},
+        "data_base64": {"type": "string", "contentEncoding": "base64"},
+        "tenantid": _TEXT,
+        "appid": _TEXT,
+        "partitionkey": _TEXT,
+        "expirytime": _TIME,
+        "sequence": _TEXT,
+        "lamport": {"type": "integer", "minimum": 0},
+    },
+    "additionalProperties": {"type": ["string", "integer", "boolean"]},
+}
+
+_SCHEMAS: Final[dict[str, Any]] = {
+    "CloudEvent": _CLOUDEVENT,
+    "Batch": {
+        "type": "array",
+        "description": "The CloudEvents JSON batch format.",
+        "items": _ref("schemas", "CloudEvent"),
+    },
+    "Ack": {
+        "type": "object",
+        "required": ["topic", "offset", "shard", "position", "epoch", "duplicate"],
+        "properties": {
+            "topic": {"type": "string"},
+            "offset": {"type": "integer", "minimum": 1, "description": "1, 2, 3... per topic"},
+            "shard": {"type": "integer", "minimum": 0},
+            "position": {"type": "integer", "minimum": 1},
+            "epoch": {"type": "string"},
+            "duplicate": {
+                "type": "boolean",
+                "description": "already appended (same source + id): the fields are the original's",
+            },
+        },
+    },
+    "Acks": {
+        "type": "object",
+        "required": ["acks"],
+        "properties": {"acks": {"type": "array", "items": _ref("schemas", "Ack")}},
+    },
+    "HistoryEvent": {
+        "type": "object",
+        "required": ["topic", "offset", "shard", "position", "event"],
+        "properties": {
+            "topic": {"type": "string"},
+            "offset": {"type": "integer", "minimum": 1},
+            "shard": {"type": "integer", "minimum": 0},
+            "position": {"type": "integer", "minimum": 1},
+            "event": _ref("schemas", "CloudEvent"),
+        },
+    },
+    "History": {
+        "type": "object",
+        "required": ["events", "position", "more", "exact"],
+        "properties": {
+            "events": {"type": "array", "items": _ref("schemas", "HistoryEvent")},
+            "position": {
+                "type": "string",
+                "description": "the resume token to continue from, as `since`",
+            },
+            "more": {"type": "boolean", "description": "more events follow this page"},
+            "exact": {
+                "type": "boolean",
+                "description": "false: retention removed events after `since`, "
+                "or `since` is from another epoch",
+            },
+        },
+    },
+    "ClientInfo": {
+        "type": "object",
+        "required": ["client"],
+        "properties": {
+            "client": {"type": "string"},
+            "user": {"type": "string"},
+            "device": {"type": "string"},
+            "name": {"type": "string"},
+        },
+    },
+    "Presence": {
+        "type": "object",
+        "required": ["topic", "clients"],
+        "properties": {
+            "topic": {"type": "string"},
+            "clients": {"type": "array", "items": _ref("schemas", "ClientInfo")},
+        },
+    },
+    "Topics": {
+        "type": "object",
+        "required": ["topics", "more"],
+        "properties": {
+            "topics": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["topic", "offset"],
+                    "properties": {
+                        "topic": {"type": "string"},
+                        "offset": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "description": "the offset of the topic's newest event",
+                        },
+                    },
+                },
+            },
+            "more": {"type": "boolean", "description": "more topics follow: page with `after`"},
+        },
+    },
+    "Problem": {
+        "type": "object",
+        "description": "RFC 9457 problem details, with the hybridbus error code.",
+        "required": ["type", "title", "status", "detail", "code", "retriable"],
+        "properties": {
+            "type": {"type": "string", "description": "urn:hybridbus:error:<name>"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "code": {"type": "integer", "description": "the ErrorCode (docs/errors.md)"},
+            "retriable": {"type": "boolean"},
+            "attribute": {"type": "string", "description": "the event attribute at fault"},
+            "parameter": {"type": "string", "description": "the parameter at fault"},
+            "index": {"type": "integer", "description": "the batch event at fault"},
+        },
+    },
+}
+
+_PROBLEM_TEXT: Final = {
+    400: "Bad input: topic, pattern, event, position or parameter (`code` says which).",
+    408: "The request body did not arrive in time.",
+    413: "An event (or the body) is too large (code 1004).",
+    415: "Not a CloudEvent: the Content-Type is neither structured nor batch, no ce-specversion.",
+    500: "The server failed (code 1300-1399); the details are in its log.",
+    503: "The log is unavailable or the server is shutting down; see Retry-After.",
+}
+
+
+def _problem_response(status: int) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": _PROBLEM_TEXT[status],
+        "content": {_PROBLEM: {"schema": _ref("schemas", "Problem")}},
+    }
+    if status == 400:
+        # aiohttp answers requests it cannot parse itself, before any route:
+        # a request line or header over 8190 bytes, a broken chunked body.
+        response["content"]["text/plain"] = {"schema": {"type": "string"}}
+        response["description"] += " Requests the HTTP server cannot parse: text/plain."
+    if status == 503:
+        response["headers"] = {"Retry-After": {"schema": {"type": "string"}}}
+    return response
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "description": description, "schema": schema}
+
+
+_PARAMETERS: Final[dict[str, Any]] = {
+    "topic": {
+        "name": "topic",
+        "in": "path",
+        "required": True,
+        "description": (
+            "An absolute topic, e.g. acme/docs/42: the rest of the path, slashes included "
+            "(or percent-encoded as %2F)."
+        ),
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_TOPIC_LENGTH,
+            "pattern": _TOPIC_REGEX,
+        },
+    },
+    "pattern": {
+        **_query(
+            "pattern",
+            "A topic or pattern: + one segment, # the rest (send them as %2B and %23).",
+            {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_TOPIC_LENGTH,
+                "pattern": _PATTERN_REGEX,
+            },
+        ),
+        "required": True,
+    },
+    "since": _query(
+        "since",
+        "A resume token (a `position` from an earlier answer): only events after it.",
+        {"type": "string"},
+    ),
+    "limit": _query(
+        "limit",
+        "At most this many events.",
+        {"type": "integer", "minimum": 0, "maximum": MAX_HISTORY_LIMIT, "default": 100},
+    ),
+}
+
+_HISTORY_PARAMETERS: Final = [_ref("parameters", "since"), _ref("parameters", "limit")]
+_CE_HEADERS: Final = [
+    {"name": f"ce-{name}", "in": "header", "required": False, "schema": {"type": "string"}}
+    for name in ("specversion", "id", "source", "type", "subject", "time")
+]
+
+
+def _paths() -> dict[str, Any]:
+    topic = _ref("parameters", "topic")
+    return {
+        "/v1/topics/{topic}/events": {
+            "parameters": [topic],
+            "post": {
+                "operationId": "publish",
+                "summary": "Publish one event, or a batch in order, to a topic",
+                "description": (
+                    "Structured mode (application/cloudevents+json), the batch format "
+                    "(application/cloudevents-batch+json), or binary mode: any body and "
+                    "Content-Type with the attributes in ce-* headers. A batch is checked whole "
+                    "first: one bad event (named by `index`) and nothing is published."
+                ),
+                "parameters": _CE_HEADERS,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/cloudevents+json": {"schema": _ref("schemas", "CloudEvent")},
+                        "application/cloudevents-batch+json": {"schema": _ref("schemas", "Batch")},
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        },
+                        "application/json": {"schema": {}},
+                    },
+                },
+                "responses": {
+                    "201": _json("Acks", "Published: one ack per event, in order."),
+                    "200": _json("Acks", "Every event was a duplicate: acks of the originals."),
+                    **_problems(400, 408, 413, 415, 500, 503),
+                },
+            },
+            "get": {
+                "operationId": "topicHistory",
+                "summary": "Retained events of one topic, oldest first",
+                "parameters": _HISTORY_PARAMETERS,
+                "responses": {
+                    "200": _json("History", "A page of history."),
+                    **_problems(400, 500, 503),
+                },
+            },
+        },
+        "/v1/topics/{topic}/presence": {
+            "parameters": [topic],
+            "get": {
+                "operationId": "presence",
+                "summary": "The clients subscribed to a topic",
+                "responses": {
+                    "200": _json("Presence", "Who is there (an empty list if nobody)."),
+                    **_problems(400, 500),
+                },
+            },
+        },
+        "/v1/topics": {
+            "get": {
+                "operationId": "topics",
+                "summary": "The topics, by name",
+                "parameters": [
+                    _query(
+                        "prefix",
+                        "Only topics whose name starts with this text (e.g. acme/).",
+                        {"type": "string", "maxLength": MAX_TOPIC_LENGTH},
+                    ),
+                    _query(
+                        "after",
+                        "Only topics after this name: the last topic of the previous page.",
+                        {"type": "string", "maxLength": MAX_TOPIC_LENGTH},
+                    ),
+                    _query(
+                        "limit",
+                        "At most this many topics.",
+                        {"type": "integer", "minimum": 0, "maximum": 1000, "default": 100},
+                    ),
+                ],
+                "responses": {
+                    "200": _json("Topics", "A page of topics."),
+                    **_problems(400, 500, 503),
+                },
+            },
+        },
+        "/v1/events": {
+            "get": {
+                "operationId": "history",
+                "summary": "Retained events of a topic or pattern, oldest first",
+                "parameters": [_ref("parameters", "pattern"), *_HISTORY_PARAMETERS],
+                "responses": {
+                    "200": _json("History", "A page of history."),
+                    **_problems(400, 500, 503),
+                },
+            },
+        },
+        "/v1/sse": {
+            "get": {
+                "operationId": "sse",
+                "summary": "A topic or pattern as a server-sent event stream",
+                "description": (
+                    "Events `subscribed` (first), `event` (one per CloudEvent; `id` is the resume "
+                    "token after it) and `unsubscribed` (last, when the server ends the stream), "
+                    "plus keep-alive comments. Resume with Last-Event-ID. See docs/http.md."
+                ),
+                "parameters": [
+                    _ref("parameters", "pattern"),
+                    _ref("parameters", "since"),
+                    _query(
+                        "envelope",
+                        "Send {topic, offset, shard, position, event} instead of the bare event.",
+                        {"type": "boolean", "default": False},
+                    ),
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "description": "A resume token; wins over `since`.",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The stream (it lasts until either side ends it).",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_problems(400, 500, 503),
+                },
+            },
+        },
+        "/v1/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {
+                    "200": {
+                        "description": "The OpenAPI 3.1 document.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            },
+        },
+    }
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document (a fresh copy each call)."""
+    return copy.deepcopy(
+        {
+            "openapi": "3.1.0",
+            "info": {
+                "title": "hybridbus HTTP API",
+                "version": "1",
+                "description": (
+                    "Publish CloudEvents to topics, read history, presence and topics, and stream "
+                    "topics and patterns as server-sent events. Topics are absolute "
+                    "(tenant first). Errors are application/problem+json. See docs/http.md."
+                ),
+            },
+            "paths": _paths(),
+            "components": {
+                "schemas": _SCHEMAS,
+                "parameters": _PARAMETERS,
+                "responses": {f"Problem{s}": _problem_response(s) for s in _PROBLEM_TEXT},
+            },
+        }
+    )

@@ -1,0 +1,141 @@
+"""The WebSocket gateway: the client protocol (docs/protocol.md) over aiohttp.
+
+Owns: the `/v1/ws` endpoint (and its `/ws` alias), subprotocol negotiation,
+the frame-size limit at the socket, the read loop feeding a `Connection`, and
+the `Transport` over an aiohttp WebSocket. Must not execute commands or keep
+protocol state (that is `server.connection` and `proto`).
+
+aiohttp's own heartbeat and automatic pong are off: the protocol has its own
+heartbeat, and a WebSocket ping from the client is answered here and counts
+as hearing from it. Compression is off: an encoded push is shared by every
+subscriber, compressing it per connection would undo that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Final
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.http_websocket import WebSocketError
+
+from hybridbus.proto.codec import SUBPROTOCOLS, codec_for
+from hybridbus.proto.codes import CloseCode
+from hybridbus.server.node import Node
+
+__all__ = ["PATHS", "AiohttpTransport", "WebSocketGateway"]
+
+log = logging.getLogger("hybridbus.gateways.websocket")
+
+PATHS: Final = ("/v1/ws", "/ws")
+_MAX_REASON: Final = 123  # bytes a close frame's reason may hold
+_OVERSIZED: Final = b"a frame over max_frame_size"
+
+
+def close_reason(reason: str) -> bytes:
+    """`reason` as UTF-8, cut to what a close frame holds (never inside a character)."""
+    return reason.encode("utf-8")[:_MAX_REASON].decode("utf-8", "ignore").encode("utf-8")
+
+
+class _WebSocketResponse(web.WebSocketResponse):
+    """aiohttp refuses a frame over its limit before buffering it, closing with 1009;
+    the protocol's code for that is 4503 (MESSAGE_TOO_LARGE)."""
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG:
+            code, message = CloseCode.MESSAGE_TOO_LARGE, _OVERSIZED
+        return await super().close(code=code, message=message, drain=drain)
+
+
+class AiohttpTransport:
+    """A `server.connection.Transport` over an aiohttp WebSocket."""
+
+    __slots__ = ("_request", "_ws")
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self._ws = ws
+        self._request = request
+
+    async def send(self, frame: bytes, binary: bool) -> None:
+        # send_frame writes to the socket and waits only while aiohttp's
+        # writer is over its limit and the socket is paused: it drains.
+        await self._ws.send_frame(frame, WSMsgType.BINARY if binary else WSMsgType.TEXT)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._ws.close(code=code, message=close_reason(reason))
+
+    def abort(self) -> None:
+        transport = self._request.transport
+        if transport is not None:
+            transport.abort()
+
+
+class WebSocketGateway:
+    """Serves the client protocol at `PATHS` for one node."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def routes(self) -> list[web.RouteDef]:
+        """The routes to mount on the application."""
+        return [web.get(path, self.handle) for path in PATHS]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """One WebSocket connection, from the upgrade to the close."""
+        node = self._node
+        if not node.accepting:
+            raise web.HTTPServiceUnavailable(text="the server is shutting down")
+        max_frame = node.config.max_frame_size
+        ws = _WebSocketResponse(
+            protocols=SUBPROTOCOLS,
+            autoping=False,
+            heartbeat=None,
+            compress=False,
+            # Frames up to twice the limit reach the session, which closes with
+            # a `disconnect` message first; larger ones aiohttp refuses unread.
+            max_msg_size=2 * max_frame,
+            timeout=node.close_timeout,
+        )
+        await ws.prepare(request)
+        codec = codec_for(ws.ws_protocol)
+        if codec is None:
+            node.metrics.disconnects.labels(str(int(CloseCode.UNSUPPORTED))).inc()
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                async with asyncio.timeout(node.close_timeout):
+                    await ws.close(
+                        code=CloseCode.UNSUPPORTED,
+                        message=close_reason("offer one of " + ", ".join(SUBPROTOCOLS)),
+                    )
+            return ws
+        connection = node.open_connection(AiohttpTransport(ws, request), codec)
+        code: int | None = None
+        try:
+            while True:
+                message = await ws.receive()
+                kind = message.type
+                if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                    await connection.receive(message.data)
+                elif kind is WSMsgType.PING:
+                    connection.heard()
+                    with contextlib.suppress(ConnectionError):
+                        await ws.pong(message.data)
+                elif kind is WSMsgType.PONG:
+                    connection.heard()
+                else:
+                    code = _close_code(ws, message.data if kind is WSMsgType.ERROR else None)
+                    break
+        finally:
+            connection.lost(code)
+            if not connection.done:
+                await asyncio.wait({connection.finished}, timeout=2 * node.close_timeout)
+        return ws
+
+
+def _close_code(ws: web.WebSocketResponse, error: Any) -> int | None:
+    if isinstance(error, WebSocketError) and error.code == WSCloseCode.MESSAGE_TOO_BIG:
+        return int(CloseCode.MESSAGE_TOO_LARGE)
+    return ws.close_code

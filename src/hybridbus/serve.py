@@ -1,0 +1,153 @@
+"""`hybridbus serve`: the app factory and the process around it.
+
+Owns: wiring one server process — the bus on the configured engine
+(`hybridbus.open`, with `app.py` the only places that pick concrete engines),
+the metrics, the node, and the aiohttp application with every gateway's
+routes — and running it: uvloop when installed, `reuse_port` from the config,
+SIGTERM/SIGINT -> graceful shutdown -> exit 0, structured logs. Must not hold
+protocol, bus or gateway logic.
+
+Shutdown order (aiohttp's runner cleanup): stop listening; end the SSE
+streams and close every WebSocket connection with 4000 after flushing it
+(`on_shutdown`); let HTTP requests finish within `shutdown_timeout`; close
+the bus, which commits the engine (`on_cleanup`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, Final
+
+from aiohttp import web
+
+from hybridbus.app import open as open_bus
+from hybridbus.errors import BusError
+from hybridbus.gateways.health import HealthGateway
+from hybridbus.gateways.http import HttpGateway
+from hybridbus.gateways.websocket import WebSocketGateway
+from hybridbus.server.auth import Authenticator
+from hybridbus.server.config import ServerConfig
+from hybridbus.server.logs import configure_logging
+from hybridbus.server.metrics import Metrics
+from hybridbus.server.node import Node
+
+__all__ = ["METRICS_KEY", "NODE_KEY", "create_app", "run", "serve"]
+
+log = logging.getLogger("hybridbus.serve")
+
+NODE_KEY: Final = web.AppKey("hybridbus.node", Node)
+METRICS_KEY: Final = web.AppKey("hybridbus.metrics", Metrics)
+
+
+async def create_app(
+    config: ServerConfig, *, authenticator: Authenticator | None = None
+) -> web.Application:
+    """The application of one server process, its bus open and its node started.
+
+    Run it with an aiohttp runner; the runner's cleanup shuts the node down
+    and closes the bus.
+    """
+    bus = await open_bus(config.engine)
+    metrics = Metrics()
+    node = Node(bus, config, metrics, authenticator)
+    try:
+        await node.start()
+        http = HttpGateway(bus, metrics, node.clients)
+        app = web.Application()
+        app[NODE_KEY] = node
+        app[METRICS_KEY] = metrics
+        app.add_routes(WebSocketGateway(node).routes())
+        app.add_routes(http.routes())
+        app.add_routes(HealthGateway(node, metrics).routes())
+    except BaseException:
+        await node.shutdown()
+        raise
+
+    async def close_connections(app: web.Application) -> None:
+        http.close()  # ends the SSE streams
+        await node.close_connections()
+
+    async def shutdown(app: web.Application) -> None:
+        await node.shutdown()
+
+    app.on_shutdown.append(close_connections)
+    app.on_cleanup.append(shutdown)
+    return app
+
+
+async def serve(
+    config: ServerConfig,
+    *,
+    authenticator: Authenticator | None = None,
+    stop: asyncio.Event | None = None,
+    listening: Callable[[list[Any]], None] | None = None,
+) -> None:
+    """Serve until `stop` is set (default: until SIGTERM or SIGINT), then shut down."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    app = await create_app(config, authenticator=authenticator)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=config.shutdown_timeout
+    )
+    await runner.setup()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    try:
+        site = web.TCPSite(runner, config.host, config.port, reuse_port=config.reuse_port or None)
+        await site.start()
+        addresses = [list(address[:2]) for address in runner.addresses]
+        log.info(
+            "listening",
+            extra={"addresses": addresses, "engine": config.engine, "pid": os.getpid()},
+        )
+        if listening is not None:
+            listening(addresses)
+        for number in signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(number, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for number in signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(number)
+        await runner.cleanup()
+    log.info("stopped")
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run(config: ServerConfig) -> int:
+    """Run `hybridbus serve` in this process; the exit status (0 after a clean shutdown).
+
+    Returns 2 for a bad logging setting, 1 when the server cannot start
+    (port taken, engine unavailable).
+    """
+    try:
+        configure_logging(config.log_level, config.log_format)
+    except ValueError as exc:
+        print(f"hybridbus serve: {exc}", file=sys.stderr)
+        return 2
+    factory = _loop_factory()
+    log.info("starting", extra={"loop": "uvloop" if factory else "asyncio"})
+    failure: BaseException | None = None
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve(config))
+    except (OSError, BusError) as exc:
+        failure = exc
+    if failure is not None:
+        log.error("cannot serve: %s", failure, extra={"error": type(failure).__name__})
+        return 1
+    return 0

@@ -1,0 +1,211 @@
+"""The subscriptions of one connection: one pump task each, from the bus to the outbox.
+
+Owns: opening a bus subscription for a client's (relative) pattern, answering
+the subscribe, pumping every delivery into the session as an encoded push
+(shared bytes from the node's cache), `exclude_self`, presence membership of
+plain-topic subscriptions, unsubscribing (also while a subscribe is still
+being set up), and ending a subscription the bus ended (too slow, continuity
+lost). Must not write to the transport (the connection does) nor encode
+events itself (the node does, once for everyone).
+
+A pump answers its subscribe before any push, so the reply comes first. An
+unsubscribe of a pattern still being set up waits for that answer, then ends
+it: both commands are answered, in order. Entries are keyed by the pattern
+text; an entry being torn down after an unsubscribe never touches a newer one
+for the same pattern.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from hybridbus.core.topics import is_pattern, scope_pattern
+from hybridbus.errors import BusError, ErrorCode
+from hybridbus.hub.subscription import Subscription
+from hybridbus.proto.frames import Subscribe, SubscribeResult, Unsubscribe, UnsubscribeResult
+
+if TYPE_CHECKING:
+    from hybridbus.server.connection import Connection
+
+__all__ = ["Origin", "Subscriptions"]
+
+log = logging.getLogger("hybridbus.server")
+
+
+class Origin:
+    """Who published an event with `exclude_self`: the connection, or its whole device."""
+
+    __slots__ = ("connection", "device", "topic")
+
+    def __init__(self, topic: str, connection: Connection, device: tuple[object, ...] | None):
+        self.topic = topic
+        self.connection = connection
+        self.device = device
+
+    def excludes(self, connection: Connection) -> bool:
+        """True if `connection` must not receive the live push of this event."""
+        if connection is self.connection:
+            return True
+        return self.device is not None and connection.device_key == self.device
+
+
+class _Entry:
+    """One subscription of the connection."""
+
+    __slots__ = ("absolute", "answered", "id", "pattern", "ready", "subscription", "task")
+
+    def __init__(
+        self,
+        id: int,
+        pattern: str,
+        absolute: str,
+        subscription: Subscription,
+        answered: asyncio.Future[None],
+    ) -> None:
+        self.id = id
+        self.pattern = pattern  # as the client wrote it (relative)
+        self.absolute = absolute
+        self.subscription = subscription
+        self.ready = False  # the subscribe was answered with success
+        self.answered = answered  # resolved once the subscribe is answered, either way
+        self.task: asyncio.Task[None] | None = None
+
+    def settle(self) -> None:
+        if not self.answered.done():
+            self.answered.set_result(None)
+
+
+class Subscriptions:
+    """The subscriptions of one connection (see the module docstring)."""
+
+    __slots__ = ("_connection", "_entries", "_gauge")
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._entries: dict[str, _Entry] = {}
+        self._gauge = connection.node.metrics.subscriptions.labels(connection.transport_name)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def subscribe(self, command: Subscribe) -> None:
+        """Start a subscription; raises `BusError` (bad pattern or `since`) before any task."""
+        connection = self._connection
+        absolute = scope_pattern(connection.tenant, command.pattern)
+        subscription = connection.node.bus.subscribe(absolute, command.since)
+        answered = asyncio.get_running_loop().create_future()
+        entry = _Entry(command.id, command.pattern, absolute, subscription, answered)
+        self._entries[command.pattern] = entry
+        entry.task = connection.spawn(self._pump(entry))
+
+    def unsubscribe(self, command: Unsubscribe) -> None:
+        """End the subscription to `command.pattern` and answer the command."""
+        entry = self._entries.pop(command.pattern, None)
+        if entry is None or entry.answered.done():
+            self._end(entry)
+            self._connection.session.reply(command.id, UnsubscribeResult())
+            return
+        self._connection.spawn(self._unsubscribe_later(entry, command.id))
+
+    async def _unsubscribe_later(self, entry: _Entry, id: int) -> None:
+        # Bounded by the subscription's set-up (one history page); closing cancels it.
+        await entry.answered
+        self._end(entry)
+        self._connection.session.reply(id, UnsubscribeResult())
+        self._connection.flush()
+
+    def close(self) -> None:
+        """The connection is closing: leave every topic (the pumps are cancelled with it)."""
+        presence = self._connection.node.presence
+        for entry in self._entries.values():
+            presence.leave(entry.absolute, entry)
+        self._entries.clear()
+
+    def _end(self, entry: _Entry | None) -> None:
+        if entry is not None:
+            if entry.task is not None:
+                entry.task.cancel()
+            self._connection.node.presence.leave(entry.absolute, entry)
+
+    async def _pump(self, entry: _Entry) -> None:
+        """Open the subscription, answer the subscribe, then push every delivery."""
+        connection = self._connection
+        session = connection.session
+        node = connection.node
+        subscription = entry.subscription
+        counted = False
+        try:
+            async with subscription:
+                position = subscription.position
+                recovered = subscription.recovered
+                session.reply(
+                    entry.id,
+                    SubscribeResult(
+                        epoch=position.epoch, position=str(position), recovered=recovered
+                    ),
+                )
+                entry.ready = True
+                entry.settle()
+                self._gauge.inc()
+                counted = True
+                info = connection.info
+                if not is_pattern(entry.pattern) and info is not None:
+                    node.presence.join(entry.absolute, entry, info)
+                connection.flush()
+                codec = session.codec
+                tenant = connection.tenant
+                origins = node.origins
+                async for delivery in subscription:
+                    if recovered and not subscription.recovered:
+                        self._ended(
+                            entry,
+                            ErrorCode.SUBSCRIPTION_ENDED,
+                            "continuity was lost during recovery; subscribe again",
+                        )
+                        return
+                    if origins:
+                        origin = node.origin_of(delivery)
+                        if origin is not None and origin.excludes(connection):
+                            continue
+                    session.push(
+                        node.push_bytes(codec, entry.absolute, entry.pattern, tenant, delivery)
+                    )
+                    connection.pushed(delivery.time)
+                    if session.closed:
+                        return
+        except BusError as exc:
+            if entry.ready:
+                if exc.code is ErrorCode.SUBSCRIBER_TOO_SLOW:
+                    node.metrics.drops.labels("subscriber_too_slow").inc()
+                self._ended(entry, exc, str(exc))
+            else:
+                self._failed(entry, exc)
+        except Exception as exc:
+            log.exception("subscription %r of %s failed", entry.pattern, connection.id)
+            if entry.ready:
+                self._ended(entry, exc, "internal error")
+            else:
+                self._failed(entry, exc)
+        finally:
+            entry.settle()
+            node.presence.leave(entry.absolute, entry)
+            if counted:
+                self._gauge.dec()
+
+    def _failed(self, entry: _Entry, error: BaseException) -> None:
+        """The subscribe failed before it was answered: answer it with the error."""
+        if self._entries.get(entry.pattern) is entry:
+            del self._entries[entry.pattern]
+        self._connection.session.error(entry.id, error)
+        self._connection.flush()
+
+    def _ended(self, entry: _Entry, error: BaseException | ErrorCode, reason: str) -> None:
+        """The server ends a live subscription: tell the client (`unsubscribed`)."""
+        # Only the current holder of the pattern may end it in the session: an
+        # older subscription torn down after an unsubscribe may not.
+        if self._entries.get(entry.pattern) is entry:
+            del self._entries[entry.pattern]
+            self._connection.session.end_subscription(entry.pattern, error, reason)
+            self._connection.flush()

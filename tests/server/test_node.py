@@ -1,0 +1,226 @@
+"""The node over real sockets: heartbeat, slow consumers, shutdown, token expiry, refresh."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+
+import pytest
+from tests.servers import WsClient, event, running_server, stalled_client
+from websockets.exceptions import ConnectionClosed
+
+from hybridbus.server.auth import Identity, Unauthorized
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_a_silent_client_is_closed_no_ping_while_one_that_answers_stays() -> None:
+    async with running_server(ping_interval=0.2) as server:
+        async with WsClient.open(server.url) as silent, WsClient.open(server.url) as lively:
+
+            async def observe_silence() -> tuple[int | None, int, float]:
+                started = time.monotonic()
+                pings = 0
+                while True:  # read without ever answering the server's pings
+                    try:
+                        frame = await asyncio.wait_for(silent.ws.recv(), 5)
+                    except ConnectionClosed as exc:
+                        code = exc.rcvd.code if exc.rcvd else None
+                        return code, pings, time.monotonic() - started
+                    messages = [json.loads(line) for line in str(frame).split("\n") if line]
+                    pings += sum(m["type"] == "ping" for m in messages)
+
+            async def stay_lively(seconds: float) -> None:
+                # WsClient.read answers every server ping with a pong.
+                deadline = time.monotonic() + seconds
+                while (left := deadline - time.monotonic()) > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(left):
+                            await lively.read()
+
+            (code, pings, elapsed), _ = await asyncio.gather(observe_silence(), stay_lively(1.0))
+            assert code == 4002
+            assert pings >= 1
+            assert 0.35 <= elapsed < 2.0  # two intervals of silence, on a ~50 ms ticker
+            assert (await lively.request("ping"))["type"] == "reply"
+        assert server.sample("hybridbus_disconnects_total", code="4002") == 1
+
+
+async def test_a_stalled_consumer_is_cut_off_while_another_keeps_its_latency() -> None:
+    async with running_server(max_pending_bytes=64 * 1024) as server:
+        subscribe = {"type": "subscribe", "id": 2, "pattern": "firehose"}
+        stalled = await stalled_client(server.port, subscribe)
+        try:
+            async with WsClient.open(server.url) as healthy, WsClient.open(server.url) as pub:
+                await healthy.request("subscribe", pattern="firehose")
+                for _ in range(100):  # the stalled one's subscribe has been executed
+                    if server.sample("hybridbus_subscriptions", transport="websocket") == 2:
+                        break
+                    await asyncio.sleep(0.01)
+                latencies: list[float] = []
+                payload = "x" * 30_000
+                for n in range(300):  # ~9 MB in all: far more than socket buffers hold
+                    sent = time.monotonic()
+                    ack = await pub.request(
+                        "publish", topic="firehose", event=event(id=f"f{n}", data=payload)
+                    )
+                    assert ack["type"] == "reply"
+                    push = await healthy.push()
+                    latencies.append(time.monotonic() - sent)
+                    assert push["event"]["id"] == f"f{n}"
+                    if server.sample("hybridbus_disconnects_total", code="4001") and n > 150:
+                        break
+                assert server.sample("hybridbus_disconnects_total", code="4001") == 1
+                assert server.sample("hybridbus_drops_total", reason="slow_consumer") >= 1
+                latencies.sort()
+                assert latencies[len(latencies) * 99 // 100] < 0.25, latencies[-5:]
+                # the healthy subscriber is still connected and served
+                assert (await healthy.request("ping"))["type"] == "reply"
+            # the server dropped the stalled socket (aborted it: it does not read)
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(10):
+                while True:
+                    try:
+                        chunk = await loop.sock_recv(stalled, 1 << 20)
+                    except ConnectionResetError:
+                        break
+                    if not chunk:
+                        break
+        finally:
+            stalled.close()
+        assert server.node.connections == 0
+
+
+async def test_close_connections_flushes_then_closes_4000() -> None:
+    async with running_server() as server:
+        async with WsClient.open(server.url) as sub, WsClient.open(server.url) as pub:
+            await sub.request("subscribe", pattern="t")
+            await pub.send(*[pub.command("publish", topic="t", event=event()) for _ in range(50)])
+            await pub.answer(50 + 1)  # the last publish (ids 2..51) was acknowledged
+            shutdown = asyncio.create_task(server.node.close_connections())
+            events = await sub.events(50)  # everything queued still arrives first
+            assert [e["offset"] for e in events] == list(range(1, 51))
+            disconnect = await sub.push("disconnect")
+            assert disconnect == {
+                "type": "disconnect",
+                "code": 4000,
+                "reason": "the server is shutting down",
+                "reconnect": True,
+            }
+            assert (await sub.closed()).code == 4000
+            assert (await pub.closed()).code == 4000
+            await shutdown
+        assert server.node.connections == 0
+        assert not server.node.ready
+
+
+async def test_after_shutdown_began_new_connections_are_refused() -> None:
+    import httpx
+
+    async with running_server() as server, httpx.AsyncClient(base_url=server.http) as http:
+        assert (await http.get("/readyz")).status_code == 200
+        await server.node.close_connections()
+        assert (await http.get("/readyz")).status_code == 503
+        assert (await http.get("/healthz")).status_code == 200
+        response = await http.get(
+            "/v1/ws",
+            headers={
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                "Sec-WebSocket-Version": "13",
+            },
+        )
+        assert response.status_code == 503
+
+
+async def test_metrics_endpoint_exposes_the_server_metrics() -> None:
+    import httpx
+
+    async with running_server() as server:
+        async with WsClient.open(server.url) as client:
+            await client.request("subscribe", pattern="m")
+            await client.request("publish", topic="m", event=event())
+            await client.push()
+            async with httpx.AsyncClient(base_url=server.http) as http:
+                response = await http.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+        text = response.text
+        assert 'hybridbus_connections{transport="websocket"} 1.0' in text
+        assert 'hybridbus_subscriptions{transport="websocket"} 1.0' in text
+        assert 'hybridbus_publishes_total{gateway="websocket"} 1.0' in text
+        assert 'hybridbus_deliveries_total{transport="websocket"} 1.0' in text
+        assert "hybridbus_publish_deliver_seconds_count 1.0" in text
+
+
+class Expiring:
+    """Tokens are "<user>:<seconds to live>"; "bad" is refused."""
+
+    async def authenticate(self, token: str | None, device: str | None) -> Identity:
+        if token is None or token == "bad":
+            raise Unauthorized("bad token")
+        user, _, ttl = token.partition(":")
+        return Identity(tenant="t", user=user, device=device, expires=time.time() + float(ttl))
+
+
+async def test_an_expired_token_closes_4004_unless_refreshed() -> None:
+    async with (
+        running_server(authenticator=Expiring()) as server,
+        WsClient.open(server.url, token="ann:0.3") as lapsing,
+        WsClient.open(server.url, token="bob:0.3") as refreshing,
+    ):
+        reply = await refreshing.request("refresh", token="bob:60")
+        assert reply["result"]["expires"] > time.time() + 50
+        closed = await lapsing.closed()
+        assert closed.code == 4004
+        assert (await refreshing.request("ping"))["type"] == "reply"
+
+
+async def test_a_refused_or_foreign_refresh_closes_the_connection() -> None:
+    async with running_server(authenticator=Expiring()) as server:
+        async with WsClient.open(server.url, token="ann:60") as client:
+            await client.send(client.command("refresh", token="bad"))
+            assert (await client.closed()).code == 4501
+        async with WsClient.open(server.url, token="ann:60") as client:
+            await client.send(client.command("refresh", token="eve:60"))
+            assert (await client.closed()).code == 4502
+
+
+async def test_a_client_that_drops_mid_stream_frees_everything() -> None:
+    async with running_server() as server:
+        raw = await stalled_client(
+            server.port,
+            {"type": "subscribe", "id": 2, "pattern": "x"},
+            {"type": "presence", "id": 3, "topic": "x", "watch": True},
+        )
+        for _ in range(100):
+            if server.sample("hybridbus_subscriptions", transport="websocket") == 1:
+                break
+            await asyncio.sleep(0.01)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        raw.close()  # RST: no close frame
+        for _ in range(200):
+            if server.node.connections == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert server.node.connections == 0
+        assert server.sample("hybridbus_subscriptions", transport="websocket") == 0
+        assert server.node.clients("acme/x") == []
+
+
+async def test_shutdown_is_bounded_when_a_client_never_answers_the_close() -> None:
+    async with running_server(shutdown_timeout=1.0) as server:
+        deaf = await stalled_client(server.port, {"type": "subscribe", "id": 2, "pattern": "x"})
+        try:
+            async with WsClient.open(server.url) as polite:
+                started = time.monotonic()
+                await server.node.close_connections()
+                assert time.monotonic() - started < 3.0
+                assert (await polite.closed()).code == 4000
+            assert server.node.connections == 0
+        finally:
+            deaf.close()
