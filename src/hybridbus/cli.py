@@ -6,14 +6,19 @@ Must not hold server logic: `hybridbus serve` hands over to `hybridbus.serve`.
 
     hybridbus serve [--config FILE] [--engine URL] [--host H] [--port P]
                     [--anonymous-tenant T]
+    hybridbus publish TOPIC --data JSON|@file|- [--type T] [--source S] [--id ID]
+    hybridbus subscribe PATTERN [--since TOKEN] [--count N]     (JSON lines)
+    hybridbus history TOPIC|PATTERN [--since TOKEN] [--limit N]  (JSON lines)
 
-(`publish`, `subscribe` and `history` arrive with the Python client.)
+The client commands take `--url` (default `$HYBRIDBUS_URL` or
+ws://127.0.0.1:8080/v1/ws) and `--token` (default `$HYBRIDBUS_TOKEN`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,6 +52,33 @@ def parser() -> argparse.ArgumentParser:
         metavar="T",
         help="let clients without a token connect, in tenant T",
     )
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument(
+        "--url",
+        default=os.environ.get(f"{ENV_PREFIX}URL", "ws://127.0.0.1:8080/v1/ws"),
+        help="the server's WebSocket endpoint",
+    )
+    client.add_argument("--token", default=os.environ.get(f"{ENV_PREFIX}TOKEN"))
+    publish = commands.add_parser(
+        "publish", parents=[client], help="publish one event (prints the ack)"
+    )
+    publish.add_argument("topic", help="the topic, relative to your tenant")
+    publish.add_argument("--data", default=None, help="JSON, @file (JSON), or - for stdin")
+    publish.add_argument("--type", default="com.example.cli", help="the event's type")
+    publish.add_argument("--source", default="/hybridbus/cli", help="the event's source")
+    publish.add_argument("--id", default=None, help="the event's id (default: a new UUID)")
+    subscribe = commands.add_parser(
+        "subscribe", parents=[client], help="print deliveries as JSON lines"
+    )
+    subscribe.add_argument("pattern")
+    subscribe.add_argument("--since", default=None, help="resume after this position token")
+    subscribe.add_argument("--count", type=int, default=None, help="stop after N deliveries")
+    history = commands.add_parser(
+        "history", parents=[client], help="print retained events as JSON lines"
+    )
+    history.add_argument("pattern")
+    history.add_argument("--since", default=None)
+    history.add_argument("--limit", type=int, default=100)
     return root
 
 
@@ -67,4 +99,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hybridbus.serve import run  # aiohttp and the engines load only to serve
 
         return run(config)
+    from hybridbus.client import commands
+    from hybridbus.errors import BusError
+
+    try:
+        if args.command == "publish":
+            data = None if args.data is None else commands.read_data(args.data)
+            return commands.run(
+                commands.publish(
+                    args.url,
+                    args.token,
+                    args.topic,
+                    data,
+                    type=args.type,
+                    source=args.source,
+                    id=args.id,
+                )
+            )
+        if args.command == "subscribe":
+            return commands.run(
+                commands.subscribe(args.url, args.token, args.pattern, args.since, args.count)
+            )
+        if args.command == "history":
+            return commands.run(
+                commands.history(args.url, args.token, args.pattern, args.since, args.limit)
+            )
+    except BusError as exc:
+        print(f"hybridbus {args.command}: {exc}", file=sys.stderr)
+        return 1
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse refuses others
