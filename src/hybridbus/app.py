@@ -13,13 +13,12 @@ e.g. `sqlite://./data?max_per_topic=1000&dedupe_window=60`.
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
 
+from hybridbus.core.opening import Opening
 from hybridbus.engine.base import Clock, Engine, EngineConfig, system_clock
 from hybridbus.errors import InvalidInput
 from hybridbus.hub.bus import Bus, BusConfig
@@ -71,38 +70,13 @@ def open_engine(scheme: str, path: str, config: EngineConfig, clock: Clock) -> E
     return SqliteEngine(path, config, clock)
 
 
-class _Opening:
-    """What `open` returns: await it for a Bus, or use it as `async with`."""
-
-    def __init__(self, bus: Bus) -> None:
-        self._bus = bus
-
-    async def _start(self) -> Bus:
-        await self._bus.start()
-        return self._bus
-
-    def __await__(self) -> Generator[Any, None, Bus]:
-        return self._start().__await__()
-
-    async def __aenter__(self) -> Bus:
-        return await self._start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._bus.close()
-
-
 def open(  # the public name the API promises, shadowing the builtin on purpose
     url: str = "memory://",
     *,
     engine: EngineConfig | None = None,
     bus: BusConfig | None = None,
     clock: Clock = system_clock,
-) -> _Opening:
+) -> Opening[Bus]:
     """Open a Bus on the engine named by `url` (`memory://` or `sqlite:///path`)."""
     scheme, path, engine_config, bus_config = parse_url(url, engine, bus)
-    return _Opening(Bus(open_engine(scheme, path, engine_config, clock), bus_config, clock))
+    return Opening(Bus(open_engine(scheme, path, engine_config, clock), bus_config, clock))

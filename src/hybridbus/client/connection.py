@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -25,6 +25,7 @@ from hybridbus.client.subscription import ClientSubscription
 from hybridbus.core.backoff import Backoff
 from hybridbus.core.event import Event, check_event, event_from_dict
 from hybridbus.core.log import Position
+from hybridbus.core.opening import Opening
 from hybridbus.errors import BusError, Disconnected, InvalidInput, RemoteError
 from hybridbus.proto.client import (
     ClientSession,
@@ -423,33 +424,8 @@ class Client:
                 await ws.send_frame(frame, opcode)
 
 
-class _Connecting:
-    """What `connect` returns: await it for a `Client`, or use it as `async with`."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
-    async def _start(self) -> Client:
-        await self._client.start()
-        return self._client
-
-    def __await__(self) -> Generator[Any, None, Client]:
-        return self._start().__await__()
-
-    async def __aenter__(self) -> Client:
-        return await self._start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._client.close()
-
-
 def connect(
     url: str, *, token: str | None = None, config: ClientConfig | None = None
-) -> _Connecting:
+) -> Opening[Client]:
     """Connect to the server's WebSocket endpoint, e.g. `ws://127.0.0.1:8080/v1/ws`."""
-    return _Connecting(Client(url, token, config or ClientConfig()))
+    return Opening(Client(url, token, config or ClientConfig()))
