@@ -71,7 +71,7 @@ class Result:
     id: str
     group: str
     label: str
-    unit: Literal["ops/s", "deliveries/s", "µs/op"]
+    unit: Literal["ops/s", "deliveries/s", "µs/op", "ms", "KiB/conn"]
     runs: list[float]
     peer: str | None = None
     target: float | None = None
@@ -79,7 +79,7 @@ class Result:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.unit != "µs/op"
+        return self.unit not in ("µs/op", "ms", "KiB/conn")
 
     @property
     def value(self) -> float:
@@ -115,7 +115,7 @@ class Case:
 
     id: str
     label: str
-    unit: Literal["ops/s", "deliveries/s", "µs/op"]
+    unit: Literal["ops/s", "deliveries/s", "µs/op", "ms", "KiB/conn"]
     measure: Callable[[], float]
     peer: str | None = None
     target: float | None = None
@@ -336,6 +336,10 @@ def load_average() -> list[float] | None:
 def _fmt(value: float, unit: str) -> str:
     if unit == "µs/op":
         return f"{value:.2f} µs"
+    if unit == "ms":
+        return f"{value:.2f} ms"
+    if unit == "KiB/conn":
+        return f"{value:.1f} KiB"
     if value >= 1e6:
         return f"{value / 1e6:.2f} M/s"
     if value >= 1e3:

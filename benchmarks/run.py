@@ -1,7 +1,8 @@
 """Run the benchmarks, print a table, write the results as JSON.
 
-    python -m benchmarks.run                 # everything -> benchmarks/results/latest.json
+    python -m benchmarks.run                 # all but server -> benchmarks/results/latest.json
     python -m benchmarks.run publish fanout  # some groups (writes JSON only with --out)
+    python -m benchmarks.run server          # the real server, WebSockets (~2 min; not default)
     python -m benchmarks.run --quick         # one short run of each case, a smoke test
 
 A full run takes about two minutes on a 2-core machine.
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import codec, fanout, publish
+from benchmarks import codec, fanout, publish, server
 from benchmarks.harness import (
     RESULTS_DIR,
     Result,
@@ -30,13 +31,17 @@ from benchmarks.harness import (
     write_json,
 )
 
-__all__ = ["GROUPS", "main"]
+__all__ = ["DEFAULT_GROUPS", "GROUPS", "main"]
 
 GROUPS: dict[str, Callable[[Settings, Callable[[str], None]], list[Result]]] = {
     "codec": codec.run,
     "publish": publish.run,
     "fanout": fanout.run,
+    "server": server.run,
 }
+# `server` takes about 2 minutes on its own (servers and 1,000-10,000 client
+# connections as subprocesses): it runs only when named.
+DEFAULT_GROUPS = ["codec", "publish", "fanout"]
 
 
 def _log(line: str) -> None:
@@ -64,12 +69,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("groups", nargs="*", help=f"some of {', '.join(GROUPS)} (default: all)")
+    parser.add_argument(
+        "groups",
+        nargs="*",
+        help=f"some of {', '.join(GROUPS)} (default: {' '.join(DEFAULT_GROUPS)})",
+    )
     parser.add_argument("--quick", action="store_true", help="one short run per case")
     parser.add_argument("--tmpdir", help="where sqlite files go (default: the temp dir)")
     parser.add_argument("--out", type=Path, help="JSON results file")
     args = parser.parse_args(argv)
-    groups: list[str] = args.groups or list(GROUPS)
+    groups: list[str] = args.groups or list(DEFAULT_GROUPS)
     unknown = set(groups) - GROUPS.keys()
     if unknown:
         parser.error(
@@ -77,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     settings = Settings.quick(args.tmpdir) if args.quick else Settings(tmpdir=args.tmpdir)
     out: Path | None = args.out
-    if out is None and not args.quick and groups == list(GROUPS):
+    if out is None and not args.quick and groups == DEFAULT_GROUPS:
         out = RESULTS_DIR / "latest.json"
 
     started = datetime.now(UTC)
