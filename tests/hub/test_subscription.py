@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
+import msgspec
 import pytest
 
 from hybridbus.core.event import Event
@@ -116,3 +118,76 @@ async def test_too_slow_keeps_the_position_of_the_last_delivery_handed_out() -> 
     with pytest.raises(SubscriberTooSlow):
         await sub.__anext__()
     assert sub.position == Position("e", (1,))
+
+
+async def test_take_hands_out_every_queued_delivery_at_once_and_moves_the_position() -> None:
+    log = ScriptedLog()
+    log.add(2)
+    sub = subscription(log, maxsize=100, page_size=10)
+    sub.begin("e", (0,), recovering=True)
+    assert [d.position for d in await sub.take()] == [1, 2]  # read from the log
+    assert sub.live
+    for delivery in log.add(3):
+        sub.push(delivery)
+    assert sub.take_nowait() and sub.position == Position("e", (5,))
+    assert sub.take_nowait() == []
+    sub.end()
+    assert await sub.take() == []
+
+
+async def test_take_raises_the_error_the_subscription_ended_with() -> None:
+    log = ScriptedLog()
+    sub = subscription(log, maxsize=1, page_size=10)
+    sub.begin("e", (0,), recovering=False)
+    first, second = log.add(2)
+    sub.push(first)
+    sub.push(second)  # over the bound
+    with pytest.raises(SubscriberTooSlow):
+        await sub.take()
+    with pytest.raises(SubscriberTooSlow):
+        await sub.finished()
+
+
+async def test_take_drops_expired_deliveries() -> None:
+    log = ScriptedLog()
+    sub = subscription(log, maxsize=100, page_size=10)
+    sub.begin("e", (0,), recovering=False)
+    fresh, stale = log.add(2)
+    sub.push(msgspec.structs.replace(stale, expires=-1.0))  # the clock says 0.0
+    sub.push(msgspec.structs.replace(fresh, position=3, offset=3, expires=5.0))
+    assert [d.position for d in await sub.take()] == [3]
+    assert sub.position == Position("e", (3,))
+
+
+async def test_attach_notifies_once_per_batch_instead_of_waking() -> None:
+    log = ScriptedLog()
+    log.add(1)
+    sub = subscription(log, maxsize=100, page_size=10)
+    sub.begin("e", (0,), recovering=True)
+    notified: list[int] = []
+    assert not sub.attach(lambda: notified.append(1))  # still recovering
+    assert [d.position for d in await sub.take()] == [1]
+    assert sub.attach(lambda: notified.append(1))
+    for delivery in log.add(3):
+        sub.push(delivery)
+    assert notified == [1]  # the first push into the empty queue only
+    assert [d.position for d in sub.take_nowait()] == [2, 3, 4]
+    sub.push(log.add(1)[0])
+    assert notified == [1, 1]
+    waiter = asyncio.ensure_future(sub.finished())
+    await asyncio.sleep(0)
+    sub.push(log.add(1)[0])  # a push does not end the wait
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    sub.end()
+    await waiter
+
+
+async def test_attach_is_refused_while_deliveries_are_queued() -> None:
+    log = ScriptedLog()
+    sub = subscription(log, maxsize=100, page_size=10)
+    sub.begin("e", (0,), recovering=False)
+    sub.push(log.add(1)[0])
+    assert not sub.attach(lambda: None)
+    sub.take_nowait()
+    assert sub.attach(lambda: None)

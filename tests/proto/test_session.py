@@ -475,6 +475,51 @@ def test_one_message_larger_than_the_bound_still_fits_an_empty_outbox() -> None:
     assert session.close_code is CloseCode.SLOW_CONSUMER
 
 
+@pytest.mark.parametrize("batch", [1, 3, 7])
+def test_push_many_crosses_the_bound_where_pushing_one_by_one_would(batch: int) -> None:
+    push = push_bytes(JSON)
+    one_by_one = connected(config=SessionConfig(max_pending_bytes=4096))
+    at_once = connected(config=SessionConfig(max_pending_bytes=4096))
+    rounds = 0
+    while not one_by_one.closed:
+        for _ in range(batch):
+            one_by_one.push(push)
+        at_once.push_many([push] * batch)
+        rounds += 1
+        # Either both are still open with the same bytes queued, or both closed.
+        assert at_once.closed == one_by_one.closed
+        if not at_once.closed:
+            assert at_once.pending_bytes == one_by_one.pending_bytes
+    assert at_once.close_code is CloseCode.SLOW_CONSUMER
+    assert rounds == (4096 // len(push)) // batch + 1
+
+
+def test_push_many_keeps_order_and_one_big_message_fits_an_empty_outbox() -> None:
+    session = connected(config=SessionConfig(max_pending_bytes=1024))
+    big = JSON.encode_push("p" * 2000, Delivery("a", 1, 0, 1, 0.0, EVENT), JSON.encode_event(EVENT))
+    session.push_many([big])
+    assert not session.closed
+    assert session.data_to_send() == big
+    first, second = (
+        push_bytes(JSON),
+        JSON.encode_push("q", Delivery("b", 2, 0, 2, 0.0, EVENT), JSON.encode_event(EVENT)),
+    )
+    session.push_many([first, second])
+    assert session.data_to_send() == JSON.frame([first, second])
+    session.push_many([])
+    assert session.data_to_send() is None
+
+
+def test_push_many_before_accept_raises_and_after_close_is_ignored() -> None:
+    session = ServerSession(JSON, SessionConfig(), now=0.0)
+    with pytest.raises(RuntimeError):
+        session.push_many([push_bytes(JSON)])
+    session = connected()
+    session.close(CloseCode.NORMAL, "bye")
+    session.push_many([push_bytes(JSON)])
+    assert [type(m).__name__ for m in sent(session)] == ["Disconnect"]
+
+
 def test_graceful_close_flushes_what_was_queued_then_disconnect() -> None:
     session = connected()
     session.receive_data(frame(JSON, Unsubscribe(id=2, pattern="x")), 1.0)  # refused: queued

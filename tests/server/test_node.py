@@ -7,6 +7,7 @@ import contextlib
 import json
 import socket
 import time
+from typing import Any
 
 import pytest
 from tests.servers import WsClient, event, running_server, stalled_client
@@ -224,3 +225,32 @@ async def test_shutdown_is_bounded_when_a_client_never_answers_the_close() -> No
             assert server.node.connections == 0
         finally:
             deaf.close()
+
+
+async def test_deliveries_of_several_subscriptions_share_frames_and_stop_at_unsubscribe() -> None:
+    async with (
+        running_server() as server,
+        WsClient.open(server.url) as sub,
+        WsClient.open(server.url) as pub,
+    ):
+        await sub.request("subscribe", pattern="a")
+        await sub.request("subscribe", pattern="+")
+        await pub.send(*[pub.command("publish", topic="a", event=event()) for _ in range(40)])
+        await pub.answer(40 + 1)
+        pushes = await sub.events(80)
+        assert sorted(p["offset"] for p in pushes if p["pattern"] == "a") == list(range(1, 41))
+        assert [p["offset"] for p in pushes if p["pattern"] == "+"] == list(range(1, 41))
+        assert sub.frames < 40  # both subscriptions' pushes coalesced into few frames
+        # An unsubscribe answered while events flow: nothing of "a" after its reply.
+        await pub.send(*[pub.command("publish", topic="a", event=event()) for _ in range(200)])
+        unsubscribe = sub.command("unsubscribe", pattern="a")
+        await sub.send(unsubscribe)
+        seen: list[dict[str, Any]] = list(sub.pushes)
+        sub.pushes.clear()
+        while not (
+            any(m.get("pattern") == "+" and m["offset"] == 240 for m in seen)
+            and any(m.get("id") == unsubscribe["id"] for m in seen)
+        ):
+            seen += await sub.read()
+        replied = next(i for i, m in enumerate(seen) if m.get("id") == unsubscribe["id"])
+        assert {m["pattern"] for m in seen[replied + 1 :] if m["type"] == "event"} <= {"+"}

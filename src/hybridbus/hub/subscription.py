@@ -41,6 +41,9 @@ class _State(Enum):
     ENDED = "ended"
 
 
+_LIVE = _State.LIVE  # a global, not an attribute lookup, on the hot path
+
+
 class Subscription:
     """Deliveries of one pattern, oldest first: `async for delivery in sub`.
 
@@ -49,6 +52,28 @@ class Subscription:
     False during recovery if retention removes events not yet read.
     `position` is the resume token after the last delivery handed out.
     """
+
+    # One per subscriber, touched once per delivery: no __dict__.
+    __slots__ = (
+        "__weakref__",
+        "_clock",
+        "_closer",
+        "_cursor",
+        "_error",
+        "_maxsize",
+        "_notify",
+        "_opener",
+        "_overflowed",
+        "_page_size",
+        "_pending",
+        "_queue",
+        "_reader",
+        "_state",
+        "_waiter",
+        "_yielded",
+        "pattern",
+        "recovered",
+    )
 
     def __init__(
         self,
@@ -76,6 +101,7 @@ class Subscription:
         self._cursor = Cursor("", ())
         self._yielded: list[int] = []
         self._waiter: asyncio.Future[None] | None = None
+        self._notify: Callable[[], None] | None = None
         self._error: BusError | None = None
 
     # -- set-up, driven by the bus ------------------------------------------
@@ -124,7 +150,7 @@ class Subscription:
         True if the queue is past half its bound: the publisher should yield.
         """
         state = self._state
-        if state is _State.LIVE:
+        if state is _LIVE:
             # Cursor.advance, inlined: this runs once per delivery per subscriber.
             seen = self._cursor.positions
             shard = delivery.shard
@@ -141,6 +167,11 @@ class Subscription:
                 )
                 return False
             self._queue.append(delivery)
+            notify = self._notify
+            if notify is not None:
+                if not backlog:
+                    notify()  # once per batch: the owner takes it all with take_nowait()
+                return backlog * 2 >= self._maxsize
             waiter = self._waiter
             if waiter is not None:
                 self._waiter = None  # wake it once; later pushes skip this
@@ -203,21 +234,87 @@ class Subscription:
                 if delivery.expires is not None and delivery.expired(self._clock()):
                     continue
                 return delivery
+            if not await self._wait():
+                raise StopAsyncIteration
+
+    async def take(self) -> list[Delivery]:
+        """Every delivery queued now, oldest first, waiting for one if none is.
+
+        An empty list means the subscription ended normally; an ended one
+        raises its error, like iteration. Handing a batch out at once costs
+        one await per batch instead of one per delivery.
+        """
+        while True:
+            if self._queue:
+                batch = self.take_nowait()
+                if batch:
+                    return batch
+                continue  # all of them expired
+            if not await self._wait():
+                return []
+
+    def take_nowait(self) -> list[Delivery]:
+        """Every delivery queued now, oldest first (none: an empty list); never waits."""
+        queue = self._queue
+        if not queue:
+            return []
+        batch = list(queue)
+        queue.clear()
+        yielded = self._yielded
+        for delivery in batch:
+            yielded[delivery.shard] = delivery.position
+        if any(delivery.expires is not None for delivery in batch):
+            now = self._clock()
+            batch = [d for d in batch if not d.expired(now)]
+        return batch
+
+    def attach(self, notify: Callable[[], None]) -> bool:
+        """Call `notify()` when a live delivery lands in the empty queue, instead of waking.
+
+        For an owner that drains many subscriptions from one task (a server
+        connection): `notify` runs inside the publisher's route, so it must
+        only note that this subscription has something and never raise; the
+        owner then takes it all with `take_nowait()`, and waits for the end
+        with `finished()`. Possible only once live with nothing queued
+        (False otherwise: keep taking).
+        """
+        if self._state is not _State.LIVE or self._queue:
+            return False
+        self._notify = notify
+        return True
+
+    async def finished(self) -> None:
+        """Wait until the subscription ends: return if it ended cleanly, else raise its error."""
+        while True:
             if self._error is not None:
                 raise self._error
-            state = self._state
-            if state is _State.ENDED:
-                raise StopAsyncIteration
-            if state is _State.RECOVERING:
-                await self.catch_up()
-                continue
-            # An idle subscriber legitimately waits for as long as nothing is
-            # published; `end` always wakes it.
+            if self._state is _State.ENDED:
+                return
+            # Only `end` wakes an attached subscription's waiter.
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+
+    async def _wait(self) -> bool:
+        """Wait until the queue holds something: False once ended, raises its error."""
+        if self._error is not None:
+            raise self._error
+        state = self._state
+        if state is _State.ENDED:
+            return False
+        if state is _State.RECOVERING:
+            await self.catch_up()
+            return True
+        # An idle subscriber legitimately waits for as long as nothing is
+        # published; `end` always wakes it.
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+        return True
 
     async def __aenter__(self) -> Subscription:
         await self._opener(self)

@@ -374,6 +374,24 @@ class ServerSession:
         elif state is not State.CLOSED:
             raise RuntimeError("push() before the connect was accepted")
 
+    def push_many(self, encoded: list[bytes]) -> None:
+        """Queue several encoded server messages at once, in order (a batch of pushes)."""
+        state = self.state
+        if state is State.CONNECTED:
+            outbox = self._outbox
+            size = outbox.size
+            for message in encoded:
+                size += len(message)
+            limit = self.config.max_pending_bytes
+            if size > limit and (outbox.messages or len(encoded) > 1):
+                # What pushing them one by one would come to: the bound is crossed.
+                self.close(CloseCode.SLOW_CONSUMER, f"over {limit} bytes queued for the client")
+                return
+            outbox.messages.extend(encoded)
+            outbox.size = size
+        elif state is not State.CLOSED:
+            raise RuntimeError("push_many() before the connect was accepted")
+
     def end_subscription(self, pattern: str, error: BaseException | ErrorCode, reason: str) -> None:
         """Tell the client the server ended its subscription to `pattern` (e.g. too slow)."""
         if self.state is not State.CONNECTED or pattern not in self._subscriptions:

@@ -8,11 +8,14 @@ the socket library (that is the gateway's `Transport`), or pick an engine.
 
 Theory of operation. Everything a connection says goes through its session's
 outbox. Whoever queues something (the read path, a command task, a pump, the
-node's ticker) calls `flush()`, which wakes the writer task. The writer
-wakes one loop turn later, so everything queued during a turn leaves as one
-frame (`session.data_to_send()`); while its `send` waits for the transport to
-drain, new messages pile up in the outbox, whose bound cuts a consumer that
-does not read off with SLOW_CONSUMER. The transport's own buffer stays bounded
+node's ticker) calls `flush()`, which wakes the writer task; a live
+subscription that got deliveries calls `ready()`, which wakes it too. The
+writer runs one loop turn later: it drains the ready subscriptions into the
+outbox, and everything queued during the turn leaves as one frame
+(`session.data_to_send()`). While its `send` waits for the transport to
+drain, ready subscriptions are drained into the outbox by a callback each
+turn instead, so new messages pile up there, whose bound cuts a consumer
+that does not read off with SLOW_CONSUMER. The transport's own buffer stays bounded
 because only the writer writes, one frame at a time, awaiting each.
 
 Closing. When the session closes (a protocol violation, a refused connect,
@@ -61,7 +64,7 @@ from hybridbus.proto.frames import (
 from hybridbus.proto.session import ServerSession
 from hybridbus.server.auth import AuthError, Identity
 from hybridbus.server.history import history_result
-from hybridbus.server.subscriptions import Origin, Subscriptions
+from hybridbus.server.subscriptions import Entry, Origin, Subscriptions
 
 if TYPE_CHECKING:
     from hybridbus.server.node import Node
@@ -109,6 +112,7 @@ class Connection:
         "_loop",
         "_lost",
         "_oldest",
+        "_ready",
         "_tasks",
         "_transport",
         "_unsent",
@@ -154,6 +158,8 @@ class Connection:
         # Deliveries queued since the last write, and the append time of the oldest.
         self._unsent = 0
         self._oldest = 0.0
+        # Live subscriptions with deliveries queued, for the writer to drain.
+        self._ready: list[Entry] = []
         self._deliveries = node.metrics.deliveries.labels(transport_name)
         self.finished: asyncio.Future[None] = self._loop.create_future()
         self._writer = self._loop.create_task(self._write_loop(), name=f"{id}-writer")
@@ -267,12 +273,33 @@ class Connection:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def pushed(self, appended: float) -> None:
-        """A delivery appended at `appended` (Unix time) was queued: count it, flush."""
+    def pushed(self, count: int, appended: float) -> None:
+        """`count` deliveries, the oldest appended at `appended` (Unix time), were queued."""
         if not self._unsent:
             self._oldest = appended
-        self._unsent += 1
+        self._unsent += count
         self.flush()
+
+    def ready(self, entry: Entry) -> None:
+        """`entry`'s live subscription has deliveries queued (called inside a publisher's route).
+
+        The writer drains it next loop turn; a writer busy sending has it drained
+        into the outbox then too, where the outbox bound holds.
+        """
+        ready = self._ready
+        ready.append(entry)
+        if len(ready) == 1:
+            wake = self._wake
+            if wake is not None:
+                self._wake = None
+                wake.set_result(None)
+            else:
+                self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        if self._ready and not self._closing:
+            ready, self._ready = self._ready, []
+            self.subscriptions.drain(ready)
 
     def flush(self) -> None:
         """Something may have been queued, or the session closed: act on it."""
@@ -429,6 +456,7 @@ class Connection:
                 wake = self._wake = self._loop.create_future()
                 # An idle connection waits as long as nothing is queued; closing cancels it.
                 await wake
+                self._drain()
                 while (frame := session.data_to_send()) is not None:
                     delivered, oldest = self._unsent, self._oldest
                     self._unsent = 0
@@ -443,6 +471,7 @@ class Connection:
         if self._closing:
             return
         self._closing = True
+        self._ready.clear()
         self.subscriptions.close()
         self.node.presence.unwatch_all(self)
         for task in self._tasks:

@@ -193,6 +193,27 @@ class Node:
             pushes[key] = encoded
         return encoded
 
+    def push_batch(
+        self,
+        codec: WireCodec,
+        absolute: str,
+        pattern: str,
+        tenant: str,
+        batch: list[Delivery],
+    ) -> list[bytes]:
+        """`push_bytes` of every delivery in `batch`, in order (a pump's hot path)."""
+        subprotocol = codec.subprotocol
+        pushes = self._pushes
+        out: list[bytes] = []
+        for delivery in batch:
+            encoded = pushes.get(
+                (subprotocol, absolute, delivery.shard, delivery.position, delivery.time)
+            )
+            if encoded is None:
+                encoded = self.push_bytes(codec, absolute, pattern, tenant, delivery)
+            out.append(encoded)
+        return out
+
     # -- exclude_self ----------------------------------------------------------
 
     def note_origin(self, event: Event, topic: str, origin: Origin) -> None:

@@ -1,26 +1,36 @@
-"""The subscriptions of one connection: one pump task each, from the bus to the outbox.
+"""The subscriptions of one connection: from the bus into the session's outbox.
 
 Owns: opening a bus subscription for a client's (relative) pattern, answering
-the subscribe, pumping every delivery into the session as an encoded push
-(shared bytes from the node's cache), `exclude_self`, presence membership of
-plain-topic subscriptions, unsubscribing (also while a subscribe is still
-being set up), and ending a subscription the bus ended (too slow, continuity
-lost). Must not write to the transport (the connection does) nor encode
-events itself (the node does, once for everyone).
+the subscribe, turning deliveries into encoded pushes (shared bytes from the
+node's cache), `exclude_self`, presence membership of plain-topic
+subscriptions, unsubscribing (also while a subscribe is still being set up),
+and ending a subscription the bus ended (too slow, continuity lost). Must not
+write to the transport (the connection does) nor encode events itself (the
+node does, once for everyone).
 
-A pump answers its subscribe before any push, so the reply comes first. An
-unsubscribe of a pattern still being set up waits for that answer, then ends
-it: both commands are answered, in order. Entries are keyed by the pattern
-text; an entry being torn down after an unsubscribe never touches a newer one
-for the same pattern.
+Each subscription has a task (its pump) that opens it, answers the
+subscribe, and takes recovered history in batches until it is live with
+nothing queued; then it `attach`es the subscription to the connection and
+only waits for its end. From then on a delivery costs no task switch: the
+bus's route queues it and, for the first of a batch, tells the connection
+(`Connection.ready`), whose writer `drain`s every ready subscription once per
+loop turn. The subscribe reply comes before any push, because the pump
+answers before it takes or attaches.
+
+An unsubscribe of a pattern still being set up waits for that answer, then
+ends it: both commands are answered, in order. Entries are keyed by the
+pattern text; an entry being torn down after an unsubscribe never touches a
+newer one for the same pattern.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import TYPE_CHECKING
 
+from hybridbus.core.log import Delivery
 from hybridbus.core.topics import is_pattern, scope_pattern
 from hybridbus.errors import BusError, ErrorCode
 from hybridbus.hub.subscription import Subscription
@@ -29,7 +39,7 @@ from hybridbus.proto.frames import Subscribe, SubscribeResult, Unsubscribe, Unsu
 if TYPE_CHECKING:
     from hybridbus.server.connection import Connection
 
-__all__ = ["Origin", "Subscriptions"]
+__all__ = ["Entry", "Origin", "Subscriptions"]
 
 log = logging.getLogger("hybridbus.server")
 
@@ -51,7 +61,7 @@ class Origin:
         return self.device is not None and connection.device_key == self.device
 
 
-class _Entry:
+class Entry:
     """One subscription of the connection."""
 
     __slots__ = ("absolute", "answered", "id", "pattern", "ready", "subscription", "task")
@@ -84,7 +94,7 @@ class Subscriptions:
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, Entry] = {}
         self._gauge = connection.node.metrics.subscriptions.labels(connection.transport_name)
 
     def __len__(self) -> int:
@@ -96,7 +106,7 @@ class Subscriptions:
         absolute = scope_pattern(connection.tenant, command.pattern)
         subscription = connection.node.bus.subscribe(absolute, command.since)
         answered = asyncio.get_running_loop().create_future()
-        entry = _Entry(command.id, command.pattern, absolute, subscription, answered)
+        entry = Entry(command.id, command.pattern, absolute, subscription, answered)
         self._entries[command.pattern] = entry
         entry.task = connection.spawn(self._pump(entry))
 
@@ -109,7 +119,7 @@ class Subscriptions:
             return
         self._connection.spawn(self._unsubscribe_later(entry, command.id))
 
-    async def _unsubscribe_later(self, entry: _Entry, id: int) -> None:
+    async def _unsubscribe_later(self, entry: Entry, id: int) -> None:
         # Bounded by the subscription's set-up (one history page); closing cancels it.
         await entry.answered
         self._end(entry)
@@ -123,13 +133,13 @@ class Subscriptions:
             presence.leave(entry.absolute, entry)
         self._entries.clear()
 
-    def _end(self, entry: _Entry | None) -> None:
+    def _end(self, entry: Entry | None) -> None:
         if entry is not None:
             if entry.task is not None:
                 entry.task.cancel()
             self._connection.node.presence.leave(entry.absolute, entry)
 
-    async def _pump(self, entry: _Entry) -> None:
+    async def _pump(self, entry: Entry) -> None:
         """Open the subscription, answer the subscribe, then push every delivery."""
         connection = self._connection
         session = connection.session
@@ -154,10 +164,13 @@ class Subscriptions:
                 if not is_pattern(entry.pattern) and info is not None:
                     node.presence.join(entry.absolute, entry, info)
                 connection.flush()
-                codec = session.codec
-                tenant = connection.tenant
-                origins = node.origins
-                async for delivery in subscription:
+                # Recovery: take batches here until live with nothing queued; then
+                # the connection drains this subscription, woken by `notify`.
+                notify = partial(connection.ready, entry)
+                while not subscription.attach(notify):
+                    batch = await subscription.take()
+                    if not batch:
+                        return
                     if recovered and not subscription.recovered:
                         self._ended(
                             entry,
@@ -165,16 +178,10 @@ class Subscriptions:
                             "continuity was lost during recovery; subscribe again",
                         )
                         return
-                    if origins:
-                        origin = node.origin_of(delivery)
-                        if origin is not None and origin.excludes(connection):
-                            continue
-                    session.push(
-                        node.push_bytes(codec, entry.absolute, entry.pattern, tenant, delivery)
-                    )
-                    connection.pushed(delivery.time)
+                    self._push(entry, batch)
                     if session.closed:
                         return
+                await subscription.finished()
         except BusError as exc:
             if entry.ready:
                 if exc.code is ErrorCode.SUBSCRIBER_TOO_SLOW:
@@ -194,14 +201,45 @@ class Subscriptions:
             if counted:
                 self._gauge.dec()
 
-    def _failed(self, entry: _Entry, error: BaseException) -> None:
+    def drain(self, entries: list[Entry]) -> None:
+        """Push what the live subscriptions of `entries` have queued (the connection's writer)."""
+        session = self._connection.session
+        for entry in entries:
+            subscription = entry.subscription
+            if not subscription.live:  # ended (unsubscribed) since it was ready
+                continue
+            batch = subscription.take_nowait()
+            if batch:
+                self._push(entry, batch)
+                if session.closed:
+                    return
+
+    def _push(self, entry: Entry, batch: list[Delivery]) -> None:
+        """Queue `batch` for the client as encoded pushes (bar its own `exclude_self` events)."""
+        connection = self._connection
+        node = connection.node
+        if node.origins:
+            batch = [d for d in batch if not self._excluded(d)]
+            if not batch:
+                return
+        codec = connection.session.codec
+        pushes = node.push_batch(codec, entry.absolute, entry.pattern, connection.tenant, batch)
+        connection.session.push_many(pushes)
+        connection.pushed(len(batch), batch[0].time)
+
+    def _excluded(self, delivery: Delivery) -> bool:
+        """True if `delivery` was published by this connection with `exclude_self`."""
+        origin = self._connection.node.origin_of(delivery)
+        return origin is not None and origin.excludes(self._connection)
+
+    def _failed(self, entry: Entry, error: BaseException) -> None:
         """The subscribe failed before it was answered: answer it with the error."""
         if self._entries.get(entry.pattern) is entry:
             del self._entries[entry.pattern]
         self._connection.session.error(entry.id, error)
         self._connection.flush()
 
-    def _ended(self, entry: _Entry, error: BaseException | ErrorCode, reason: str) -> None:
+    def _ended(self, entry: Entry, error: BaseException | ErrorCode, reason: str) -> None:
         """The server ends a live subscription: tell the client (`unsubscribed`)."""
         # Only the current holder of the pattern may end it in the session: an
         # older subscription torn down after an unsubscribe may not.
