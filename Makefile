@@ -29,11 +29,10 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
-# The embedded default: sqlite in ./hybridbus-data, on 127.0.0.1:8080. Anonymous clients are
-# let in (tenant "public") so that it is usable without tokens until real auth (issue 4);
-# drop --anonymous-tenant to require tokens.
+# The embedded default: sqlite in ./hybridbus-data, on 127.0.0.1:8080, with the development
+# settings of examples/dev.toml (a dev JWT secret, anonymous clients in tenant "public").
 serve: $(STAMP)
-	$(BIN)/hybridbus serve --anonymous-tenant public
+	$(BIN)/hybridbus serve --config examples/dev.toml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -46,6 +46,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -114,20 +115,22 @@ class ServerProcess:
         self.kind = kind
         self.port = _free_port()
         port = str(self.port)
-        if kind == "hybridbus":
+        self._config: Path | None = None
+        if kind in ("hybridbus", "hybridbus-auth"):
+            self._config = _hybridbus_config(kind)
             argv = [
                 PYTHON,
                 "-m",
                 "hybridbus",
                 "serve",
+                "--config",
+                str(self._config),
                 "--engine",
                 "memory://",
                 "--host",
                 "127.0.0.1",
                 "--port",
                 port,
-                "--anonymous-tenant",
-                "bench",
             ]
         elif kind == "nats":
             argv = ["nats-server", "-a", "127.0.0.1", "-p", port]
@@ -166,12 +169,56 @@ class ServerProcess:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        if self._config is not None:
+            self._config.unlink(missing_ok=True)
 
     def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# "hybridbus": anonymous clients allowed everything (no rules to speak of).
+# "hybridbus-auth": every client has a JWT (HS256) and the role "editor", whose
+# rules have placeholders, a time window and a deny: the permission check's cost.
+_BENCH_SECRET: Final = "bench-secret-bench-secret-bench-secret!"
+_OPEN_CONFIG: Final = """
+anonymous_tenant = "bench"
+[[roles.anonymous]]
+allow = "*"
+topics = "#"
+"""
+_AUTH_CONFIG: Final = f"""
+jwt_secret = "{_BENCH_SECRET}"
+[[roles.editor]]
+allow = ["subscribe", "history", "presence"]
+topics = ["t", "users/{{sub}}/#", "docs/#"]
+[[roles.editor]]
+allow = ["publish"]
+topics = "t"
+days = ["mon-sun"]
+hours = "00:00-24:00"
+zone = "Europe/Berlin"
+[[roles.editor]]
+deny = "*"
+topics = "docs/secret/#"
+"""
+
+
+def _hybridbus_config(kind: str) -> Path:
+    fd, name = tempfile.mkstemp(prefix="hybridbus-bench-", suffix=".toml")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(_AUTH_CONFIG if kind == "hybridbus-auth" else _OPEN_CONFIG)
+    return Path(name)
+
+
+def _bench_token(user: str) -> str:
+    import jwt
+
+    now = int(time.time())
+    claims = {"sub": user, "tenantid": "bench", "roles": ["editor"], "iat": now, "exp": now + 3600}
+    return jwt.encode(claims, _BENCH_SECRET, algorithm="HS256")
 
 
 def _client(kind: str, port: int, mode: str, **options: Any) -> dict[str, Any]:
@@ -286,6 +333,7 @@ class _WsKind:
         self.port = port
         self.session: Any = None
         self.seq = 0
+        self.users = 0
 
     async def __aenter__(self) -> _WsKind:
         import aiohttp
@@ -300,14 +348,19 @@ class _WsKind:
 
     async def open(self, subscribe: bool) -> Any:
         """One connection, handshaken; subscribed to "t" when `subscribe`."""
-        if self.kind == "hybridbus":
+        if self.kind.startswith("hybridbus"):
             ws = await self.session.ws_connect(
                 f"http://127.0.0.1:{self.port}/v1/ws",
                 protocols=("hybridbus.v1.json",),
                 autoping=True,
                 max_msg_size=0,
             )
-            await ws.send_str('{"type":"connect","id":1}')
+            if self.kind == "hybridbus-auth":
+                self.users += 1
+                token = _bench_token(f"user-{self.users}")
+                await ws.send_str(json.dumps({"type": "connect", "id": 1, "token": token}))
+            else:
+                await ws.send_str('{"type":"connect","id":1}')
             reply = await ws.receive_str()
             assert '"reply"' in reply, reply
             if subscribe:
@@ -368,7 +421,7 @@ class _WsKind:
     async def publish(self, ws: Any, count: int, mode: str) -> None:
         """Publish `count` events in one burst; return once the server has taken them."""
         ts = time.time()
-        if self.kind == "hybridbus":
+        if self.kind.startswith("hybridbus"):
             commands = []
             for _ in range(count):
                 self.seq += 1
@@ -584,6 +637,7 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> list[Result]:
     # Per-frame servers deliver ~10x fewer events/s: fewer events keep a run ~2 s.
     events = {
         "hybridbus": base,
+        "hybridbus-auth": base,
         "coalesced": base,
         "per-message": base // 8,
         "socketio": max(20, base // 40),
@@ -591,6 +645,7 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> list[Result]:
     }
     kinds = [
         ("hybridbus", "fanout"),
+        ("hybridbus-auth", "fanout"),
         ("bare", "coalesced"),
         ("bare", "per-message"),
         ("socketio", "fanout"),
@@ -651,6 +706,13 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> list[Result]:
             fan["hybridbus.fanout"],
             peer="server.socketio",
             target=1_000_000,
+        ),
+        _result(
+            "server.fanout_auth",
+            f"hybridbus fan-out, {n} subscribers with JWTs and rules",
+            "deliveries/s",
+            fan["hybridbus-auth.fanout"],
+            peer="server.fanout",
         ),
         _result(
             "server.bare_coalesced",

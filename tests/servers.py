@@ -39,6 +39,8 @@ from hybridbus.server.node import Node
 JSON = "hybridbus.v1.json"
 MSGPACK = "hybridbus.v1.msgpack"
 TIMEOUT = 10.0
+# Roles the test server lets do everything in their tenant: anonymous clients, and "user".
+OPEN_ROLES = ("anonymous", "user")
 
 
 @dataclass
@@ -80,6 +82,8 @@ async def running_server(
     """
     settings.setdefault("engine", "memory://")
     settings.setdefault("anonymous_tenant", "acme")
+    # Anonymous clients and the role "user" may do everything in their tenant.
+    settings.setdefault("roles", {name: [{"allow": "*", "topics": "#"}] for name in OPEN_ROLES})
     config = ServerConfig(**{"host": "127.0.0.1", "port": 0, **settings})
     app = await create_app(config, authenticator=authenticator)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
@@ -291,6 +295,12 @@ class ServerProcess:
         self.port = port
         self.log_path = logs
         self._log_file = logs.open("ab")
+        if "--config" not in args:  # the test default: OPEN_ROLES may do everything
+            config = logs.with_suffix(".toml")
+            config.write_text(
+                "".join(f'[[roles.{r}]]\nallow = "*"\ntopics = "#"\n' for r in OPEN_ROLES)
+            )
+            args = ("--config", str(config), *args)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "hybridbus", "serve", "--port", str(port), *args],
             stdin=subprocess.DEVNULL,

@@ -55,3 +55,129 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_bad_log_level_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert hybridbus.serve.run(ServerConfig(log_level="loud")) == 2
     assert "log_level" in capsys.readouterr().err
+
+
+# -- hybridbus token ------------------------------------------------------------------------
+# The printed token is checked with the server's own verifier.
+
+import time  # noqa: E402
+
+import jwt  # noqa: E402
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+
+from hybridbus.core.identity import Grant  # noqa: E402
+from hybridbus.server.tokens import KeyRing, KeySpec, TokenVerifier  # noqa: E402
+
+DEV_SECRET = "development-secret-of-at-least-32-bytes"
+
+
+def printed_token(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.count("\n") == 1  # one line: the token
+    return out.strip()
+
+
+def test_token_signs_with_the_environment_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HYBRIDBUS_JWT_SECRET", DEV_SECRET)
+    argv = ["token", "--sub", "alice", "--tenant", "acme", "--role", "editor", "--role", "viewer"]
+    argv += ["--ttl", "30m", "--device", "laptop", "--sid", "s1", "--app", "web"]
+    argv += ["--topic", "chat/#", "--topic", "docs/+"]
+    token = printed_token(argv, capsys)
+    identity = TokenVerifier(KeyRing([KeySpec(alg="HS256", secret=DEV_SECRET)])).verify(token)
+    assert (identity.user, identity.tenant, identity.roles) == (
+        "alice",
+        "acme",
+        ("editor", "viewer"),
+    )
+    assert (identity.device, identity.session, identity.app) == ("laptop", "s1", "web")
+    assert identity.grants == (Grant("chat/#"), Grant("docs/+"))
+    assert identity.admin is False and identity.token_id
+    assert identity.issued is not None and identity.expires == identity.issued + 1800
+    assert abs(identity.issued - time.time()) < 5
+
+
+def test_token_takes_a_kid_issuer_audience_and_admin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HYBRIDBUS_JWT_SECRET", DEV_SECRET)
+    argv = ["token", "--sub", "op", "--tenant", "ops", "--admin", "--kid", "dev-1"]
+    token = printed_token([*argv, "--issuer", "dev", "--audience", "bus"], capsys)
+    assert jwt.get_unverified_header(token)["kid"] == "dev-1"
+    ring = KeyRing([KeySpec(kid="dev-1", alg="HS256", secret=DEV_SECRET)])
+    identity = TokenVerifier(ring, issuer="dev", audience="bus").verify(token)
+    assert identity.admin is True and identity.roles == ()
+
+
+def test_token_signs_with_a_secret_file_over_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HYBRIDBUS_JWT_SECRET", "x" * 40)
+    file = tmp_path / "secret"
+    file.write_text(DEV_SECRET + "\n")
+    token = printed_token(
+        ["token", "--sub", "a", "--tenant", "t", "--secret-file", str(file)], capsys
+    )
+    assert (
+        TokenVerifier(KeyRing([KeySpec(alg="HS256", secret=DEV_SECRET)])).verify(token).user == "a"
+    )
+
+
+def test_token_signs_with_a_private_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("HYBRIDBUS_JWT_SECRET", raising=False)
+    key = ec.generate_private_key(ec.SECP256R1())
+    file = tmp_path / "key.pem"
+    file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    argv = ["token", "--sub", "a", "--tenant", "t", "--private-key", str(file), "--alg", "ES256"]
+    token = printed_token([*argv, "--kid", "ec"], capsys)
+    ring = KeyRing([KeySpec(kid="ec", alg="ES256", public_key=public.decode())])
+    assert TokenVerifier(ring).verify(token).user == "a"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        ([], None, "no signing key: set HYBRIDBUS_JWT_SECRET"),
+        ([], "too-short", "at least 32 bytes"),
+        (["--secret-file", "/nonexistent/secret"], None, "cannot read key file"),
+        (["--private-key", "/nonexistent/key.pem"], None, "needs --alg"),
+        (["--private-key", "/nonexistent/key.pem", "--alg", "RS256"], None, "cannot read key file"),
+        (["--alg", "RS256"], DEV_SECRET, "--alg goes with --private-key"),
+        (["--tenant", "a/b"], DEV_SECRET, "tenantid"),
+        (["--topic", "a/#/b"], DEV_SECRET, "topics"),
+        (["--ttl", "soon"], DEV_SECRET, "not a duration"),
+        (["--secret-file", "f", "--private-key", "k"], DEV_SECRET, "not allowed with"),
+    ],
+)
+def test_token_without_a_usable_key_or_claims_exits_2(
+    argv: list[str],
+    env: str | None,
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("HYBRIDBUS_JWT_SECRET", raising=False)
+    if env is not None:
+        monkeypatch.setenv("HYBRIDBUS_JWT_SECRET", env)
+    with pytest.raises(SystemExit) as info:
+        main(["token", "--sub", "alice", "--tenant", "acme", *argv])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert message in err
+    assert DEV_SECRET not in err

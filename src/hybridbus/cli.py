@@ -9,6 +9,10 @@ Must not hold server logic: `hybridbus serve` hands over to `hybridbus.serve`.
     hybridbus publish TOPIC --data JSON|@file|- [--type T] [--source S] [--id ID]
     hybridbus subscribe PATTERN [--since TOKEN] [--count N]     (JSON lines)
     hybridbus history TOPIC|PATTERN [--since TOKEN] [--limit N]  (JSON lines)
+    hybridbus token --sub USER --tenant T [--role R ...] [--ttl 1h] [--device D]
+                    [--sid S] [--app A] [--topic PATTERN ...] [--admin] [--kid KID]
+                    [--issuer ISS] [--audience AUD]
+                    [--secret-file FILE | --private-key FILE --alg RS256|ES256|EdDSA]
 
 The client commands take `--url` (default `$HYBRIDBUS_URL` or
 ws://127.0.0.1:8080/v1/ws) and `--token` (default `$HYBRIDBUS_TOKEN`).
@@ -19,11 +23,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hybridbus.errors import InvalidInput
 from hybridbus.server.config import ENV_PREFIX, load_config
+
+if TYPE_CHECKING:
+    from hybridbus.server.tokens import KeySpec
 
 __all__ = ["main", "parser"]
 
@@ -79,6 +87,7 @@ def parser() -> argparse.ArgumentParser:
     history.add_argument("pattern")
     history.add_argument("--since", default=None)
     history.add_argument("--limit", type=int, default=100)
+    _add_token_parser(commands)
     return root
 
 
@@ -99,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hybridbus.serve import run  # aiohttp and the engines load only to serve
 
         return run(config)
+    if args.command == "token":
+        return _token(args)
     from hybridbus.client import commands
     from hybridbus.errors import BusError
 
@@ -128,3 +139,110 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hybridbus {args.command}: {exc}", file=sys.stderr)
         return 1
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse refuses others
+
+
+# -- hybridbus token ----------------------------------------------------------------
+# Imports of `server.tokens` are local: the other commands need no cryptography.
+
+
+def _add_token_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    token = commands.add_parser(
+        "token",
+        help="print a signed connection token (JWT), for development",
+        description=(
+            "Print a connection token. It is signed with the HS256 secret in "
+            f"{ENV_PREFIX}JWT_SECRET (at least 32 bytes) unless --secret-file, or "
+            "--private-key FILE --alg ALG, is given."
+        ),
+    )
+    token.add_argument("--sub", required=True, help="the user id")
+    token.add_argument("--tenant", required=True, help="the tenant")
+    token.add_argument("--role", action="append", default=[], dest="roles", metavar="ROLE")
+    token.add_argument("--ttl", type=_duration, default="1h", help="lifetime: 90, 45s, 30m, 1h, 2d")
+    token.add_argument("--device", help="the device")
+    token.add_argument("--sid", help="the session id")
+    token.add_argument("--app", help="the app id (claim appid)")
+    token.add_argument(
+        "--topic",
+        action="append",
+        dest="topics",
+        metavar="PATTERN",
+        help="grant subscribe, history and presence on PATTERN (relative to the tenant)",
+    )
+    token.add_argument(
+        "--admin", action="store_true", help="an operator token: absolute topics, everything"
+    )
+    token.add_argument("--kid", help="the key id to name in the header")
+    token.add_argument("--issuer", help="the iss claim")
+    token.add_argument("--audience", help="the aud claim")
+    key = token.add_mutually_exclusive_group()
+    key.add_argument("--secret-file", type=Path, metavar="FILE", help="an HS256 secret")
+    key.add_argument("--private-key", type=Path, metavar="FILE", help="a PEM private key")
+    token.add_argument("--alg", choices=["RS256", "ES256", "EdDSA"], help="the private key's")
+
+
+def _duration(text: str) -> float:
+    from hybridbus.server.tokens import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _read_key_file(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read key file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:  # its message would quote a byte of the key
+        raise ValueError(f"key file {path} is not UTF-8 text") from None
+
+
+def _token_key(args: argparse.Namespace, env: Mapping[str, str]) -> KeySpec:
+    """The key `hybridbus token` signs with (`ValueError` if none or a bad one).
+
+    `--secret-file`, else `--private-key` with `--alg`, else `$HYBRIDBUS_JWT_SECRET`.
+    """
+    from hybridbus.server.tokens import KeySpec
+
+    if args.alg is not None and args.private_key is None:
+        raise ValueError("--alg goes with --private-key")
+    if args.secret_file is not None:
+        text = _read_key_file(args.secret_file).rstrip("\r\n")  # `echo s > file` works
+        return KeySpec(kid=args.kid, alg="HS256", secret=text)
+    if args.private_key is not None:
+        if args.alg is None:
+            raise ValueError("--private-key needs --alg RS256|ES256|EdDSA")
+        return KeySpec(kid=args.kid, alg=args.alg, private_key=_read_key_file(args.private_key))
+    secret = env.get(f"{ENV_PREFIX}JWT_SECRET")
+    if not secret:
+        raise ValueError(
+            f"no signing key: set {ENV_PREFIX}JWT_SECRET (an HS256 secret of at least 32 "
+            "bytes), or give --secret-file FILE, or --private-key FILE --alg ALG"
+        )
+    return KeySpec(kid=args.kid, alg="HS256", secret=secret)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from hybridbus.server.tokens import mint
+
+    try:
+        token = mint(
+            _token_key(args, os.environ),
+            sub=args.sub,
+            tenant=args.tenant,
+            roles=args.roles,
+            ttl=args.ttl,
+            device=args.device,
+            sid=args.sid,
+            app=args.app,
+            topics=args.topics,
+            admin=args.admin,
+            issuer=args.issuer,
+            audience=args.audience,
+        )
+    except ValueError as exc:
+        parser().exit(2, f"hybridbus token: {exc}\n")
+    print(token)
+    return 0

@@ -19,6 +19,16 @@ every layer can raise from here.
     │         1014 NOT_SUBSCRIBED         no
     │         1015 TOO_MANY_SUBSCRIPTIONS no
     │         1016 TOO_MANY_COMMANDS      yes: wait for replies, then send again
+    ├── AccessError                 1100-1199 who may do what (docs/security.md)
+    │   ├── Unauthorized            1100      no: credentials missing or not valid
+    │   │   ├── TokenExpired        1101      no: get a new token (or `refresh`)
+    │   │   ├── TokenInvalid        1102      no: bad signature, algorithm, claims
+    │   │   ├── UnknownKey          1103      no: the token's `kid` is not configured
+    │   │   └── Revoked             1104      no: the token, session or user is revoked
+    │   ├── Forbidden               1110      no: the rules do not allow this operation
+    │   └── LimitExceeded           1120-1129
+    │       ├── RateLimited         1121      yes: after `retry_after` seconds
+    │       └── TooManyConnections  1122      yes: once another connection closes
     ├── SubscriptionEnded           1200-1299
     │   ├── SubscriberTooSlow       1201      yes: resubscribe from `sub.position`
     │   └── ContinuityLost          1202      yes: events were missed; go on reading
@@ -35,6 +45,7 @@ every layer can raise from here.
 Codes are stable: a code, once published, keeps its meaning. Ranges say what a
 client should do: 1000-1099 fix the request (1000-1009 the data, 1010-1099 the
 wire-protocol command carrying it, see `hybridbus.proto` and docs/protocol.md);
+1100-1199 get other credentials or permissions (or slow down: 1120-1129);
 1200-1299 the subscription is over (resubscribe if retriable); 1300-1399 the
 server side failed.
 """
@@ -44,6 +55,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 __all__ = [
+    "AccessError",
     "BusClosed",
     "BusError",
     "ContinuityLost",
@@ -53,15 +65,24 @@ __all__ = [
     "EngineUnavailable",
     "ErrorCode",
     "EventTooLarge",
+    "Forbidden",
     "InvalidEvent",
     "InvalidInput",
     "InvalidPattern",
     "InvalidPosition",
     "InvalidTopic",
+    "LimitExceeded",
     "ProtocolError",
+    "RateLimited",
     "RemoteError",
+    "Revoked",
     "SubscriberTooSlow",
     "SubscriptionEnded",
+    "TokenExpired",
+    "TokenInvalid",
+    "TooManyConnections",
+    "Unauthorized",
+    "UnknownKey",
 ]
 
 
@@ -82,6 +103,16 @@ class ErrorCode(IntEnum):
     NOT_SUBSCRIBED = 1014
     TOO_MANY_SUBSCRIPTIONS = 1015
     TOO_MANY_COMMANDS = 1016
+    # 1100-1199: access (docs/security.md).
+    UNAUTHORIZED = 1100
+    TOKEN_EXPIRED = 1101
+    TOKEN_INVALID = 1102
+    UNKNOWN_KEY = 1103
+    REVOKED = 1104
+    FORBIDDEN = 1110
+    LIMIT_EXCEEDED = 1120
+    RATE_LIMITED = 1121
+    TOO_MANY_CONNECTIONS = 1122
     SUBSCRIPTION_ENDED = 1200
     SUBSCRIBER_TOO_SLOW = 1201
     CONTINUITY_LOST = 1202
@@ -160,6 +191,72 @@ class ProtocolError(InvalidInput):
         self.code = code
         self.id = id
         self.retriable = code is ErrorCode.TOO_MANY_COMMANDS
+
+
+class AccessError(BusError):
+    """Who may do what: credentials, permissions, limits. Nothing was changed."""
+
+    code = ErrorCode.UNAUTHORIZED
+
+
+class Unauthorized(AccessError):
+    """Credentials are missing or not valid; the message says which check failed."""
+
+    code = ErrorCode.UNAUTHORIZED
+
+
+class TokenExpired(Unauthorized):
+    """The token's `exp` has passed."""
+
+    code = ErrorCode.TOKEN_EXPIRED
+
+
+class TokenInvalid(Unauthorized):
+    """The token is malformed, badly signed, of a refused algorithm, or has wrong claims."""
+
+    code = ErrorCode.TOKEN_INVALID
+
+
+class UnknownKey(Unauthorized):
+    """The token names a key id (`kid`) that is not configured."""
+
+    code = ErrorCode.UNKNOWN_KEY
+
+
+class Revoked(Unauthorized):
+    """The token, its session or its user has been revoked."""
+
+    code = ErrorCode.REVOKED
+
+
+class Forbidden(AccessError):
+    """The credentials are valid, but the rules do not allow this operation here."""
+
+    code = ErrorCode.FORBIDDEN
+
+
+class LimitExceeded(AccessError):
+    """A configured limit was reached; `retriable` says whether waiting helps."""
+
+    code = ErrorCode.LIMIT_EXCEEDED
+
+
+class RateLimited(LimitExceeded):
+    """Over the publish rate; try again after `retry_after` seconds."""
+
+    code = ErrorCode.RATE_LIMITED
+    retriable = True
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooManyConnections(LimitExceeded):
+    """The user already holds the maximum number of connections."""
+
+    code = ErrorCode.TOO_MANY_CONNECTIONS
+    retriable = True
 
 
 class SubscriptionEnded(BusError):

@@ -28,9 +28,11 @@ from aiohttp import web
 
 from hybridbus.app import open as open_bus
 from hybridbus.errors import BusError
+from hybridbus.gateways.access import HttpAccess
 from hybridbus.gateways.health import HealthGateway
 from hybridbus.gateways.http import HttpGateway
 from hybridbus.gateways.websocket import WebSocketGateway
+from hybridbus.server.access import ApiKeys
 from hybridbus.server.auth import Authenticator
 from hybridbus.server.config import ServerConfig
 from hybridbus.server.logs import configure_logging
@@ -58,12 +60,14 @@ async def create_app(
     node = Node(bus, config, metrics, authenticator)
     try:
         await node.start()
-        http = HttpGateway(bus, metrics, node.clients)
+        access = HttpAccess(node.guard, ApiKeys(config.api_keys), node.authenticator)
+        http = HttpGateway(bus, metrics, node.clients, authorize=access.authorize)
         app = web.Application()
         app[NODE_KEY] = node
         app[METRICS_KEY] = metrics
         app.add_routes(WebSocketGateway(node).routes())
         app.add_routes(http.routes())
+        app.add_routes(access.routes())
         app.add_routes(HealthGateway(node, metrics).routes())
     except BaseException:
         await node.shutdown()

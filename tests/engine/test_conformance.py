@@ -14,6 +14,7 @@ import pytest
 from tests.support import FakeClock, MakeEngine, append, make_event, read_all
 
 from hybridbus.core.codecs import encode_msgpack
+from hybridbus.core.revocation import Revocation, RevocationKind
 from hybridbus.engine.base import EngineConfig
 from hybridbus.errors import BusClosed, InvalidPosition
 
@@ -329,3 +330,173 @@ async def test_a_position_of_another_shard_count_is_refused(make_engine: MakeEng
         await opened.engine.read("a", (0, 0), 10)
     with pytest.raises(InvalidPosition):
         await opened.engine.read("a", (), 10)
+
+
+# revocations -----------------------------------------------------------------
+
+
+def revocation(
+    clock: FakeClock,
+    kind: RevocationKind = "token",
+    value: str = "t1",
+    *,
+    tenant: str = "acme",
+    lasts: float = 3600,
+    at: float | None = None,
+    reason: str = "",
+) -> Revocation:
+    """A revocation made now (or `at`), live for `lasts` seconds from now."""
+    made = clock.now if at is None else at
+    return Revocation(
+        kind=kind, tenant=tenant, value=value, until=clock.now + lasts, at=made, reason=reason
+    )
+
+
+def by_key(revocations: list[Revocation]) -> dict[tuple[str, str, str], Revocation]:
+    found = {r.key: r for r in revocations}
+    assert len(found) == len(revocations), "a key is listed twice"
+    return found
+
+
+async def test_revoke_then_revocations_lists_it(make_engine: MakeEngine, clock: FakeClock) -> None:
+    opened = await make_engine()
+    engine = opened.engine
+    assert await engine.revocations() == []
+    stored = [
+        revocation(clock, "token", "jti-1", reason="leaked"),
+        revocation(clock, "session", "sid-1"),
+        revocation(clock, "user", "alice", lasts=7200),
+        revocation(clock, "user", "alice", tenant="globex"),
+    ]
+    for r in stored:
+        await engine.revoke(r)
+    assert by_key(await engine.revocations()) == {r.key: r for r in stored}
+    # Revocations are not events: no delivery, no position.
+    assert opened.seen == []
+    assert await engine.head() == (0,)
+    assert (await engine.read("#", None, 10)).deliveries == []
+
+
+async def test_revoking_a_key_again_keeps_the_later_until_and_at(
+    make_engine: MakeEngine, clock: FakeClock
+) -> None:
+    opened = await make_engine()
+    engine = opened.engine
+    start = clock.now
+    await engine.revoke(revocation(clock, "user", "alice", lasts=100, reason="first"))
+    clock.advance(10)
+    await engine.revoke(revocation(clock, "user", "alice", lasts=50, reason="second"))
+    # An older revocation arriving late only widens `until`.
+    await engine.revoke(revocation(clock, "user", "alice", lasts=500, at=start + 1, reason="late"))
+    (kept,) = await engine.revocations()
+    assert kept == Revocation(
+        kind="user", tenant="acme", value="alice", until=start + 510, at=start + 10, reason="second"
+    )
+    # The newest revocation, for less long: the later `at` and its reason, the longer `until`.
+    clock.advance(10)
+    await engine.revoke(revocation(clock, "user", "alice", lasts=5, reason="third"))
+    assert await engine.revocations() == [
+        Revocation(
+            kind="user",
+            tenant="acme",
+            value="alice",
+            until=start + 510,
+            at=start + 20,
+            reason="third",
+        )
+    ]
+    # Other kinds and tenants of the same value are other keys.
+    await engine.revoke(revocation(clock, "session", "alice"))
+    await engine.revoke(revocation(clock, "user", "alice", tenant="globex"))
+    assert len(await engine.revocations()) == 3
+
+
+async def test_expired_revocations_are_not_listed_and_are_swept(
+    make_engine: MakeEngine, clock: FakeClock
+) -> None:
+    opened = await make_engine(EngineConfig(sweep_interval=3600))
+    engine = opened.engine
+    start = clock.now
+    await engine.revoke(revocation(clock, "token", "short", lasts=10))
+    await engine.revoke(revocation(clock, "token", "long", lasts=100))
+    await engine.revoke(revocation(clock, "token", "past", lasts=-1))  # stored, never listed
+    assert sorted(r.value for r in await engine.revocations()) == ["long", "short"]
+    clock.advance(10)  # `short` ends now: until is not after the clock
+    assert [r.value for r in await engine.revocations()] == ["long"]
+    # Not yet swept: with the clock back, it is listed again.
+    clock.now = start
+    assert sorted(r.value for r in await engine.revocations()) == ["long", "short"]
+    clock.now = start + 10
+    assert await engine.sweep() == 0  # revocations are not counted as events
+    clock.now = start
+    assert [r.value for r in await engine.revocations()] == ["long"]  # deleted for good
+    clock.now = start + 100
+    await engine.sweep()
+    clock.now = start
+    assert await engine.revocations() == []
+
+
+async def test_the_sweeper_forgets_expired_revocations_on_its_own(
+    make_engine: MakeEngine, clock: FakeClock
+) -> None:
+    opened = await make_engine(EngineConfig(sweep_interval=0.01))
+    engine = opened.engine
+    start = clock.now
+    await engine.revoke(revocation(clock, "token", "t1", lasts=5))
+    await engine.revoke(revocation(clock, "token", "t2", lasts=500))
+    clock.advance(6)
+    for _ in range(300):
+        await asyncio.sleep(0.01)
+        clock.now = start  # peek at what is still stored, then let time run on
+        left = [r.value for r in await engine.revocations()]
+        clock.now = start + 6
+        if left == ["t2"]:
+            break
+    assert left == ["t2"]
+
+
+async def test_many_revocations(make_engine: MakeEngine, clock: FakeClock) -> None:
+    opened = await make_engine()
+    engine = opened.engine
+    many = [
+        revocation(clock, ("token", "session", "user")[i % 3], f"v{i}", lasts=1 + i)
+        for i in range(600)
+    ]
+    await asyncio.gather(*(engine.revoke(r) for r in many))
+    assert by_key(await engine.revocations()) == {r.key: r for r in many}
+    # Appends and revocations interleaved all land.
+    results = await asyncio.gather(
+        *(
+            append(engine, "a") if i % 2 else engine.revoke(revocation(clock, "token", f"x{i}"))
+            for i in range(100)
+        )
+    )
+    assert sorted(a.offset for a in results if a is not None) == list(range(1, 51))
+    assert len(await engine.revocations()) == 650
+    clock.advance(300)  # half of `many` ended
+    assert len(await engine.revocations()) == 650 - 300
+
+
+async def test_reset_keeps_revocations(make_engine: MakeEngine, clock: FakeClock) -> None:
+    opened = await make_engine()
+    engine = opened.engine
+    kept = revocation(clock, "session", "s1")
+    await engine.revoke(kept)
+    await append(engine, "a")
+    await engine.reset()
+    assert await engine.revocations() == [kept]
+
+
+async def test_restart_keeps_revocations_iff_durable(
+    make_engine: MakeEngine, clock: FakeClock, durable: bool
+) -> None:
+    first = await make_engine(name="revoked")
+    stored = [revocation(clock, "token", "t1"), revocation(clock, "user", "u1", reason="fired")]
+    for r in stored:
+        await first.engine.revoke(r)
+    await first.engine.close()
+    with pytest.raises(BusClosed):
+        await first.engine.revoke(revocation(clock, "token", "t2"))
+    second = await make_engine(name="revoked")
+    found = by_key(await second.engine.revocations())
+    assert found == ({r.key: r for r in stored} if durable else {})

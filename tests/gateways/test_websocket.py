@@ -316,7 +316,7 @@ class TokenTenants:
     async def authenticate(self, token: str | None, device: str | None) -> Identity:
         if token is None:
             raise Unauthorized("token required")
-        return Identity(tenant=token, user=f"user-of-{token}", device=device)
+        return Identity(tenant=token, user=f"user-of-{token}", device=device, roles=("user",))
 
 
 async def test_relative_topics_never_reach_another_tenant() -> None:

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from hybridbus.errors import BusError
+from hybridbus.errors import (
+    AccessError,
+    BusError,
+    Forbidden,
+    Revoked,
+    TokenExpired,
+    TokenInvalid,
+    TooManyConnections,
+    UnknownKey,
+)
 from hybridbus.proto.codes import CloseCode
 from hybridbus.server.auth import (
     AnonymousAuthenticator,
     Authenticator,
-    AuthError,
-    Forbidden,
     Identity,
     Unauthorized,
+    close_code,
 )
 
 
@@ -20,19 +28,19 @@ async def test_anonymous_connections_get_the_configured_tenant_and_their_device(
     auth = AnonymousAuthenticator("public")
     assert isinstance(auth, Authenticator)
     identity = await auth.authenticate(None, "laptop")
-    assert identity == Identity(tenant="public", device="laptop")
+    assert identity == Identity(tenant="public", device="laptop", anonymous=True)
     assert identity.user is None and identity.expires is None
 
 
 async def test_without_a_tenant_every_connection_is_unauthorized() -> None:
     with pytest.raises(Unauthorized) as info:
         await AnonymousAuthenticator(None).authenticate(None, None)
-    assert info.value.close_code is CloseCode.UNAUTHORIZED
+    assert close_code(info.value) is CloseCode.UNAUTHORIZED
     assert "token" in str(info.value)
 
 
 @pytest.mark.parametrize("tenant", ["public", None])
-async def test_tokens_are_refused_until_a_verifier_exists(tenant: str | None) -> None:
+async def test_the_anonymous_authenticator_refuses_every_token(tenant: str | None) -> None:
     with pytest.raises(Unauthorized, match="verif"):
         await AnonymousAuthenticator(tenant).authenticate("eyJ.e30.sig", None)
 
@@ -43,8 +51,23 @@ def test_an_anonymous_tenant_must_be_one_literal_segment(tenant: str) -> None:
         AnonymousAuthenticator(tenant)
 
 
-def test_auth_errors_are_bus_errors_with_terminal_close_codes() -> None:
-    assert issubclass(AuthError, BusError)
-    assert Unauthorized.close_code == 4501
-    assert Forbidden.close_code == 4502
-    assert not Unauthorized("x").retriable
+@pytest.mark.parametrize(
+    ("error", "code", "reconnect"),
+    [
+        (Unauthorized("x"), CloseCode.UNAUTHORIZED, False),
+        (TokenInvalid("x"), CloseCode.UNAUTHORIZED, False),
+        (UnknownKey("x"), CloseCode.UNAUTHORIZED, False),
+        (TokenExpired("x"), CloseCode.TOKEN_EXPIRED, True),
+        (Revoked("x"), CloseCode.FORBIDDEN, False),
+        (Forbidden("x"), CloseCode.FORBIDDEN, False),
+        (TooManyConnections("x"), CloseCode.TOO_MANY_CONNECTIONS, True),
+    ],
+)
+def test_each_refusal_closes_with_its_documented_code(
+    error: AccessError, code: CloseCode, reconnect: bool
+) -> None:
+    from hybridbus.proto.codes import reconnect_allowed
+
+    assert isinstance(error, BusError)
+    assert close_code(error) is code
+    assert reconnect_allowed(code) is reconnect

@@ -165,7 +165,13 @@ class Expiring:
         if token is None or token == "bad":
             raise Unauthorized("bad token")
         user, _, ttl = token.partition(":")
-        return Identity(tenant="t", user=user, device=device, expires=time.time() + float(ttl))
+        return Identity(
+            tenant="t",
+            user=user,
+            device=device,
+            roles=("user",),
+            expires=time.time() + float(ttl),
+        )
 
 
 async def test_an_expired_token_closes_4004_unless_refreshed() -> None:

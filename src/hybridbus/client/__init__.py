@@ -3,12 +3,22 @@
 Reconnects by itself with exponential backoff and full jitter, resubscribes
 from each subscription's last position, and retries in-flight publishes with
 the same event id (the server dedupes them), so an application sees every
-event once, in order, or an explicit `ContinuityLost`.
+event once, in order, or an explicit `ContinuityLost`. Given a
+`TokenProvider` instead of a fixed token, it refreshes the token before it
+expires and reconnects with a fresh one after a 4004 (TOKEN_EXPIRED).
 Imports `proto` and `core` only, never the server.
 """
 
-from hybridbus.client.connection import Client, ClientConfig, connect
+from hybridbus.client.connection import Client, ClientConfig, TokenProvider, connect
 from hybridbus.client.subscription import ClientSubscription
 from hybridbus.proto.client import HistoryPage, Received
 
-__all__ = ["Client", "ClientConfig", "ClientSubscription", "HistoryPage", "Received", "connect"]
+__all__ = [
+    "Client",
+    "ClientConfig",
+    "ClientSubscription",
+    "HistoryPage",
+    "Received",
+    "TokenProvider",
+    "connect",
+]

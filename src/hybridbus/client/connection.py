@@ -6,6 +6,17 @@ Owns: the WebSocket, reconnecting with exponential backoff and full jitter
 — a publish with the same event, which the server dedupes by source + id),
 request futures with timeouts, write coalescing and the heartbeat timer.
 Must not import the server: it speaks docs/protocol.md through `proto` only.
+
+Tokens: a fixed token (or none) is sent at every connect and never refreshed;
+a close with 4004 (TOKEN_EXPIRED) then ends the client, as reconnecting with
+the same token cannot help. A *token provider* (a callable returning a token,
+or an awaitable of one) is asked for a fresh token at every connect, and
+before the token expires: at `expires - refresh_lead(lifetime)` the client
+sends `refresh` over the open connection and reschedules from the reply. A
+provider that fails is retried with backoff until the token lapses; then the
+server closes 4004 and the client reconnects, asking the provider again.
+Expiry times are the server's Unix times read against the local clock, so a
+clock skewed by more than the margin costs a reconnect per token, not events.
 """
 
 from __future__ import annotations
@@ -14,7 +25,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -36,20 +48,28 @@ from hybridbus.proto.client import (
     Replied,
 )
 from hybridbus.proto.codec import codec_for
-from hybridbus.proto.codes import reconnect_allowed, retriable
+from hybridbus.proto.codes import CloseCode, reconnect_allowed, retriable
 from hybridbus.proto.frames import (
     ClientInfo,
     Connect,
+    ConnectResult,
     PresenceResult,
     PublishResult,
+    Refresh,
+    RefreshResult,
     Subscribe,
     SubscribeResult,
 )
 
-__all__ = ["Client", "ClientConfig", "connect"]
+__all__ = ["Client", "ClientConfig", "TokenProvider", "connect"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# Called for a fresh token at every connect and before the current one expires.
+# A plain function must not block (it runs on the event loop): fetch over the
+# network with an async one.
+TokenProvider = Callable[[], Awaitable[str]] | Callable[[], str]
 
 
 class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,31 +80,56 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
     request_timeout: float = 30.0  # seconds a command may wait, reconnects included
     queue_size: int = 10_000  # deliveries a subscription holds for the application
     tick: float = 1.0  # seconds between heartbeat checks
+    refresh_margin: float = 30.0  # refresh a provider's token this long before it expires
     name: str | None = None
     device: str | None = None
 
+    def refresh_lead(self, lifetime: float) -> float:
+        """How long before expiry to refresh a token that has `lifetime` seconds left.
+
+        `refresh_margin`, but at most a quarter of the lifetime: a short-lived
+        token is refreshed after three quarters of it, not at once.
+        """
+        return max(0.0, min(self.refresh_margin, lifetime / 4))
+
 
 class _Request:
-    """A command the application awaits; `issue` sends it on a session, again after a drop."""
+    """A command awaited; `issue` sends it on a session, again after a drop if `replay`."""
 
-    __slots__ = ("future", "issue")
+    __slots__ = ("future", "issue", "replay")
 
-    def __init__(self, issue: Callable[[ClientSession], int], future: asyncio.Future[Any]) -> None:
+    def __init__(
+        self,
+        issue: Callable[[ClientSession], int],
+        future: asyncio.Future[Any],
+        *,
+        replay: bool = True,
+    ) -> None:
         self.issue = issue
         self.future = future
+        self.replay = replay
 
 
 class Client:
-    """A connection to a hybridbus server that survives drops. Use `connect()`."""
+    """A connection to a hybridbus server that survives drops. Use `connect()`.
 
-    def __init__(self, url: str, token: str | None, config: ClientConfig) -> None:
+    `expires` is when the connection's token expires (Unix time; None: never
+    or unknown), as of the last connect or refresh reply.
+    """
+
+    def __init__(self, url: str, token: str | TokenProvider | None, config: ClientConfig) -> None:
         codec = codec_for(config.subprotocol)
         if codec is None:
             raise InvalidInput(f"unknown subprotocol {config.subprotocol!r}")
         self.url = url
         self.config = config
         self._codec = codec
-        self._token = token
+        self._token: str | None = None  # a fixed token (None with a provider)
+        self._provider: TokenProvider | None = None
+        if callable(token):
+            self._provider = token
+        else:
+            self._token = token
         self._rng = random.Random()
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -97,9 +142,12 @@ class Client:
         self._ready = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None  # the current connection's
         self._failure: BusError | None = None
+        self._last_error: Exception | None = None  # why the last connect attempt failed
         self._closed = False
         self.connects = 0  # connections established (1 + reconnects)
+        self.expires: float | None = None
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -118,19 +166,19 @@ class Client:
             ready.cancel()
         if not self._ready.is_set():
             failure = self._failure or Disconnected(None, f"could not connect to {self.url}")
+            cause = self._last_error
             await self.close()
-            raise failure
+            raise failure from cause
 
     async def close(self) -> None:
         """Close the connection; pending commands fail with `Disconnected`, iterations stop."""
         if self._closed:
             return
         self._closed = True
-        for task in (self._runner, self._flusher):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        # One by one: stopping the runner stops the refresher, which may flush.
+        await _cancel(self._runner)
+        await _cancel(self._refresher)
+        await _cancel(self._flusher)
         if self._ws is not None:
             await self._ws.close()
         if self._http is not None:
@@ -189,6 +237,29 @@ class Client:
     async def ping(self) -> None:
         """A round trip to the server."""
         await self._request(lambda s: s.ping())
+
+    async def refresh(self, token: str | None = None) -> float | None:
+        """Hand the server a fresh token now: `token`, or one from the token provider.
+
+        Returns when the new token expires (Unix time; None: never), and
+        reschedules the automatic refresh from it. Raises what the server
+        answers: `RemoteError`, or `Disconnected` when it refuses the token
+        (it closes the connection with 4501/4502, which ends the client).
+        Without a provider, `token` also becomes the token reconnects use, and
+        without `token` the current fixed token is sent again.
+        """
+        if token is None:
+            if self._provider is not None:
+                token = await self._fresh_token()
+            elif self._token is not None:
+                token = self._token
+            else:
+                raise InvalidInput("refresh() needs a token: the client has no token to send")
+        elif self._provider is None:
+            self._token = token
+        fresh = token
+        result: RefreshResult = await self._request(lambda s: s.refresh(fresh))
+        return result.expires
 
     def subscribe(self, pattern: str, since: Position | str | None = None) -> ClientSubscription:
         """A subscription: `async with c.subscribe(pattern) as sub: async for r in sub`."""
@@ -259,44 +330,74 @@ class Client:
     # -- the connection loop ---------------------------------------------------------
 
     async def _run(self) -> None:
-        assert self._http is not None
         attempt = 0
         while not self._closed:
-            try:
-                ws = await self._http.ws_connect(
-                    self.url,
-                    protocols=(self.config.subprotocol,),
-                    autoping=True,
-                    heartbeat=None,
-                    max_msg_size=0,
-                )
-            except (aiohttp.ClientError, OSError) as exc:
-                log.info("connecting to %s failed: %s", self.url, exc)
-            else:
+            opened = await self._open()
+            if opened is not None:
+                ws, token = opened
                 if ws.protocol != self.config.subprotocol:
                     await ws.close()
                     self._fail_all(Disconnected(None, "the server speaks no known subprotocol"))
                     return
                 self._ws = ws
                 try:
-                    code, reason, connected = await self._serve(ws)
+                    code, reason, connected = await self._serve(ws, token)
                 finally:
                     self._ws = None
                     await ws.close()
-                if code is not None and not reconnect_allowed(code) and code != 1000:
-                    self._fail_all(Disconnected(code, reason))
+                failure = self._terminal(code, reason)
+                if failure is not None:
+                    self._fail_all(failure)
                     return
                 if connected:
                     attempt = 0
             await asyncio.sleep(self.config.backoff.delay(attempt, self._rng))
             attempt += 1
 
-    async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> tuple[int | None, str, bool]:
+    async def _open(self) -> tuple[aiohttp.ClientWebSocketResponse, str | None] | None:
+        """The token to connect with and an open WebSocket; None if getting either failed."""
+        assert self._http is not None
+        token = self._token
+        if self._provider is not None:
+            try:
+                token = await self._fresh_token()
+            except Exception as exc:  # the application's code: log it, retry with backoff
+                log.warning("the token provider failed; retrying", exc_info=True)
+                self._last_error = exc
+                return None
+        try:
+            ws = await self._http.ws_connect(
+                self.url,
+                protocols=(self.config.subprotocol,),
+                autoping=True,
+                heartbeat=None,
+                max_msg_size=0,
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            log.info("connecting to %s failed: %s", self.url, exc)
+            self._last_error = exc
+            return None
+        return ws, token
+
+    def _terminal(self, code: int | None, reason: str) -> Disconnected | None:
+        """What ends the client after a close with `code`; None: reconnect."""
+        if code is None or code == 1000:
+            return None
+        if not reconnect_allowed(code):
+            return Disconnected(code, reason)
+        if code == CloseCode.TOKEN_EXPIRED and self._provider is None:
+            # The same token would expire again (or be refused): only a provider helps.
+            return Disconnected(code, f"{reason} (the client has no token provider)")
+        return None
+
+    async def _serve(
+        self, ws: aiohttp.ClientWebSocketResponse, token: str | None
+    ) -> tuple[int | None, str, bool]:
         """Speak the protocol on one WebSocket; return (close code, reason, connected)."""
         loop = asyncio.get_running_loop()
         session = ClientSession(self._codec, now=loop.time())
         self._session = session
-        session.connect(token=self._token, name=self.config.name, device=self.config.device)
+        session.connect(token=token, name=self.config.name, device=self.config.device)
         self._kick()
         connected = False
         try:
@@ -319,8 +420,15 @@ class Client:
         finally:
             self._ready.clear()
             self._session = None
-            # What was in flight is sent again on the next connection, in order.
-            self._waiting[:0] = [self._requests[id] for id in sorted(self._requests)]
+            if self._refresher is not None:
+                self._refresher.cancel()  # the next connection schedules its own
+            # What was in flight is sent again on the next connection, in order
+            # (but not a refresh of this connection's token: the next one gets its own).
+            in_flight = [self._requests[id] for id in sorted(self._requests)]
+            self._waiting[:0] = [request for request in in_flight if request.replay]
+            for request in in_flight:
+                if not request.replay:
+                    request.future.cancel()
             self._requests.clear()
             self._subscribing.clear()
 
@@ -331,16 +439,20 @@ class Client:
             if sub is not None:
                 sub.deliver(event)
         elif isinstance(event, Replied):
-            command = event.command
+            command, result = event.command, event.result
             if isinstance(command, Connect):
                 self._connected(session)
+                if isinstance(result, ConnectResult):
+                    self._expiry(session, result.expires)
                 return True
             if isinstance(command, Subscribe):
-                self._subscribed(event.id, event.result)
+                self._subscribed(event.id, result)
             else:
                 request = self._requests.pop(event.id, None)
                 if request is not None and not request.future.done():
-                    request.future.set_result(event.result)
+                    request.future.set_result(result)
+                if isinstance(command, Refresh) and isinstance(result, RefreshResult):
+                    self._expiry(session, result.expires)
         elif isinstance(event, Failed):
             error = RemoteError(event.code, event.message, event.retriable)
             sub = self._subscribing.pop(event.id, None)
@@ -407,6 +519,71 @@ class Client:
                 self._end(sub, error)
         self._subs.clear()
 
+    # -- tokens ------------------------------------------------------------------------
+
+    async def _fresh_token(self) -> str:
+        """A token from the provider (its exceptions propagate; bounded by the timeout)."""
+        provider = self._provider
+        assert provider is not None
+        async with asyncio.timeout(self.config.request_timeout):
+            got = provider()
+            token = got if isinstance(got, str) else await got
+        if not isinstance(token, str) or not token:
+            raise InvalidInput(f"the token provider returned {token!r}, not a token")
+        return token
+
+    def _expiry(self, session: ClientSession, expires: float | None) -> None:
+        """The token of `session` expires at `expires`: (re)schedule its refresh."""
+        self.expires = expires
+        if self._refresher is not None:
+            self._refresher.cancel()  # a refresh reply ends the refresher that sent it
+            self._refresher = None
+        if self._provider is not None and expires is not None and not self._closed:
+            self._refresher = asyncio.create_task(
+                self._keep_fresh(session, expires), name=f"hybridbus-refresh {self.url}"
+            )
+
+    async def _keep_fresh(self, session: ClientSession, expires: float) -> None:
+        """Refresh the token of `session` ahead of `expires`; retry until it lapses.
+
+        Ends when the reply comes (`_expiry` starts the next one), when the
+        token lapsed (the server closes 4004 and the reconnect gets a new one),
+        or cancelled with its connection.
+        """
+        lifetime = expires - time.time()
+        if lifetime <= 0:
+            return
+        await asyncio.sleep(lifetime - self.config.refresh_lead(lifetime))
+        attempt = 0
+        while True:
+            try:
+                await self._send_refresh(session, await self._fresh_token())
+            except Exception:  # the provider's or the server's refusal: try again
+                log.warning("refreshing the token failed; retrying", exc_info=True)
+            else:
+                return
+            left = expires - time.time()
+            if left <= 0:
+                log.warning("the token expired before it could be refreshed")
+                return
+            await asyncio.sleep(min(left, self.config.backoff.delay(attempt, self._rng)))
+            attempt += 1
+
+    async def _send_refresh(self, session: ClientSession, token: str) -> None:
+        """Send `refresh` on `session`, not again on a later connection; await the reply."""
+        if session is not self._session or session.closed:
+            return  # the connection ended; the next one schedules its own refresh
+        request = _Request(
+            lambda s: s.refresh(token), asyncio.get_running_loop().create_future(), replay=False
+        )
+        self._requests[request.issue(session)] = request
+        self._kick()
+        try:
+            async with asyncio.timeout(self.config.request_timeout):
+                await request.future
+        finally:
+            self._forget(request)
+
     # -- writing -----------------------------------------------------------------------
 
     def _kick(self) -> None:
@@ -424,8 +601,22 @@ class Client:
                 await ws.send_frame(frame, opcode)
 
 
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def connect(
-    url: str, *, token: str | None = None, config: ClientConfig | None = None
+    url: str,
+    *,
+    token: str | TokenProvider | None = None,
+    config: ClientConfig | None = None,
 ) -> Opening[Client]:
-    """Connect to the server's WebSocket endpoint, e.g. `ws://127.0.0.1:8080/v1/ws`."""
+    """Connect to the server's WebSocket endpoint, e.g. `ws://127.0.0.1:8080/v1/ws`.
+
+    `token` is a fixed token, or a `TokenProvider` the client calls for a fresh
+    one at every connect and before the current one expires (module docstring).
+    """
     return Opening(Client(url, token, config or ClientConfig()))

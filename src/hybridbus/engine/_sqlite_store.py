@@ -3,8 +3,8 @@
 Owns: the database layout (tables, indexes, pragmas, schema version), opening
 the writer's and the reader's connections, and the synchronous operations the
 two threads of `hybridbus.engine.sqlite` run: the group-commit append
-transaction, retention and expiry, reset, the consistent read snapshot, and
-the topic listing.
+transaction, retention and expiry, reset, revocations, the consistent read
+snapshot, and the topic listing.
 Must not touch asyncio or the event loop; every function here runs in the
 writer thread or the reader thread. sqlite3 errors are wrapped into
 `hybridbus.errors` here, where they arise.
@@ -21,6 +21,15 @@ Layout (`<dir>/hybridbus.db`, WAL mode):
     meta    'epoch' -> the epoch; 'position' -> the highest position ever
             assigned in this epoch (never reused, even after the newest
             events expired, so a reader's position can never be handed out twice)
+    revocations  (kind, tenant, value) -> until, at, reason: the stored
+            `core.revocation.Revocation`s; a revoke upserts (keeping the later
+            until and at), a sweep deletes those whose `until` passed, a reset
+            keeps them. Indexed by `until` for the sweep.
+
+Schema versions (`PRAGMA user_version`): 1 had no revocations table; 2 adds
+it. Opening a version-1 file migrates it in the opening transaction. A newer
+file is refused, and so is a version-2 file by version-1 code: an older build
+would silently ignore (and so lift) the revocations.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from hybridbus.core.codecs import decode_msgpack
 from hybridbus.core.dedupe import DedupeIndex
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
+from hybridbus.core.revocation import Revocation
 from hybridbus.core.topics import is_pattern, matches
 from hybridbus.engine.base import EngineConfig, TopicInfo
 from hybridbus.errors import EngineCorrupt, EngineError, EngineUnavailable, InvalidEvent
@@ -48,13 +58,14 @@ __all__ = [
     "Store",
     "connect_reader",
     "head",
+    "list_revocations",
     "list_topics",
     "read_page",
     "wrap_error",
 ]
 
 DB_NAME: Final = "hybridbus.db"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _SQLITE_CORRUPT: Final = 11
 _SQLITE_NOTADB: Final = 26
 _READ_CHUNK: Final = 256
@@ -83,6 +94,24 @@ CREATE TABLE topics (
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
 
+# Version 2. Revocations are few and rarely written: one row per key, the
+# `until` index keeps the every-second sweep from scanning them all.
+_REVOCATIONS_DDL: Final = """
+CREATE TABLE revocations (
+    kind TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    value TEXT NOT NULL,
+    until REAL NOT NULL,
+    at REAL NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (kind, tenant, value)
+) WITHOUT ROWID;
+CREATE INDEX revocations_until ON revocations(until);
+"""
+
+# What turns a database of version N into version N + 1.
+_MIGRATIONS: Final[dict[int, str]] = {1: _REVOCATIONS_DDL}
+
 _INSERT_LOG: Final = "INSERT INTO log VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _FIND_ORIGINAL: Final = "SELECT topic, offset, time, source, id FROM log WHERE position = ?"
 _PUT_TOPIC: Final = (
@@ -97,6 +126,14 @@ _TRIM_OLDEST: Final = (
     "(SELECT position FROM log WHERE topic = ? ORDER BY position LIMIT ?) RETURNING position"
 )
 _SET_META: Final = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
+# In an UPDATE every right-hand side sees the old row, so `at` here is the stored one.
+_REVOKE: Final = (
+    "INSERT INTO revocations VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (kind, tenant, value) DO UPDATE SET "
+    "until = max(until, excluded.until), "
+    "reason = CASE WHEN excluded.at >= at THEN excluded.reason ELSE reason END, "
+    "at = max(at, excluded.at)"
+)
 _GET_META: Final = "SELECT value FROM meta WHERE key = ?"
 _COLUMNS: Final = "position, topic, offset, time, expires, payload"
 _LIVE: Final = "(expires IS NULL OR expires > ?)"
@@ -175,17 +212,31 @@ def connect_reader(directory: Path, busy_timeout: float) -> sqlite3.Connection:
     return conn
 
 
+def _run_script(conn: sqlite3.Connection, ddl: str) -> None:
+    # Not executescript: it would COMMIT the caller's transaction first.
+    for statement in ddl.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 def _create_or_check(conn: sqlite3.Connection) -> None:
-    """Create the schema in a new database; refuse one of another schema version."""
+    """Create the schema in a new database, migrate an older one, refuse a newer one.
+
+    Runs inside the opening transaction, so a migration is all or nothing.
+    """
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == SCHEMA_VERSION:
         return
-    if version != 0:
+    if version == 0:
+        _run_script(conn, _DDL)
+        for step in range(1, SCHEMA_VERSION):
+            _run_script(conn, _MIGRATIONS[step])
+        conn.executemany(_SET_META, [("epoch", new_epoch()), ("position", 0)])
+    elif 0 < version < SCHEMA_VERSION:
+        for step in range(version, SCHEMA_VERSION):
+            _run_script(conn, _MIGRATIONS[step])
+    else:
         raise EngineCorrupt(f"sqlite engine: schema version {version} is not {SCHEMA_VERSION}")
-    for statement in _DDL.split(";"):
-        if statement.strip():
-            conn.execute(statement)
-    conn.executemany(_SET_META, [("epoch", new_epoch()), ("position", 0)])
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
@@ -408,6 +459,7 @@ class Store:
         """
         now = self._clock()
         with self._transaction("sweep failed") as conn:
+            conn.execute("DELETE FROM revocations WHERE until <= ?", (now,))
             # Expiry first: an expired event is no loss, even if it is also too old.
             gone = [
                 topic
@@ -438,8 +490,17 @@ class Store:
         self._dedupe.prune(now)
         return len(gone)
 
+    def revoke(self, revocations: Sequence[Revocation]) -> None:
+        """Upsert `revocations` (in order) in one transaction: all are stored, or none."""
+        rows = [(r.kind, r.tenant, r.value, r.until, r.at, r.reason) for r in revocations]
+        with self._transaction("revoke failed, nothing was stored") as conn:
+            conn.executemany(_REVOKE, rows)
+
     def reset(self) -> str:
-        """Delete all history, offsets and dedupe records; start and return a new epoch."""
+        """Delete all history, offsets and dedupe records; start and return a new epoch.
+
+        Revocations are kept: losing history must not lift them.
+        """
         epoch = new_epoch()
         with self._transaction("reset failed") as conn:
             for table in ("log", "topics"):
@@ -460,6 +521,33 @@ def head(conn: sqlite3.Connection) -> int:
     except sqlite3.Error as exc:
         raise wrap_error(exc, "cannot read the head") from exc
     return value
+
+
+def list_revocations(conn: sqlite3.Connection, now: float) -> list[Revocation]:
+    """Every stored revocation whose `until` is after `now`, by key."""
+    try:
+        rows: list[tuple[str, str, str, float, float, str]] = conn.execute(
+            "SELECT kind, tenant, value, until, at, reason FROM revocations WHERE until > ? "
+            "ORDER BY kind, tenant, value",
+            (now,),
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise wrap_error(exc, "cannot read revocations") from exc
+    found = []
+    for kind, tenant, value, until, at, reason in rows:
+        try:
+            revocation = Revocation(
+                kind=kind,  # type: ignore[arg-type]  # checked by __post_init__
+                tenant=tenant,
+                value=value,
+                until=until,
+                at=at,
+                reason=reason,
+            )
+        except ValueError as exc:
+            raise EngineCorrupt(f"sqlite engine: a stored revocation is invalid: {exc}") from exc
+        found.append(revocation)
+    return found
 
 
 def list_topics(conn: sqlite3.Connection, prefix: str, after: str, limit: int) -> list[TopicInfo]:

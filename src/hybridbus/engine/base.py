@@ -24,6 +24,11 @@ Contract shared by every engine (the conformance suite in
   event removed by count or age retention says `exact=False`.
 - The epoch changes whenever history is lost: every start of a memory engine,
   every `reset`.
+- Revocations (`core.revocation`) are stored apart from the log: `revoke` is
+  durable when it returns (for that engine, as an append is), revoking a key
+  again keeps the later `until` and `at`, `revocations` lists those whose
+  `until` is after the engine's clock, sweeps delete the others, and `reset`
+  keeps them (losing history must not un-revoke a token).
 - No method blocks the event loop on disk or network.
 """
 
@@ -37,6 +42,7 @@ import msgspec
 
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
+from hybridbus.core.revocation import Revocation
 
 __all__ = ["Clock", "Engine", "EngineConfig", "Listener", "TopicInfo", "system_clock"]
 
@@ -136,10 +142,31 @@ class Engine(Protocol):
     async def sweep(self) -> int:
         """Apply retention and expiry now; return how many events were removed.
 
+        Also deletes the revocations whose `until` has passed (not counted).
         Engines also sweep on their own every `sweep_interval` seconds.
         """
         ...
 
     async def reset(self) -> str:
-        """Drop all history and offsets and begin a new epoch; return it."""
+        """Drop all history and offsets and begin a new epoch; return it.
+
+        Revocations are kept.
+        """
+        ...
+
+    async def revoke(self, revocation: Revocation) -> None:
+        """Store `revocation`; it is durable for this engine when this returns.
+
+        Revoking a stored key (kind, tenant, value) again keeps the later
+        `until` and the later `at` (and the reason of the later `at`). Raises
+        `EngineUnavailable` when the write failed (nothing was stored),
+        `BusClosed` after `close`.
+        """
+        ...
+
+    async def revocations(self) -> list[Revocation]:
+        """Every stored revocation whose `until` is after the engine's clock, in no set order.
+
+        What a node loads into its `RevocationSet` when it starts.
+        """
         ...

@@ -4,6 +4,8 @@ Owns: an in-memory implementation of the `Engine` contract (engine/base.py),
 for tests, development and ephemeral deployments. Every start is a new epoch,
 since nothing survives a restart. One shard. Appends never wait: an append is
 "durable" as soon as it is in memory, so its ack resolves at once.
+Revocations live in a `RevocationSet` and die with the process, like the log;
+`reset` keeps them.
 Must not be imported by the hub (it gets an `Engine`).
 """
 
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 from hybridbus.core.dedupe import DedupeIndex
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
+from hybridbus.core.revocation import Revocation, RevocationSet
 from hybridbus.core.topics import is_pattern, matches
 from hybridbus.engine.base import Clock, EngineConfig, Listener, TopicInfo, system_clock
 from hybridbus.errors import BusClosed, InvalidPosition
@@ -52,6 +55,8 @@ class MemoryEngine:
         self._listener: Listener | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
+        # Outside `_clear`: a reset loses history, never revocations.
+        self._revocations = RevocationSet()
         self._clear()
 
     def _clear(self) -> None:
@@ -177,6 +182,7 @@ class MemoryEngine:
                     self._remove(delivery, trimmed=False)
                     removed += 1
         self._dedupe.prune(now)
+        self._revocations.prune(now)
         return removed
 
     def _oldest_first(self) -> list[Delivery]:
@@ -233,3 +239,12 @@ class MemoryEngine:
     async def reset(self) -> str:
         self._clear()
         return self._epoch
+
+    async def revoke(self, revocation: Revocation) -> None:
+        if self._closed:
+            raise BusClosed("the engine is closed")
+        self._revocations.add(revocation)
+
+    async def revocations(self) -> list[Revocation]:
+        now = self._clock()
+        return [r for r in self._revocations if r.until > now]

@@ -12,10 +12,12 @@ deque and wakes the writer thread. The writer takes everything waiting (up to
 to the loop, which first calls the listener with the batch's new deliveries
 (in position order), then resolves each append's future with its ack. So an
 ack means "committed" and "the listener has seen it", and a burst of N
-concurrent appends costs a handful of fsyncs, not N. `sweep` and `reset` are
-commands on the same deque (there is one writer); `read`, `head` and `topics` run on a
-single reader thread with its own connection, each in one read transaction
-(WAL lets it proceed while the writer commits).
+concurrent appends costs a handful of fsyncs, not N. `revoke` goes on the
+same deque and is group-committed the same way: consecutive revocations are
+upserted in one transaction, then their futures resolve. `sweep` and `reset`
+are commands on the same deque (there is one writer); `read`, `head`, `topics`
+and `revocations` run on a single reader thread with its own connection, each
+in one read transaction (WAL lets it proceed while the writer commits).
 
 There is one shard; positions are the log table's integer primary key and
 are never reused within an epoch.
@@ -37,6 +39,7 @@ from typing import Any, Final
 
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
+from hybridbus.core.revocation import Revocation
 from hybridbus.engine import _sqlite_store as store
 from hybridbus.engine.base import Clock, EngineConfig, Listener, TopicInfo, system_clock
 from hybridbus.errors import BusClosed, BusError, EngineError, EngineUnavailable, InvalidPosition
@@ -65,6 +68,16 @@ class _Command:
         self.fn = fn  # None: stop the writer
         self.future = future
         self.on_loop = on_loop  # runs on the loop with the result, before the future resolves
+
+
+class _Revoke:
+    """A revocation for the writer thread; resolves once committed."""
+
+    __slots__ = ("future", "revocation")
+
+    def __init__(self, revocation: Revocation, future: asyncio.Future[None]) -> None:
+        self.revocation = revocation
+        self.future = future
 
 
 class SqliteEngine:
@@ -97,7 +110,7 @@ class SqliteEngine:
         self._epoch = ""
         self._listener: Listener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: deque[_Append | _Command] = deque()
+        self._queue: deque[_Append | _Command | _Revoke] = deque()
         self._wake = threading.Event()
         self._writer: threading.Thread | None = None
         self._store: store.Store | None = None
@@ -210,6 +223,22 @@ class SqliteEngine:
         epoch: str = await self._command(store.Store.reset, self._set_epoch)
         return epoch
 
+    async def revoke(self, revocation: Revocation) -> None:
+        """Upsert `revocation` in the next revocation group commit; resolves once committed.
+
+        Cancelling the await does not withdraw it: it may still be stored.
+        """
+        self._check_open()
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._submit(_Revoke(revocation, future))
+        await future
+
+    async def revocations(self) -> list[Revocation]:
+        """The stored revocations whose `until` is after the clock (on the reader)."""
+        found: list[Revocation] = await self._on_reader(store.list_revocations, self._clock())
+        return found
+
     # event-loop side ---------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -218,7 +247,7 @@ class SqliteEngine:
         if self._crash is not None:
             raise EngineUnavailable("the sqlite writer thread died") from self._crash
 
-    def _submit(self, item: _Append | _Command) -> None:
+    def _submit(self, item: _Append | _Command | _Revoke) -> None:
         self._queue.append(item)
         # Safe without a lock: the writer clears the flag *before* draining.
         if not self._wake.is_set():
@@ -275,6 +304,17 @@ class SqliteEngine:
                 if not future.done():
                     future.set_result(ack)
 
+    def _settle_revocations(
+        self, futures: list[asyncio.Future[None]], error: BaseException | None
+    ) -> None:
+        for future in futures:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(_copy_error(error))
+            else:
+                future.set_result(None)
+
     def _settle_command(self, command: _Command, result: Any, error: BaseException | None) -> None:
         if error is None and command.on_loop is not None:
             command.on_loop(result)
@@ -316,6 +356,12 @@ class SqliteEngine:
             if batch:
                 self._commit(db, batch)
                 continue
+            revokes: list[_Revoke] = []
+            while queue and len(revokes) < batch_max and type(queue[0]) is _Revoke:
+                revokes.append(queue.popleft())  # type: ignore[arg-type]
+            if revokes:
+                self._commit_revocations(db, revokes)
+                continue
             command = queue.popleft()
             assert isinstance(command, _Command)
             if command.fn is None:
@@ -334,6 +380,16 @@ class SqliteEngine:
                 log.exception("the sqlite writer failed on a batch of %d appends", len(batch))
             outcome = exc
         self._post(self._settle_batch, deliveries, futures, outcome)
+
+    def _commit_revocations(self, db: store.Store, revokes: list[_Revoke]) -> None:
+        error: BaseException | None = None
+        try:
+            db.revoke([item.revocation for item in revokes])
+        except Exception as exc:
+            if not isinstance(exc, EngineError):
+                log.exception("the sqlite writer failed on %d revocations", len(revokes))
+            error = exc
+        self._post(self._settle_revocations, [item.future for item in revokes], error)
 
     def _run_command(self, db: store.Store, command: _Command) -> None:
         assert command.fn is not None

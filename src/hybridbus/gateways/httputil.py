@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
 from urllib.parse import parse_qsl
@@ -38,7 +39,11 @@ from hybridbus.errors import (
     EngineUnavailable,
     ErrorCode,
     EventTooLarge,
+    Forbidden,
     InvalidInput,
+    LimitExceeded,
+    RateLimited,
+    Unauthorized,
 )
 
 __all__ = [
@@ -118,6 +123,9 @@ _STATUS: Final[tuple[tuple[type[BusError], int], ...]] = (
     (EventTooLarge, 413),
     (BodyTimeout, 408),
     (InvalidInput, 400),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (LimitExceeded, 429),
     (BusClosed, 503),
     (EngineUnavailable, 503),
 )
@@ -189,6 +197,11 @@ def problem(error: BusError | None, **members: Any) -> web.Response:
     response = json_response(body, status, PROBLEM_CONTENT_TYPE)
     if status == 503:
         response.headers["Retry-After"] = "1"
+    elif isinstance(error, RateLimited):
+        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    elif status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="hybridbus"'
+
     return response
 
 

@@ -32,6 +32,7 @@ class CloseCode(IntEnum):
     NO_PING = 4002  # nothing heard for two heartbeat intervals (or no connect in time)
     SERVER_ERROR = 4003  # an internal error: reconnect
     TOKEN_EXPIRED = 4004  # get a new token, then reconnect
+    TOO_MANY_CONNECTIONS = 4005  # the user holds its maximum: reconnect later, with backoff
     # 4500-4999: terminal.
     BAD_PROTOCOL = 4500  # a frame could not be parsed, or a command came out of order
     UNAUTHORIZED = 4501  # no or invalid credentials
@@ -55,6 +56,8 @@ def reconnect_allowed(code: int) -> bool:
 RETRIABLE_ERRORS: Final = frozenset(
     {
         ErrorCode.TOO_MANY_COMMANDS,
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.TOO_MANY_CONNECTIONS,
         ErrorCode.SUBSCRIBER_TOO_SLOW,
         ErrorCode.ENGINE_UNAVAILABLE,
     }

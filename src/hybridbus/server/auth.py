@@ -1,79 +1,57 @@
-"""Authentication: who a connection is, and the hook that decides it.
+"""Authentication: the hook that decides who a connection is, and how a refusal closes it.
 
-Owns: the `Identity` a connection runs as (its tenant scopes every topic and
-pattern it sends), the `Authenticator` protocol the node calls on `connect`
-and `refresh`, the typed errors an authenticator raises, and the default
-`AnonymousAuthenticator`. Must not verify tokens itself: real token
-verification (JWT) arrives with issue 4 as another `Authenticator`.
+Owns: the `Authenticator` protocol the node calls on `connect` and `refresh`,
+`close_code` (the WebSocket close code a refused connect or refresh gets, by
+the `AccessError` it raised), and the plain `AnonymousAuthenticator` (every
+token refused; anonymous clients in one tenant). JWT verification is
+`server.tokens.JwtAuthenticator`; what an identity may do is the hub's
+`Guard`. The identity itself is `core.identity.Identity`.
 
-Errors carry the close code the connection is closed with (docs/protocol.md
-§4, §11); both are terminal (4500-4999: reconnecting as-is fails again):
+A refused connect or refresh is never an error reply: the connection is
+closed (docs/protocol.md §4, §11, docs/security.md):
 
-    AuthError       (BusError)
-    ├── Unauthorized    close 4501 UNAUTHORIZED: missing or invalid credentials
-    └── Forbidden       close 4502 FORBIDDEN: valid, but not allowed to connect
+    Unauthorized, TokenInvalid, UnknownKey   close 4501 UNAUTHORIZED (terminal)
+    TokenExpired                             close 4004 TOKEN_EXPIRED (new token, reconnect)
+    Revoked, Forbidden                       close 4502 FORBIDDEN (terminal)
+    TooManyConnections                       close 4005 TOO_MANY_CONNECTIONS (reconnect later)
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-import msgspec
-
+from hybridbus.core.identity import Identity
 from hybridbus.core.topics import scope_topic
-from hybridbus.errors import BusError, ErrorCode, InvalidTopic
+from hybridbus.errors import (
+    AccessError,
+    Forbidden,
+    InvalidTopic,
+    Revoked,
+    TokenExpired,
+    TooManyConnections,
+    Unauthorized,
+)
 from hybridbus.proto.codes import CloseCode
 
 __all__ = [
     "AnonymousAuthenticator",
-    "AuthError",
     "Authenticator",
     "Forbidden",
     "Identity",
     "Unauthorized",
+    "close_code",
 ]
 
 
-class Identity(msgspec.Struct, frozen=True, kw_only=True):
-    """Who a connection is, as an authenticator vouches.
-
-    `tenant` is the first segment of every topic the connection reaches (its
-    topics are relative to it). `user` is None for anonymous connections;
-    `device` groups a user's connections for `exclude_self="device"`;
-    `session` is the token's session id, if it has one; `expires` the Unix
-    time the credentials expire (None: never).
-    """
-
-    tenant: str
-    user: str | None = None
-    device: str | None = None
-    session: str | None = None
-    expires: float | None = None
-
-
-class AuthError(BusError):
-    """Credentials were refused. `close_code` is the code the connection closes with.
-
-    On the wire this is never an error reply: the connection is closed with
-    `close_code` (a refused `connect` or `refresh`).
-    """
-
-    # No ErrorCode of its own yet (see the issue-3 report: 1100-1199 is free
-    # for auth); the close code is the public one.
-    code = ErrorCode.INVALID_INPUT
-    close_code: ClassVar[CloseCode] = CloseCode.UNAUTHORIZED
-
-
-class Unauthorized(AuthError):
-    """Missing or invalid credentials (close 4501)."""
-
-    close_code = CloseCode.UNAUTHORIZED
-
-
-class Forbidden(AuthError):
-    """Valid credentials that may not connect, e.g. revoked (close 4502)."""
-
-    close_code = CloseCode.FORBIDDEN
+def close_code(error: AccessError) -> CloseCode:
+    """The close code of a connection whose connect or refresh failed with `error`."""
+    if isinstance(error, TokenExpired):
+        return CloseCode.TOKEN_EXPIRED
+    if isinstance(error, (Revoked, Forbidden)):
+        return CloseCode.FORBIDDEN
+    if isinstance(error, TooManyConnections):
+        return CloseCode.TOO_MANY_CONNECTIONS
+    return CloseCode.UNAUTHORIZED
 
 
 @runtime_checkable
@@ -94,8 +72,7 @@ class AnonymousAuthenticator:
     """The default: anonymous connections only, in `tenant`; every token is refused.
 
     Without a tenant (`ServerConfig.anonymous_tenant` unset) every connect is
-    refused with `Unauthorized`. Tokens are refused too: no verifier is
-    configured until issue 4 brings one.
+    refused with `Unauthorized`. Tokens are refused too: this one verifies none.
     """
 
     def __init__(self, tenant: str | None) -> None:
@@ -111,4 +88,4 @@ class AnonymousAuthenticator:
             raise Unauthorized("this server cannot verify tokens (no verifier is configured)")
         if self.tenant is None:
             raise Unauthorized("a token is required: anonymous connections are not allowed")
-        return Identity(tenant=self.tenant, device=device)
+        return Identity(tenant=self.tenant, device=device, anonymous=True)

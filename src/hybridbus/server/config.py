@@ -37,8 +37,32 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_frame_size: Bytes = 1 << 20
     # Bytes queued for one connection before it is cut off as a slow consumer.
     max_pending_bytes: Bytes = 8 << 20
-    # Anonymous clients (no token) are refused unless a tenant is named for them.
+    # -- access (docs/security.md) --
+    # Anonymous clients (no token) are refused unless a tenant is named for them;
+    # they may then do what the rules of the role "anonymous" allow, nothing else.
     anonymous_tenant: str | None = None
+    # role -> rules: {allow|deny = [operations] | "*", topics = pattern(s), days, hours, zone, apps}
+    roles: dict[str, list[dict[str, Any]]] = msgspec.field(default_factory=dict)
+    # An HS256 development secret (>= 32 bytes), e.g. from HYBRIDBUS_JWT_SECRET.
+    jwt_secret: str | None = None
+    # Verification keys: {kid, alg (HS256|RS256|ES256|EdDSA), secret|public_key|public_key_file}.
+    jwt_keys: list[dict[str, str]] = msgspec.field(default_factory=list)
+    # A JWKS file (RFC 7517), re-read when it changes: keys rotate without a restart.
+    jwks_file: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # HTTP API keys, stored hashed: {name, hash = "sha256:<hex>", tenant | admin = true, roles}.
+    api_keys: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    # Publish rates in events/s (0: unlimited), per connection and per tenant; bursts.
+    publish_rate: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    publish_burst: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    tenant_publish_rate: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    tenant_publish_burst: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    max_subscriptions: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    max_connections_per_user: Annotated[int, msgspec.Meta(ge=0)] = 100  # 0: unlimited
+    # Refusals in one tenant within 10 s before a `denials` audit event.
+    audit_denials: Annotated[int, msgspec.Meta(ge=0)] = 20
     # Seconds to flush outboxes and close connections on SIGTERM/SIGINT.
     shutdown_timeout: Seconds = 10.0
     log_level: str = "info"

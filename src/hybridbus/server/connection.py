@@ -25,9 +25,10 @@ left (the `disconnect` message last) and the transport is closed with the
 session's code; a slow consumer gets a short timeout, then is aborted.
 `lost()` means the peer is gone: nothing more is sent.
 
-Topics and patterns from the client are relative to `identity.tenant`; they
-are scoped with `core.topics` before they reach the bus, so no pattern can
-leave the tenant.
+Every operation goes through the node's `Guard` with the connection's
+`Principal`: topics and patterns from the client are relative to its tenant
+(an admin's are absolute) and are scoped there before they reach the bus, so
+no pattern can leave the tenant; each operation is checked against the rules.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hybridbus.core.event import Event
+from hybridbus.core.identity import Identity
 from hybridbus.core.log import Delivery, Position, is_exact
-from hybridbus.core.topics import scope_pattern, scope_topic
-from hybridbus.errors import BusError
+from hybridbus.core.topics import scope_topic
+from hybridbus.errors import AccessError, BusError
+from hybridbus.hub.guard import Principal
 from hybridbus.proto.codec import Data, WireCodec
 from hybridbus.proto.codes import CloseCode
 from hybridbus.proto.frames import (
@@ -62,7 +65,7 @@ from hybridbus.proto.frames import (
     Unsubscribe,
 )
 from hybridbus.proto.session import ServerSession
-from hybridbus.server.auth import AuthError, Identity
+from hybridbus.server.auth import close_code
 from hybridbus.server.history import history_result
 from hybridbus.server.subscriptions import Entry, Origin, Subscriptions
 
@@ -124,6 +127,7 @@ class Connection:
         "identity",
         "info",
         "node",
+        "principal",
         "session",
         "subscriptions",
         "transport_name",
@@ -142,6 +146,7 @@ class Connection:
         self.id = id
         self.transport_name = transport_name
         self.identity: Identity | None = None
+        self.principal: Principal | None = None
         self.info: ClientInfo | None = None
         self.device_key: tuple[object, ...] | None = None
         self._transport = transport
@@ -173,12 +178,12 @@ class Connection:
         return self.finished.done()
 
     @property
-    def tenant(self) -> str:
-        """The tenant the client's topics are relative to (once connected)."""
-        identity = self.identity
-        if identity is None:  # the session hands out nothing else before the connect
+    def admitted(self) -> Principal:
+        """Who the connection acts as (once connected)."""
+        principal = self.principal
+        if principal is None:  # the session hands out nothing else before the connect
             raise RuntimeError("a command before the connect was accepted")
-        return identity.tenant
+        return principal
 
     # -- fed by the gateway ----------------------------------------------------
 
@@ -256,10 +261,10 @@ class Connection:
 
     def presence_changed(self, joined: bool, topic: str, info: ClientInfo) -> None:
         """A watched topic gained or lost a member: push `join` / `leave`."""
-        identity = self.identity
-        if identity is None or self.session.closed:
+        principal = self.principal
+        if principal is None or self.session.closed:
             return
-        relative = topic[len(identity.tenant) + 1 :]
+        relative = principal.relative(topic)
         message = Join(topic=relative, info=info) if joined else Leave(topic=relative, info=info)
         self.session.push(self.session.codec.encode(message))
         self.flush()
@@ -321,14 +326,17 @@ class Connection:
             async with asyncio.timeout(node.session_config.connect_timeout):
                 identity = await node.authenticator.authenticate(command.token, command.device)
             scope_topic(identity.tenant, "x")  # an authenticator must name a real tenant
-        except AuthError as exc:
-            session.reject(exc.close_code, str(exc))
+            principal = node.guard.admit(identity)
+            node.admit(self, identity)
+        except AccessError as exc:
+            session.reject(close_code(exc), str(exc))
             return
         except Exception:  # TimeoutError included: the client may try again
             log.exception("authenticating %s failed", self.id)
             session.reject(CloseCode.SERVER_ERROR, "internal error")
             return
         self.identity = identity
+        self.principal = principal
         self.info = ClientInfo(
             client=self.id, user=identity.user, device=identity.device, name=command.name
         )
@@ -344,18 +352,23 @@ class Connection:
         )
 
     def _publish(self, command: Publish) -> None:
-        topic = scope_topic(self.tenant, command.topic)
+        principal = self.admitted
+        topic = principal.topic(command.topic)
         event = self.session.codec.decode_event(command.event)
+        guard = self.node.guard
+        guard.check(principal, "publish", command.topic)
+        guard.take(principal)
         exclude = command.exclude_self
         if exclude is not None:
             device = self.device_key if exclude == "device" else None
             self.node.note_origin(event, topic, Origin(topic, self, device))
-        self.spawn(self._append(command.id, topic, event))
+        self.spawn(self._append(command.id, principal, command.topic, event))
 
-    async def _append(self, id: int, topic: str, event: Event) -> None:
+    async def _append(self, id: int, principal: Principal, topic: str, event: Event) -> None:
         session = self.session
         try:
-            ack = await self.node.bus.publish(topic, event)
+            # Checked and rate-limited already: a dry publish (the admin audit only).
+            ack = await self.node.guard.publish(principal, topic, event, checked=True)
         except BusError as exc:
             session.error(id, exc)
         except Exception as exc:
@@ -377,17 +390,19 @@ class Connection:
         self.flush()
 
     def _history(self, command: History) -> None:
-        absolute = scope_pattern(self.tenant, command.pattern)
+        principal = self.admitted
+        principal.pattern(command.pattern)  # a bad pattern is answered now
+        self.node.guard.check(principal, "history", command.pattern)
         since = Position.parse(command.since) if command.since is not None else None
-        self.spawn(self._read_history(command.id, absolute, since, command.limit))
+        self.spawn(self._read_history(command.id, principal, command.pattern, since, command.limit))
 
     async def _read_history(
-        self, id: int, absolute: str, since: Position | None, limit: int
+        self, id: int, principal: Principal, pattern: str, since: Position | None, limit: int
     ) -> None:
         session = self.session
         node = self.node
         try:
-            page = await node.bus.history(absolute, since, limit)
+            page = await node.guard.history(principal, pattern, since, limit)
         except BusError as exc:
             session.error(id, exc)
         except Exception as exc:
@@ -403,7 +418,7 @@ class Connection:
 
             result = history_result(
                 page,
-                tenant=self.tenant,
+                prefix=principal.prefix,
                 encode=encode,
                 budget=int(node.session_config.max_frame_size * _HISTORY_SHARE),
                 start=since.positions if since is not None and exact else (0,) * engine.shards,
@@ -412,7 +427,7 @@ class Connection:
         self.flush()
 
     def _presence(self, command: Presence) -> None:
-        topic = scope_topic(self.tenant, command.topic)
+        topic = self.node.guard.presence(self.admitted, command.topic)
         presence = self.node.presence
         if command.watch:
             presence.watch(topic, self)
@@ -421,23 +436,27 @@ class Connection:
     async def _refresh(self, command: Refresh) -> None:
         session = self.session
         current = self.identity
+        node = self.node
         try:
-            async with asyncio.timeout(self.node.session_config.connect_timeout):
-                identity = await self.node.authenticator.authenticate(
+            async with asyncio.timeout(node.session_config.connect_timeout):
+                identity = await node.authenticator.authenticate(
                     command.token, None if current is None else current.device
                 )
-        except AuthError as exc:
-            session.close(exc.close_code, str(exc))
+            principal = node.guard.admit(identity)
+        except AccessError as exc:
+            session.close(close_code(exc), str(exc))
         except Exception as exc:
             log.exception("refresh of %s failed", self.id)
             session.error(command.id, exc)
         else:
-            same = current is None or (identity.tenant, identity.user) == (
+            same = current is None or (identity.tenant, identity.user, identity.admin) == (
                 current.tenant,
                 current.user,
+                current.admin,
             )
             if same:
                 self.identity = identity
+                self.principal = principal  # decisions are made afresh for the new token
                 session.reply(command.id, RefreshResult(expires=identity.expires))
             else:
                 session.close(CloseCode.FORBIDDEN, "a refresh may not change the tenant or user")

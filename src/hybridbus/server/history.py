@@ -27,7 +27,7 @@ _OVERHEAD: Final = 96
 def history_result(
     page: History,
     *,
-    tenant: str,
+    prefix: str,
     encode: Callable[[Delivery], bytes],
     budget: int,
     start: Sequence[int],
@@ -39,7 +39,7 @@ def history_result(
     position right after the last event included. `start` is where the read
     began in each shard (the `since` positions, or zeros).
     """
-    skip = len(tenant) + 1
+    skip = len(prefix)
     events: list[HistoryEvent] = []
     used = 0
     deliveries = page.deliveries

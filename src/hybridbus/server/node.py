@@ -27,13 +27,18 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Final
 
 from hybridbus.core.event import Event
+from hybridbus.core.identity import Identity
 from hybridbus.core.log import Delivery
+from hybridbus.core.revocation import Revocation
+from hybridbus.errors import TooManyConnections
 from hybridbus.hub.bus import Bus
+from hybridbus.hub.guard import Guard
 from hybridbus.proto.codec import WireCodec
 from hybridbus.proto.codes import CloseCode
 from hybridbus.proto.frames import ClientInfo
 from hybridbus.proto.session import SessionConfig
-from hybridbus.server.auth import AnonymousAuthenticator, Authenticator
+from hybridbus.server.access import authenticator_of, limits_of, policy_of
+from hybridbus.server.auth import Authenticator
 from hybridbus.server.config import ServerConfig
 from hybridbus.server.connection import Connection, Transport
 from hybridbus.server.metrics import Metrics
@@ -64,6 +69,11 @@ _ORIGINS_SIZE: Final = 65_536
 _SLOW_CLOSE_TIMEOUT: Final = 1.0
 
 
+def _push_key(absolute: str, prefix: str) -> str:
+    """The cache key of pushes for `absolute`: an admin (no prefix) sees other bytes."""
+    return absolute if prefix else "/" + absolute
+
+
 class Node:
     """A bus behind the client protocol: connections, presence, heartbeat, shutdown."""
 
@@ -74,18 +84,20 @@ class Node:
         metrics: Metrics,
         authenticator: Authenticator | None = None,
         *,
+        guard: Guard | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.bus = bus
+        self.guard = guard or Guard(bus, policy_of(config), limits_of(config), clock=wall_clock)
+        self.guard.on_revoke(self._revoked)
         self.config = config
         self.metrics = metrics
-        self.authenticator: Authenticator = authenticator or AnonymousAuthenticator(
-            config.anonymous_tenant
-        )
+        self.authenticator: Authenticator = authenticator or authenticator_of(config)
         self.session_config = SessionConfig(
             ping_interval=config.ping_interval,
             max_frame_size=config.max_frame_size,
             max_pending_bytes=config.max_pending_bytes,
+            max_subscriptions=config.max_subscriptions,
         )
         self.presence = PresenceRegistry()
         self.version = SERVER_VERSION
@@ -94,6 +106,8 @@ class Node:
         self.close_timeout = min(5.0, config.shutdown_timeout)
         self.slow_close_timeout = min(_SLOW_CLOSE_TIMEOUT, self.close_timeout)
         self._connections: dict[str, Connection] = {}
+        # (tenant, user) -> how many connections it holds (authenticated users only).
+        self._per_user: dict[tuple[str, str], int] = {}
         self._prefix = secrets.token_hex(3)
         self._ids = itertools.count(1)
         self._accepting = False
@@ -113,6 +127,7 @@ class Node:
     async def start(self) -> None:
         """Start the heartbeat ticker and accept connections (the bus is already started)."""
         if self._ticker is None:
+            await self.guard.start()
             self._ticker = asyncio.create_task(self._tick_loop(), name="hybridbus-ticker")
         self._accepting = True
 
@@ -147,7 +162,34 @@ class Node:
         """Called by a connection once it is closed for good."""
         if self._connections.pop(connection.id, None) is not None:
             self.metrics.connections.labels(connection.transport_name).dec()
+            identity = connection.identity
+            if identity is not None and identity.user is not None:
+                key = (identity.tenant, identity.user)
+                left = self._per_user.get(key, 0) - 1
+                if left > 0:
+                    self._per_user[key] = left
+                else:
+                    self._per_user.pop(key, None)
         self.presence.unwatch_all(connection)
+
+    def admit(self, connection: Connection, identity: Identity) -> None:
+        """Count `connection` against its user's limit; raise `TooManyConnections` if full."""
+        if identity.user is None:
+            return
+        key = (identity.tenant, identity.user)
+        held = self._per_user.get(key, 0)
+        limit = self.config.max_connections_per_user
+        if limit and held >= limit:
+            raise TooManyConnections(f"user {identity.user!r} already holds {held} connections")
+        self._per_user[key] = held + 1
+
+    def _revoked(self, revocation: Revocation) -> None:
+        """Close every live connection the new `revocation` names (at once)."""
+        guard = self.guard
+        for connection in tuple(self._connections.values()):
+            identity = connection.identity
+            if identity is not None and guard.revoked(identity) is not None:
+                connection.close(CloseCode.FORBIDDEN, f"the {revocation.kind} was revoked")
 
     def clients(self, topic: str) -> list[ClientInfo]:
         """Who is present in the absolute `topic` (the HTTP gateway's presence hook)."""
@@ -172,19 +214,25 @@ class Node:
         return encoded
 
     def push_bytes(
-        self, codec: WireCodec, absolute: str, pattern: str, tenant: str, delivery: Delivery
+        self, codec: WireCodec, absolute: str, pattern: str, prefix: str, delivery: Delivery
     ) -> bytes:
         """The encoded `event` push of `delivery` for subscriptions to `absolute`.
 
-        `pattern` is `absolute` as the client wrote it (relative to `tenant`);
+        `pattern` is `absolute` as the client wrote it (without `prefix`, its tenant's);
         every connection subscribed to the same absolute pattern with the same
         codec gets the same bytes.
         """
-        key = (codec.subprotocol, absolute, delivery.shard, delivery.position, delivery.time)
+        key = (
+            codec.subprotocol,
+            _push_key(absolute, prefix),
+            delivery.shard,
+            delivery.position,
+            delivery.time,
+        )
         pushes = self._pushes
         encoded = pushes.get(key)
         if encoded is None:
-            topic = delivery.topic[len(tenant) + 1 :]
+            topic = delivery.topic[len(prefix) :]
             encoded = codec.encode_push(
                 pattern, delivery, self.event_bytes(codec, delivery), topic=topic
             )
@@ -198,19 +246,20 @@ class Node:
         codec: WireCodec,
         absolute: str,
         pattern: str,
-        tenant: str,
+        prefix: str,
         batch: list[Delivery],
     ) -> list[bytes]:
         """`push_bytes` of every delivery in `batch`, in order (a pump's hot path)."""
         subprotocol = codec.subprotocol
         pushes = self._pushes
+        key = _push_key(absolute, prefix)
         out: list[bytes] = []
         for delivery in batch:
             encoded = pushes.get(
-                (subprotocol, absolute, delivery.shard, delivery.position, delivery.time)
+                (subprotocol, key, delivery.shard, delivery.position, delivery.time)
             )
             if encoded is None:
-                encoded = self.push_bytes(codec, absolute, pattern, tenant, delivery)
+                encoded = self.push_bytes(codec, absolute, pattern, prefix, delivery)
             out.append(encoded)
         return out
 

@@ -31,7 +31,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from hybridbus.core.log import Delivery
-from hybridbus.core.topics import is_pattern, scope_pattern
+from hybridbus.core.topics import is_pattern
 from hybridbus.errors import BusError, ErrorCode
 from hybridbus.hub.subscription import Subscription
 from hybridbus.proto.frames import Subscribe, SubscribeResult, Unsubscribe, UnsubscribeResult
@@ -103,8 +103,9 @@ class Subscriptions:
     def subscribe(self, command: Subscribe) -> None:
         """Start a subscription; raises `BusError` (bad pattern or `since`) before any task."""
         connection = self._connection
-        absolute = scope_pattern(connection.tenant, command.pattern)
-        subscription = connection.node.bus.subscribe(absolute, command.since)
+        principal = connection.admitted
+        absolute = principal.pattern(command.pattern)
+        subscription = connection.node.guard.subscribe(principal, command.pattern, command.since)
         answered = asyncio.get_running_loop().create_future()
         entry = Entry(command.id, command.pattern, absolute, subscription, answered)
         self._entries[command.pattern] = entry
@@ -223,7 +224,8 @@ class Subscriptions:
             if not batch:
                 return
         codec = connection.session.codec
-        pushes = node.push_batch(codec, entry.absolute, entry.pattern, connection.tenant, batch)
+        prefix = connection.admitted.prefix
+        pushes = node.push_batch(codec, entry.absolute, entry.pattern, prefix, batch)
         connection.session.push_many(pushes)
         connection.pushed(len(batch), batch[0].time)
 

@@ -1,0 +1,843 @@
+"""JWT connection tokens: every forgery refused with its exact error, keys, rotation, minting.
+
+Tokens are real: signed with PyJWT and `cryptography` keys, or crafted byte by
+byte where an attack needs a token PyJWT would not make (`alg: none`, an HMAC
+made with an RSA public key). No mocks: clocks are injected.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jwt
+import msgspec
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jwt.algorithms import ECAlgorithm, HMACAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from hybridbus.core.identity import Grant, Identity
+from hybridbus.errors import TokenExpired, TokenInvalid, Unauthorized, UnknownKey
+from hybridbus.server.auth import Authenticator
+from hybridbus.server.tokens import (
+    MAX_TOKEN_LENGTH,
+    JwtAuthenticator,
+    KeyRing,
+    KeySpec,
+    TokenVerifier,
+    mint,
+    parse_duration,
+)
+
+NOW = 1_700_000_000
+SECRET = "s3cret-s3cret-s3cret-s3cret-s3cret!"  # 35 bytes
+OTHER_SECRET = "another-secret-another-secret-another!"
+
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+RSA_KEY_2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+ED_KEY = ed25519.Ed25519PrivateKey.generate()
+
+
+def private_pem(key: Any) -> str:
+    pem: bytes = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return pem.decode()
+
+
+def public_pem(key: Any) -> str:
+    pem: bytes = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return pem.decode()
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64json(value: object) -> str:
+    return b64(json.dumps(value).encode())
+
+
+def craft(header: object, claims: object, signature: bytes = b"") -> str:
+    """A token assembled by hand, so that it can be anything PyJWT would refuse to make."""
+    return f"{b64json(header)}.{b64json(claims)}.{b64(signature)}"
+
+
+def hmac_token(header: object, claims: object, secret: bytes) -> str:
+    signing_input = f"{b64json(header)}.{b64json(claims)}"
+    return (
+        f"{signing_input}.{b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())}"
+    )
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    """Valid claims at NOW, with `overrides` (None removes a claim)."""
+    base: dict[str, Any] = {"sub": "alice", "tenantid": "acme", "iat": NOW, "exp": NOW + 3600}
+    base.update(overrides)
+    return {name: value for name, value in base.items() if value is not None}
+
+
+def hs256(payload: Mapping[str, Any], secret: str = SECRET, **headers: Any) -> str:
+    return jwt.encode(dict(payload), secret, algorithm="HS256", headers=headers or None)
+
+
+def verifier(*keys: KeySpec, now: float = NOW, **options: Any) -> TokenVerifier:
+    return TokenVerifier(
+        KeyRing(keys or (KeySpec(alg="HS256", secret=SECRET),)), clock=lambda: now, **options
+    )
+
+
+def refused(verify: TokenVerifier, token: str) -> Unauthorized:
+    """The error `verify` refuses `token` with; it never contains the secret."""
+    with pytest.raises(Unauthorized) as info:
+        verify.verify(token)
+    assert SECRET not in str(info.value)
+    return info.value
+
+
+# -- accepted -------------------------------------------------------------------------
+
+ASYMMETRIC = [("RS256", RSA_KEY), ("ES256", EC_KEY), ("EdDSA", ED_KEY)]
+
+
+def test_an_hs256_token_verifies() -> None:
+    identity = verifier().verify(hs256(claims()))
+    assert (identity.user, identity.tenant) == ("alice", "acme")
+
+
+@pytest.mark.parametrize(("alg", "key"), ASYMMETRIC)
+def test_asymmetric_tokens_verify_with_the_public_key(alg: str, key: Any) -> None:
+    spec = KeySpec(kid="k", alg=alg, public_key=public_pem(key))  # type: ignore[arg-type]
+    token = jwt.encode(claims(), key, algorithm=alg, headers={"kid": "k"})
+    assert verifier(spec).verify(token).user == "alice"
+
+
+def test_claims_map_into_the_identity_field_by_field() -> None:
+    token = hs256(
+        claims(
+            roles=["editor", "viewer"],
+            device="laptop",
+            sid="session-1",
+            jti="token-1",
+            appid="web",
+            nbf=NOW - 10,
+            topics={"chat/#": ["subscribe", "publish"], "docs/+": ["history"]},
+        )
+    )
+    assert verifier().verify(token) == Identity(
+        tenant="acme",
+        user="alice",
+        device="laptop",
+        session="session-1",
+        token_id="token-1",
+        roles=("editor", "viewer"),
+        grants=(
+            Grant("chat/#", frozenset({"subscribe", "publish"})),
+            Grant("docs/+", frozenset({"history"})),
+        ),
+        app="web",
+        admin=False,
+        anonymous=False,
+        issued=float(NOW),
+        expires=float(NOW + 3600),
+    )
+
+
+def test_a_list_of_topics_grants_the_default_operations_and_one_role_may_be_a_string() -> None:
+    identity = verifier().verify(hs256(claims(topics=["chat/#", "me"], roles="editor", admin=True)))
+    assert identity.grants == (Grant("chat/#"), Grant("me"))
+    assert identity.roles == ("editor",)
+    assert identity.admin is True
+
+
+def test_optional_claims_may_be_absent() -> None:
+    identity = verifier().verify(hs256(claims(iat=None)))
+    assert identity == Identity(tenant="acme", user="alice", expires=float(NOW + 3600))
+
+
+# -- refused: signatures and algorithms --------------------------------------------------
+
+
+def test_a_token_signed_with_another_secret_is_invalid() -> None:
+    error = refused(verifier(), hs256(claims(), secret=OTHER_SECRET))
+    assert type(error) is TokenInvalid
+    assert "signature" in str(error)
+
+
+def test_a_tampered_payload_is_invalid() -> None:
+    header, _, signature = hs256(claims()).split(".")
+    forged = f"{header}.{b64json(claims(tenantid='globex', admin=True))}.{signature}"
+    assert type(refused(verifier(), forged)) is TokenInvalid
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE"])
+@pytest.mark.parametrize("kid", [None, "k"])
+def test_alg_none_is_always_invalid(alg: str, kid: str | None) -> None:
+    spec = KeySpec(kid=kid, alg="HS256", secret=SECRET)
+    header = {"alg": alg, "typ": "JWT"} | ({"kid": kid} if kid else {})
+    for signature in (b"", b"x"):
+        error = refused(verifier(spec), craft(header, claims(admin=True), signature))
+        assert type(error) is TokenInvalid
+        assert "alg none" in str(error)
+
+
+def test_an_unknown_kid_is_an_unknown_key() -> None:
+    spec = KeySpec(kid="current", alg="HS256", secret=SECRET)
+    error = refused(verifier(spec), hs256(claims(), kid="retired"))
+    assert type(error) is UnknownKey
+    assert "retired" in str(error)
+
+
+def test_a_token_without_a_kid_needs_the_one_key_without_a_kid() -> None:
+    with_kid = KeySpec(kid="a", alg="HS256", secret=SECRET)
+    assert type(refused(verifier(with_kid), hs256(claims()))) is UnknownKey
+    without = KeySpec(alg="HS256", secret=OTHER_SECRET)
+    assert verifier(with_kid, without).verify(hs256(claims(), secret=OTHER_SECRET)).user == "alice"
+
+
+@pytest.mark.parametrize("kid", [None, "rsa"])
+def test_hs256_signed_with_the_rsa_public_key_is_refused(kid: str | None) -> None:
+    # The classic key confusion: the verifier would use the public PEM as an HMAC secret.
+    spec = KeySpec(kid=kid, alg="RS256", public_key=public_pem(RSA_KEY))
+    header = {"alg": "HS256", "typ": "JWT"} | ({"kid": kid} if kid else {})
+    forged = hmac_token(header, claims(admin=True), public_pem(RSA_KEY).encode())
+    error = refused(verifier(spec), forged)
+    assert type(error) is TokenInvalid
+    assert "algorithm 'HS256' is not the key's (RS256)" in str(error)
+
+
+def test_an_rs256_token_against_an_hs256_key_is_refused() -> None:
+    token = jwt.encode(claims(), RSA_KEY, algorithm="RS256")
+    assert type(refused(verifier(), token)) is TokenInvalid
+
+
+@pytest.mark.parametrize(("alg", "key"), ASYMMETRIC)
+def test_a_token_signed_with_another_private_key_is_refused(alg: str, key: Any) -> None:
+    others = {"RS256": RSA_KEY_2, "ES256": ec.generate_private_key(ec.SECP256R1())}
+    other = others.get(alg, ed25519.Ed25519PrivateKey.generate())
+    spec = KeySpec(alg=alg, public_key=public_pem(key))  # type: ignore[arg-type]
+    assert type(refused(verifier(spec), jwt.encode(claims(), other, algorithm=alg))) is TokenInvalid
+
+
+def test_an_unencoded_payload_header_is_refused() -> None:
+    token = hmac_token({"alg": "HS256", "b64": False, "crit": ["b64"]}, claims(), SECRET.encode())
+    assert type(refused(verifier(), token)) is TokenInvalid
+
+
+# -- refused: times, issuer, audience ----------------------------------------------------
+
+
+def test_an_expired_token_is_expired_by_the_injected_clock() -> None:
+    token = hs256(claims(exp=NOW + 60))
+    assert verifier(now=NOW + 59).verify(token).expires == NOW + 60
+    for now in (NOW + 60, NOW + 61, NOW + 10**6):
+        error = refused(verifier(now=now), token)
+        assert type(error) is TokenExpired
+        assert "exp" in str(error)
+
+
+def test_exp_is_required() -> None:
+    error = refused(verifier(), hs256(claims(exp=None)))
+    assert type(error) is TokenInvalid
+    assert "exp" in str(error)
+
+
+def test_a_token_not_yet_valid_is_invalid_not_expired() -> None:
+    error = refused(verifier(), hs256(claims(nbf=NOW + 30)))
+    assert type(error) is TokenInvalid
+    assert "nbf" in str(error)
+    assert verifier(now=NOW + 30).verify(hs256(claims(nbf=NOW + 30))).user == "alice"
+
+
+def test_iat_is_only_type_checked_an_issuer_clock_may_run_ahead() -> None:
+    assert verifier().verify(hs256(claims(iat=NOW + 30))).issued == NOW + 30
+
+
+def test_leeway_tolerates_skew_both_ways() -> None:
+    late = hs256(claims(exp=NOW - 5))
+    early = hs256(claims(nbf=NOW + 5, iat=NOW + 5))
+    tolerant = verifier(leeway=10)
+    assert tolerant.verify(late).user == "alice"
+    assert tolerant.verify(early).user == "alice"
+    assert type(refused(verifier(leeway=10, now=NOW + 6), late)) is TokenExpired
+    assert type(refused(verifier(leeway=4), early)) is TokenInvalid
+    with pytest.raises(ValueError, match="leeway"):
+        verifier(leeway=-1)
+
+
+def test_the_issuer_is_checked_when_configured() -> None:
+    checked = verifier(issuer="https://id.example")
+    assert checked.verify(hs256(claims(iss="https://id.example"))).user == "alice"
+    for token in (hs256(claims(iss="https://evil.example")), hs256(claims())):
+        error = refused(checked, token)
+        assert type(error) is TokenInvalid
+        assert "iss" in str(error)
+    assert verifier().verify(hs256(claims(iss="anyone"))).user == "alice"  # not configured
+
+
+def test_the_audience_is_checked_when_configured() -> None:
+    checked = verifier(audience="hybridbus")
+    assert checked.verify(hs256(claims(aud="hybridbus"))).user == "alice"
+    assert checked.verify(hs256(claims(aud=["other", "hybridbus"]))).user == "alice"
+    for aud in ("other", ["other"], None, 5, {"hybridbus": 1}):
+        error = refused(checked, hs256(claims(aud=aud)))
+        assert type(error) is TokenInvalid
+        assert "aud" in str(error)
+
+
+# -- refused: claims ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["sub", "tenantid"])
+def test_sub_and_tenantid_are_required(missing: str) -> None:
+    error = refused(verifier(), hs256(claims(**{missing: None})))
+    assert type(error) is TokenInvalid
+    assert f"claim {missing} is required" in str(error)
+
+
+@pytest.mark.parametrize("tenant", ["a/b", "$sys", "+", "#", "a+", "", "two words", "x\n"])
+def test_a_bad_tenant_is_invalid(tenant: str) -> None:
+    error = refused(verifier(), hs256(claims(tenantid=tenant)))
+    assert type(error) is TokenInvalid
+    assert "tenantid" in str(error)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"sub": 42},
+        {"sub": ""},
+        {"tenantid": ["acme"]},
+        {"roles": 5},
+        {"roles": ["editor", 1]},
+        {"roles": {"editor": True}},
+        {"admin": "yes"},
+        {"admin": 1},
+        {"exp": "tomorrow"},
+        {"exp": True},
+        {"exp": 10**400},
+        {"iat": [NOW]},
+        {"nbf": "now"},
+        {"device": 3},
+        {"sid": ""},
+        {"jti": ["a"]},
+        {"appid": False},
+    ],
+)
+def test_claims_of_the_wrong_type_are_invalid(overrides: dict[str, Any]) -> None:
+    assert type(refused(verifier(), hs256(claims(**overrides)))) is TokenInvalid
+
+
+@pytest.mark.parametrize(
+    "topics",
+    [
+        "chat/#",
+        5,
+        ["chat/#/more"],
+        ["a+"],
+        [""],
+        [1],
+        [["chat/#"]],
+        {"chat/#": ["fly"]},
+        {"chat/#": []},
+        {"chat/#": "publish"},
+        {"chat/#": None},
+        {"chat/#": ["publish", 1]},
+        {"bad/#/x": ["publish"]},
+    ],
+)
+def test_bad_topics_grants_are_invalid(topics: object) -> None:
+    error = refused(verifier(), hs256(claims(topics=topics)))
+    assert type(error) is TokenInvalid
+    assert "topics" in str(error)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "",
+        "x",
+        "a.b",
+        "a.b.c",
+        "a.b.c.d",
+        "...",
+        "é.é.é",
+        "eyJhbGciOiJIUzI1NiJ9.e30",
+        f"{b64(b'[1]')}.{b64json(claims())}.",
+        f"{b64(b'not json')}.{b64json(claims())}.",
+        f"{b64json({'alg': 'HS256', 'kid': 7})}.{b64json(claims())}.",
+        f"{b64json({'typ': 'JWT'})}.{b64json(claims())}.",
+        "A" * 10_240,
+        ".".join(["A" * 4000] * 3),
+        "A" * (MAX_TOKEN_LENGTH + 1),
+    ],
+)
+def test_garbage_is_invalid(garbage: str) -> None:
+    assert type(refused(verifier(), garbage)) is TokenInvalid
+
+
+def test_a_validly_signed_payload_that_is_not_an_object_is_invalid() -> None:
+    for payload in ([1, 2], "alice", None):
+        token = hmac_token({"alg": "HS256"}, payload, SECRET.encode())
+        assert type(refused(verifier(), token)) is TokenInvalid
+
+
+def test_messages_never_quote_the_key() -> None:
+    rsa_spec = KeySpec(alg="RS256", public_key=public_pem(RSA_KEY))
+    forged = hmac_token({"alg": "HS256"}, claims(), public_pem(RSA_KEY).encode())
+    with pytest.raises(TokenInvalid) as info:
+        verifier(rsa_spec).verify(forged)
+    assert "BEGIN" not in str(info.value)
+    assert SECRET not in repr(KeySpec(alg="HS256", secret=SECRET))
+
+
+# -- the authenticator -------------------------------------------------------------------
+
+
+async def test_the_authenticator_verifies_tokens_and_lets_the_token_device_win() -> None:
+    auth = JwtAuthenticator(verifier())
+    assert isinstance(auth, Authenticator)
+    with_device = hs256(claims(device="phone"))
+    assert (await auth.authenticate(with_device, None)).device == "phone"
+    assert (await auth.authenticate(with_device, "phone")).device == "phone"
+    assert (await auth.authenticate(hs256(claims()), "laptop")).device == "laptop"
+    with pytest.raises(Unauthorized) as info:
+        await auth.authenticate(with_device, "laptop")
+    assert type(info.value) is Unauthorized
+    assert "device" in str(info.value)
+    with pytest.raises(TokenExpired):
+        await JwtAuthenticator(verifier(now=NOW + 7200)).authenticate(with_device, None)
+
+
+async def test_without_a_token_anonymous_only_if_a_tenant_is_set() -> None:
+    with pytest.raises(Unauthorized) as info:
+        await JwtAuthenticator(verifier()).authenticate(None, "laptop")
+    assert type(info.value) is Unauthorized
+    assert "token is required" in str(info.value)
+    anonymous = await JwtAuthenticator(verifier(), anonymous_tenant="public").authenticate(
+        None, "laptop"
+    )
+    assert anonymous == Identity(tenant="public", device="laptop", anonymous=True)
+    with pytest.raises(ValueError, match="tenant"):
+        JwtAuthenticator(verifier(), anonymous_tenant="$sys")
+
+
+# -- keys --------------------------------------------------------------------------------
+
+
+def test_two_keys_with_different_kids_are_both_valid() -> None:
+    old = KeySpec(kid="2024", alg="HS256", secret=SECRET)
+    new = KeySpec(kid="2025", alg="ES256", public_key=public_pem(EC_KEY))
+    both = verifier(old, new)
+    assert both.verify(hs256(claims(sub="a"), kid="2024")).user == "a"
+    token = jwt.encode(claims(sub="b"), EC_KEY, algorithm="ES256", headers={"kid": "2025"})
+    assert both.verify(token).user == "b"
+    # Each token is checked with its own kid's key and algorithm only.
+    wrong = jwt.encode(claims(), EC_KEY, algorithm="ES256", headers={"kid": "2024"})
+    assert type(refused(both, wrong)) is TokenInvalid
+    assert both.ring.kids == {"2024", "2025"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"alg": "HS256"}, "needs a secret"),
+        ({"alg": "HS256", "secret": "short"}, "at least 32 bytes"),
+        ({"alg": "HS256", "secret": public_pem(RSA_KEY)}, "PEM"),
+        ({"alg": "HS256", "secret": SECRET, "public_key": public_pem(RSA_KEY)}, "secret"),
+        ({"alg": "RS256"}, "needs a public_key"),
+        ({"alg": "RS256", "secret": SECRET}, "not a secret"),
+        ({"alg": "RS256", "public_key": "not a pem"}, "not a PEM public key"),
+        ({"alg": "RS256", "public_key": public_pem(EC_KEY)}, "needs an RSA key"),
+        (
+            {
+                "alg": "RS256",
+                "public_key": public_pem(rsa.generate_private_key(65537, key_size=1024)),
+            },
+            "2048 bits",
+        ),
+        (
+            {"alg": "ES256", "public_key": public_pem(ec.generate_private_key(ec.SECP384R1()))},
+            "P-256",
+        ),
+        ({"alg": "EdDSA", "public_key": public_pem(ed448.Ed448PrivateKey.generate())}, "Ed25519"),
+        ({"alg": "EdDSA", "private_key": "-----BEGIN PRIVATE KEY-----"}, "private_key is not"),
+        (
+            {
+                "alg": "RS256",
+                "public_key": public_pem(RSA_KEY),
+                "private_key": private_pem(RSA_KEY_2),
+            },
+            "not the public half",
+        ),
+        ({"kid": "", "alg": "HS256", "secret": SECRET}, "kid"),
+    ],
+)
+def test_misconfigured_keys_are_value_errors(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        KeySpec(**fields)
+    assert SECRET not in str(info.value) and "BEGIN" not in str(info.value)
+    with pytest.raises(msgspec.ValidationError, match=message):
+        msgspec.convert(fields, KeySpec)  # how the configuration builds them
+
+
+def test_a_private_key_alone_gives_the_public_key() -> None:
+    spec = KeySpec(kid="k", alg="EdDSA", private_key=private_pem(ED_KEY))
+    assert verifier(spec).verify(mint(spec, sub="alice", tenant="acme", now=NOW)).user == "alice"
+
+
+def test_unknown_fields_and_algorithms_are_refused_by_convert() -> None:
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"alg": "HS256", "secret": SECRET, "secrte": "x"}, KeySpec)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"alg": "HS512", "secret": SECRET}, KeySpec)
+
+
+def test_ambiguous_or_empty_rings_are_value_errors() -> None:
+    a = KeySpec(alg="HS256", secret=SECRET)
+    b = KeySpec(alg="HS256", secret=OTHER_SECRET)
+    with pytest.raises(ValueError, match="more than one key has no kid"):
+        KeyRing([a, b])
+    with pytest.raises(ValueError, match="two keys have the kid 'k'"):
+        KeyRing(
+            [
+                KeySpec(kid="k", alg="HS256", secret=SECRET),
+                KeySpec(kid="k", alg="HS256", secret=OTHER_SECRET),
+            ]
+        )
+    with pytest.raises(ValueError, match="no verification keys"):
+        KeyRing([])
+
+
+# -- JWKS files and rotation -------------------------------------------------------------
+
+
+def jwk(kid: str, key: Any, alg: str | None = None) -> dict[str, Any]:
+    """The public JWK of `key` (an HS256 secret if `key` is a str)."""
+    if isinstance(key, str):
+        entry = HMACAlgorithm.to_jwk(key, as_dict=True)
+    elif isinstance(key, rsa.RSAPrivateKey):
+        entry = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        entry = ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    else:
+        entry = OKPAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    entry["kid"] = kid
+    if alg is not None:
+        entry["alg"] = alg
+    return entry
+
+
+class Monotonic:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def write(path: Path, keys: list[dict[str, Any]] | str, bump: int = 0) -> None:
+    path.write_text(keys if isinstance(keys, str) else json.dumps({"keys": keys}))
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + bump * 1_000_000_000))
+
+
+def signed(kid: str, key: Any, alg: str, **overrides: Any) -> str:
+    return jwt.encode(claims(**overrides), key, algorithm=alg, headers={"kid": kid})
+
+
+def test_the_jwks_file_rotates_keys_without_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "jwks.json"
+    write(path, [jwk("A", RSA_KEY, "RS256")])
+    clock = Monotonic()
+    ring = KeyRing([], jwks_file=path, monotonic=clock)
+    verify = TokenVerifier(ring, clock=lambda: NOW)
+    token_a = signed("A", RSA_KEY, "RS256")
+    token_b = signed("B", EC_KEY, "ES256")
+    assert verify.verify(token_a).user == "alice"
+    assert type(refused(verify, token_b)) is UnknownKey
+
+    write(path, [jwk("A", RSA_KEY, "RS256"), jwk("B", EC_KEY)], bump=1)  # B: alg from crv
+    assert type(refused(verify, token_b)) is UnknownKey  # not checked again within a second
+    clock.now += 1.0
+    assert verify.verify(token_b).user == "alice"
+    assert verify.verify(token_a).user == "alice"  # both valid during the rotation
+
+    write(path, [jwk("B", EC_KEY, "ES256")], bump=2)
+    clock.now += 1.0
+    assert type(refused(verify, token_a)) is UnknownKey
+    assert verify.verify(token_b).user == "alice"
+
+    with caplog.at_level(logging.WARNING, logger="hybridbus.server"):
+        write(path, '{"keys": [{"kid": "C", "kty"', bump=3)  # a half-written file
+        clock.now += 1.0
+        assert verify.verify(token_b).user == "alice"  # the last good keys stay
+        path.unlink()
+        clock.now += 1.0
+        assert verify.verify(token_b).user == "alice"
+    messages = [r.getMessage() for r in caplog.records if r.name == "hybridbus.server"]
+    assert len(messages) == 2
+    assert "not JSON" in messages[0] and "keeping the previous keys" in messages[0]
+    assert "cannot be read" in messages[1]
+
+    write(path, [jwk("A", RSA_KEY, "RS256")], bump=4)  # back again
+    assert ring.reload() is True
+    assert ring.kids == {"A"}
+
+
+def test_a_jwks_file_may_hold_hs256_and_eddsa_keys_beside_configured_ones(tmp_path: Path) -> None:
+    path = tmp_path / "jwks.json"
+    write(
+        path, [jwk("hs", SECRET, "HS256"), jwk("ed", ED_KEY), jwk("enc", EC_KEY) | {"use": "enc"}]
+    )
+    ring = KeyRing([KeySpec(alg="HS256", secret=OTHER_SECRET)], jwks_file=path)
+    verify = TokenVerifier(ring, clock=lambda: NOW)
+    assert ring.kids == {None, "hs", "ed"}
+    assert verify.verify(hs256(claims(), kid="hs")).user == "alice"
+    assert verify.verify(signed("ed", ED_KEY, "EdDSA")).user == "alice"
+    assert verify.verify(hs256(claims(), secret=OTHER_SECRET)).user == "alice"
+
+
+def test_jwks_keys_of_other_algorithms_are_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "jwks.json"
+    write(path, [jwk("old", RSA_KEY, "RS384"), jwk("new", RSA_KEY, "RS256")])
+    with caplog.at_level(logging.WARNING, logger="hybridbus.server"):
+        ring = KeyRing([], jwks_file=path)
+    assert ring.kids == {"new"}
+    assert "RS384" in caplog.text
+    verify = TokenVerifier(ring, clock=lambda: NOW)
+    assert type(refused(verify, signed("old", RSA_KEY, "RS384"))) is UnknownKey
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[]", "a list of keys"),
+        ('{"keys": {}}', "a list of keys"),
+        ('{"keys": []}', "no usable keys"),
+        ('{"keys": [1]}', "not an object"),
+        (json.dumps({"keys": [jwk("", EC_KEY)]}), "needs a kid"),
+        (
+            json.dumps({"keys": [{k: v for k, v in jwk("x", EC_KEY).items() if k != "kid"}]}),
+            "needs a kid",
+        ),
+        (json.dumps({"keys": [jwk("r", RSA_KEY)]}), "needs an alg"),  # RSA: RS256? PS256?
+        (json.dumps({"keys": [jwk("h", SECRET)]}), "needs an alg"),
+        (json.dumps({"keys": [jwk("h", "too short for hs256", "HS256")]}), "32 bytes"),
+        (json.dumps({"keys": [{"kid": "h", "alg": "HS256", "kty": "oct"}]}), "not a valid HS256"),
+        (json.dumps({"keys": [jwk("e", EC_KEY, "RS256")]}), "not a valid RS256"),
+        (
+            json.dumps({"keys": [jwk("e", ec.generate_private_key(ec.SECP384R1()), "ES256")]}),
+            "P-256",
+        ),
+        (
+            json.dumps(
+                {
+                    "keys": [
+                        RSAAlgorithm.to_jwk(RSA_KEY, as_dict=True) | {"kid": "p", "alg": "RS256"}
+                    ]
+                }
+            ),
+            "private key",
+        ),
+        (json.dumps({"keys": [jwk("d", EC_KEY), jwk("d", ED_KEY)]}), "another key has this kid"),
+        (json.dumps({"keys": [jwk("cfg", EC_KEY)]}), "another key has this kid"),
+    ],
+)
+def test_an_unusable_jwks_file_is_refused_at_start(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_text(content)
+    configured = KeySpec(kid="cfg", alg="HS256", secret=SECRET)
+    with pytest.raises(ValueError, match=message) as info:
+        KeyRing([configured], jwks_file=path)
+    assert SECRET not in str(info.value)
+
+
+def test_a_missing_jwks_file_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot read JWKS file"):
+        KeyRing([], jwks_file=tmp_path / "absent.json")
+
+
+# -- minting -----------------------------------------------------------------------------
+
+SPECS = [
+    KeySpec(alg="HS256", secret=SECRET),
+    KeySpec(kid="rsa", alg="RS256", private_key=private_pem(RSA_KEY)),
+    KeySpec(kid="ec", alg="ES256", private_key=private_pem(EC_KEY), public_key=public_pem(EC_KEY)),
+    KeySpec(kid="ed", alg="EdDSA", private_key=private_pem(ED_KEY)),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.alg)
+def test_minted_tokens_verify_with_every_algorithm(spec: KeySpec) -> None:
+    token = mint(
+        spec,
+        sub="alice",
+        tenant="acme",
+        roles=["editor"],
+        ttl=90,
+        device="laptop",
+        sid="s1",
+        app="web",
+        topics={"chat/#": ["publish", "subscribe"]},
+        issuer="dev",
+        audience=["hybridbus", "other"],
+        jti="t1",
+        now=NOW + 0.5,
+    )
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == spec.alg
+    assert header.get("kid") == spec.kid
+    verify = TokenVerifier(KeyRing(SPECS), issuer="dev", audience="hybridbus", clock=lambda: NOW)
+    assert verify.verify(token) == Identity(
+        tenant="acme",
+        user="alice",
+        device="laptop",
+        session="s1",
+        token_id="t1",
+        roles=("editor",),
+        grants=(Grant("chat/#", frozenset({"publish", "subscribe"})),),
+        app="web",
+        issued=float(NOW),
+        expires=float(NOW + 90),
+    )
+
+
+def test_mint_defaults_a_random_jti_one_hour_and_admin_only_when_asked() -> None:
+    spec = SPECS[0]
+    first = verifier().verify(mint(spec, sub="op", tenant="ops", now=NOW, admin=True))
+    second = verifier().verify(mint(spec, sub="op", tenant="ops", now=NOW, roles="editor"))
+    assert first.token_id and second.token_id and first.token_id != second.token_id
+    assert first.expires == NOW + 3600 and first.admin is True and first.roles == ()
+    assert second.admin is False and second.roles == ("editor",)
+    payload = jwt.decode(mint(spec, sub="a", tenant="b"), SECRET, algorithms=["HS256"])
+    assert set(payload) == {"sub", "tenantid", "iat", "exp", "jti"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "message"),
+    [
+        (KeySpec(alg="RS256", public_key=public_pem(RSA_KEY)), {}, "cannot sign"),
+        (SPECS[0], {"tenant": "a/b"}, "tenantid"),
+        (SPECS[0], {"sub": ""}, "sub"),
+        (SPECS[0], {"topics": ["a/#/b"]}, "topics"),
+        (SPECS[0], {"topics": {"a/#": ["fly"]}}, "topics"),
+        (SPECS[0], {"ttl": 0}, "ttl"),
+        (SPECS[0], {"ttl": float("inf")}, "ttl"),
+    ],
+)
+def test_mint_refuses_what_verify_would(
+    spec: KeySpec, options: dict[str, Any], message: str
+) -> None:
+    arguments: dict[str, Any] = {"sub": "alice", "tenant": "acme"} | options
+    with pytest.raises(ValueError, match=message):
+        mint(spec, **arguments)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90),
+        ("45s", 45),
+        ("30m", 1800),
+        ("1h", 3600),
+        ("2d", 172800),
+        ("1.5h", 5400),
+        (" 7s ", 7),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "text", ["", "h", "1x", "-5", "0", "0s", "1h30m", "1 h", "٣", "inf", "nan"]
+)
+def test_parse_duration_refuses_anything_else(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)
+
+
+# -- properties --------------------------------------------------------------------------
+
+PROPERTY_VERIFIER = verifier(KeySpec(alg="HS256", secret=SECRET))
+
+
+def only_unauthorized(token: str) -> None:
+    try:
+        PROPERTY_VERIFIER.verify(token)
+    except Unauthorized:
+        pass
+
+
+@settings(max_examples=300)
+@given(st.one_of(st.text(), st.binary().map(lambda b: b.decode("utf-8", "surrogateescape"))))
+def test_arbitrary_text_is_refused_with_an_unauthorized(token: str) -> None:
+    only_unauthorized(token)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.binary(max_size=64), min_size=1, max_size=4))
+def test_arbitrary_base64_parts_are_refused_with_an_unauthorized(parts: list[bytes]) -> None:
+    only_unauthorized(".".join(b64(part) for part in parts))
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+CLAIM_NAMES = st.sampled_from(
+    [
+        "sub",
+        "tenantid",
+        "exp",
+        "nbf",
+        "iat",
+        "roles",
+        "topics",
+        "admin",
+        "device",
+        "sid",
+        "jti",
+        "appid",
+        "aud",
+        "iss",
+    ]
+)
+
+
+@settings(max_examples=300)
+@given(
+    st.dictionaries(st.one_of(CLAIM_NAMES, st.text(max_size=8)), JSON, max_size=6),
+    st.dictionaries(st.sampled_from(["alg", "kid", "typ", "crit", "b64"]), JSON, max_size=3),
+)
+def test_signed_tokens_with_arbitrary_claims_and_headers_never_raise_anything_else(
+    overrides: dict[str, Any], header: dict[str, Any]
+) -> None:
+    payload = claims() | overrides
+    only_unauthorized(hmac_token({"alg": "HS256"} | header, payload, SECRET.encode()))
+    only_unauthorized(hmac_token({"alg": "HS256"}, payload, SECRET.encode()))
