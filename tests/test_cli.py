@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 import hybridbus.serve
 from hybridbus.cli import main
+from hybridbus.core.identity import Grant
 from hybridbus.server.config import ServerConfig
+from hybridbus.server.tokens import KeyRing, KeySpec, TokenVerifier
 
 
 def test_serve_builds_its_config_from_flags_env_and_file(
@@ -60,14 +66,6 @@ def test_a_bad_log_level_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 # -- hybridbus token ------------------------------------------------------------------------
 # The printed token is checked with the server's own verifier.
 
-import time  # noqa: E402
-
-import jwt  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-
-from hybridbus.core.identity import Grant  # noqa: E402
-from hybridbus.server.tokens import KeyRing, KeySpec, TokenVerifier  # noqa: E402
 
 DEV_SECRET = "development-secret-of-at-least-32-bytes"
 
@@ -181,3 +179,59 @@ def test_token_without_a_usable_key_or_claims_exits_2(
     assert out == ""
     assert message in err
     assert DEV_SECRET not in err
+
+
+# -- hybridbus key, and token --config -------------------------------------------------
+
+
+def test_key_prints_a_key_and_the_entry_that_identifies_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import tomllib
+
+    from hybridbus.server.access import ApiKeys
+
+    assert main(["key", "--name", "billing", "--tenant", "acme", "--role", "editor"]) == 0
+    key, _, entry = capsys.readouterr().out.partition("\n\n")
+    config = tomllib.loads(entry)
+    assert config["api_keys"][0]["name"] == "billing"
+    assert key.strip() not in entry  # only the hash is in the entry
+    found = ApiKeys(config["api_keys"]).identify(key.strip())
+    assert found is not None
+    name, identity = found
+    assert (name, identity.tenant, identity.roles, identity.admin) == (
+        "billing",
+        "acme",
+        ("editor",),
+        False,
+    )
+    assert main(["key", "--name", "ops", "--admin"]) == 0
+    key, _, entry = capsys.readouterr().out.partition("\n\n")
+    admin = ApiKeys(tomllib.loads(entry)["api_keys"]).identify(key.strip())
+    assert admin is not None and admin[1].admin
+
+
+def test_key_needs_a_tenant_or_admin_and_a_valid_tenant(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["key", "--name", "x"])
+    assert exit.value.code == 2
+    with pytest.raises(SystemExit) as exit:
+        main(["key", "--name", "x", "--tenant", "a/b"])
+    assert exit.value.code == 2
+    assert "tenant" in capsys.readouterr().err
+
+
+def test_token_signs_with_the_config_files_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HYBRIDBUS_JWT_SECRET", raising=False)
+    secret = "a-config-file-secret-of-at-least-32-bytes"
+    config = tmp_path / "hybridbus.toml"
+    config.write_text(f'jwt_secret = "{secret}"\n')
+    token = printed_token(
+        ["token", "--sub", "ann", "--tenant", "acme", "--config", str(config)], capsys
+    )
+    verifier = TokenVerifier(KeyRing([KeySpec(alg="HS256", secret=secret)]))
+    assert verifier.verify(token).user == "ann"

@@ -12,7 +12,9 @@ Must not hold server logic: `hybridbus serve` hands over to `hybridbus.serve`.
     hybridbus token --sub USER --tenant T [--role R ...] [--ttl 1h] [--device D]
                     [--sid S] [--app A] [--topic PATTERN ...] [--admin] [--kid KID]
                     [--issuer ISS] [--audience AUD]
-                    [--secret-file FILE | --private-key FILE --alg RS256|ES256|EdDSA]
+                    [--secret-file FILE | --private-key FILE --alg RS256|ES256|EdDSA
+                     | --config FILE]
+    hybridbus key --name N (--tenant T | --admin) [--role R ...]
 
 The client commands take `--url` (default `$HYBRIDBUS_URL` or
 ws://127.0.0.1:8080/v1/ws) and `--token` (default `$HYBRIDBUS_TOKEN`).
@@ -26,6 +28,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from hybridbus.errors import InvalidInput
 from hybridbus.server.config import ENV_PREFIX, load_config
@@ -88,6 +92,7 @@ def parser() -> argparse.ArgumentParser:
     history.add_argument("--since", default=None)
     history.add_argument("--limit", type=int, default=100)
     _add_token_parser(commands)
+    _add_key_parser(commands)
     return root
 
 
@@ -110,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(config)
     if args.command == "token":
         return _token(args)
+    if args.command == "key":
+        return _key(args)
     from hybridbus.client import commands
     from hybridbus.errors import BusError
 
@@ -179,6 +186,54 @@ def _add_token_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     key.add_argument("--secret-file", type=Path, metavar="FILE", help="an HS256 secret")
     key.add_argument("--private-key", type=Path, metavar="FILE", help="a PEM private key")
     token.add_argument("--alg", choices=["RS256", "ES256", "EdDSA"], help="the private key's")
+    token.add_argument("--config", type=Path, metavar="FILE", help="the server's TOML settings")
+
+
+def _add_key_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    key = commands.add_parser(
+        "key",
+        help="make an HTTP API key and print it with its configuration entry",
+        description=(
+            "Print a new API key (keep it secret: it is shown once) and the [[api_keys]] "
+            "entry to add to the server's TOML settings, which holds only its hash."
+        ),
+    )
+    key.add_argument("--name", required=True, help="a name for the key (audit events use it)")
+    scope = key.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--tenant", help="a key that acts only inside this tenant")
+    scope.add_argument("--admin", action="store_true", help="a key that acts everywhere")
+    key.add_argument("--role", action="append", default=[], dest="roles", metavar="ROLE")
+
+
+def _key(args: argparse.Namespace) -> int:
+    from hybridbus.server.access import ApiKeys, new_api_key
+
+    key, digest = new_api_key()
+    entry: dict[str, object] = {"name": args.name, "hash": digest}
+    if args.admin:
+        entry["admin"] = True
+    else:
+        entry["tenant"] = args.tenant
+    if args.roles:
+        entry["roles"] = args.roles
+    try:
+        ApiKeys([entry])  # the entry is one the server takes
+    except InvalidInput as exc:
+        parser().exit(2, f"hybridbus key: {exc}\n")
+    print(key)
+    print()
+    print("[[api_keys]]")
+    for name, value in entry.items():
+        print(f"{name} = {_toml(value)}")
+    return 0
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return msgspec.json.encode(value).decode()  # a JSON string is a TOML basic string
 
 
 def _duration(text: str) -> float:
@@ -202,7 +257,8 @@ def _read_key_file(path: Path) -> str:
 def _token_key(args: argparse.Namespace, env: Mapping[str, str]) -> KeySpec:
     """The key `hybridbus token` signs with (`ValueError` if none or a bad one).
 
-    `--secret-file`, else `--private-key` with `--alg`, else `$HYBRIDBUS_JWT_SECRET`.
+    `--secret-file`, else `--private-key` with `--alg`, else the server's settings
+    (`--config` and `$HYBRIDBUS_JWT_SECRET`).
     """
     from hybridbus.server.tokens import KeySpec
 
@@ -215,13 +271,24 @@ def _token_key(args: argparse.Namespace, env: Mapping[str, str]) -> KeySpec:
         if args.alg is None:
             raise ValueError("--private-key needs --alg RS256|ES256|EdDSA")
         return KeySpec(kid=args.kid, alg=args.alg, private_key=_read_key_file(args.private_key))
-    secret = env.get(f"{ENV_PREFIX}JWT_SECRET")
-    if not secret:
-        raise ValueError(
-            f"no signing key: set {ENV_PREFIX}JWT_SECRET (an HS256 secret of at least 32 "
-            "bytes), or give --secret-file FILE, or --private-key FILE --alg ALG"
-        )
-    return KeySpec(kid=args.kid, alg="HS256", secret=secret)
+    # The server's own settings: `jwt_secret` or a `jwt_keys` entry that can sign,
+    # from --config and the environment ($HYBRIDBUS_JWT_SECRET), as `serve` reads them.
+    from hybridbus.server.access import keys_of
+
+    try:
+        keys = keys_of(load_config(args.config, env))
+    except InvalidInput as exc:
+        raise ValueError(str(exc)) from None
+    for key in keys:
+        if (key.secret or key.private_key) and args.kid in (None, key.kid):
+            return key
+        if key.secret and key.kid is None:  # the development secret, named as asked
+            return msgspec.structs.replace(key, kid=args.kid)
+    raise ValueError(
+        f"no signing key: set {ENV_PREFIX}JWT_SECRET (an HS256 secret of at least 32 "
+        "bytes), or give --config FILE naming jwt_secret or a jwt_keys entry with a "
+        "private_key, or --secret-file FILE, or --private-key FILE --alg ALG"
+    )
 
 
 def _token(args: argparse.Namespace) -> int:

@@ -10,28 +10,28 @@ from hybridbus.core.dedupe import DedupeIndex
 
 def test_remember_lookup_and_prune() -> None:
     index = DedupeIndex(window=10)
-    index.remember("/s", "a", 1, 100.0)
-    index.remember("/s", "b", 2, 100.0)
-    index.remember("/s", "c", 3, 105.0)
-    assert index.lookup("/s", "a") == 1
-    assert index.lookup("/other", "a") is None
+    index.remember("acme", "/s", "a", 1, 100.0)
+    index.remember("acme", "/s", "b", 2, 100.0)
+    index.remember("acme", "/s", "c", 3, 105.0)
+    assert index.lookup("acme", "/s", "a") == 1
+    assert index.lookup("acme", "/other", "a") is None
     assert index.prune(109.9) == 0
     assert index.prune(110.0) == 2  # a and b were appended 10 s ago
-    assert index.lookup("/s", "a") is None
-    assert index.lookup("/s", "c") == 3
+    assert index.lookup("acme", "/s", "a") is None
+    assert index.lookup("acme", "/s", "c") == 3
     assert len(index) == 1
     index.clear()
     assert len(index) == 0
-    assert index.lookup("/s", "c") is None
+    assert index.lookup("acme", "/s", "c") is None
 
 
 def test_a_key_appended_again_keeps_its_newest_position() -> None:
     index = DedupeIndex(window=10)
-    index.remember("/s", "a", 1, 100.0)
-    index.remember("/s", "b", 2, 101.0)
-    index.remember("/s", "a", 3, 111.0)  # the window passed: appended anew
+    index.remember("acme", "/s", "a", 1, 100.0)
+    index.remember("acme", "/s", "b", 2, 101.0)
+    index.remember("acme", "/s", "a", 3, 111.0)  # the window passed: appended anew
     assert index.prune(111.0) == 1  # only b; a's entry moved to the end
-    assert index.lookup("/s", "a") == 3
+    assert index.lookup("acme", "/s", "a") == 3
 
 
 @given(
@@ -49,7 +49,7 @@ def test_matches_a_naive_model(appends: list[tuple[str, float]], window: float) 
         now += step
         index.prune(now)
         model = {k: v for k, v in model.items() if v[1] > now - window}
-        found = index.lookup("/s", key)
+        found = index.lookup("acme", "/s", key)
         assert found == (model[key][0] if key in model else None)
-        index.remember("/s", key, position, now)
+        index.remember("acme", "/s", key, position, now)
         model[key] = (position, now)

@@ -173,21 +173,24 @@ async def test_dedupe_answers_with_the_original(make_engine: MakeEngine, clock: 
     opened = await make_engine(EngineConfig(dedupe_window=60))
     engine = opened.engine
     event = make_event(source="/s", id="same")
-    first = await append(engine, "a", event)
-    await append(engine, "a")
-    again = await append(engine, "b", make_event(source="/s", id="same"))
+    first = await append(engine, "t/a", event)
+    await append(engine, "t/a")
+    again = await append(engine, "t/b", make_event(source="/s", id="same"))
     assert again.duplicate
     assert (again.topic, again.offset, again.position) == (
         first.topic,
         first.offset,
         first.position,
     )
-    other_source = await append(engine, "a", make_event(source="/other", id="same"))
+    other_source = await append(engine, "t/a", make_event(source="/other", id="same"))
     assert not other_source.duplicate and other_source.offset == 3
-    assert len(await read_all(engine, "#")) == 3
-    assert len(opened.seen) == 3
+    # Another tenant's event with the same source and id is another event.
+    other_tenant = await append(engine, "u/a", make_event(source="/s", id="same"))
+    assert not other_tenant.duplicate and other_tenant.topic == "u/a"
+    assert len(await read_all(engine, "#")) == 4
+    assert len(opened.seen) == 4
     clock.advance(61)
-    later = await append(engine, "a", make_event(source="/s", id="same"))
+    later = await append(engine, "t/a", make_event(source="/s", id="same"))
     assert not later.duplicate and later.offset == 4
 
 

@@ -22,8 +22,15 @@ from hypothesis import HealthCheck, settings
 from tests.gateways.support import serving
 
 import hybridbus
+from hybridbus.core.permissions import Policy
 from hybridbus.gateways import openapi
+from hybridbus.gateways.access import HttpAccess
 from hybridbus.gateways.http import HttpGateway
+from hybridbus.hub.guard import Guard
+from hybridbus.serve import create_app
+from hybridbus.server.access import ApiKeys
+from hybridbus.server.auth import AnonymousAuthenticator
+from hybridbus.server.config import ServerConfig
 from hybridbus.server.metrics import Metrics
 
 pytest.importorskip("schemathesis", reason="schemathesis is a test extra")
@@ -59,7 +66,9 @@ def documented() -> set[tuple[str, str]]:
 
 async def test_the_document_lists_exactly_the_registered_routes() -> None:
     async with hybridbus.open("memory://") as bus:
-        routes = HttpGateway(bus, Metrics()).routes()
+        guard = Guard(bus, Policy())
+        access = HttpAccess(guard, ApiKeys([]), AnonymousAuthenticator(None))
+        routes = [*HttpGateway(bus, Metrics()).routes(), *access.routes()]
     registered = {
         (route.method, re.sub(r"\{(\w+):[^}]*\}", r"{\1}", route.path))
         for route in routes
@@ -95,7 +104,9 @@ async def test_the_server_serves_the_document() -> None:
 
 
 class LiveServer:
-    """The HTTP API on a memory bus, served by an event loop in a thread of its own."""
+    """The server app (`create_app`: the HTTP API and its access hook), on a memory
+    engine, with anonymous callers in tenant "acme" allowed everything there, served by
+    an event loop in a thread of its own."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -114,9 +125,21 @@ class LiveServer:
         return await ready
 
     async def _serve(self, ready: asyncio.Future[str]) -> None:
-        async with hybridbus.open("memory://") as bus, serving(bus) as api:
-            ready.set_result(api.base)
+        config = ServerConfig(
+            engine="memory://",
+            port=0,
+            anonymous_tenant="acme",
+            roles={"anonymous": [{"allow": "*", "topics": "#"}]},
+        )
+        runner = web.AppRunner(await create_app(config), handle_signals=False, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            ready.set_result(f"http://127.0.0.1:{runner.addresses[0][1]}")
             await self.stop.wait()
+        finally:
+            await runner.cleanup()
 
     def __exit__(self, *exc: Any) -> None:
         async def finish() -> None:

@@ -1,11 +1,17 @@
-"""The dedupe index: which (source, id) keys were appended lately, and where.
+"""The dedupe index: which (tenant, source, id) keys were appended lately, and where.
 
-Owns: a map from the hash of each recently appended event's `source` + `id`
-to its log position, forgotten once older than the dedupe window. Must not do
-I/O: an engine verifies a hit against the event stored at that position
+Owns: a map from the hash of each recently appended event's tenant (the first
+segment of its topic) + `source` + `id` to its log position, forgotten once
+older than the dedupe window. Must not do I/O: an engine verifies a hit
+against the event stored at that position
 (hashes can collide) and rebuilds the index from its log when it opens — the
 way NATS JetStream keeps its duplicate window, so no on-disk index with
 randomly ordered keys has to be written on every append.
+
+The tenant is part of the key: two tenants' events with the same `source`
+and `id` are two events — one tenant's event must never be taken for a
+duplicate of another's (it would be lost, and the ack would name the other
+tenant's topic).
 
 Memory: about 100 bytes per event appended within the window.
 """
@@ -18,7 +24,7 @@ __all__ = ["DedupeIndex"]
 
 
 class DedupeIndex:
-    """Recent (source, id) → position, for `window` seconds.
+    """Recent (tenant, source, id) → position, for `window` seconds.
 
     Positions must be remembered in increasing order (as a log appends them);
     times must not decrease.
@@ -36,18 +42,18 @@ class DedupeIndex:
     def __len__(self) -> int:
         return len(self._positions)
 
-    def lookup(self, source: str, id: str) -> int | None:
+    def lookup(self, tenant: str, source: str, id: str) -> int | None:
         """The position of an earlier append with this key, if one may exist.
 
         The caller checks the event at that position: it is a duplicate only
-        if its source and id are equal and it is younger than the window.
+        if its tenant, source and id are equal and it is younger than the window.
         """
-        return self._positions.get(hash((source, id)))
+        return self._positions.get(hash((tenant, source, id)))
 
-    def remember(self, source: str, id: str, position: int, time: float) -> None:
-        """Record that `source` + `id` was appended at `position`, at `time`."""
+    def remember(self, tenant: str, source: str, id: str, position: int, time: float) -> None:
+        """Record that `tenant` + `source` + `id` was appended at `position`, at `time`."""
         positions = self._positions
-        key = hash((source, id))
+        key = hash((tenant, source, id))
         if key in positions:
             del positions[key]  # keep insertion order = position order
         positions[key] = position

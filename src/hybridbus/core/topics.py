@@ -27,6 +27,7 @@ __all__ = [
     "matches",
     "scope_pattern",
     "scope_topic",
+    "tenant_of",
     "unscope",
     "validate_pattern",
     "validate_topic",
@@ -121,6 +122,11 @@ def matches(pattern: str, topic: str) -> bool:
 def _check_tenant(tenant: str) -> None:
     if not tenant or "/" in tenant or _WILDCARDS.intersection(tenant) or tenant.startswith("$"):
         raise InvalidTopic(f"tenant {tenant!r} must be one literal segment not starting with '$'")
+
+
+def tenant_of(topic: str) -> str:
+    """The first segment of an absolute topic: its tenant (or its `$` system root)."""
+    return topic.partition("/")[0]
 
 
 def scope_topic(tenant: str, topic: str) -> str:

@@ -49,7 +49,7 @@ from hybridbus.core.dedupe import DedupeIndex
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.core.revocation import Revocation
-from hybridbus.core.topics import is_pattern, matches
+from hybridbus.core.topics import is_pattern, matches, tenant_of
 from hybridbus.engine.base import EngineConfig, TopicInfo
 from hybridbus.errors import EngineCorrupt, EngineError, EngineUnavailable, InvalidEvent
 
@@ -319,16 +319,25 @@ class Store:
             else:
                 low = middle + 1
         remember = self._dedupe.remember
-        for position, time, source, id_ in conn.execute(
-            "SELECT position, time, source, id FROM log WHERE position >= ? ORDER BY position",
+        for position, time, topic, source, id_ in conn.execute(
+            "SELECT position, time, topic, source, id FROM log WHERE position >= ? "
+            "ORDER BY position",
             (low,),
         ):
-            remember(source, id_, position, time)
+            remember(tenant_of(topic), source, id_, position, time)
 
-    def _original(self, position: int, source: str, id_: str, fresh_after: float) -> Ack | None:
+    def _original(
+        self, position: int, tenant: str, source: str, id_: str, fresh_after: float
+    ) -> Ack | None:
         """The duplicate's ack if the event at `position` is this key's original, in time."""
         row = self._conn.execute(_FIND_ORIGINAL, (position,)).fetchone()
-        if row is None or row[2] <= fresh_after or row[3] != source or row[4] != id_:
+        if (
+            row is None
+            or row[2] <= fresh_after
+            or row[3] != source
+            or row[4] != id_
+            or tenant_of(row[0]) != tenant
+        ):
             return None  # a hash collision, too old, or removed by retention
         return Ack(row[0], row[1], 0, position, self.epoch, duplicate=True)
 
@@ -348,7 +357,7 @@ class Store:
         saved: dict[str, int | None] = {}  # committed offsets of the touched topics
         counting = self._config.max_per_topic is not None
         counts: dict[str, int] = {}  # new event counts of the touched topics, if counting
-        seen: dict[tuple[str, str], Ack] = {}
+        seen: dict[tuple[str, str, str], Ack] = {}
         acks: list[Ack] = []
         deliveries: list[Delivery] = []
         log_rows: list[_NewRow] = []
@@ -360,12 +369,13 @@ class Store:
                     source = event.source
                     id_ = event.id
                     if window > 0:
-                        key = (source, id_)
+                        tenant = tenant_of(topic)
+                        key = (tenant, source, id_)
                         original = seen.get(key)
                         if original is None:
-                            found = dedupe.lookup(source, id_)
+                            found = dedupe.lookup(tenant, source, id_)
                             if found is not None:
-                                original = self._original(found, source, id_, fresh_after)
+                                original = self._original(found, tenant, source, id_, fresh_after)
                         if original is not None:
                             acks.append(msgspec.structs.replace(original, duplicate=True))
                             continue
@@ -400,7 +410,7 @@ class Store:
         self._counts.update(counts)
         if window > 0:
             for row in log_rows:
-                dedupe.remember(row[6], row[7], row[0], now)
+                dedupe.remember(tenant_of(row[1]), row[6], row[7], row[0], now)
         self.commits += 1
         return acks, deliveries
 

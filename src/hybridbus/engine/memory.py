@@ -23,7 +23,7 @@ from hybridbus.core.dedupe import DedupeIndex
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.core.revocation import Revocation, RevocationSet
-from hybridbus.core.topics import is_pattern, matches
+from hybridbus.core.topics import is_pattern, matches, tenant_of
 from hybridbus.engine.base import Clock, EngineConfig, Listener, TopicInfo, system_clock
 from hybridbus.errors import BusClosed, InvalidPosition
 
@@ -106,9 +106,9 @@ class MemoryEngine:
         now = self._clock()
         window = self._config.dedupe_window
         if window > 0:
-            found = self._dedupe.lookup(event.source, event.id)
+            found = self._dedupe.lookup(tenant_of(topic), event.source, event.id)
             if found is not None:
-                original = self._original(found, event, now - window)
+                original = self._original(found, topic, event, now - window)
                 if original is not None:
                     return original
         state = self._topics.get(topic)
@@ -130,21 +130,22 @@ class MemoryEngine:
             self._remove(state.deliveries[0], trimmed=True)
         ack = Ack(topic, offset, 0, position, self._epoch)
         if window > 0:
-            self._dedupe.remember(event.source, event.id, position, now)
+            self._dedupe.remember(tenant_of(topic), event.source, event.id, position, now)
         if self._listener is not None:
             self._listener((delivery,))
         return ack
 
-    def _original(self, position: int, event: Event, fresh_after: float) -> Ack | None:
+    def _original(self, position: int, topic: str, event: Event, fresh_after: float) -> Ack | None:
         """The duplicate's ack if `position` holds `event`'s original, still retained."""
         if position not in self._present:
             return None
         log = self._log
         index = bisect_left(log, position, key=_by_position)
         original = log[index]
-        if original.time <= fresh_after or (original.event.source, original.event.id) != (
-            event.source,
-            event.id,
+        if (
+            original.time <= fresh_after
+            or (original.event.source, original.event.id) != (event.source, event.id)
+            or tenant_of(original.topic) != tenant_of(topic)
         ):
             return None
         return Ack(original.topic, original.offset, 0, position, self._epoch, duplicate=True)

@@ -31,6 +31,8 @@ from hybridbus.server.auth import Authenticator
 
 __all__ = ["HttpAccess"]
 
+# Callers (credentials) whose principals are kept; the oldest is dropped first.
+_PRINCIPALS: Final = 10_000
 _MAX_BODY: Final = 64 * 1024
 _BODY_TIMEOUT: Final = 10.0
 _DEFAULT_TTL: Final = 24 * 3600.0
@@ -60,21 +62,41 @@ class HttpAccess:
         self._guard = guard
         self._keys = keys
         self._authenticator = authenticator
+        self._principals: dict[str | None, Principal] = {}
 
     async def principal(self, request: web.Request) -> Principal:
-        """Who `request` is; raises `Unauthorized` (or `Revoked`)."""
+        """Who `request` is; raises `Unauthorized` (or `Revoked`).
+
+        Principals are kept by credential (anonymous callers share one), so a
+        caller's decisions and publish bucket last across its requests; each
+        request still checks the revocations and the token's expiry.
+        """
         credential = _credential(request)
         guard = self._guard
+        principals = self._principals
+        principal = principals.get(credential)
+        if principal is not None:
+            identity = principal.identity
+            expires = identity.expires
+            if (expires is None or time.time() < expires) and guard.revoked(identity) is None:
+                if credential is not None and credential.startswith(API_KEY_PREFIX):
+                    guard.key_used(principal, identity.user or "")
+                return principal
+            del principals[credential]  # verified afresh: expired or revoked, it raises
         if credential is not None and credential.startswith(API_KEY_PREFIX):
             found = self._keys.identify(credential)
             if found is None:
                 raise Unauthorized("unknown API key")
             name, identity = found
             principal = guard.admit(identity)
-            guard.key_used(principal, name)
-            return principal
-        identity = await self._authenticator.authenticate(credential, None)
-        return guard.admit(identity)
+            guard.key_used(principal, identity.user or name)
+        else:
+            identity = await self._authenticator.authenticate(credential, None)
+            principal = guard.admit(identity)
+        if len(principals) >= _PRINCIPALS:
+            del principals[next(iter(principals))]
+        principals[credential] = principal
+        return principal
 
     def routes(self) -> list[web.RouteDef]:
         """`POST /v1/revocations`: revoke a token, a session or a user (docs/security.md)."""
@@ -121,7 +143,9 @@ class HttpAccess:
             return
         tenant = principal.tenant
         if action == "list":
-            if target and target != tenant and not target.startswith(principal.prefix):
+            # Prefixes are plain text: "" or "acme" would list other tenants' topics
+            # ("acmeco/...", "$audit/...") too, so a tenant's must start with "acme/".
+            if not target.startswith(principal.prefix):
                 raise Forbidden(f"prefix {target!r} is outside tenant {tenant!r}")
             return
         if not target.startswith(principal.prefix):

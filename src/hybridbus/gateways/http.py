@@ -6,9 +6,9 @@ acks, history pages, presence and topic lists as JSON. Must not validate
 events or topics itself (the codecs and the bus do), speak the WebSocket
 protocol, or pick an engine.
 
-Topics here are ABSOLUTE (`acme/docs/42`): this is the API for servers, which
-will authenticate with API keys (issue 4) through the `authorize` hook
-(`httputil.Authorize`), called by every route before it touches the bus.
+Topics here are ABSOLUTE (`acme/docs/42`): this is the API for servers. Every
+route calls the `authorize` hook (`httputil.Authorize`; the server passes
+`gateways.access.HttpAccess.authorize`) before it touches the bus.
 
     POST /v1/topics/{topic}/events     publish one event or a batch → acks
     GET  /v1/topics/{topic}/events     history of one topic

@@ -43,6 +43,7 @@ from hybridbus.errors import (
     InvalidInput,
     LimitExceeded,
     RateLimited,
+    Revoked,
     Unauthorized,
 )
 
@@ -84,10 +85,9 @@ Authorize = Callable[[web.Request, Action, str], Awaitable[None]]
 
 
 async def allow_all(request: web.Request, action: Action, target: str) -> None:
-    """The authorization hook until API keys arrive (issue 4): everything is allowed.
+    """An authorization hook that allows everything: for tests and embedding.
 
-    The HTTP API is the server-side API (absolute topics); issue 4 puts an API
-    key check here, refusing with 401/403 problems.
+    `hybridbus serve` uses `gateways.access.HttpAccess.authorize` instead.
     """
 
 
@@ -123,6 +123,7 @@ _STATUS: Final[tuple[tuple[type[BusError], int], ...]] = (
     (EventTooLarge, 413),
     (BodyTimeout, 408),
     (InvalidInput, 400),
+    (Revoked, 403),  # an Unauthorized, but the credentials were good: 403, no WWW-Authenticate
     (Unauthorized, 401),
     (Forbidden, 403),
     (LimitExceeded, 429),

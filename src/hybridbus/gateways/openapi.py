@@ -190,6 +190,9 @@ _PROBLEM_TEXT: Final = {
     408: "The request body did not arrive in time.",
     413: "An event (or the body) is too large (code 1004).",
     415: "Not a CloudEvent: the Content-Type is neither structured nor batch, no ce-specversion.",
+    401: "No credentials where they are needed, an unknown API key, a bad or expired token.",
+    403: "Revoked (1104), or the topic is another tenant's or the rules refuse it (1110).",
+    429: "Over the caller's or the tenant's publish rate (1121); see Retry-After.",
     500: "The server failed (code 1300-1399); the details are in its log.",
     503: "The log is unavailable or the server is shutting down; see Retry-After.",
 }
@@ -205,9 +208,70 @@ def _problem_response(status: int) -> dict[str, Any]:
         # a request line or header over 8190 bytes, a broken chunked body.
         response["content"]["text/plain"] = {"schema": {"type": "string"}}
         response["description"] += " Requests the HTTP server cannot parse: text/plain."
-    if status == 503:
+    if status in (503, 429):
         response["headers"] = {"Retry-After": {"schema": {"type": "string"}}}
+    if status == 401:
+        response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
     return response
+
+
+# Who may call (docs/security.md): an API key or a JWT, or nobody where anonymous callers may.
+_SECURITY_SCHEMES: Final = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "An API key (hb_...) or a JWT"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+    "token": {"type": "apiKey", "in": "query", "name": "token", "description": "A JWT (SSE)"},
+}
+_SECURITY: Final[list[dict[str, list[str]]]] = [{}, {"bearer": []}, {"apiKey": []}, {"token": []}]
+
+_REVOCATIONS: Final = {
+    "post": {
+        "operationId": "revoke",
+        "summary": "Revoke a token (jti), a session (sid) or a user; live connections close",
+        "description": (
+            "Admins anywhere; a tenant's API key inside its tenant. `until` defaults to now + "
+            "24 h; a user revocation refuses the user's tokens issued up to now."
+        ),
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["kind", "value"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "kind": {"enum": ["token", "session", "user"]},
+                            "value": {"type": "string", "minLength": 1, "maxLength": 256},
+                            "tenant": {"type": "string"},
+                            "until": {"type": "number"},
+                            "reason": {"type": "string", "maxLength": 1024},
+                        },
+                    }
+                }
+            },
+        },
+        "responses": {
+            "201": {
+                "description": "Stored; the revocation as kept.",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            **_problems(400, 401, 403, 408, 413, 500, 503),
+        },
+    }
+}
+
+
+def _secured(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation but the document itself may be refused 401 / 403; publish 429 too."""
+    for path, item in paths.items():
+        if path == "/v1/openapi.json":
+            continue
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            statuses = (401, 403, 429) if operation["operationId"] == "publish" else (401, 403)
+            operation["responses"].update(_problems(*statuses))
+    return paths
 
 
 def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -416,8 +480,10 @@ def document() -> dict[str, Any]:
                     "(tenant first). Errors are application/problem+json. See docs/http.md."
                 ),
             },
-            "paths": _paths(),
+            "paths": _secured({**_paths(), "/v1/revocations": _REVOCATIONS}),
+            "security": _SECURITY,
             "components": {
+                "securitySchemes": _SECURITY_SCHEMES,
                 "schemas": _SCHEMAS,
                 "parameters": _PARAMETERS,
                 "responses": {f"Problem{s}": _problem_response(s) for s in _PROBLEM_TEXT},

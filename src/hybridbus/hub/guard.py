@@ -16,7 +16,7 @@ new one), so its cache holds decisions for (operation, pattern) — keyed by
 the minute too when the identity's rules have windows. A subscription is
 checked when it is made; one made inside a window runs on after it closes.
 
-Audit events (CloudEvents, source `/hybridbus/guard`, type
+Audit events (CloudEvents, source `/hybridbus/<node>`, type
 `io.hybridbus.audit.<kind>`) go to `$audit/<tenant>/<kind>`: a `$` first
 segment, which no tenant's scoped pattern can reach and `#` does not match;
 only admins (absolute topics) can read them. Kinds: `revoke`,
