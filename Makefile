@@ -27,6 +27,7 @@ pytest: $(STAMP)
 	$(BIN)/pytest
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks.run
 
 # The embedded default: sqlite in ./hybridbus-data, on 127.0.0.1:8080, with the development

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from hybridbus.serve import METRICS_KEY, NODE_KEY, create_app
-from hybridbus.server.auth import Authenticator
+from hybridbus.server.auth import Authenticator, Identity, Unauthorized
 from hybridbus.server.config import ServerConfig
 from hybridbus.server.metrics import Metrics
 from hybridbus.server.node import Node
@@ -353,3 +354,21 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.kill()
         await self.wait()
+
+
+class Expiring:
+    """Tokens are "<user>:<seconds to live>"; "bad" is refused, "boom" fails the server."""
+
+    async def authenticate(self, token: str | None, device: str | None) -> Identity:
+        if token is None or token == "bad":
+            raise Unauthorized("bad token")
+        if token == "boom":
+            raise RuntimeError("the token service is down")
+        user, _, ttl = token.partition(":")
+        return Identity(
+            tenant="t",
+            user=user,
+            device=device,
+            roles=("user",),
+            expires=time.time() + float(ttl),
+        )

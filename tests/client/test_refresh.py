@@ -12,33 +12,14 @@ import time
 from collections.abc import Callable
 
 import pytest
-from tests.servers import event, running_server
+from tests.servers import Expiring, event, running_server
 
 import hybridbus.client
 from hybridbus.client import Client, ClientConfig, ClientSubscription
 from hybridbus.core.backoff import Backoff
 from hybridbus.errors import Disconnected, InvalidInput, RemoteError
-from hybridbus.server.auth import Identity, Unauthorized
 
 FAST = ClientConfig(backoff=Backoff(base=0.01, cap=0.05), request_timeout=5.0)
-
-
-class Expiring:
-    """Tokens are "<user>:<seconds to live>"; "bad" is refused, "boom" fails the server."""
-
-    async def authenticate(self, token: str | None, device: str | None) -> Identity:
-        if token is None or token == "bad":
-            raise Unauthorized("bad token")
-        if token == "boom":
-            raise RuntimeError("the token service is down")
-        user, _, ttl = token.partition(":")
-        return Identity(
-            tenant="t",
-            user=user,
-            device=device,
-            roles=("user",),
-            expires=time.time() + float(ttl),
-        )
 
 
 class Provider:

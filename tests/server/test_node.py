@@ -10,10 +10,8 @@ import time
 from typing import Any
 
 import pytest
-from tests.servers import WsClient, event, running_server, stalled_client
+from tests.servers import Expiring, WsClient, event, running_server, stalled_client
 from websockets.exceptions import ConnectionClosed
-
-from hybridbus.server.auth import Identity, Unauthorized
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -156,22 +154,6 @@ async def test_metrics_endpoint_exposes_the_server_metrics() -> None:
         assert 'hybridbus_publishes_total{gateway="websocket"} 1.0' in text
         assert 'hybridbus_deliveries_total{transport="websocket"} 1.0' in text
         assert "hybridbus_publish_deliver_seconds_count 1.0" in text
-
-
-class Expiring:
-    """Tokens are "<user>:<seconds to live>"; "bad" is refused."""
-
-    async def authenticate(self, token: str | None, device: str | None) -> Identity:
-        if token is None or token == "bad":
-            raise Unauthorized("bad token")
-        user, _, ttl = token.partition(":")
-        return Identity(
-            tenant="t",
-            user=user,
-            device=device,
-            roles=("user",),
-            expires=time.time() + float(ttl),
-        )
 
 
 async def test_an_expired_token_closes_4004_unless_refreshed() -> None:
