@@ -14,7 +14,8 @@ import hybridbus.serve
 from hybridbus.cli import main
 from hybridbus.core.identity import Grant
 from hybridbus.server.config import ServerConfig
-from hybridbus.server.tokens import KeyRing, KeySpec, TokenVerifier
+from hybridbus.server.keys import KeyRing, KeySpec
+from hybridbus.server.tokens import TokenVerifier
 
 
 def test_serve_builds_its_config_from_flags_env_and_file(

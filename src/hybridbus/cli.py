@@ -35,7 +35,7 @@ from hybridbus.errors import InvalidInput
 from hybridbus.server.config import ENV_PREFIX, load_config
 
 if TYPE_CHECKING:
-    from hybridbus.server.tokens import KeySpec
+    from hybridbus.server.keys import KeySpec
 
 __all__ = ["main", "parser"]
 
@@ -149,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # -- hybridbus token ----------------------------------------------------------------
-# Imports of `server.tokens` are local: the other commands need no cryptography.
+# Imports of `server.tokens` and `server.keys` are local: the other commands need no
+# cryptography.
 
 
 def _add_token_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -260,7 +261,7 @@ def _token_key(args: argparse.Namespace, env: Mapping[str, str]) -> KeySpec:
     `--secret-file`, else `--private-key` with `--alg`, else the server's settings
     (`--config` and `$HYBRIDBUS_JWT_SECRET`).
     """
-    from hybridbus.server.tokens import KeySpec
+    from hybridbus.server.keys import KeySpec
 
     if args.alg is not None and args.private_key is None:
         raise ValueError("--alg goes with --private-key")

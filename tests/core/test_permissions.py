@@ -13,15 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hybridbus.core.identity import OPERATIONS, Grant, Identity
-from hybridbus.core.permissions import (
-    Decision,
-    Policy,
-    Rule,
-    TimeWindow,
-    covers,
-    decide,
-    intersects,
-)
+from hybridbus.core.permissions import Decision, Policy, covers, decide, intersects
+from hybridbus.core.rules import Rule, TimeWindow
 from hybridbus.core.topics import matches, validate_pattern
 from hybridbus.errors import InvalidPattern
 

@@ -17,6 +17,7 @@ import pytest
 from tests.support import FakeClock, append, read_all
 
 from hybridbus.core.revocation import Revocation
+from hybridbus.engine import _sqlite_schema as schema
 from hybridbus.engine import _sqlite_store as store
 from hybridbus.engine.base import EngineConfig
 from hybridbus.engine.sqlite import SqliteEngine
@@ -91,7 +92,7 @@ async def test_a_version_1_database_gets_the_table_and_keeps_its_history(
     assert sql(tmp_path, "SELECT name FROM sqlite_master WHERE name LIKE 'revocations%'") == []
 
     engine = await start(engines, tmp_path, clock)
-    assert sql(tmp_path, "PRAGMA user_version") == [(store.SCHEMA_VERSION,)]
+    assert sql(tmp_path, "PRAGMA user_version") == [(schema.SCHEMA_VERSION,)]
     assert engine.epoch == epoch
     assert [d.position for d in await read_all(engine, "a")] == [a.position for a in acks]
     assert await engine.revocations() == []
@@ -104,7 +105,7 @@ async def test_a_newer_schema_is_refused(tmp_path: Path, clock: FakeClock) -> No
     engine = SqliteEngine(tmp_path, EngineConfig(), clock)
     await engine.start(lambda deliveries: None)
     await engine.close()
-    sql(tmp_path, f"PRAGMA user_version={store.SCHEMA_VERSION + 1}")
+    sql(tmp_path, f"PRAGMA user_version={schema.SCHEMA_VERSION + 1}")
     with pytest.raises(EngineCorrupt, match="schema version"):
         await SqliteEngine(tmp_path, EngineConfig(), clock).start(lambda deliveries: None)
 

@@ -34,7 +34,8 @@ from tests.servers import Server, WsClient, event, running_server
 
 from hybridbus.errors import ErrorCode
 from hybridbus.server.access import new_api_key
-from hybridbus.server.tokens import KeySpec, mint
+from hybridbus.server.keys import KeySpec
+from hybridbus.server.tokens import mint
 
 pytestmark = pytest.mark.timeout(30)
 

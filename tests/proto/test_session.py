@@ -280,6 +280,17 @@ def test_a_failed_subscribe_frees_its_pattern() -> None:
     assert session.receive_data(frame(JSON, Subscribe(id=3, pattern="a b")), 1.0)
 
 
+def test_a_failed_subscribe_does_not_free_a_newer_subscribe_of_its_pattern() -> None:
+    session = connected()
+    session.receive_data(frame(JSON, Subscribe(id=2, pattern="a")), 1.0)
+    session.receive_data(frame(JSON, Unsubscribe(id=3, pattern="a")), 1.0)
+    session.receive_data(frame(JSON, Subscribe(id=4, pattern="a")), 1.0)
+    session.error(2, ErrorCode.INVALID_PATTERN, "the first one failed late")
+    assert session.subscriptions == frozenset({"a"})  # still held by subscribe 4
+    session.receive_data(frame(JSON, Subscribe(id=5, pattern="a")), 1.0)
+    assert (5, ErrorCode.ALREADY_SUBSCRIBED) in errors(sent(session))
+
+
 def test_subscription_limit() -> None:
     session = connected(config=SessionConfig(max_subscriptions=2))
     commands = session.receive_data(

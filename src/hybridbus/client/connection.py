@@ -4,19 +4,12 @@ Owns: the WebSocket, reconnecting with exponential backoff and full jitter
 (`core.backoff`), replaying what a drop interrupted on the next connection
 (resubscribe each subscription from its position; resend in-flight commands
 — a publish with the same event, which the server dedupes by source + id),
-request futures with timeouts, write coalescing and the heartbeat timer.
+request futures with timeouts, write coalescing and the heartbeat timer,
+and sending `refresh` on the connection whose token `client.tokens` renews.
 Must not import the server: it speaks docs/protocol.md through `proto` only.
-
-Tokens: a fixed token (or none) is sent at every connect and never refreshed;
-a close with 4004 (TOKEN_EXPIRED) then ends the client, as reconnecting with
-the same token cannot help. A *token provider* (a callable returning a token,
-or an awaitable of one) is asked for a fresh token at every connect, and
-before the token expires: at `expires - refresh_lead(lifetime)` the client
-sends `refresh` over the open connection and reschedules from the reply. A
-provider that fails is retried with backoff until the token lapses; then the
-server closes 4004 and the client reconnects, asking the provider again.
-Expiry times are the server's Unix times read against the local clock, so a
-clock skewed by more than the margin costs a reconnect per token, not events.
+Must not decide about tokens: which token a connect or a refresh sends, when
+to refresh and how to retry a failing provider are `client.tokens`'s (its
+docstring has the whole story, 4004 included).
 """
 
 from __future__ import annotations
@@ -25,8 +18,7 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -34,6 +26,7 @@ import aiohttp
 import msgspec
 
 from hybridbus.client.subscription import ClientSubscription
+from hybridbus.client.tokens import TokenProvider, TokenSource
 from hybridbus.core.backoff import Backoff
 from hybridbus.core.event import Event, check_event, event_from_dict
 from hybridbus.core.log import Position
@@ -65,11 +58,6 @@ __all__ = ["Client", "ClientConfig", "TokenProvider", "connect"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# Called for a fresh token at every connect and before the current one expires.
-# A plain function must not block (it runs on the event loop): fetch over the
-# network with an async one.
-TokenProvider = Callable[[], Awaitable[str]] | Callable[[], str]
 
 
 class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,13 +112,8 @@ class Client:
         self.url = url
         self.config = config
         self._codec = codec
-        self._token: str | None = None  # a fixed token (None with a provider)
-        self._provider: TokenProvider | None = None
-        if callable(token):
-            self._provider = token
-        else:
-            self._token = token
         self._rng = random.Random()
+        self._tokens = TokenSource(token, config, self._rng, url)
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._session: ClientSession | None = None
@@ -142,7 +125,6 @@ class Client:
         self._ready = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
-        self._refresher: asyncio.Task[None] | None = None  # the current connection's
         self._failure: BusError | None = None
         self._last_error: Exception | None = None  # why the last connect attempt failed
         self._closed = False
@@ -177,7 +159,7 @@ class Client:
         self._closed = True
         # One by one: stopping the runner stops the refresher, which may flush.
         await _cancel(self._runner)
-        await _cancel(self._refresher)
+        await self._tokens.close()
         await _cancel(self._flusher)
         if self._ws is not None:
             await self._ws.close()
@@ -248,16 +230,7 @@ class Client:
         Without a provider, `token` also becomes the token reconnects use, and
         without `token` the current fixed token is sent again.
         """
-        if token is None:
-            if self._provider is not None:
-                token = await self._fresh_token()
-            elif self._token is not None:
-                token = self._token
-            else:
-                raise InvalidInput("refresh() needs a token: the client has no token to send")
-        elif self._provider is None:
-            self._token = token
-        fresh = token
+        fresh = await self._tokens.for_refresh(token)
         result: RefreshResult = await self._request(lambda s: s.refresh(fresh))
         return result.expires
 
@@ -357,14 +330,12 @@ class Client:
     async def _open(self) -> tuple[aiohttp.ClientWebSocketResponse, str | None] | None:
         """The token to connect with and an open WebSocket; None if getting either failed."""
         assert self._http is not None
-        token = self._token
-        if self._provider is not None:
-            try:
-                token = await self._fresh_token()
-            except Exception as exc:  # the application's code: log it, retry with backoff
-                log.warning("the token provider failed; retrying", exc_info=True)
-                self._last_error = exc
-                return None
+        try:
+            token = await self._tokens.for_connect()
+        except Exception as exc:  # the provider is the application's code: log it, retry
+            log.warning("the token provider failed; retrying", exc_info=True)
+            self._last_error = exc
+            return None
         try:
             ws = await self._http.ws_connect(
                 self.url,
@@ -385,7 +356,7 @@ class Client:
             return None
         if not reconnect_allowed(code):
             return Disconnected(code, reason)
-        if code == CloseCode.TOKEN_EXPIRED and self._provider is None:
+        if code == CloseCode.TOKEN_EXPIRED and not self._tokens.renewable:
             # The same token would expire again (or be refused): only a provider helps.
             return Disconnected(code, f"{reason} (the client has no token provider)")
         return None
@@ -420,8 +391,7 @@ class Client:
         finally:
             self._ready.clear()
             self._session = None
-            if self._refresher is not None:
-                self._refresher.cancel()  # the next connection schedules its own
+            self._tokens.stop()  # the next connection schedules its own refresh
             # What was in flight is sent again on the next connection, in order
             # (but not a refresh of this connection's token: the next one gets its own).
             in_flight = [self._requests[id] for id in sorted(self._requests)]
@@ -521,53 +491,13 @@ class Client:
 
     # -- tokens ------------------------------------------------------------------------
 
-    async def _fresh_token(self) -> str:
-        """A token from the provider (its exceptions propagate; bounded by the timeout)."""
-        provider = self._provider
-        assert provider is not None
-        async with asyncio.timeout(self.config.request_timeout):
-            got = provider()
-            token = got if isinstance(got, str) else await got
-        if not isinstance(token, str) or not token:
-            raise InvalidInput(f"the token provider returned {token!r}, not a token")
-        return token
-
     def _expiry(self, session: ClientSession, expires: float | None) -> None:
         """The token of `session` expires at `expires`: (re)schedule its refresh."""
         self.expires = expires
-        if self._refresher is not None:
-            self._refresher.cancel()  # a refresh reply ends the refresher that sent it
-            self._refresher = None
-        if self._provider is not None and expires is not None and not self._closed:
-            self._refresher = asyncio.create_task(
-                self._keep_fresh(session, expires), name=f"hybridbus-refresh {self.url}"
-            )
-
-    async def _keep_fresh(self, session: ClientSession, expires: float) -> None:
-        """Refresh the token of `session` ahead of `expires`; retry until it lapses.
-
-        Ends when the reply comes (`_expiry` starts the next one), when the
-        token lapsed (the server closes 4004 and the reconnect gets a new one),
-        or cancelled with its connection.
-        """
-        lifetime = expires - time.time()
-        if lifetime <= 0:
-            return
-        await asyncio.sleep(lifetime - self.config.refresh_lead(lifetime))
-        attempt = 0
-        while True:
-            try:
-                await self._send_refresh(session, await self._fresh_token())
-            except Exception:  # the provider's or the server's refusal: try again
-                log.warning("refreshing the token failed; retrying", exc_info=True)
-            else:
-                return
-            left = expires - time.time()
-            if left <= 0:
-                log.warning("the token expired before it could be refreshed")
-                return
-            await asyncio.sleep(min(left, self.config.backoff.delay(attempt, self._rng)))
-            attempt += 1
+        # A closed client only ends the pending refresh.
+        self._tokens.schedule(
+            None if self._closed else expires, lambda token: self._send_refresh(session, token)
+        )
 
     async def _send_refresh(self, session: ClientSession, token: str) -> None:
         """Send `refresh` on `session`, not again on a later connection; await the reply."""

@@ -1,41 +1,21 @@
-"""The thread side of the sqlite engine: the schema, its SQL, and the work done on a connection.
+"""The thread side of the sqlite engine: the SQL run on the writer's and the reader's connections.
 
-Owns: the database layout (tables, indexes, pragmas, schema version), opening
-the writer's and the reader's connections, and the synchronous operations the
-two threads of `hybridbus.engine.sqlite` run: the group-commit append
-transaction, retention and expiry, reset, revocations, the consistent read
-snapshot, and the topic listing.
+Owns: the synchronous operations the two threads of `hybridbus.engine.sqlite`
+run. On the writer's connection (`Store`, with what it caches: epoch, last
+position, offsets, dedupe index, counts): the group-commit append
+transaction, retention and expiry, reset, and the revocation upsert and sweep.
+On the reader's connection: the consistent read snapshot, the head, the topic
+listing and the revocation listing.
 Must not touch asyncio or the event loop; every function here runs in the
-writer thread or the reader thread. sqlite3 errors are wrapped into
-`hybridbus.errors` here, where they arise.
-
-Layout (`<dir>/hybridbus.db`, WAL mode):
-
-    log     position INTEGER PRIMARY KEY (the shard-0 log position), topic,
-            offset, time, expires (NULL: never), payload (the event's MessagePack),
-            source, id (the dedupe key, from which `core.dedupe.DedupeIndex`
-            is rebuilt at open; no index on it: keys arrive in random order,
-            and an on-disk index of them costs several times the append)
-    topics  topic -> last_offset, trimmed_position (highest position that
-            count or age retention removed from the topic; 0: none)
-    meta    'epoch' -> the epoch; 'position' -> the highest position ever
-            assigned in this epoch (never reused, even after the newest
-            events expired, so a reader's position can never be handed out twice)
-    revocations  (kind, tenant, value) -> until, at, reason: the stored
-            `core.revocation.Revocation`s; a revoke upserts (keeping the later
-            until and at), a sweep deletes those whose `until` passed, a reset
-            keeps them. Indexed by `until` for the sweep.
-
-Schema versions (`PRAGMA user_version`): 1 had no revocations table; 2 adds
-it. Opening a version-1 file migrates it in the opening transaction. A newer
-file is refused, and so is a version-2 file by version-1 code: an older build
-would silently ignore (and so lift) the revocations.
+writer thread or the reader thread. Must not create, migrate or open the
+database itself: the layout, its versions and the connections' pragmas are
+`engine._sqlite_schema`'s (its docstring draws the tables this SQL uses).
+sqlite3 errors are wrapped into `hybridbus.errors` here, where they arise.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -50,67 +30,26 @@ from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.core.revocation import Revocation
 from hybridbus.core.topics import is_pattern, matches, tenant_of
+from hybridbus.engine._sqlite_schema import (
+    DB_NAME,
+    SET_META,
+    connect,
+    create_or_check,
+    new_epoch,
+    wrap_error,
+)
 from hybridbus.engine.base import EngineConfig, TopicInfo
-from hybridbus.errors import EngineCorrupt, EngineError, EngineUnavailable, InvalidEvent
+from hybridbus.errors import EngineCorrupt, EngineUnavailable, InvalidEvent
 
 __all__ = [
-    "DB_NAME",
     "Store",
-    "connect_reader",
     "head",
     "list_revocations",
     "list_topics",
     "read_page",
-    "wrap_error",
 ]
 
-DB_NAME: Final = "hybridbus.db"
-SCHEMA_VERSION: Final = 2
-_SQLITE_CORRUPT: Final = 11
-_SQLITE_NOTADB: Final = 26
 _READ_CHUNK: Final = 256
-
-_DDL: Final = """
-CREATE TABLE log (
-    position INTEGER PRIMARY KEY,
-    topic TEXT NOT NULL,
-    offset INTEGER NOT NULL,
-    time REAL NOT NULL,
-    expires REAL,
-    payload BLOB NOT NULL,
-    source TEXT NOT NULL,
-    id TEXT NOT NULL
-);
--- The only index by topic: reads and count retention go by (topic, position).
--- Offsets need none (the writer assigns them), nor does age retention (it
--- removes the oldest positions first).
-CREATE INDEX log_topic_position ON log(topic, position);
-CREATE INDEX log_expires ON log(expires) WHERE expires IS NOT NULL;
-CREATE TABLE topics (
-    topic TEXT PRIMARY KEY,
-    last_offset INTEGER NOT NULL,
-    trimmed_position INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
-CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-"""
-
-# Version 2. Revocations are few and rarely written: one row per key, the
-# `until` index keeps the every-second sweep from scanning them all.
-_REVOCATIONS_DDL: Final = """
-CREATE TABLE revocations (
-    kind TEXT NOT NULL,
-    tenant TEXT NOT NULL,
-    value TEXT NOT NULL,
-    until REAL NOT NULL,
-    at REAL NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (kind, tenant, value)
-) WITHOUT ROWID;
-CREATE INDEX revocations_until ON revocations(until);
-"""
-
-# What turns a database of version N into version N + 1.
-_MIGRATIONS: Final[dict[int, str]] = {1: _REVOCATIONS_DDL}
 
 _INSERT_LOG: Final = "INSERT INTO log VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _FIND_ORIGINAL: Final = "SELECT topic, offset, time, source, id FROM log WHERE position = ?"
@@ -125,7 +64,6 @@ _TRIM_OLDEST: Final = (
     "DELETE FROM log WHERE position IN "
     "(SELECT position FROM log WHERE topic = ? ORDER BY position LIMIT ?) RETURNING position"
 )
-_SET_META: Final = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
 # In an UPDATE every right-hand side sees the old row, so `at` here is the stored one.
 _REVOKE: Final = (
     "INSERT INTO revocations VALUES (?, ?, ?, ?, ?, ?) "
@@ -174,72 +112,6 @@ def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any
             start += size
 
 
-def new_epoch() -> str:
-    """A fresh random epoch (hex: safe inside a position token)."""
-    return secrets.token_hex(8)
-
-
-def wrap_error(exc: sqlite3.Error, what: str) -> EngineError:
-    """The hybridbus error for a driver error: corrupt files are `EngineCorrupt`."""
-    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-    cls = EngineCorrupt if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) else EngineUnavailable
-    return cls(f"sqlite engine: {what}: {exc}")
-
-
-def _connect(file: Path, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
-    # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction
-    # is exactly one batch (writer) or one snapshot (reader).
-    conn = sqlite3.connect(file, timeout=busy_timeout, isolation_level=None)
-    try:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-    except BaseException:
-        conn.close()
-        raise
-    if str(mode).lower() != "wal":
-        conn.close()
-        raise sqlite3.OperationalError(f"cannot switch {file} to WAL mode (got {mode!r})")
-    return conn
-
-
-def connect_reader(directory: Path, busy_timeout: float) -> sqlite3.Connection:
-    """A connection for the reader thread (query-only)."""
-    try:
-        conn = _connect(directory / DB_NAME, "normal", busy_timeout)
-        conn.execute("PRAGMA query_only=1")
-    except sqlite3.Error as exc:
-        raise wrap_error(exc, "cannot open the database for reading") from exc
-    return conn
-
-
-def _run_script(conn: sqlite3.Connection, ddl: str) -> None:
-    # Not executescript: it would COMMIT the caller's transaction first.
-    for statement in ddl.split(";"):
-        if statement.strip():
-            conn.execute(statement)
-
-
-def _create_or_check(conn: sqlite3.Connection) -> None:
-    """Create the schema in a new database, migrate an older one, refuse a newer one.
-
-    Runs inside the opening transaction, so a migration is all or nothing.
-    """
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version == SCHEMA_VERSION:
-        return
-    if version == 0:
-        _run_script(conn, _DDL)
-        for step in range(1, SCHEMA_VERSION):
-            _run_script(conn, _MIGRATIONS[step])
-        conn.executemany(_SET_META, [("epoch", new_epoch()), ("position", 0)])
-    elif 0 < version < SCHEMA_VERSION:
-        for step in range(version, SCHEMA_VERSION):
-            _run_script(conn, _MIGRATIONS[step])
-    else:
-        raise EngineCorrupt(f"sqlite engine: schema version {version} is not {SCHEMA_VERSION}")
-    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
-
 class Store:
     """The writer's connection and what it caches: epoch, last position, offsets.
 
@@ -260,7 +132,7 @@ class Store:
         except OSError as exc:
             raise EngineUnavailable(f"sqlite engine: cannot create {directory}: {exc}") from exc
         try:
-            self._conn = _connect(directory / DB_NAME, config.synchronous, busy_timeout)
+            self._conn = connect(directory / DB_NAME, config.synchronous, busy_timeout)
         except sqlite3.Error as exc:
             raise wrap_error(exc, f"cannot open {directory / DB_NAME}") from exc
         try:
@@ -276,7 +148,7 @@ class Store:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            _create_or_check(conn)
+            create_or_check(conn)
             self.epoch: str = conn.execute(_GET_META, ("epoch",)).fetchone()[0]
             stored = conn.execute(_GET_META, ("position",)).fetchone()[0]
             newest = conn.execute("SELECT max(position) FROM log").fetchone()[0] or 0
@@ -396,7 +268,7 @@ class Store:
                 if log_rows:
                     _insert_rows(conn, _INSERT_LOG, log_rows)
                     conn.executemany(_PUT_TOPIC, [(topic, offsets[topic]) for topic in saved])
-                    conn.execute(_SET_META, ("position", position))
+                    conn.execute(SET_META, ("position", position))
                     if counting:
                         self._trim_count(counts)
         except BaseException:
@@ -515,7 +387,7 @@ class Store:
         with self._transaction("reset failed") as conn:
             for table in ("log", "topics"):
                 conn.execute(f"DELETE FROM {table}")
-            conn.executemany(_SET_META, [("epoch", epoch), ("position", 0)])
+            conn.executemany(SET_META, [("epoch", epoch), ("position", 0)])
         self.epoch = epoch
         self.position = 0
         self._offsets.clear()

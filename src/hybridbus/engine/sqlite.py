@@ -2,9 +2,10 @@
 
 Owns: the asyncio face of the sqlite engine — the writer thread and its group
 commit, the reader thread, the periodic sweep task, and the hand-over of
-results to the event loop. What is stored and how (schema, SQL, retention,
-snapshots) lives in `engine._sqlite_store`. Must not block the event loop on
-disk: the loop only enqueues work and awaits futures.
+results to the event loop. What is stored and how (SQL, retention,
+snapshots) lives in `engine._sqlite_store`; the database layout, its
+versions and opening connections in `engine._sqlite_schema`. Must not block
+the event loop on disk: the loop only enqueues work and awaits futures.
 
 Theory of operation. `append` puts `(topic, event, payload, future)` on a
 deque and wakes the writer thread. The writer takes everything waiting (up to
@@ -40,6 +41,7 @@ from typing import Any, Final
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.core.revocation import Revocation
+from hybridbus.engine import _sqlite_schema as schema
 from hybridbus.engine import _sqlite_store as store
 from hybridbus.engine.base import Clock, EngineConfig, Listener, TopicInfo, system_clock
 from hybridbus.errors import BusClosed, BusError, EngineError, EngineUnavailable, InvalidPosition
@@ -413,7 +415,7 @@ class SqliteEngine:
 
     def _with_reader(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         if self._reader_conn is None:
-            self._reader_conn = store.connect_reader(self._directory, self.busy_timeout)
+            self._reader_conn = schema.connect_reader(self._directory, self.busy_timeout)
         return fn(self._reader_conn, *args)
 
     def _close_reader(self) -> None:

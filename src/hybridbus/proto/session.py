@@ -196,7 +196,8 @@ class ServerSession:
         self.close_cause: ProtocolError | None = None
         self._outbox = Outbox(codec, config.max_frame_size)
         self._in_flight: dict[int, Command] = {}
-        self._subscriptions: set[str] = set()
+        # pattern -> the id of the subscribe that holds it
+        self._subscriptions: dict[str, int] = {}
         self._started = now
         self._heard = now
         self._next_ping = 0.0
@@ -316,11 +317,11 @@ class ServerSession:
                     ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                     f"a connection may hold {config.max_subscriptions} subscriptions",
                 )
-            subscriptions.add(pattern)
+            subscriptions[pattern] = command.id
         elif isinstance(command, Unsubscribe):
             if command.pattern not in subscriptions:
                 return ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {command.pattern!r}"
-            subscriptions.discard(command.pattern)
+            del subscriptions[command.pattern]
         return None
 
     # -- outgoing --------------------------------------------------------------
@@ -361,8 +362,10 @@ class ServerSession:
         if self.state is State.CLOSED:
             return
         command = self._answered(id)
-        if isinstance(command, Subscribe):
-            self._subscriptions.discard(command.pattern)
+        # A failed subscribe frees its pattern only if it still holds it: after an
+        # unsubscribe, a newer subscribe may hold it, and this failure must not free that one.
+        if isinstance(command, Subscribe) and self._subscriptions.get(command.pattern) == id:
+            del self._subscriptions[command.pattern]
         code, text, again = error_fields(error, message)
         self._queue(self._error_reply(id, code, text, again))
 
@@ -396,7 +399,7 @@ class ServerSession:
         """Tell the client the server ended its subscription to `pattern` (e.g. too slow)."""
         if self.state is not State.CONNECTED or pattern not in self._subscriptions:
             return
-        self._subscriptions.discard(pattern)
+        del self._subscriptions[pattern]
         code, text, _ = error_fields(error, reason)
         self._queue(self.codec.encode(Unsubscribed(pattern=pattern, code=code, reason=text)))
 

@@ -30,7 +30,8 @@ from hybridbus.errors import InvalidInput, InvalidTopic
 from hybridbus.hub.guard import Limits
 from hybridbus.server.auth import AnonymousAuthenticator, Authenticator
 from hybridbus.server.config import ServerConfig
-from hybridbus.server.tokens import JwtAuthenticator, KeyRing, KeySpec, TokenVerifier
+from hybridbus.server.keys import KeyRing, KeySpec
+from hybridbus.server.tokens import JwtAuthenticator, TokenVerifier
 
 __all__ = [
     "API_KEY_PREFIX",

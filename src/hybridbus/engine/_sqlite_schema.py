@@ -1,0 +1,169 @@
+"""The sqlite engine's database file: its layout, its versions, and opening it.
+
+Owns: the tables and indexes (DDL), the schema version and the migrations
+between versions, the pragmas every connection gets (WAL, synchronous, busy
+timeout), opening the writer's and the reader's connections, and wrapping
+sqlite3 errors into `hybridbus.errors`.
+Must not read or write events, topics or revocations beyond creating the
+tables (that SQL is `engine._sqlite_store`'s), and must not touch asyncio:
+it runs in the writer thread or the reader thread.
+
+Layout (`<dir>/hybridbus.db`, WAL mode):
+
+    log     position INTEGER PRIMARY KEY (the shard-0 log position), topic,
+            offset, time, expires (NULL: never), payload (the event's MessagePack),
+            source, id (the dedupe key, from which `core.dedupe.DedupeIndex`
+            is rebuilt at open; no index on it: keys arrive in random order,
+            and an on-disk index of them costs several times the append)
+    topics  topic -> last_offset, trimmed_position (highest position that
+            count or age retention removed from the topic; 0: none)
+    meta    'epoch' -> the epoch; 'position' -> the highest position ever
+            assigned in this epoch (never reused, even after the newest
+            events expired, so a reader's position can never be handed out twice)
+    revocations  (kind, tenant, value) -> until, at, reason: the stored
+            `core.revocation.Revocation`s; a revoke upserts (keeping the later
+            until and at), a sweep deletes those whose `until` passed, a reset
+            keeps them. Indexed by `until` for the sweep.
+
+Schema versions (`PRAGMA user_version`): 1 had no revocations table; 2 adds
+it. Opening a version-1 file migrates it in the opening transaction. A newer
+file is refused, and so is a version-2 file by version-1 code: an older build
+would silently ignore (and so lift) the revocations.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from pathlib import Path
+from typing import Final
+
+from hybridbus.errors import EngineCorrupt, EngineError, EngineUnavailable
+
+__all__ = [
+    "DB_NAME",
+    "SCHEMA_VERSION",
+    "SET_META",
+    "connect",
+    "connect_reader",
+    "create_or_check",
+    "new_epoch",
+    "wrap_error",
+]
+
+DB_NAME: Final = "hybridbus.db"
+SCHEMA_VERSION: Final = 2
+_SQLITE_CORRUPT: Final = 11
+_SQLITE_NOTADB: Final = 26
+
+_DDL: Final = """
+CREATE TABLE log (
+    position INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    time REAL NOT NULL,
+    expires REAL,
+    payload BLOB NOT NULL,
+    source TEXT NOT NULL,
+    id TEXT NOT NULL
+);
+-- The only index by topic: reads and count retention go by (topic, position).
+-- Offsets need none (the writer assigns them), nor does age retention (it
+-- removes the oldest positions first).
+CREATE INDEX log_topic_position ON log(topic, position);
+CREATE INDEX log_expires ON log(expires) WHERE expires IS NOT NULL;
+CREATE TABLE topics (
+    topic TEXT PRIMARY KEY,
+    last_offset INTEGER NOT NULL,
+    trimmed_position INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"""
+
+# Version 2. Revocations are few and rarely written: one row per key, the
+# `until` index keeps the every-second sweep from scanning them all.
+_REVOCATIONS_DDL: Final = """
+CREATE TABLE revocations (
+    kind TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    value TEXT NOT NULL,
+    until REAL NOT NULL,
+    at REAL NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (kind, tenant, value)
+) WITHOUT ROWID;
+CREATE INDEX revocations_until ON revocations(until);
+"""
+
+# What turns a database of version N into version N + 1.
+_MIGRATIONS: Final[dict[int, str]] = {1: _REVOCATIONS_DDL}
+
+# Shared with the store, which moves 'position' on every append.
+SET_META: Final = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
+
+
+def new_epoch() -> str:
+    """A fresh random epoch (hex: safe inside a position token)."""
+    return secrets.token_hex(8)
+
+
+def wrap_error(exc: sqlite3.Error, what: str) -> EngineError:
+    """The hybridbus error for a driver error: corrupt files are `EngineCorrupt`."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    cls = EngineCorrupt if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) else EngineUnavailable
+    return cls(f"sqlite engine: {what}: {exc}")
+
+
+def connect(file: Path, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+    """A connection to `file` in WAL mode; raises `sqlite3.Error` (the caller wraps it)."""
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction
+    # is exactly one batch (writer) or one snapshot (reader).
+    conn = sqlite3.connect(file, timeout=busy_timeout, isolation_level=None)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+    except BaseException:
+        conn.close()
+        raise
+    if str(mode).lower() != "wal":
+        conn.close()
+        raise sqlite3.OperationalError(f"cannot switch {file} to WAL mode (got {mode!r})")
+    return conn
+
+
+def connect_reader(directory: Path, busy_timeout: float) -> sqlite3.Connection:
+    """A connection for the reader thread (query-only)."""
+    try:
+        conn = connect(directory / DB_NAME, "normal", busy_timeout)
+        conn.execute("PRAGMA query_only=1")
+    except sqlite3.Error as exc:
+        raise wrap_error(exc, "cannot open the database for reading") from exc
+    return conn
+
+
+def _run_script(conn: sqlite3.Connection, ddl: str) -> None:
+    # Not executescript: it would COMMIT the caller's transaction first.
+    for statement in ddl.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def create_or_check(conn: sqlite3.Connection) -> None:
+    """Create the schema in a new database, migrate an older one, refuse a newer one.
+
+    Runs inside the opening transaction, so a migration is all or nothing.
+    """
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return
+    if version == 0:
+        _run_script(conn, _DDL)
+        for step in range(1, SCHEMA_VERSION):
+            _run_script(conn, _MIGRATIONS[step])
+        conn.executemany(SET_META, [("epoch", new_epoch()), ("position", 0)])
+    elif 0 < version < SCHEMA_VERSION:
+        for step in range(version, SCHEMA_VERSION):
+            _run_script(conn, _MIGRATIONS[step])
+    else:
+        raise EngineCorrupt(f"sqlite engine: schema version {version} is not {SCHEMA_VERSION}")
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
