@@ -9,71 +9,33 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jwt
 import msgspec
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa
 from jwt.algorithms import ECAlgorithm, HMACAlgorithm, OKPAlgorithm, RSAAlgorithm
+from tests.server.jwt_support import (
+    EC_KEY,
+    ED_KEY,
+    NOW,
+    OTHER_SECRET,
+    RSA_KEY,
+    RSA_KEY_2,
+    SECRET,
+    claims,
+    hs256,
+    private_pem,
+    public_pem,
+    refused,
+    verifier,
+)
 
-from hybridbus.errors import TokenInvalid, Unauthorized, UnknownKey
+from hybridbus.errors import TokenInvalid, UnknownKey
 from hybridbus.server.keys import KeyRing, KeySpec
 from hybridbus.server.tokens import TokenVerifier, mint
-
-NOW = 1_700_000_000
-SECRET = "s3cret-s3cret-s3cret-s3cret-s3cret!"  # 35 bytes
-OTHER_SECRET = "another-secret-another-secret-another!"
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-RSA_KEY_2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-ED_KEY = ed25519.Ed25519PrivateKey.generate()
-
-
-def private_pem(key: Any) -> str:
-    pem: bytes = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return pem.decode()
-
-
-def public_pem(key: Any) -> str:
-    pem: bytes = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return pem.decode()
-
-
-def claims(**overrides: Any) -> dict[str, Any]:
-    """Valid claims at NOW, with `overrides` (None removes a claim)."""
-    base: dict[str, Any] = {"sub": "alice", "tenantid": "acme", "iat": NOW, "exp": NOW + 3600}
-    base.update(overrides)
-    return {name: value for name, value in base.items() if value is not None}
-
-
-def hs256(payload: Mapping[str, Any], secret: str = SECRET, **headers: Any) -> str:
-    return jwt.encode(dict(payload), secret, algorithm="HS256", headers=headers or None)
-
-
-def verifier(*keys: KeySpec, now: float = NOW, **options: Any) -> TokenVerifier:
-    return TokenVerifier(
-        KeyRing(keys or (KeySpec(alg="HS256", secret=SECRET),)), clock=lambda: now, **options
-    )
-
-
-def refused(verify: TokenVerifier, token: str) -> Unauthorized:
-    """The error `verify` refuses `token` with; it never contains the secret."""
-    with pytest.raises(Unauthorized) as info:
-        verify.verify(token)
-    assert SECRET not in str(info.value)
-    return info.value
-
 
 # -- keys --------------------------------------------------------------------------------
 

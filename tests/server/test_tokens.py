@@ -12,15 +12,28 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
 from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.server.jwt_support import (
+    EC_KEY,
+    ED_KEY,
+    NOW,
+    OTHER_SECRET,
+    RSA_KEY,
+    RSA_KEY_2,
+    SECRET,
+    claims,
+    hs256,
+    private_pem,
+    public_pem,
+    refused,
+    verifier,
+)
 
 from hybridbus.core.identity import Grant, Identity
 from hybridbus.errors import TokenExpired, TokenInvalid, Unauthorized, UnknownKey
@@ -33,31 +46,6 @@ from hybridbus.server.tokens import (
     mint,
     parse_duration,
 )
-
-NOW = 1_700_000_000
-SECRET = "s3cret-s3cret-s3cret-s3cret-s3cret!"  # 35 bytes
-OTHER_SECRET = "another-secret-another-secret-another!"
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-RSA_KEY_2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-ED_KEY = ed25519.Ed25519PrivateKey.generate()
-
-
-def private_pem(key: Any) -> str:
-    pem: bytes = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return pem.decode()
-
-
-def public_pem(key: Any) -> str:
-    pem: bytes = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return pem.decode()
 
 
 def b64(data: bytes) -> str:
@@ -78,31 +66,6 @@ def hmac_token(header: object, claims: object, secret: bytes) -> str:
     return (
         f"{signing_input}.{b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())}"
     )
-
-
-def claims(**overrides: Any) -> dict[str, Any]:
-    """Valid claims at NOW, with `overrides` (None removes a claim)."""
-    base: dict[str, Any] = {"sub": "alice", "tenantid": "acme", "iat": NOW, "exp": NOW + 3600}
-    base.update(overrides)
-    return {name: value for name, value in base.items() if value is not None}
-
-
-def hs256(payload: Mapping[str, Any], secret: str = SECRET, **headers: Any) -> str:
-    return jwt.encode(dict(payload), secret, algorithm="HS256", headers=headers or None)
-
-
-def verifier(*keys: KeySpec, now: float = NOW, **options: Any) -> TokenVerifier:
-    return TokenVerifier(
-        KeyRing(keys or (KeySpec(alg="HS256", secret=SECRET),)), clock=lambda: now, **options
-    )
-
-
-def refused(verify: TokenVerifier, token: str) -> Unauthorized:
-    """The error `verify` refuses `token` with; it never contains the secret."""
-    with pytest.raises(Unauthorized) as info:
-        verify.verify(token)
-    assert SECRET not in str(info.value)
-    return info.value
 
 
 # -- accepted -------------------------------------------------------------------------
