@@ -41,7 +41,13 @@ from hybridbus.core.log import Ack, Position
 from hybridbus.core.permissions import Decision, Policy, decide
 from hybridbus.core.ratelimit import KeyedBuckets, TokenBucket
 from hybridbus.core.revocation import Revocation, RevocationSet
-from hybridbus.core.topics import scope_pattern, scope_topic, validate_pattern, validate_topic
+from hybridbus.core.topics import (
+    scope_pattern,
+    scope_topic,
+    tenant_of,
+    validate_pattern,
+    validate_topic,
+)
 from hybridbus.errors import Forbidden, RateLimited, Revoked
 from hybridbus.hub.bus import Bus, EventLike, History
 from hybridbus.hub.subscription import Subscription
@@ -221,9 +227,8 @@ class Guard:
 
     def admin_publishing(self, principal: Principal, topic: str) -> None:
         """An admin publishes to the absolute `topic`: audit it (no await)."""
-        self._spawn_audit(
-            _tenant_of(topic), "admin.publish", {"topic": topic, "by": _who(principal.identity)}
-        )
+        data = {"topic": topic, "by": _who(principal.identity)}
+        self._spawn_audit(_audited_tenant(topic), "admin.publish", data)
 
     def take(self, principal: Principal, cost: float = 1.0) -> None:
         """Take `cost` publishes from the principal's and its tenant's buckets, or raise."""
@@ -341,6 +346,6 @@ def _who(identity: Identity) -> dict[str, Any]:
     }
 
 
-def _tenant_of(topic: str) -> str:
-    first = topic.split("/", 1)[0]
-    return first.lstrip("$") or "_"
+def _audited_tenant(topic: str) -> str:
+    """The tenant an admin's publish to `topic` is audited under (a `$` root without its `$`)."""
+    return tenant_of(topic).lstrip("$") or "_"
