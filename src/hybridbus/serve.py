@@ -61,7 +61,9 @@ async def create_app(
     try:
         await node.start()
         access = HttpAccess(node.guard, ApiKeys(config.api_keys), node.authenticator)
-        http = HttpGateway(bus, metrics, node.clients, authorize=access.authorize)
+        http = HttpGateway(
+            bus, metrics, node.clients, authorize=access.authorize, charge=access.charge
+        )
         app = web.Application()
         app[NODE_KEY] = node
         app[METRICS_KEY] = metrics

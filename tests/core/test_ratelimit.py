@@ -239,3 +239,15 @@ def test_keyed_buckets_act_as_one_bucket_per_key(steps: list[tuple[str, float]])
     for key, gap in steps:
         now += gap
         assert keyed.take(key, now) == single[key].take(now)
+
+
+def test_refund_gives_back_what_was_taken_up_to_the_burst() -> None:
+    bucket = TokenBucket(rate=1.0, burst=3.0)
+    assert bucket.take(0.0, 3.0) == 0.0
+    assert bucket.take(0.0) == 1.0  # empty: one second to wait
+    bucket.refund(2.0)
+    assert bucket.take(0.0, 2.0) == 0.0
+    bucket.refund(10.0)
+    assert bucket.level(0.0) == 3.0  # never above the burst
+    with pytest.raises(ValueError, match="cost"):
+        bucket.refund(-1.0)

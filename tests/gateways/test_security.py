@@ -714,6 +714,23 @@ async def test_an_http_caller_over_the_publish_rate_gets_429_with_retry_after() 
         assert 429 in statuses, statuses
 
 
+async def test_an_http_batch_costs_one_publish_per_event_and_is_refused_whole() -> None:
+    batch = {"content-type": "application/cloudevents-batch+json"}
+    async with secured(publish_rate=1, publish_burst=5) as server, http(server, ACME_KEY) as api:
+
+        async def send(count: int) -> httpx.Response:
+            body = json.dumps([event() for _ in range(count)])
+            return await api.post("/v1/topics/acme/b/events", content=body, headers=batch)
+
+        too_big = await send(6)  # more than the burst can ever hold
+        assert_problem(too_big, 429, ErrorCode.LIMIT_EXCEEDED)
+        assert (await send(3)).status_code == 201
+        refused_batch = await send(3)  # 2 tokens left: none went to the refused batch
+        assert_problem(refused_batch, 429, ErrorCode.RATE_LIMITED)
+        history = await api.get("/v1/topics/acme/b/events")
+        assert len(history.json()["events"]) == 3  # nothing of the refused batches
+
+
 # -- 8. limits --------------------------------------------------------------------------------
 
 

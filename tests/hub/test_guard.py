@@ -451,6 +451,21 @@ async def test_a_connection_over_its_rate_does_not_drain_its_tenant(hub: Hub) ->
     await guard.publish(polite, "a", ev())
 
 
+async def test_a_publish_the_tenant_refuses_costs_the_connection_nothing(hub: Hub) -> None:
+    guard = hub.guard(
+        limits=Limits(connection_rate=1, connection_burst=2, tenant_rate=1, tenant_burst=1)
+    )
+    first, second = guard.admit(EVERYTHING["acme"]), guard.admit(EVERYTHING["acme"])
+    await guard.publish(first, "a", ev())  # the tenant's one token
+    for _ in range(3):
+        with pytest.raises(RateLimited, match="tenant"):
+            await guard.publish(second, "a", ev())
+    hub.clock.advance(1)  # one tenant token back; second's own bucket is still full
+    await guard.publish(second, "a", ev())
+    hub.clock.advance(1)
+    await guard.publish(second, "a", ev())  # its second own token: none was lost
+
+
 # -- 6. revocation ------------------------------------------------------------------------------
 
 

@@ -72,6 +72,12 @@ class TokenBucket:
             return math.inf
         return (cost - tokens) / self.rate
 
+    def refund(self, cost: float = 1.0) -> None:
+        """Give back `cost` tokens taken for something that did not happen (up to `burst`)."""
+        if not cost >= 0:  # also NaN
+            raise ValueError(f"a cost must be a number >= 0, not {cost}")
+        self._tokens = min(self.burst, self._tokens + cost)
+
     def __repr__(self) -> str:
         return f"TokenBucket(rate={self.rate}, burst={self.burst})"
 

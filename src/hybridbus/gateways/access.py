@@ -133,6 +133,10 @@ class HttpAccess:
         await self._guard.revoke(principal, revocation)
         return json_response(revocation, 201)
 
+    async def charge(self, request: web.Request, publishes: int) -> None:
+        """The charge hook: a request's `publishes` come out of the caller's buckets."""
+        self._guard.take(await self.principal(request), publishes)
+
     async def authorize(self, request: web.Request, action: Action, target: str) -> None:
         """The hook: raise unless the caller may do `action` on the absolute `target`."""
         principal = await self.principal(request)
@@ -152,8 +156,6 @@ class HttpAccess:
             raise Forbidden(f"{target!r} is outside tenant {tenant!r}")
         relative = target[len(principal.prefix) :]
         guard.check(principal, _OPERATION[action], relative)
-        if action == "publish":
-            guard.take(principal)
 
 
 def _credential(request: web.Request) -> str | None:

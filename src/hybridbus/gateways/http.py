@@ -52,8 +52,10 @@ from hybridbus.gateways import openapi
 from hybridbus.gateways.httputil import (
     Authorize,
     BadParameter,
+    Charge,
     UnsupportedMediaType,
     allow_all,
+    charge_nothing,
     guarded,
     json_response,
     problem,
@@ -115,8 +117,10 @@ class HttpGateway:
         *,
         config: HttpConfig | None = None,
         authorize: Authorize = allow_all,
+        charge: Charge = charge_nothing,
     ) -> None:
         self._bus = bus
+        self._charge = charge
         self._presence = presence
         self._config = config or HttpConfig()
         self._authorize = authorize
@@ -156,19 +160,19 @@ class HttpGateway:
             events = self._decode_batch(body)
             if isinstance(events, web.Response):
                 return events
-            acks = await self._publish_in_order(topic, events)
         elif media == CLOUDEVENTS_JSON:
-            acks = [await self._bus.publish(topic, decode_json(body))]
+            events = [decode_json(body)]
         elif "ce-specversion" in request.headers:
             _check_binary_headers(request.headers)
-            event = from_http(request.headers, body)
-            acks = [await self._bus.publish(topic, event)]
+            events = [from_http(request.headers, body)]
         else:
             raise UnsupportedMediaType(
                 f"a body of type {media or 'none'!r} without a ce-specversion header: send "
                 f"{CLOUDEVENTS_JSON} (structured), {JSON_BATCH_CONTENT_TYPE} (batch), "
                 "or any type with ce-* headers (binary mode)"
             )
+        await self._charge(request, len(events))  # before anything is published
+        acks = await self._publish_in_order(topic, events)
         duplicates = sum(ack.duplicate for ack in acks)
         self._published.inc(len(acks))
         if duplicates:

@@ -55,9 +55,11 @@ __all__ = [
     "BadParameter",
     "BodyTimeout",
     "BodyTooLarge",
+    "Charge",
     "Handler",
     "UnsupportedMediaType",
     "allow_all",
+    "charge_nothing",
     "guarded",
     "json_response",
     "problem",
@@ -89,6 +91,15 @@ async def allow_all(request: web.Request, action: Action, target: str) -> None:
 
     `hybridbus serve` uses `gateways.access.HttpAccess.authorize` instead.
     """
+
+
+# Count a request's publishes (one per event of a batch) once `authorize` allowed it:
+# raise (e.g. `RateLimited`) to refuse them all before anything is published.
+Charge = Callable[[web.Request, int], Awaitable[None]]
+
+
+async def charge_nothing(request: web.Request, publishes: int) -> None:
+    """A charge hook that counts nothing: for tests and embedding."""
 
 
 class BadParameter(InvalidInput):

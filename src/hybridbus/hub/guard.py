@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -48,7 +49,7 @@ from hybridbus.core.topics import (
     validate_pattern,
     validate_topic,
 )
-from hybridbus.errors import Forbidden, RateLimited, Revoked
+from hybridbus.errors import Forbidden, LimitExceeded, RateLimited, Revoked
 from hybridbus.hub.bus import Bus, EventLike, History
 from hybridbus.hub.subscription import Subscription
 
@@ -237,14 +238,14 @@ class Guard:
         if bucket is not None:
             wait = bucket.take(now, cost)
             if wait:
-                raise RateLimited(
-                    f"over the connection's publish rate; retry in {wait:.3f} s", wait
-                )
+                raise _limited("connection", wait, cost)
         tenants = self._tenants
         if tenants is not None:
             wait = tenants.take(principal.tenant, now, cost)
             if wait:
-                raise RateLimited(f"over the tenant's publish rate; retry in {wait:.3f} s", wait)
+                if bucket is not None:
+                    bucket.refund(cost)  # the publish is refused: it costs the connection nothing
+                raise _limited("tenant", wait, cost)
 
     def subscribe(
         self, principal: Principal, relative: str, since: Position | str | None = None
@@ -335,6 +336,13 @@ class _Denials:
 
 # Audit appends started from synchronous code: held until done.
 _background: set[asyncio.Task[None]] = set()
+
+
+def _limited(whose: str, wait: float, cost: float) -> LimitExceeded:
+    """The error for a take that must `wait` seconds (forever: more than the burst holds)."""
+    if math.isinf(wait):
+        return LimitExceeded(f"{cost:g} publishes at once are more than the {whose}'s burst allows")
+    return RateLimited(f"over the {whose}'s publish rate; retry in {wait:.3f} s", wait)
 
 
 def _who(identity: Identity) -> dict[str, Any]:
