@@ -242,3 +242,18 @@ async def test_deliveries_of_several_subscriptions_share_frames_and_stop_at_unsu
             seen += await sub.read()
         replied = next(i for i, m in enumerate(seen) if m.get("id") == unsubscribe["id"])
         assert {m["pattern"] for m in seen[replied + 1 :] if m["type"] == "event"} <= {"+"}
+
+
+async def test_connect_timeout_and_in_flight_limit_come_from_the_config() -> None:
+    async with running_server(connect_timeout=0.3, max_in_flight=2) as server:
+        assert server.node.session_config.max_in_flight == 2
+        started = time.monotonic()
+        async with WsClient.open(server.url, connect_first=False) as silent:
+            closed = await silent.closed()
+        assert closed.code == 4002
+        assert 0.25 <= time.monotonic() - started < 2.0
+        async with WsClient.open(server.url) as client:
+            await client.send(*[client.command("history", pattern="x") for _ in range(3)])
+            answers = [await client.answer(id) for id in (2, 3, 4)]
+            refused = [a["type"] == "error" and a["code"] == 1016 for a in answers]
+            assert refused == [False, False, True]  # two in flight, the third refused

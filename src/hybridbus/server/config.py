@@ -34,6 +34,10 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # Several processes may share the port (one per core) once the engine is shared.
     reuse_port: bool = False
     ping_interval: Seconds = 25.0
+    # Seconds a new connection has to send its connect (and an authenticator has to answer).
+    connect_timeout: Seconds = 10.0
+    # Commands of one connection awaiting their answer before more are refused (1016).
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 1000
     max_frame_size: Bytes = 1 << 20
     # Bytes queued for one connection before it is cut off as a slow consumer.
     max_pending_bytes: Bytes = 8 << 20

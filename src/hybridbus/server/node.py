@@ -98,6 +98,8 @@ class Node:
             max_frame_size=config.max_frame_size,
             max_pending_bytes=config.max_pending_bytes,
             max_subscriptions=config.max_subscriptions,
+            connect_timeout=config.connect_timeout,
+            max_in_flight=config.max_in_flight,
         )
         self.presence = PresenceRegistry()
         self.version = SERVER_VERSION
