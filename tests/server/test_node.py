@@ -257,3 +257,29 @@ async def test_connect_timeout_and_in_flight_limit_come_from_the_config() -> Non
             answers = [await client.answer(id) for id in (2, 3, 4)]
             refused = [a["type"] == "error" and a["code"] == 1016 for a in answers]
             assert refused == [False, False, True]  # two in flight, the third refused
+
+
+async def test_a_batch_of_pushes_is_encoded_once_and_shared_unless_filtered() -> None:
+    from hybridbus.core.event import Event
+    from hybridbus.core.log import Delivery
+    from hybridbus.proto.codec import JSON
+
+    def deliveries(*positions: int) -> list[Delivery]:
+        return [
+            Delivery("acme/t", p, 0, p, 1.0, Event(id=str(p), source="/s", type="x"))
+            for p in positions
+        ]
+
+    async with running_server() as server:
+        node = server.node
+        first = node.push_batch(JSON, "acme/t", "t", "acme/", deliveries(1, 2, 3))
+        again = node.push_batch(JSON, "acme/t", "t", "acme/", deliveries(1, 2, 3))
+        assert again is first  # one list for every connection draining this run
+        assert [JSON.decode_server(m)[0].position for m in first] == [1, 2, 3]
+        shorter = node.push_batch(JSON, "acme/t", "t", "acme/", deliveries(1, 2))
+        assert shorter is not first and len(shorter) == 2
+        filtered = node.push_batch(JSON, "acme/t", "t", "acme/", deliveries(1, 3), whole=False)
+        assert [JSON.decode_server(m)[0].position for m in filtered] == [1, 3]
+        admin = node.push_batch(JSON, "acme/t", "acme/t", "", deliveries(1, 2, 3))
+        assert admin is not first  # an admin's pushes name the absolute topic
+        assert JSON.decode_server(admin[0])[0].topic == "acme/t"

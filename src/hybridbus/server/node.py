@@ -62,6 +62,8 @@ SERVER_VERSION: Final = _server_version()
 # Encoded events and pushes kept for sharing: a delivery is pushed to all its
 # subscribers within a few loop turns, so a few thousand entries suffice.
 _CACHE_SIZE: Final = 4096
+# Batches of pushes kept for sharing: the connections drain them within a loop turn.
+_BATCH_CACHE_SIZE: Final = 256
 # Publishes with exclude_self remembered until their deliveries are pumped; a
 # pump lagging further behind than this pushes the event back to its sender.
 _ORIGINS_SIZE: Final = 65_536
@@ -118,6 +120,7 @@ class Node:
         self._shutdown: asyncio.Task[None] | None = None
         self._events: dict[tuple[str, int, int, float], bytes] = {}
         self._pushes: dict[tuple[str, str, int, int, float], bytes] = {}
+        self._batches: dict[tuple[str, str, int, int, float, int], list[bytes]] = {}
         self.origins: dict[tuple[str, str], Origin] = {}
         session = self.session_config
         # The ticker's period: fine enough for the heartbeat and connect timeout.
@@ -250,11 +253,28 @@ class Node:
         pattern: str,
         prefix: str,
         batch: list[Delivery],
+        *,
+        whole: bool = True,
     ) -> list[bytes]:
-        """`push_bytes` of every delivery in `batch`, in order (a pump's hot path)."""
+        """`push_bytes` of every delivery in `batch`, in order (the fan-out's hot path).
+
+        The list is shared: callers copy from it, never change it. With `whole`
+        (nothing of the subscription's stream was left out), the batch is a run
+        of consecutive deliveries of one stream — every subscription to
+        `absolute` gets the same stream — so its first delivery and its length
+        name it: the connections that drain the same batch in one loop turn
+        share one list, made once.
+        """
         subprotocol = codec.subprotocol
-        pushes = self._pushes
         key = _push_key(absolute, prefix)
+        batches = self._batches
+        if whole:
+            first, last = batch[0], batch[-1]
+            run = (subprotocol, key, first.shard, first.position, first.time, last.position)
+            found = batches.get(run)
+            if found is not None and len(found) == len(batch):
+                return found
+        pushes = self._pushes
         out: list[bytes] = []
         for delivery in batch:
             encoded = pushes.get(
@@ -263,6 +283,10 @@ class Node:
             if encoded is None:
                 encoded = self.push_bytes(codec, absolute, pattern, prefix, delivery)
             out.append(encoded)
+        if whole:
+            if len(batches) >= _BATCH_CACHE_SIZE:
+                del batches[next(iter(batches))]
+            batches[run] = out
         return out
 
     # -- exclude_self ----------------------------------------------------------

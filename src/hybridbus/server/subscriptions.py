@@ -219,13 +219,16 @@ class Subscriptions:
         """Queue `batch` for the client as encoded pushes (bar its own `exclude_self` events)."""
         connection = self._connection
         node = connection.node
+        whole = True
         if node.origins:
-            batch = [d for d in batch if not self._excluded(d)]
-            if not batch:
+            kept = [d for d in batch if not self._excluded(d)]
+            if not kept:
                 return
+            whole = len(kept) == len(batch)
+            batch = kept
         codec = connection.session.codec
         prefix = connection.admitted.prefix
-        pushes = node.push_batch(codec, entry.absolute, entry.pattern, prefix, batch)
+        pushes = node.push_batch(codec, entry.absolute, entry.pattern, prefix, batch, whole=whole)
         connection.session.push_many(pushes)
         connection.pushed(len(batch), batch[0].time)
 
