@@ -625,6 +625,8 @@ async def test_only_admins_and_a_tenant_s_own_keys_may_revoke() -> None:
         async with http(server, token("root", "acme")) as user:  # a user in its own tenant
             response = await user.post("/v1/revocations", json={**body, "tenant": "acme"})
             assert_problem(response, 403, ErrorCode.FORBIDDEN)
+        async with http(server, token("key:billing", "globex")) as user:  # named like a key
+            assert_problem(await user.post("/v1/revocations", json=body), 403, 1110)
         async with httpx.AsyncClient(base_url=server.http, timeout=5.0) as nobody:
             response = await nobody.post("/v1/revocations", json=body)
             assert response.status_code == 401, response.text

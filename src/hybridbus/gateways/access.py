@@ -111,8 +111,10 @@ class HttpAccess:
         Admins anywhere; API keys of a tenant inside it; nobody else.
         """
         principal = await self.principal(request)
-        identity = principal.identity
-        if not identity.admin and not (identity.user or "").startswith("key:"):
+        # An API key by what was presented, not by the identity's name: a token's
+        # `sub` may look like anything, "key:..." included.
+        credential = _credential(request) or ""
+        if not principal.identity.admin and not credential.startswith(API_KEY_PREFIX):
             raise Forbidden("only admins and API keys may revoke")
         body = await read_body(request, _MAX_BODY, _BODY_TIMEOUT)
         try:
