@@ -105,8 +105,10 @@ class MemoryEngine:
             raise BusClosed("the engine is closed")
         now = self._clock()
         window = self._config.dedupe_window
+        tenant = ""
         if window > 0:
-            found = self._dedupe.lookup(tenant_of(topic), event.source, event.id)
+            tenant = tenant_of(topic)
+            found = self._dedupe.lookup(tenant, event.source, event.id)
             if found is not None:
                 original = self._original(found, topic, event, now - window)
                 if original is not None:
@@ -130,7 +132,7 @@ class MemoryEngine:
             self._remove(state.deliveries[0], trimmed=True)
         ack = Ack(topic, offset, 0, position, self._epoch)
         if window > 0:
-            self._dedupe.remember(tenant_of(topic), event.source, event.id, position, now)
+            self._dedupe.remember(tenant, event.source, event.id, position, now)
         if self._listener is not None:
             self._listener((delivery,))
         return ack
