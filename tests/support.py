@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import sys
 from collections.abc import Awaitable, Callable
 
 from hybridbus.core.codecs import encode_msgpack
@@ -62,3 +64,26 @@ async def read_all(
             return found
         assert page.positions == (page.deliveries[-1].position,)
         after = page.positions
+
+
+async def lines_acked_before_kill_9(script: str, path: object, count: int) -> list[str]:
+    """Run `script` (argv[1] = `path`) until it printed `count` lines, then SIGKILL it.
+
+    Every whole line it printed is returned: the lines already in the pipe were
+    acknowledged before the kill too; a torn last line was not fully printed.
+    """
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, str(path), stdout=asyncio.subprocess.PIPE
+    )
+    assert child.stdout is not None
+    lines: list[str] = []
+    try:
+        while len(lines) < count:
+            raw = await asyncio.wait_for(child.stdout.readline(), 10)
+            assert raw, f"the child exited early with {await child.wait()}"
+            lines.append(raw.decode())
+    finally:
+        child.kill()  # SIGKILL: no cleanup, no close, maybe mid-commit
+        await child.wait()
+    rest = (await child.stdout.read()).decode().splitlines(keepends=True)
+    return lines + [line for line in rest if line.endswith("\n")]

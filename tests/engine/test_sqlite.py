@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from tests.support import append, make_event, read_all
+from tests.support import append, lines_acked_before_kill_9, make_event, read_all
 
 from hybridbus.core.log import Ack, Delivery
 from hybridbus.engine.base import Engine, EngineConfig
@@ -400,24 +399,8 @@ def parse_ack(line: str) -> tuple[str, int, str]:
 async def test_every_acked_append_survives_kill_9(
     engines: list[SqliteEngine], tmp_path: Path
 ) -> None:
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _CHILD, str(tmp_path), stdout=asyncio.subprocess.PIPE
-    )
-    assert child.stdout is not None
-    acked: list[tuple[str, int, str]] = []
-    try:
-        while len(acked) < 2000:
-            raw = await asyncio.wait_for(child.stdout.readline(), 10)
-            assert raw, f"the child exited early with {await child.wait()}"
-            acked.append(parse_ack(raw.decode()))
-    finally:
-        child.kill()  # SIGKILL: no cleanup, no close, maybe mid-commit
-        await child.wait()
-    # Lines already in the pipe were acked before the kill too; a torn last
-    # line was not fully printed, so its ack is not counted.
-    for line in (await child.stdout.read()).decode().splitlines(keepends=True):
-        if line.endswith("\n"):
-            acked.append(parse_ack(line))
+    lines = await lines_acked_before_kill_9(_CHILD, tmp_path, 2000)
+    acked = [parse_ack(line) for line in lines]
 
     engine = await start(engines, tmp_path)
     stored: dict[str, dict[int, str]] = defaultdict(dict)

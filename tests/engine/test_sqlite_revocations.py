@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.support import FakeClock, append, read_all
+from tests.support import FakeClock, append, lines_acked_before_kill_9, read_all
 
 from hybridbus.core.revocation import Revocation
 from hybridbus.engine import _sqlite_schema as schema
@@ -207,24 +206,7 @@ asyncio.run(main(sys.argv[1]))
 async def test_every_acknowledged_revocation_survives_kill_9(
     engines: list[SqliteEngine], tmp_path: Path
 ) -> None:
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _CHILD, str(tmp_path), stdout=asyncio.subprocess.PIPE
-    )
-    assert child.stdout is not None
-    acked: list[str] = []
-    try:
-        while len(acked) < 1000:
-            raw = await asyncio.wait_for(child.stdout.readline(), 10)
-            assert raw, f"the child exited early with {await child.wait()}"
-            acked.append(raw.decode().strip())
-    finally:
-        child.kill()  # SIGKILL: no cleanup, no close, maybe mid-commit
-        await child.wait()
-    # Lines already in the pipe were acknowledged before the kill too; a torn
-    # last line was not fully printed, so it is not counted.
-    for line in (await child.stdout.read()).decode().splitlines(keepends=True):
-        if line.endswith("\n"):
-            acked.append(line.strip())
+    acked = [line.strip() for line in await lines_acked_before_kill_9(_CHILD, tmp_path, 1000)]
 
     engine = await start(engines, tmp_path, FakeClock(2e9))
     stored = {r.value for r in await engine.revocations()}

@@ -211,17 +211,11 @@ class Guard:
             self._denied(principal, operation, relative)
             raise Forbidden(f"{operation} on {relative!r} is not allowed: {decision.reason}")
 
-    async def publish(
-        self, principal: Principal, relative: str, event: EventLike, *, checked: bool = False
-    ) -> Ack:
-        """Check, rate-limit and publish `event` to the principal's `relative` topic.
-
-        `checked`: the caller ran `check` and `take` already (before it queued the publish).
-        """
+    async def publish(self, principal: Principal, relative: str, event: EventLike) -> Ack:
+        """Check, rate-limit and publish `event` to the principal's `relative` topic."""
         topic = principal.topic(relative)
-        if not checked:
-            self.check(principal, "publish", relative)
-            self.take(principal)
+        self.check(principal, "publish", relative)
+        self.take(principal)
         if principal.identity.admin:
             self.admin_publishing(principal, topic)
         return await self.bus.publish(topic, event)

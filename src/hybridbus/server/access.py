@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import msgspec
 
-from hybridbus.core.identity import Grant, Identity
+from hybridbus.core.identity import OPERATIONS, Grant, Identity
 from hybridbus.core.permissions import Policy
 from hybridbus.core.topics import scope_topic
 from hybridbus.errors import InvalidInput, InvalidTopic
@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 API_KEY_PREFIX: Final = "hb_"
-_ALL: Final = frozenset({"subscribe", "publish", "history", "presence"})
 
 
 def policy_of(config: ServerConfig) -> Policy:
@@ -157,7 +156,7 @@ class ApiKeys:
                 user=f"key:{entry.name}",
                 roles=tuple(entry.roles),
                 # A tenant key without roles may do everything inside its tenant.
-                grants=() if entry.roles else (Grant("#", _ALL),),
+                grants=() if entry.roles else (Grant("#", OPERATIONS),),
                 admin=entry.admin,
             )
             self._by_hash[digest] = (entry.name, identity)

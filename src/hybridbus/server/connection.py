@@ -355,9 +355,6 @@ class Connection:
         principal = self.admitted
         topic = principal.topic(command.topic)
         event = self.session.codec.decode_event(command.event)
-        guard = self.node.guard
-        guard.check(principal, "publish", command.topic)
-        guard.take(principal)
         exclude = command.exclude_self
         if exclude is not None:
             device = self.device_key if exclude == "device" else None
@@ -367,8 +364,7 @@ class Connection:
     async def _append(self, id: int, principal: Principal, topic: str, event: Event) -> None:
         session = self.session
         try:
-            # Checked and rate-limited already: a dry publish (the admin audit only).
-            ack = await self.node.guard.publish(principal, topic, event, checked=True)
+            ack = await self.node.guard.publish(principal, topic, event)
         except BusError as exc:
             session.error(id, exc)
         except Exception as exc:
