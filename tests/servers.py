@@ -1,10 +1,11 @@
 """Test helpers for the network server (imported as `tests.servers`).
 
 `running_server(...)` starts the real application in-process on a free
-loopback port (aiohttp `AppRunner` + `TCPSite` on port 0) and reads the port
-back. `WsClient` is a client written from docs/protocol.md alone on top of
-the third-party `websockets` library: it sends commands as JSON lines (or
-MessagePack arrays) and sorts what comes back into replies and pushes.
+loopback port (aiohttp `AppRunner` + the server's `ListenerSite` on port 0)
+and reads the port back. `WsClient` is a client written from docs/protocol.md
+alone on top of the third-party `websockets` library: it sends commands as
+JSON lines (or MessagePack arrays) and sorts what comes back into replies and
+pushes.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from hybridbus.gateways.listener import ListenerConfig, ListenerSite
 from hybridbus.serve import METRICS_KEY, NODE_KEY, create_app
 from hybridbus.server.auth import Authenticator, Identity, Unauthorized
 from hybridbus.server.config import ServerConfig
@@ -90,7 +92,7 @@ async def running_server(
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = ListenerSite(runner, ListenerConfig.of(config))  # as `hybridbus serve` listens
         await site.start()
         port = runner.addresses[0][1]
         yield Server(port, app)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 import hybridbus.serve
-from hybridbus.cli import main
+from hybridbus.cli import main, parser
 from hybridbus.core.identity import Grant
 from hybridbus.server.config import ServerConfig
 from hybridbus.server.keys import KeyRing, KeySpec
@@ -236,3 +239,36 @@ def test_token_signs_with_the_config_files_secret(
     )
     verifier = TokenVerifier(KeyRing([KeySpec(alg="HS256", secret=secret)]))
     assert verifier.verify(token).user == "ann"
+
+
+# -- help ---------------------------------------------------------------------------------
+
+
+def commands() -> dict[str, argparse.ArgumentParser]:
+    """Each subcommand's parser, by name."""
+    (group,) = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(group.choices)
+
+
+def test_every_argument_of_every_command_has_help() -> None:
+    found = commands()
+    assert set(found) == {"serve", "publish", "subscribe", "history", "token", "key"}
+    for name, command in found.items():
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help and action.help.strip(), f"hybridbus {name} {action.dest}: no help"
+
+
+def help_of(*argv: str) -> str:
+    entry = Path(sys.executable).with_name("hybridbus")  # the installed console script
+    done = subprocess.run([entry, *argv, "--help"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return " ".join(done.stdout.split())  # argparse wraps lines where it likes
+
+
+@pytest.mark.parametrize("command", [(), ("publish",), ("subscribe",), ("history",)])
+def test_help_names_the_environment_and_the_exit_statuses(command: tuple[str, ...]) -> None:
+    text = help_of(*command)
+    for needed in ("HYBRIDBUS_URL", "HYBRIDBUS_TOKEN", "--url", "exit status", "3 "):
+        assert needed in text, f"hybridbus {' '.join(command)} --help lacks {needed!r}"

@@ -17,14 +17,14 @@ Must not hold server logic: `hybridbus serve` hands over to `hybridbus.serve`.
     hybridbus key --name N (--tenant T | --admin) [--role R ...]
 
 The client commands take `--url` (default `$HYBRIDBUS_URL` or
-ws://127.0.0.1:8080/v1/ws) and `--token` (default `$HYBRIDBUS_TOKEN`).
+ws://127.0.0.1:8080/v1/ws) and `--token` (default `$HYBRIDBUS_TOKEN`); their
+exit statuses are in `EXIT_STATUSES` (3: cannot connect).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,10 +40,50 @@ if TYPE_CHECKING:
 __all__ = ["main", "parser"]
 
 
+# Where the client commands connect, and with which token, unless --url / --token say.
+URL_VARIABLE = f"{ENV_PREFIX}URL"
+TOKEN_VARIABLE = f"{ENV_PREFIX}TOKEN"
+DEFAULT_URL = "ws://127.0.0.1:8080/v1/ws"
+
+_ENVIRONMENT = f"""\
+environment:
+  {URL_VARIABLE}    the server's WebSocket endpoint when --url is not given
+                   (default: {DEFAULT_URL})
+  {TOKEN_VARIABLE}  the connection token (a JWT) when --token is not given
+                   (default: none: an anonymous client, if the server lets it in)
+  `hybridbus serve` reads {ENV_PREFIX}* settings (docs/configuration.md)"""
+
+# The exit statuses of publish, subscribe and history (client/commands.py returns them).
+EXIT_STATUSES = """\
+exit status:
+  0    done
+  1    refused or failed: stderr names the error code, e.g. "1110 FORBIDDEN: ..."
+       (docs/errors.md), or a terminal close code, e.g. "4501 UNAUTHORIZED: ..."
+  2    bad arguments
+  3    cannot connect: nothing answers at the URL. Only the first connection
+       fails like this, at once; once connected, subscribe reconnects by
+       itself and says so on stderr
+  130  interrupted (Ctrl-C)"""
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Fills paragraphs of one line (descriptions); keeps laid-out ones (the epilogs)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        fill = super()._fill_text  # (not inside the generator: super() needs the method)
+        return "\n\n".join(
+            paragraph if "\n" in paragraph else fill(paragraph, width, indent)
+            for paragraph in text.split("\n\n")
+        )
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of `hybridbus`."""
     root = argparse.ArgumentParser(
-        prog="hybridbus", description="A real-time event hub for collaborative applications."
+        prog="hybridbus",
+        description="A real-time event hub for collaborative applications.",
+        epilog=f"{_ENVIRONMENT}\n\n{EXIT_STATUSES}",
+        formatter_class=_Formatter,
     )
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
@@ -67,30 +107,94 @@ def parser() -> argparse.ArgumentParser:
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument(
         "--url",
-        default=os.environ.get(f"{ENV_PREFIX}URL", "ws://127.0.0.1:8080/v1/ws"),
-        help="the server's WebSocket endpoint",
+        default=os.environ.get(URL_VARIABLE, DEFAULT_URL),
+        help=f"the server's WebSocket endpoint (default: ${URL_VARIABLE}, else {DEFAULT_URL})",
     )
-    client.add_argument("--token", default=os.environ.get(f"{ENV_PREFIX}TOKEN"))
+    client.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_VARIABLE),
+        metavar="JWT",
+        help=(
+            f"the connection token, a JWT (default: ${TOKEN_VARIABLE}, else none: "
+            "an anonymous client); see `hybridbus token`"
+        ),
+    )
+    epilog = f"{_ENVIRONMENT}\n\n{EXIT_STATUSES}"
     publish = commands.add_parser(
-        "publish", parents=[client], help="publish one event (prints the ack)"
+        "publish",
+        parents=[client],
+        help="publish one event (prints the ack)",
+        description=(
+            "Publish one event and print its ack as a JSON line. Its `token` is the resume "
+            "token right after the event: `hybridbus subscribe PATTERN --since TOKEN` "
+            "gets exactly the events of the topic that came after it."
+        ),
+        epilog=epilog,
+        formatter_class=_Formatter,
     )
     publish.add_argument("topic", help="the topic, relative to your tenant")
-    publish.add_argument("--data", default=None, help="JSON, @file (JSON), or - for stdin")
-    publish.add_argument("--type", default="com.example.cli", help="the event's type")
-    publish.add_argument("--source", default="/hybridbus/cli", help="the event's source")
+    publish.add_argument(
+        "--data", default=None, help="the event's data: JSON, @file (JSON), or - for stdin"
+    )
+    publish.add_argument(
+        "--type", default="com.example.cli", help="the event's type (default: %(default)s)"
+    )
+    publish.add_argument(
+        "--source", default="/hybridbus/cli", help="the event's source (default: %(default)s)"
+    )
     publish.add_argument("--id", default=None, help="the event's id (default: a new UUID)")
+    publish.add_argument(
+        "--print",
+        choices=("ack", "token"),
+        default="ack",
+        dest="output",
+        help="what to print: the whole ack as JSON, or only its resume token "
+        "(default: %(default)s)",
+    )
     subscribe = commands.add_parser(
-        "subscribe", parents=[client], help="print deliveries as JSON lines"
+        "subscribe",
+        parents=[client],
+        help="print deliveries as JSON lines",
+        description=(
+            "Print the events of a topic or pattern as JSON lines, each with the resume "
+            "token after it (`position`), until --count or Ctrl-C. Once connected it "
+            "reconnects by itself and resumes without loss, saying so on stderr."
+        ),
+        epilog=epilog,
+        formatter_class=_Formatter,
     )
-    subscribe.add_argument("pattern")
-    subscribe.add_argument("--since", default=None, help="resume after this position token")
-    subscribe.add_argument("--count", type=int, default=None, help="stop after N deliveries")
+    subscribe.add_argument("pattern", help="a topic or pattern (+, #), relative to your tenant")
+    subscribe.add_argument(
+        "--since",
+        default=None,
+        metavar="TOKEN",
+        help="first the events after this resume token (from publish, history or a line)",
+    )
+    subscribe.add_argument(
+        "--count", type=int, default=None, metavar="N", help="stop after N deliveries"
+    )
     history = commands.add_parser(
-        "history", parents=[client], help="print retained events as JSON lines"
+        "history",
+        parents=[client],
+        help="print retained events as JSON lines",
+        description=(
+            "Print retained events of a topic or pattern as JSON lines, oldest first, each "
+            "with the resume token after it (`position`), then a last line with the "
+            "token to continue from and whether there is more."
+        ),
+        epilog=epilog,
+        formatter_class=_Formatter,
     )
-    history.add_argument("pattern")
-    history.add_argument("--since", default=None)
-    history.add_argument("--limit", type=int, default=100)
+    history.add_argument("pattern", help="a topic or pattern (+, #), relative to your tenant")
+    history.add_argument(
+        "--since",
+        default=None,
+        metavar="TOKEN",
+        help="only the events after this resume token (default: from the oldest)",
+    )
+    history.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="at most N events (default: 100)"
+    )
     _add_token_parser(commands)
     _add_key_parser(commands)
     return root
@@ -120,32 +224,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hybridbus.client import commands
     from hybridbus.errors import BusError
 
-    try:
-        if args.command == "publish":
+    name = args.command
+    if name == "publish":
+        try:
             data = None if args.data is None else commands.read_data(args.data)
-            return commands.run(
-                commands.publish(
-                    args.url,
-                    args.token,
-                    args.topic,
-                    data,
-                    type=args.type,
-                    source=args.source,
-                    id=args.id,
-                )
-            )
-        if args.command == "subscribe":
-            return commands.run(
-                commands.subscribe(args.url, args.token, args.pattern, args.since, args.count)
-            )
-        if args.command == "history":
-            return commands.run(
-                commands.history(args.url, args.token, args.pattern, args.since, args.limit)
-            )
-    except BusError as exc:
-        print(f"hybridbus {args.command}: {exc}", file=sys.stderr)
-        return 1
-    raise AssertionError(f"unhandled command {args.command!r}")  # argparse refuses others
+        except BusError as exc:
+            return commands.failed(name, exc)
+        return commands.run(
+            name,
+            commands.publish(
+                args.url,
+                args.token,
+                args.topic,
+                data,
+                type=args.type,
+                source=args.source,
+                id=args.id,
+                only_token=args.output == "token",
+            ),
+        )
+    if name == "subscribe":
+        return commands.run(
+            name, commands.subscribe(args.url, args.token, args.pattern, args.since, args.count)
+        )
+    if name == "history":
+        return commands.run(
+            name, commands.history(args.url, args.token, args.pattern, args.since, args.limit)
+        )
+    raise AssertionError(f"unhandled command {name!r}")  # argparse refuses others
 
 
 # -- hybridbus token ----------------------------------------------------------------
@@ -165,7 +271,14 @@ def _add_token_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     token.add_argument("--sub", required=True, help="the user id")
     token.add_argument("--tenant", required=True, help="the tenant")
-    token.add_argument("--role", action="append", default=[], dest="roles", metavar="ROLE")
+    token.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        dest="roles",
+        metavar="ROLE",
+        help="a role whose rules apply (repeat for several)",
+    )
     token.add_argument("--ttl", type=_duration, default="1h", help="lifetime: 90, 45s, 30m, 1h, 2d")
     token.add_argument("--device", help="the device")
     token.add_argument("--sid", help="the session id")
@@ -186,7 +299,9 @@ def _add_token_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     key = token.add_mutually_exclusive_group()
     key.add_argument("--secret-file", type=Path, metavar="FILE", help="an HS256 secret")
     key.add_argument("--private-key", type=Path, metavar="FILE", help="a PEM private key")
-    token.add_argument("--alg", choices=["RS256", "ES256", "EdDSA"], help="the private key's")
+    token.add_argument(
+        "--alg", choices=["RS256", "ES256", "EdDSA"], help="the private key's algorithm"
+    )
     token.add_argument("--config", type=Path, metavar="FILE", help="the server's TOML settings")
 
 
@@ -203,7 +318,14 @@ def _add_key_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     scope = key.add_mutually_exclusive_group(required=True)
     scope.add_argument("--tenant", help="a key that acts only inside this tenant")
     scope.add_argument("--admin", action="store_true", help="a key that acts everywhere")
-    key.add_argument("--role", action="append", default=[], dest="roles", metavar="ROLE")
+    key.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        dest="roles",
+        metavar="ROLE",
+        help="a role whose rules apply to the key (repeat for several)",
+    )
 
 
 def _key(args: argparse.Namespace) -> int:
@@ -292,6 +414,14 @@ def _token_key(args: argparse.Namespace, env: Mapping[str, str]) -> KeySpec:
     )
 
 
+def _max_lifetime(args: argparse.Namespace) -> float:
+    """The server's `max_token_lifetime` (`--config`, the environment): no longer token is made."""
+    try:
+        return load_config(args.config, os.environ).max_token_lifetime
+    except InvalidInput as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _token(args: argparse.Namespace) -> int:
     from hybridbus.server.tokens import mint
 
@@ -309,6 +439,7 @@ def _token(args: argparse.Namespace) -> int:
             admin=args.admin,
             issuer=args.issuer,
             audience=args.audience,
+            max_lifetime=_max_lifetime(args),
         )
     except ValueError as exc:
         parser().exit(2, f"hybridbus token: {exc}\n")

@@ -1,9 +1,15 @@
 """A tour of the in-process bus on the embedded durable engine: `python -m hybridbus.demo`.
 
 Owns nothing but the tour. Each run publishes a few events to
-`./hybridbus-data`, then resumes a wildcard subscription from the token the
-previous run saved, so running it twice shows durable offsets and exact
-recovery. (The network server arrives in a later release.)
+`./hybridbus-demo-data` (or the directory given as its argument), then
+resumes a wildcard subscription from the token the previous run saved, so
+running it twice shows durable offsets and exact recovery.
+
+The bus here lives in this process; the network server is `make serve`
+(`hybridbus serve`), which keeps its log in `./hybridbus-data`. A data
+directory belongs to one process at a time, so the tour keeps its own and
+runs beside a server (given the server's directory while it runs, it stops
+at once with `EngineLocked`, naming the server's pid).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ async def tour(data: Path, since: str | None) -> str:
 
 
 def main() -> None:
-    data = (Path(sys.argv[1]) if len(sys.argv) > 1 else Path("hybridbus-data")).resolve()
+    data = (Path(sys.argv[1]) if len(sys.argv) > 1 else Path("hybridbus-demo-data")).resolve()
     data.mkdir(parents=True, exist_ok=True)
     token_file = data / "demo.token"
     since = token_file.read_text().strip() if token_file.exists() else None

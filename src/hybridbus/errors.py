@@ -23,20 +23,27 @@ every layer can raise from here.
     │   ├── Unauthorized            1100      no: credentials missing or not valid
     │   │   ├── TokenExpired        1101      no: get a new token (or `refresh`)
     │   │   ├── TokenInvalid        1102      no: bad signature, algorithm, claims
+    │   │   │   └── TokenLifetimeExceeded 1105  no: `exp` too far from `iat` or now
     │   │   ├── UnknownKey          1103      no: the token's `kid` is not configured
     │   │   └── Revoked             1104      no: the token, session or user is revoked
     │   ├── Forbidden               1110      no: the rules do not allow this operation
     │   └── LimitExceeded           1120-1129
     │       ├── RateLimited         1121      yes: after `retry_after` seconds
-    │       └── TooManyConnections  1122      yes: once another connection closes
+    │       ├── TooManyConnections  1122      yes: once another connection closes
+    │       └── TooManyRevocations  1123      no: the tenant holds its maximum
     ├── SubscriptionEnded           1200-1299
     │   ├── SubscriberTooSlow       1201      yes: resubscribe from `sub.position`
     │   └── ContinuityLost          1202      yes: events were missed; go on reading
     ├── BusClosed                   1210      no
     ├── Disconnected                1220      client: the server closed for good
+    │   └── ConnectFailed           1220      client: the first connection failed
     ├── RemoteError                 (the server's code) client: a command failed
     └── EngineError                 1300-1399
         ├── EngineUnavailable       1301      yes: try again later
+        │   ├── EngineLocked        1303      yes: another process holds the data
+        │   │                                 directory (names its pid and the path)
+        │   └── EngineReadOnly      1304      yes: the data directory or database is
+        │                                     not writable (names the path)
         └── EngineCorrupt           1302      no: the stored log cannot be read
     (no class)                      1399      INTERNAL_ERROR, wire only: an
                                               unexpected failure; the details
@@ -53,15 +60,19 @@ server side failed.
 from __future__ import annotations
 
 from enum import IntEnum
+from pathlib import Path
 
 __all__ = [
     "AccessError",
     "BusClosed",
     "BusError",
+    "ConnectFailed",
     "ContinuityLost",
     "Disconnected",
     "EngineCorrupt",
     "EngineError",
+    "EngineLocked",
+    "EngineReadOnly",
     "EngineUnavailable",
     "ErrorCode",
     "EventTooLarge",
@@ -80,7 +91,9 @@ __all__ = [
     "SubscriptionEnded",
     "TokenExpired",
     "TokenInvalid",
+    "TokenLifetimeExceeded",
     "TooManyConnections",
+    "TooManyRevocations",
     "Unauthorized",
     "UnknownKey",
 ]
@@ -109,10 +122,12 @@ class ErrorCode(IntEnum):
     TOKEN_INVALID = 1102
     UNKNOWN_KEY = 1103
     REVOKED = 1104
+    TOKEN_LIFETIME_EXCEEDED = 1105
     FORBIDDEN = 1110
     LIMIT_EXCEEDED = 1120
     RATE_LIMITED = 1121
     TOO_MANY_CONNECTIONS = 1122
+    TOO_MANY_REVOCATIONS = 1123
     SUBSCRIPTION_ENDED = 1200
     SUBSCRIBER_TOO_SLOW = 1201
     CONTINUITY_LOST = 1202
@@ -121,6 +136,8 @@ class ErrorCode(IntEnum):
     ENGINE_ERROR = 1300
     ENGINE_UNAVAILABLE = 1301
     ENGINE_CORRUPT = 1302
+    ENGINE_LOCKED = 1303
+    ENGINE_READ_ONLY = 1304
     INTERNAL_ERROR = 1399
 
 
@@ -217,6 +234,15 @@ class TokenInvalid(Unauthorized):
     code = ErrorCode.TOKEN_INVALID
 
 
+class TokenLifetimeExceeded(TokenInvalid):
+    """The token lives longer than the server accepts (`max_token_lifetime`).
+
+    Its `exp` is more than the maximum after its `iat`, or after now.
+    """
+
+    code = ErrorCode.TOKEN_LIFETIME_EXCEEDED
+
+
 class UnknownKey(Unauthorized):
     """The token names a key id (`kid`) that is not configured."""
 
@@ -259,6 +285,16 @@ class TooManyConnections(LimitExceeded):
     retriable = True
 
 
+class TooManyRevocations(LimitExceeded):
+    """The tenant already holds `max_revocations_per_tenant` live revocations.
+
+    Not retriable soon: room comes back as revocations lapse (at most the
+    longest token lifetime later).
+    """
+
+    code = ErrorCode.TOO_MANY_REVOCATIONS
+
+
 class SubscriptionEnded(BusError):
     """A subscription is over; iterating it raises this."""
 
@@ -297,6 +333,18 @@ class Disconnected(BusError):
         self.reason = reason
 
 
+class ConnectFailed(Disconnected):
+    """A client's first connection to `url` failed: `reason` says why (`close_code`: the server's).
+
+    Raised at once by `connect()`; only a client that was connected once reconnects by itself.
+    """
+
+    def __init__(self, url: str, close_code: int | None, reason: str) -> None:
+        super().__init__(close_code, reason)
+        self.url = url
+        self.args = (f"cannot connect to {url}: {reason}",)
+
+
 class RemoteError(BusError):
     """The server answered a command with an error; `code` is the server's code."""
 
@@ -323,6 +371,42 @@ class EngineUnavailable(EngineError):
 
     code = ErrorCode.ENGINE_UNAVAILABLE
     retriable = True
+
+
+class EngineLocked(EngineUnavailable):
+    """Another process holds the engine's data directory: one process per directory.
+
+    `path` is the directory, `pid` the holder's process id (None if it could
+    not be read). Raised when opening; the lock goes with its holder.
+    """
+
+    code = ErrorCode.ENGINE_LOCKED
+
+    def __init__(self, path: Path, pid: int | None) -> None:
+        holder = f"process {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"the data directory {path} is in use by {holder}: stop it, or give this "
+            "one another directory"
+        )
+        self.path = path
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[type[EngineLocked], tuple[Path, int | None]]:
+        return type(self), (self.path, self.pid)  # copies and pickles rebuild the message
+
+
+class EngineReadOnly(EngineUnavailable):
+    """The engine's data directory or database file is not writable; `path` names it."""
+
+    code = ErrorCode.ENGINE_READ_ONLY
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(f"{path} is read-only (not writable by this process): {detail}")
+        self.path = path
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[type[EngineReadOnly], tuple[Path, str]]:
+        return type(self), (self.path, self.detail)  # copies and pickles rebuild the message
 
 
 class EngineCorrupt(EngineError):

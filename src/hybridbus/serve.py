@@ -3,9 +3,10 @@
 Owns: wiring one server process — the bus on the configured engine
 (`hybridbus.open`, with `app.py` the only places that pick concrete engines),
 the metrics, the node, and the aiohttp application with every gateway's
-routes — and running it: uvloop when installed, `reuse_port` from the config,
-SIGTERM/SIGINT -> graceful shutdown -> exit 0, structured logs. Must not hold
-protocol, bus or gateway logic.
+routes — and running it: uvloop when installed, the open-file limit raised,
+the listener with its header timeouts (`gateways/listener.py`), `reuse_port`
+from the config, SIGTERM/SIGINT -> graceful shutdown -> exit 0, structured
+logs. Must not hold protocol, bus or gateway logic.
 
 Shutdown order (aiohttp's runner cleanup): stop listening; end the SSE
 streams and close every WebSocket connection with 4000 after flushing it
@@ -27,10 +28,14 @@ from typing import Any, Final
 from aiohttp import web
 
 from hybridbus.app import open as open_bus
+from hybridbus.core.cors import CorsPolicy
 from hybridbus.errors import BusError
 from hybridbus.gateways.access import HttpAccess
+from hybridbus.gateways.cors import install_cors
 from hybridbus.gateways.health import HealthGateway
-from hybridbus.gateways.http import HttpGateway
+from hybridbus.gateways.http import HttpConfig, HttpGateway
+from hybridbus.gateways.listener import ListenerConfig, ListenerSite, raise_nofile_limit
+from hybridbus.gateways.sse import SseConfig
 from hybridbus.gateways.websocket import WebSocketGateway
 from hybridbus.server.access import ApiKeys
 from hybridbus.server.auth import Authenticator
@@ -55,6 +60,7 @@ async def create_app(
     Run it with an aiohttp runner; the runner's cleanup shuts the node down
     and closes the bus.
     """
+    cors = CorsPolicy(config.cors_origins)  # a bad pattern fails before the engine opens
     bus = await open_bus(config.engine)
     metrics = Metrics()
     node = Node(bus, config, metrics, authenticator)
@@ -62,11 +68,22 @@ async def create_app(
         await node.start()
         access = HttpAccess(node.guard, ApiKeys(config.api_keys), node.authenticator)
         http = HttpGateway(
-            bus, metrics, node.clients, authorize=access.authorize, charge=access.charge
+            bus,
+            metrics,
+            node.clients,
+            config=HttpConfig(
+                body_timeout=config.body_timeout,
+                sse=SseConfig(max_pending_bytes=config.max_pending_bytes),
+            ),
+            authorize=access.authorize,
+            charge=access.charge,
+            hold=access.holding(node.hold),  # SSE streams count and end like connections
+            visibility=access.visibility,  # a topic listing shows what the caller may read
         )
         app = web.Application()
         app[NODE_KEY] = node
         app[METRICS_KEY] = metrics
+        install_cors(app, cors)  # preflights and grants under /v1/
         app.add_routes(WebSocketGateway(node).routes())
         app.add_routes(http.routes())
         app.add_routes(access.routes())
@@ -104,7 +121,8 @@ async def serve(
     await runner.setup()
     signals = (signal.SIGTERM, signal.SIGINT)
     try:
-        site = web.TCPSite(runner, config.host, config.port, reuse_port=config.reuse_port or None)
+        # Header timeouts and a cap on connections waiting for theirs (slowloris).
+        site = ListenerSite(runner, ListenerConfig.of(config))
         await site.start()
         addresses = [list(address[:2]) for address in runner.addresses]
         log.info(
@@ -147,6 +165,9 @@ def run(config: ServerConfig) -> int:
         return 2
     factory = _loop_factory()
     log.info("starting", extra={"loop": "uvloop" if factory else "asyncio"})
+    # Every connection is a file: the soft limit (often 1024) would shut clients out early.
+    soft_before, soft, hard = raise_nofile_limit()
+    log.info("nofile", extra={"soft_before": soft_before, "soft": soft, "hard": hard})
     failure: BaseException | None = None
     try:
         with asyncio.Runner(loop_factory=factory) as runner:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+import time
 from collections import defaultdict
 
 import pytest
 from tests.servers import Server, event, running_server
 
 import hybridbus.client
-from hybridbus.client import ClientConfig
+from hybridbus.client import ClientConfig, ConnectFailed
 from hybridbus.core.backoff import Backoff
 from hybridbus.errors import Disconnected, InvalidEvent, RemoteError
 
@@ -124,3 +127,32 @@ async def test_a_terminal_close_ends_the_client() -> None:
         with pytest.raises(Disconnected) as info:
             await hybridbus.client.connect(server.url, config=FAST)
         assert info.value.close_code == 4501
+
+
+async def test_the_first_connection_failing_raises_at_once() -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"ws://127.0.0.1:{sock.getsockname()[1]}/v1/ws"
+    started = time.monotonic()
+    with pytest.raises(ConnectFailed) as info:
+        await hybridbus.client.connect(url, config=ClientConfig(request_timeout=30.0))
+    assert time.monotonic() - started < 2.0  # not the 30 s request timeout
+    assert isinstance(info.value, Disconnected)
+    assert (info.value.url, info.value.close_code) == (url, None)
+    assert str(info.value).startswith(f"cannot connect to {url}: ")
+
+
+async def test_a_client_that_was_connected_reconnects_and_logs_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="hybridbus.client")
+    async with (
+        running_server() as server,
+        hybridbus.client.connect(server.url, config=FAST) as c,
+    ):
+        assert drop_all(server) == 1
+        await c.ping()  # sent again on the next connection
+        assert c.connects == 2
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("hybridbus.client")]
+    assert messages[0].startswith("reconnecting (attempt 1, in ")
+    assert messages[1] == "reconnected"

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hybridbus.core.codecs import (
     JSON_BATCH_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
+    check_depth,
     decode_json,
     decode_json_batch,
     decode_msgpack,
@@ -25,7 +28,7 @@ from hybridbus.core.codecs import (
     is_json_content_type,
     to_http,
 )
-from hybridbus.core.event import CONTEXT_ATTRIBUTES, EXTENSION_ATTRIBUTES, Event
+from hybridbus.core.event import CONTEXT_ATTRIBUTES, EXTENSION_ATTRIBUTES, MAX_DEPTH, Event
 from hybridbus.errors import InvalidEvent
 
 # Strategies ------------------------------------------------------------------
@@ -577,3 +580,139 @@ def test_binary_mode_refuses_undecodable_header_bytes() -> None:
     headers = {"ce-id": "1", "ce-source": "s", "ce-type": "t", "ce-specversion": "1.0"}
     with pytest.raises(InvalidEvent):
         from_http({**headers, "ce-subject": "bad\udcff"}, b"")
+
+
+# Deep nesting --------------------------------------------------------------------
+
+
+def nested_json(depth: int, kind: str) -> bytes:
+    if kind == "list":
+        return b"[" * depth + b"1" + b"]" * depth
+    return b'{"a":' * depth + b"1" + b"}" * depth
+
+
+def nested_msgpack(depth: int, kind: str) -> bytes:
+    return (b"\x91" if kind == "list" else b"\x81\xa1a") * depth + b"\x01"
+
+
+HEAD = b'{"specversion":"1.0","id":"1","source":"s","type":"t","data":'
+
+
+@settings(max_examples=60, deadline=None)
+@given(depth=st.integers(MAX_DEPTH, 200_000), kind=st.sampled_from(["list", "dict"]))
+def test_any_nesting_is_decoded_or_refused_never_a_crash(depth: int, kind: str) -> None:
+    """Every decoder and encoder answers InvalidEvent to nesting, however deep."""
+    body = nested_json(depth, kind)
+    binary = {**BASE_HEADERS, "content-type": "application/json"}
+    bodies: list[Callable[[], object]] = [
+        lambda: decode_json(body),  # the whole event nested
+        lambda: decode_json(HEAD + body + b"}"),
+        lambda: decode_json_batch(body),
+        lambda: decode_json_batch(b"[" + HEAD + body + b"}]"),
+        lambda: from_http(binary, body),
+        lambda: from_http(BASE_HEADERS, body),  # unlabelled: JSON if it parses
+        lambda: decode_msgpack(nested_msgpack(depth, kind)),
+        lambda: decode_msgpack(
+            b"\x85\xa2id\xa11\xa6source\xa1s\xa4type\xa1t\xabspecversion\xa31.0\xa4data"
+            + nested_msgpack(depth, kind)
+        ),
+    ]
+    for decode in bodies:
+        try:
+            decoded = decode()
+        except InvalidEvent:
+            continue
+        for event in decoded if isinstance(decoded, list) else [decoded]:
+            assert isinstance(event, Event)
+            for encode in (encode_json, encode_msgpack):
+                with contextlib.suppress(InvalidEvent):
+                    encode(event)
+
+
+def deep(depth: int) -> object:
+    data: object = 1
+    for _ in range(depth):
+        data = [data]
+    return data
+
+
+def test_an_event_nested_past_the_recursion_limit_is_refused_by_the_encoders() -> None:
+    event = Event(id="1", source="s", type="t", data=deep(100_000))
+    for encode in (encode_json, encode_msgpack):
+        with pytest.raises(InvalidEvent) as info:
+            encode(event)
+        assert info.value.attribute == "data"
+
+
+def test_check_depth_refuses_data_past_max_depth() -> None:
+    for depth in (0, 1, MAX_DEPTH):
+        event = Event(id="1", source="s", type="t", data=deep(depth), extensions={"x": "é" * 300})
+        assert check_depth(event, encode_msgpack(event)) is event
+    for data in (deep(MAX_DEPTH + 1), {"a": [deep(MAX_DEPTH)]}):
+        event = Event(id="1", source="s", type="t", data=data)
+        with pytest.raises(InvalidEvent) as info:
+            check_depth(event, encode_msgpack(event))
+        assert info.value.attribute == "data"
+        assert str(MAX_DEPTH) in str(info.value)
+
+
+# MessagePack attributes ----------------------------------------------------------
+
+MSGPACK_BASE = {"id": "1", "source": "s", "type": "t"}
+
+
+def test_msgpack_takes_extensions_as_top_level_keys_like_json() -> None:
+    """A map written from the JSON format's attribute names is a MessagePack event."""
+    flat = decode_msgpack(msgspec.msgpack.encode({**MSGPACK_BASE, "traceparent": "00-ab", "n": 3}))
+    nested = decode_msgpack(
+        msgspec.msgpack.encode({**MSGPACK_BASE, "x-extensions": {"traceparent": "00-ab", "n": 3}})
+    )
+    expected = Event(id="1", source="s", type="t", extensions={"traceparent": "00-ab", "n": 3})
+    assert flat == nested == expected
+    both = decode_msgpack(
+        msgspec.msgpack.encode({**MSGPACK_BASE, "a": True, "x-extensions": {"b": "x"}})
+    )
+    assert both.extensions == {"a": True, "b": "x"}
+    # The encoder keeps one form: what the log stores and a reader decodes fast.
+    assert msgspec.msgpack.decode(encode_msgpack(flat))["x-extensions"] == flat.extensions
+
+
+@pytest.mark.parametrize(
+    ("fields", "attribute"),
+    [
+        ({"x-extensions": {"tenantid": "acme"}}, "tenantid"),
+        ({"x-extensions": {"sequence": "1"}}, "sequence"),
+        ({"a": 1, "x-extensions": {"a": 2}}, "a"),
+        ({"Bad": 1}, "Bad"),
+        ({"big": 2**40}, "big"),
+        ({"f": 1.5}, "f"),
+        ({"x-extensions": ["a"]}, "extensions"),
+        ({"sequence": 5}, "sequence"),
+        ({"data_base64": "aGk="}, "data_base64"),
+    ],
+)
+def test_msgpack_attribute_errors_name_the_attribute(
+    fields: dict[str, Any], attribute: str
+) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        decode_msgpack(msgspec.msgpack.encode({**MSGPACK_BASE, **fields}))
+    assert info.value.attribute == attribute
+
+
+def test_own_extensions_in_x_extensions_say_where_they_go() -> None:
+    with pytest.raises(InvalidEvent, match="top-level"):
+        decode_msgpack(msgspec.msgpack.encode({**MSGPACK_BASE, "x-extensions": {"appid": "a"}}))
+
+
+@pytest.mark.parametrize("value", [5, 1.5, True, ""])
+def test_sequence_is_a_non_empty_string_in_every_format(value: object) -> None:
+    raw = {"specversion": "1.0", **MSGPACK_BASE, "sequence": value}
+    decoders: list[Callable[[], Event]] = [
+        lambda: decode_json(json.dumps(raw).encode()),
+        lambda: decode_msgpack(msgspec.msgpack.encode(raw)),
+    ]
+    for decode in decoders:
+        with pytest.raises(InvalidEvent) as info:
+            decode()
+        assert info.value.attribute == "sequence"
+    assert decode_json(json.dumps({**raw, "sequence": "5"})).sequence == "5"

@@ -9,11 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hybridbus.core.event import Event
-from hybridbus.core.log import Cursor, Delivery, Position, is_exact
+from hybridbus.core.log import MAX_POSITION, Cursor, Delivery, Position, is_exact
 from hybridbus.errors import ErrorCode, InvalidPosition
 
 epochs = st.from_regex(r"[A-Za-z0-9_]{1,64}", fullmatch=True)
-shard_positions = st.lists(st.integers(0, 2**70), min_size=1, max_size=8).map(tuple)
+shard_positions = st.lists(st.integers(0, MAX_POSITION), min_size=1, max_size=8).map(tuple)
 EVENT = Event(id="1", source="s", type="t")
 
 
@@ -66,6 +66,11 @@ def test_position_text_form() -> None:
         "e1-1e3",
         "a" * 65 + "-1",  # epoch too long
         "e1-" + "9" * 5000,  # past int()'s digit limit
+        "e1-99999999999999999999999",  # past the engines' 64-bit positions
+        f"e1-{2**63}",
+        f"e1-0.{2**64}.0",
+        "e1-\uff11",  # FULLWIDTH DIGIT ONE
+        "e1-1\u00b2",  # SUPERSCRIPT TWO
     ],
 )
 def test_malformed_token_is_refused(token: str) -> None:
@@ -97,6 +102,49 @@ def test_parse_accepts_exactly_the_token_grammar(token: str) -> None:
         assert not TOKEN_GRAMMAR.fullmatch(token)
         return
     assert TOKEN_GRAMMAR.fullmatch(token)
+    assert Position.parse(str(position)) == position
+
+
+def test_the_largest_64_bit_position_is_a_position() -> None:
+    assert MAX_POSITION == 2**63 - 1  # sqlite's INTEGER
+    assert Position.parse(f"e1-{MAX_POSITION}.0") == Position("e1", (MAX_POSITION, 0))
+
+
+def test_a_position_built_in_python_is_checked_too() -> None:
+    assert Position("e1", (0, MAX_POSITION)).checked() == Position("e1", (0, MAX_POSITION))
+    for positions in [(2**63,), (-1,), (), (1, 2**80)]:
+        with pytest.raises(InvalidPosition):
+            Position("e1", positions).checked()
+    with pytest.raises(InvalidPosition):
+        Position("e-1", (1,)).checked()
+
+
+# What a client may send as `since`: integers of any size and sign, with their
+# sign written or not, non-ASCII digits, empty parts, many shards.
+digits = st.sampled_from(["0", "7", "\u0661", "\uff11", "\u00b2", "\U0001d7d8", "_", " "])
+numbers = (
+    st.integers().map(str)
+    | st.integers(0, 2**80).map(lambda n: f"+{n}")
+    | st.lists(digits, max_size=4).map("".join)
+    | st.just("")
+    | st.integers(MAX_POSITION - 2, MAX_POSITION + 2).map(str)
+)
+since_tokens = st.builds(
+    "{}{}{}".format,
+    epochs | st.text(max_size=6),
+    st.sampled_from(["-", "--", "", "+", "\u2212"]),
+    st.lists(numbers, min_size=0, max_size=40).map(".".join),
+)
+
+
+@given(since_tokens)
+def test_any_since_is_a_position_in_range_or_invalid_position(token: str) -> None:
+    try:
+        position = Position.parse(token)
+    except InvalidPosition:
+        return  # the only exception it raises: anything else fails the test
+    assert TOKEN_GRAMMAR.fullmatch(token)
+    assert position.positions and all(0 <= p <= MAX_POSITION for p in position.positions)
     assert Position.parse(str(position)) == position
 
 

@@ -244,3 +244,62 @@ def test_matches_a_naive_model(
         live = {r.key for r in added if r.until > now}
         assert {r.key for r in revocations} == live
         assert len(revocations) == len(live)
+
+
+# -- bounds (issue 8, item 6) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_until_and_at_must_be_finite(bad: float) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        revocation("token", "t1", until=bad)
+    with pytest.raises(ValueError, match="finite"):
+        revocation("token", "t1", at=bad)
+    # Converted from builtins too (msgspec reports the ValueError as a validation error).
+    fields = {"kind": "token", "tenant": "acme", "value": "t1", "until": bad, "at": NOW}
+    with pytest.raises(msgspec.ValidationError, match="finite"):
+        msgspec.convert(fields, Revocation)
+
+
+def test_bounded_caps_until_at_the_horizon_and_raises_a_user_s_to_it() -> None:
+    horizon = 86400.0 + 30
+    cap = NOW + horizon
+    # The attack of the issue: until = 1e308 is lowered to the horizon.
+    assert revocation("token", "t1", until=1e308).bounded(NOW, horizon).until == cap
+    assert revocation("session", "s1", until=cap + 1).bounded(NOW, horizon).until == cap
+    # A shorter one is kept as asked, everything else too.
+    short = revocation("token", "t1", until=NOW + 60, reason="r")
+    assert short.bounded(NOW, horizon) == short
+    # A user revocation must outlive every token issued up to it: exactly the horizon.
+    for until in (NOW + 1, NOW + 60, 1e308):
+        kept = revocation("user", "alice", until=until).bounded(NOW, horizon)
+        assert kept.until == cap and kept.at == NOW
+    with pytest.raises(ValueError, match="horizon"):
+        short.bounded(NOW, float("inf"))
+
+
+def test_the_set_counts_live_revocations_per_tenant() -> None:
+    revocations = RevocationSet()
+    assert revocations.count("acme") == 0
+    revocations.add(revocation("token", "t1", until=NOW + 10))
+    revocations.add(revocation("token", "t1", until=NOW + 20))  # the same key: merged
+    revocations.add(revocation("user", "t1"))
+    revocations.add(revocation("token", "t1", tenant="globex"))
+    assert (revocations.count("acme"), revocations.count("globex")) == (2, 1)
+    assert revocations.prune(NOW + 20) == 1
+    assert (revocations.count("acme"), revocations.count("globex")) == (1, 1)
+    revocations.clear()
+    assert revocations.count("acme") == revocations.count("globex") == 0
+
+
+def test_shorten_lowers_the_untils_past_a_bound_and_prunes_by_the_new_one() -> None:
+    far = revocation("token", "t1", until=1e308, reason="flood")
+    near = revocation("session", "s1", until=NOW + 10)
+    revocations = RevocationSet([far, near])
+    assert revocations.shorten(NOW + 100) == [msgspec.structs.replace(far, until=NOW + 100)]
+    assert revocations.get("token", "acme", "t1") == msgspec.structs.replace(far, until=NOW + 100)
+    assert revocations.get("session", "acme", "s1") == near
+    assert revocations.shorten(NOW + 100) == []
+    # The stale heap entry of 1e308 does not keep it: it goes at its new until.
+    assert revocations.prune(NOW + 100) == 2
+    assert len(revocations) == 0 and revocations.count("acme") == 0

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.support import FakeClock, append, lines_acked_before_kill_9, read_all
+from tests.support import FakeClock, MakeEngine, append, lines_acked_before_kill_9, read_all
 
 from hybridbus.core.revocation import Revocation
 from hybridbus.engine import _sqlite_schema as schema
@@ -212,3 +212,34 @@ async def test_every_acknowledged_revocation_survives_kill_9(
     stored = {r.value for r in await engine.revocations()}
     missing = [value for value in acked if value not in stored]
     assert missing == []
+
+
+# -- bounded revocations (issue 8, item 6); on every engine ---------------------------------
+
+
+async def test_shorten_revocations_lowers_the_untils_past_a_bound_durably(
+    make_engine: MakeEngine, engine_kind: str, clock: FakeClock
+) -> None:
+    """Revocations stored with `until = 1e308` (before there was a horizon) can be lowered.
+
+    `revoke` only ever widens a stored `until`, so this is its own operation.
+    """
+    opened = await make_engine()
+    engine = opened.engine
+    await engine.revoke(token(clock, "flood", lasts=1e308, reason="flood"))
+    await engine.revoke(token(clock, "near", lasts=10))
+    bound = clock.now + 100
+    assert await engine.shorten_revocations(bound) == 1
+    assert await engine.shorten_revocations(bound) == 0
+    kept = {r.value: r for r in await engine.revocations()}
+    assert kept["flood"].until == bound and kept["flood"].reason == "flood"
+    assert kept["near"].until == clock.now + 10
+    clock.advance(100)
+    await engine.sweep()
+    assert await engine.revocations() == []
+    if engine_kind == "sqlite":
+        await engine.revoke(token(clock, "again", lasts=1e308))
+        await engine.shorten_revocations(clock.now + 5)
+        await engine.close()
+        engine = (await make_engine()).engine  # the same data: the lower until was stored
+        assert [r.until for r in await engine.revocations()] == [clock.now + 5]

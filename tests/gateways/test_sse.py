@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,16 +18,19 @@ from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 from tests.gateways.support import Api, GatedEngine, SseReader, event, serving
 
 import hybridbus
 from hybridbus.core.event import Event
 from hybridbus.core.log import Delivery, Position
 from hybridbus.engine.base import EngineConfig
-from hybridbus.errors import ErrorCode
-from hybridbus.gateways.http import HttpConfig
-from hybridbus.gateways.sse import SseConfig, _Encoded
+from hybridbus.errors import ErrorCode, Revoked, TokenExpired, TooManyConnections
+from hybridbus.gateways.http import HttpConfig, HttpGateway
+from hybridbus.gateways.httputil import guarded
+from hybridbus.gateways.sse import End, Release, SseConfig, SseGateway, _Encoded
 from hybridbus.hub.bus import Bus, BusConfig
+from hybridbus.server.metrics import Metrics
 
 pytest.importorskip("cloudevents", minversion="2.2", reason="the cloudevents SDK is a test extra")
 
@@ -379,3 +383,142 @@ def test_the_encoding_of_a_delivery_is_shared_and_bounded() -> None:
     assert len(encoded._entries) == 3  # the oldest went first
     big = Delivery("acme/a", 9, 0, 9, 0.0, Event(id="9", source="/s", type="t", data="x" * 20_000))
     assert encoded(big) == encoded(big) and id(big) not in encoded._entries  # over the byte bound
+
+
+# -- memory, holders and leaving clients ----------------------------------------------------
+
+
+async def test_a_reader_over_the_byte_bound_is_ended_1201_and_resumes_without_loss() -> None:
+    # The subscription's own queue (10,000 events) is far away: the bound in bytes ends it.
+    config = HttpConfig(sse=SseConfig(max_pending_bytes=256 * 1024))
+    async with hybridbus.open("memory://") as bus, serving(bus, config=config) as api:
+        small = httpx.AsyncHTTPTransport(
+            socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)]
+        )
+        async with (
+            httpx.AsyncClient(base_url=api.base, timeout=10.0, transport=small) as client,
+            client.stream("GET", "/v1/sse", params={"pattern": "acme/#"}) as response,
+        ):
+            await wait_for(lambda: api.sample("hybridbus_subscriptions", transport="sse") == 1)
+            # Not reading: 100 kB events fill the socket buffers, then the 256 kB bound.
+            published = 0
+            while not api.sample("hybridbus_drops_total", reason="slow_consumer"):
+                await bus.publish("acme/big", event(str(published), data="x" * 100_000))
+                published += 1
+                await asyncio.sleep(0)
+                assert published < 1000, "never ended"
+            lines = response.aiter_lines()
+
+            async def next_line() -> str | None:
+                return await anext(lines, None)
+
+            first = await SseReader(next_line).rest()  # read at once: the ending gets through
+        assert first[0].event == "subscribed"
+        assert first[-1].event == "unsubscribed"
+        assert first[-1].json() == {
+            "pattern": "acme/#",
+            "code": ErrorCode.SUBSCRIBER_TOO_SLOW,
+            "reason": "over 262144 bytes queued for the client; "
+            "reconnect with the last event's id as Last-Event-ID",
+            "retriable": True,
+        }
+        delivered = [e for e in first if e.event == "event"]
+        assert 0 < len(delivered) < published
+        await wait_for(lambda: api.sample("hybridbus_subscriptions", transport="sse") == 0)
+        async with stream(api, "acme/#", last_event_id=delivered[-1].id) as sse:
+            await sse.events(1, "subscribed")
+            rest = await sse.events(published - len(delivered))
+        ids = [e.json()["id"] for e in delivered + rest]
+        assert ids == [str(i) for i in range(published)]
+
+
+@dataclasses.dataclass
+class Holder:
+    """A `hold` hook that counts streams, refuses past `limit`, and can end them all."""
+
+    limit: int
+    ends: list[End] = dataclasses.field(default_factory=list)
+    held: int = 0
+
+    async def __call__(self, request: web.Request, end: End) -> Release:
+        if self.held >= self.limit:
+            raise TooManyConnections(f"already {self.held} streams")
+        self.held += 1
+        self.ends.append(end)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.held -= 1
+
+        return release
+
+
+@contextlib.asynccontextmanager
+async def held_streams(bus: Bus, holder: Holder, keepalive: float = 15.0) -> AsyncIterator[Api]:
+    """The SSE route alone, its streams held by `holder`."""
+    metrics = Metrics()
+    gateway = SseGateway(bus, metrics, SseConfig(keepalive=keepalive), hold=holder)
+    app = web.Application()
+    app.add_routes([web.get("/v1/sse", guarded(gateway.stream))])
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        yield Api(f"http://127.0.0.1:{port}", bus, metrics, HttpGateway(bus, metrics))
+    finally:
+        gateway.close()
+        await runner.cleanup()
+
+
+async def test_the_holder_counts_refuses_and_ends_streams() -> None:
+    holder = Holder(limit=1)
+    async with hybridbus.open("memory://") as bus, held_streams(bus, holder) as api:
+        async with stream(api, "acme/#") as sse:
+            await sse.events(1, "subscribed")
+            assert holder.held == 1
+            # Full: the next stream is refused before it starts, as a problem.
+            async with httpx.AsyncClient(base_url=api.base) as client:
+                response = await client.get("/v1/sse", params={"pattern": "acme/#"})
+            assert response.status_code == 429
+            assert response.headers["content-type"].startswith(PROBLEM)
+            assert response.json()["code"] == ErrorCode.TOO_MANY_CONNECTIONS
+            assert response.json()["retriable"] is True
+            await bus.publish("acme/a", event("before"))
+            assert [e.json()["id"] for e in await sse.events(1)] == ["before"]
+            # The holder ends it (a revocation): the stream says why and ends.
+            holder.ends[0](Revoked("the session was revoked"))
+            await bus.publish("acme/a", event("after"))  # never delivered
+            (ended,) = await sse.events(1, "unsubscribed")
+            assert ended.json() == {
+                "pattern": "acme/#",
+                "code": ErrorCode.REVOKED,
+                "reason": "the session was revoked",
+                "retriable": False,
+            }
+            assert await sse.next() is None
+        await wait_for(lambda: holder.held == 0)  # released
+        # Its token expires: the same, with 1101.
+        async with stream(api, "acme/#") as sse:
+            await sse.events(1, "subscribed")
+            holder.ends[-1](TokenExpired("the token expired; reconnect with a new one"))
+            (ended,) = await sse.events(1, "unsubscribed")
+            assert ended.json()["code"] == ErrorCode.TOKEN_EXPIRED
+            assert ended.json()["retriable"] is False
+        await wait_for(lambda: holder.held == 0)
+
+
+async def test_a_client_that_leaves_is_released_within_seconds_without_a_keepalive() -> None:
+    holder = Holder(limit=10)
+    async with hybridbus.open("memory://") as bus, held_streams(bus, holder, keepalive=60) as api:
+        async with stream(api, "acme/#") as sse:
+            await sse.events(1, "subscribed")
+            assert holder.held == 1
+        # No handler cancellation, no keep-alive for a minute: the sweep notices.
+        await wait_for(lambda: holder.held == 0, 3.0)
+        assert api.sample("hybridbus_subscriptions", transport="sse") == 0
+        assert api.sample("hybridbus_connections", transport="sse") == 0

@@ -13,11 +13,12 @@ import pytest
 from tests.support import FakeClock
 
 import hybridbus
-from hybridbus.core.event import Event
+from hybridbus.core.event import MAX_DEPTH, Event
 from hybridbus.core.log import Delivery, Position
 from hybridbus.engine.base import EngineConfig
 from hybridbus.errors import (
     BusClosed,
+    ErrorCode,
     EventTooLarge,
     InvalidEvent,
     InvalidPattern,
@@ -25,7 +26,7 @@ from hybridbus.errors import (
     InvalidTopic,
     SubscriberTooSlow,
 )
-from hybridbus.hub.bus import Bus, BusConfig
+from hybridbus.hub.bus import Bus, BusConfig, EventLike
 from hybridbus.hub.subscription import Subscription
 
 
@@ -331,3 +332,61 @@ async def test_a_tight_publish_loop_lets_subscribers_in_this_process_keep_up(
                 await bus.publish("acme/a", ev(i))
             got = await reader
         assert [d.offset for d in got] == list(range(1, 1001))
+
+
+async def test_a_since_past_the_engines_64_bits_is_an_invalid_position(bus: Bus) -> None:
+    await bus.publish("acme/a", ev(1))
+    epoch = bus.engine.epoch
+    huge = f"{epoch}-99999999999999999999999"
+    for since in (huge, Position(epoch, (2**63,)), Position(epoch, (-1,))):
+        with pytest.raises(InvalidPosition):
+            await bus.history("acme/#", since=since)
+        with pytest.raises(InvalidPosition):
+            bus.subscribe("acme/#", since=since)
+    last = f"{epoch}-{2**63 - 1}"
+    assert (await bus.history("acme/#", since=last)).deliveries == []
+    async with bus.subscribe("acme/#", since=last) as sub:
+        assert sub.recovered
+
+
+async def test_tenantid_must_be_the_topics_tenant(bus: Bus) -> None:
+    refused: list[tuple[str, EventLike]] = [
+        ("acme/a", ev(1, tenantid="globex")),
+        ("acme/a", Event(id="2", source="/s", type="t", tenantid="globex")),
+        ("globex/a", ev(3, tenantid="acme")),  # as an admin's absolute topic would be
+        ("$audit/acme/x", ev(4, tenantid="acme")),  # a system root is no tenant
+    ]
+    for topic, event in refused:
+        with pytest.raises(InvalidEvent) as info:
+            await bus.publish(topic, event)
+        assert info.value.attribute == "tenantid"
+        assert info.value.code == ErrorCode.INVALID_EVENT
+        assert "tenantid" in str(info.value)
+    assert await bus.topics() == []
+    await bus.publish("acme/a", ev(5, tenantid="acme"))
+    await bus.publish("acme/a", ev(6))  # absent: left absent
+    await bus.publish("$audit/acme/x", ev(7))
+    page = await bus.history("acme/a")
+    assert [(d.event.id, d.event.tenantid) for d in page.deliveries] == [("5", "acme"), ("6", None)]
+
+
+def nested(depth: int, kind: str) -> object:
+    data: object = 1
+    for _ in range(depth):
+        data = [data] if kind == "list" else {"a": data}
+    return data
+
+
+@pytest.mark.parametrize("kind", ["list", "dict"])
+async def test_data_nested_past_the_limit_is_an_invalid_event(bus: Bus, kind: str) -> None:
+    await bus.publish("acme/a", ev(1, data=nested(MAX_DEPTH, kind)))
+    for depth in (MAX_DEPTH + 1, 900, 100_000):
+        for event in (
+            ev(depth, data=nested(depth, kind)),
+            Event(id=str(depth), source="/s", type="t", data=nested(depth, kind)),
+        ):
+            with pytest.raises(InvalidEvent) as info:
+                await bus.publish("acme/a", event)
+            assert info.value.attribute == "data"
+    page = await bus.history("acme/a")
+    assert [d.event.data == nested(MAX_DEPTH, kind) for d in page.deliveries] == [True]

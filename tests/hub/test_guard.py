@@ -32,6 +32,7 @@ from hybridbus.errors import (
     InvalidTopic,
     RateLimited,
     Revoked,
+    TooManyRevocations,
 )
 from hybridbus.hub.bus import Bus
 from hybridbus.hub.guard import Guard, Limits, Principal
@@ -509,7 +510,8 @@ async def test_revoke_stores_applies_and_survives_a_restart(hub: Hub, kind: str)
 
     value, revoked, admitted = REVOCATIONS[kind]
     revoked, admitted = [at_now(i) for i in revoked], [at_now(i) for i in admitted]
-    guard, seen = hub.guard(), []
+    # The horizon of this server is the hour the revocation asks for: it is kept as made.
+    guard, seen = hub.guard(limits=Limits(revocation_horizon=3600)), []
     guard.on_revoke(lambda r: 1 / 0)  # a failing listener stops neither the revocation nor others
     guard.on_revoke(seen.append)
     for identity in revoked:
@@ -528,7 +530,7 @@ async def test_revoke_stores_applies_and_survives_a_restart(hub: Hub, kind: str)
     await hub.bus.close()
     hub.bus = Bus(hub.engine, clock=hub.clock)
     await hub.bus.start()
-    restarted = hub.guard()
+    restarted = hub.guard(limits=Limits(revocation_horizon=3600))
     restarted.admit(revoked[0])  # not loaded yet
     await restarted.start()
     for identity in revoked:
@@ -629,3 +631,102 @@ async def test_dedupe_never_crosses_tenants(hub: Hub) -> None:
     assert (ack.topic, ack.duplicate) == ("acme/mine", False)
     again = await guard.publish(acme, "other", ev("same"))
     assert (again.topic, again.offset, again.duplicate) == ("acme/mine", 1, True)
+
+
+# -- 8. bounded revocations and what a listing shows (issue 8, items 5 and 6) -------------------
+
+DAY = 86400.0
+
+
+async def test_a_revocation_s_until_is_held_to_the_horizon_and_a_user_s_raised_to_it(
+    hub: Hub,
+) -> None:
+    guard = hub.guard(limits=Limits(revocation_horizon=DAY + 30))
+    cap = hub.clock.now + DAY + 30
+    admin, key = guard.admit(ADMIN), guard.admit(EVERYTHING["acme"])
+    flood = msgspec.structs.replace(revocation("token", "t1", hub.clock), until=1e308)
+    kept = await guard.revoke(key, flood)
+    assert kept.until == cap and guard.revoked(who(token_id="t1")) == kept
+    assert await hub.engine.revocations() == [kept]
+    # A user revocation lasts the horizon whatever was asked, admin or not: a token of the
+    # user issued just before it and living the longest lifetime stays refused to its end.
+    user = await guard.revoke(admin, revocation("user", "u", hub.clock))
+    assert user.until == cap
+    old = who(user="u", issued=hub.clock.now, expires=hub.clock.now + DAY)
+    hub.clock.advance(DAY + 29)
+    with pytest.raises(Revoked):
+        guard.admit(old)
+
+
+async def test_revocations_by_a_tenant_s_callers_are_rate_limited_per_tenant(hub: Hub) -> None:
+    guard = hub.guard(limits=Limits(revoke_rate=1, revoke_burst=2))
+    acme, globex = guard.admit(EVERYTHING["acme"]), guard.admit(EVERYTHING["globex"])
+    for n in range(2):
+        await guard.revoke(acme, revocation("token", f"t{n}", hub.clock))
+    with pytest.raises(RateLimited) as limited:
+        await guard.revoke(acme, revocation("token", "t2", hub.clock))
+    assert limited.value.code == ErrorCode.RATE_LIMITED and limited.value.retriable
+    assert 0 < limited.value.retry_after <= 1
+    assert guard.revoked(who(token_id="t2")) is None  # refused: nothing stored
+    assert len(await hub.engine.revocations()) == 2
+    # Another tenant has its own bucket; an admin is never slowed down.
+    await guard.revoke(globex, revocation("token", "t0", hub.clock, tenant="globex"))
+    for n in range(5):
+        await guard.revoke(guard.admit(ADMIN), revocation("token", f"a{n}", hub.clock))
+    hub.clock.advance(1)
+    await guard.revoke(acme, revocation("token", "t2", hub.clock))
+
+
+async def test_a_tenant_s_callers_hold_at_most_max_revocations_live(hub: Hub) -> None:
+    guard = hub.guard(limits=Limits(max_revocations=3, revocation_horizon=3600))
+    acme = guard.admit(EVERYTHING["acme"])
+    for n in range(3):
+        await guard.revoke(acme, revocation("token", f"t{n}", hub.clock))
+    with pytest.raises(TooManyRevocations) as full:
+        await guard.revoke(acme, revocation("token", "t3", hub.clock))
+    assert full.value.code == ErrorCode.TOO_MANY_REVOCATIONS == 1123
+    assert not full.value.retriable and "3" in str(full.value)
+    assert len(await hub.engine.revocations()) == 3
+    # Revoking a held key again adds nothing: taken. Another tenant has its own count.
+    await guard.revoke(acme, revocation("token", "t1", hub.clock))
+    globex = guard.admit(EVERYTHING["globex"])
+    await guard.revoke(globex, revocation("token", "t3", hub.clock, tenant="globex"))
+    # An admin is not held to it (a tenant filling its count must not stop the operator).
+    await guard.revoke(guard.admit(ADMIN), revocation("user", "mallory", hub.clock))
+    # Room comes back as revocations lapse.
+    hub.clock.advance(3600)
+    await guard.revoke(acme, revocation("token", "t4", hub.clock))
+
+
+async def test_start_shortens_revocations_stored_past_the_horizon(hub: Hub) -> None:
+    stored = msgspec.structs.replace(revocation("token", "t1", hub.clock), until=1e308)
+    await hub.engine.revoke(stored)
+    guard = hub.guard(limits=Limits(revocation_horizon=60))
+    await guard.start()
+    shortened = msgspec.structs.replace(stored, until=hub.clock.now + 60)
+    assert guard.revoked(who(token_id="t1")) == shortened
+    assert await hub.engine.revocations() == [shortened]
+    hub.clock.advance(60)
+    guard.admit(who(token_id="t1"))
+
+
+async def test_visible_is_subscribe_or_history_and_never_a_refusal(hub: Hub) -> None:
+    guard = hub.guard(limits=Limits(audit_denials=0))
+    alice, nobody = guard.admit(ALICE), guard.admit(Identity(tenant="acme", user="n"))
+    shown = {
+        topic: guard.visible(alice, topic)
+        for topic in ("docs/1", "docs/secret/1", "users/alice/x", "users/bob/x", "devices/d1/a")
+    }
+    assert shown == {
+        "docs/1": True,  # subscribe and history
+        "docs/secret/1": False,  # denied
+        "users/alice/x": True,
+        "users/bob/x": False,
+        "devices/d1/a": True,  # subscribe only
+    }
+    assert not guard.visible(nobody, "docs/1")  # no roles: nothing
+    assert guard.visible(guard.admit(ADMIN), "$audit/acme/revoke")
+    # Patterns too: whether every topic under one is visible.
+    assert guard.visible(alice, "users/alice/#") and not guard.visible(alice, "docs/#")
+    # Hidden topics are filtered, not refused: no denial was counted (none audited).
+    assert await hub.audits("acme", "denials") == []

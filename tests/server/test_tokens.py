@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -35,8 +36,16 @@ from tests.server.jwt_support import (
     verifier,
 )
 
+from hybridbus.cli import main as cli_main
 from hybridbus.core.identity import Grant, Identity
-from hybridbus.errors import TokenExpired, TokenInvalid, Unauthorized, UnknownKey
+from hybridbus.errors import (
+    ErrorCode,
+    TokenExpired,
+    TokenInvalid,
+    TokenLifetimeExceeded,
+    Unauthorized,
+    UnknownKey,
+)
 from hybridbus.server.auth import Authenticator
 from hybridbus.server.keys import KeyRing, KeySpec
 from hybridbus.server.tokens import (
@@ -557,3 +566,72 @@ def test_signed_tokens_with_arbitrary_claims_and_headers_never_raise_anything_el
     payload = claims() | overrides
     only_unauthorized(hmac_token({"alg": "HS256"} | header, payload, SECRET.encode()))
     only_unauthorized(hmac_token({"alg": "HS256"}, payload, SECRET.encode()))
+
+
+# -- the longest lifetime (issue 8, item 6) ----------------------------------------------
+
+DAY = 86400
+
+
+def test_a_token_living_longer_than_max_lifetime_is_refused_with_its_own_code() -> None:
+    limited = verifier(max_lifetime=DAY)
+    assert limited.verify(hs256(claims(exp=NOW + DAY))).expires == NOW + DAY  # exactly: taken
+    error = refused(limited, hs256(claims(exp=NOW + DAY + 1)))
+    assert type(error) is TokenLifetimeExceeded and error.code == ErrorCode.TOKEN_LIFETIME_EXCEEDED
+    assert isinstance(error, TokenInvalid)  # a kind of invalid token: close 4501, HTTP 401
+    assert "max_token_lifetime" in str(error)
+    # The year-long token of the issue, seen a month into its life, too.
+    year = hs256(claims(iat=NOW - 30 * DAY, exp=NOW + 335 * DAY))
+    assert type(refused(limited, year)) is TokenLifetimeExceeded
+    # Without a maximum, any lifetime.
+    assert verifier().verify(year).user == "alice"
+
+
+def test_with_a_max_lifetime_iat_is_required() -> None:
+    error = refused(verifier(max_lifetime=DAY), hs256(claims(iat=None)))
+    assert type(error) is TokenInvalid and "iat" in str(error)
+
+
+def test_an_iat_in_the_future_cannot_stretch_a_token_past_the_maximum_from_now() -> None:
+    # exp - iat is one hour, but the token would be good for a year from now.
+    stretched = hs256(claims(iat=NOW + 365 * DAY, exp=NOW + 365 * DAY + 3600))
+    assert type(refused(verifier(max_lifetime=DAY), stretched)) is TokenLifetimeExceeded
+    # An issuer clock a little ahead is what the leeway is for.
+    ahead = hs256(claims(iat=NOW + 5, exp=NOW + 5 + DAY))
+    assert type(refused(verifier(max_lifetime=DAY), ahead)) is TokenLifetimeExceeded
+    assert verifier(max_lifetime=DAY, leeway=10).verify(ahead).issued == NOW + 5
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan")])
+def test_max_lifetime_must_be_a_positive_finite_number(bad: float) -> None:
+    with pytest.raises(ValueError, match="max_lifetime"):
+        verifier(max_lifetime=bad)
+
+
+def test_mint_refuses_a_ttl_over_the_maximum_it_is_given() -> None:
+    spec = SPECS[0]
+    token = mint(spec, sub="a", tenant="acme", ttl=DAY, now=NOW, max_lifetime=DAY)
+    assert verifier(max_lifetime=DAY).verify(token).expires == NOW + DAY
+    with pytest.raises(ValueError, match="max_token_lifetime"):
+        mint(spec, sub="a", tenant="acme", ttl=DAY + 1, now=NOW, max_lifetime=DAY)
+
+
+def test_the_token_command_mints_only_what_the_server_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`hybridbus token --ttl` over the server's max_token_lifetime exits 2 (default 24 h)."""
+    monkeypatch.setenv("HYBRIDBUS_JWT_SECRET", SECRET)
+    argv = ["token", "--sub", "alice", "--tenant", "acme", "--ttl"]
+    with pytest.raises(SystemExit) as exited:
+        cli_main([*argv, "2d"])
+    assert exited.value.code == 2
+    assert "max_token_lifetime" in capsys.readouterr().err
+    assert cli_main([*argv, "24h"]) == 0
+    token = capsys.readouterr().out.strip()
+    taken = TokenVerifier(KeyRing([KeySpec(alg="HS256", secret=SECRET)]), max_lifetime=DAY)
+    assert taken.verify(token).user == "alice"
+    # A server configured for longer tokens: the command follows its --config.
+    config = tmp_path / "hybridbus.toml"
+    config.write_text(f"max_token_lifetime = {7 * DAY}\n")
+    assert cli_main([*argv, "2d", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.count(".") == 2

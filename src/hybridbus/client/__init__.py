@@ -1,9 +1,12 @@
 """The Python client: `async with hybridbus.client.connect(url) as c: ...`.
 
-Reconnects by itself with exponential backoff and full jitter, resubscribes
-from each subscription's last position, and retries in-flight publishes with
-the same event id (the server dedupes them), so an application sees every
-event once, in order, or an explicit `ContinuityLost`. Given a
+`connect()` raises `ConnectFailed` at once if the first connection fails;
+once connected, the client reconnects by itself with exponential backoff and
+full jitter (logging each reconnect), resubscribes from each subscription's
+last position, and retries in-flight publishes with the same event id (the
+server dedupes them), so an application sees every event once, in order, or
+an explicit `ContinuityLost`. A publish's ack (`PublishResult`) carries
+`token`, the resume token right after the event. Given a
 `TokenProvider` instead of a fixed token, it refreshes the token before it
 expires and reconnects with a fresh one after a 4004 (TOKEN_EXPIRED).
 Imports `proto` and `core` only, never the server.
@@ -11,13 +14,17 @@ Imports `proto` and `core` only, never the server.
 
 from hybridbus.client.connection import Client, ClientConfig, TokenProvider, connect
 from hybridbus.client.subscription import ClientSubscription
+from hybridbus.errors import ConnectFailed
 from hybridbus.proto.client import HistoryPage, Received
+from hybridbus.proto.frames import PublishResult
 
 __all__ = [
     "Client",
     "ClientConfig",
     "ClientSubscription",
+    "ConnectFailed",
     "HistoryPage",
+    "PublishResult",
     "Received",
     "TokenProvider",
     "connect",

@@ -1,27 +1,49 @@
 """The client side of the `hybridbus` command line: publish, subscribe, history.
 
-Owns: turning those commands' arguments into client calls and printing the
-results as JSON lines (one object per line: easy for `jq` and scripts).
-Must not parse arguments (cli.py does) nor know the server.
+Owns: turning those commands' arguments into client calls, printing the
+results as JSON lines (one object per line: easy for `jq` and scripts), and
+what a user sees when something fails: one line on stderr naming the error
+code and its name (`1110 FORBIDDEN: ...`), reconnects as they happen, and the
+exit status (cli.py's `EXIT_STATUSES` documents them). Must not parse
+arguments (cli.py does) nor know the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import sys
 import uuid
+from collections.abc import Coroutine
+from enum import IntEnum
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import msgspec
 
 from hybridbus.client.connection import ClientConfig, connect
 from hybridbus.core.codecs import encode_json
-from hybridbus.errors import InvalidInput
-from hybridbus.proto.client import HistoryItem, Received
+from hybridbus.core.log import Position
+from hybridbus.errors import (
+    BusError,
+    ConnectFailed,
+    ContinuityLost,
+    Disconnected,
+    ErrorCode,
+    InvalidInput,
+    InvalidPosition,
+)
+from hybridbus.proto.client import HistoryItem, HistoryPage, Received
+from hybridbus.proto.codes import CloseCode
 
-__all__ = ["history", "publish", "read_data", "subscribe"]
+__all__ = ["describe", "failed", "history", "publish", "read_data", "run", "subscribe"]
+
+OK: Final = 0
+FAILED: Final = 1  # refused by the server (its code is printed), or bad input
+UNREACHABLE: Final = 3  # the first connection failed: no server there, or not this one
+INTERRUPTED: Final = 130  # Ctrl-C
 
 _json = msgspec.json.Encoder()
 
@@ -49,29 +71,54 @@ def _line(item: Received | HistoryItem, token: str | None) -> bytes:
 
 
 async def publish(
-    url: str, token: str | None, topic: str, data: Any, *, type: str, source: str, id: str | None
+    url: str,
+    token: str | None,
+    topic: str,
+    data: Any,
+    *,
+    type: str,
+    source: str,
+    id: str | None,
+    only_token: bool = False,
 ) -> None:
-    """Publish one event; print its ack."""
+    """Publish one event; print its ack (its `token` is the resume token after it).
+
+    With `only_token`, print the token alone (for `since=$(hybridbus publish ...)`).
+    """
     event = {"specversion": "1.0", "id": id or str(uuid.uuid4()), "source": source, "type": type}
     if data is not None:
         event["data"] = data
     async with connect(url, token=token, config=ClientConfig(request_timeout=10.0)) as c:
         ack = await c.publish(topic, event)
-    sys.stdout.buffer.write(_json.encode(ack) + b"\n")
+    line = ack.token.encode() if only_token and ack.token else _json.encode(ack)
+    sys.stdout.buffer.write(line + b"\n")
     sys.stdout.flush()
 
 
 async def subscribe(
     url: str, token: str | None, pattern: str, since: str | None, count: int | None
 ) -> None:
-    """Print deliveries as JSON lines (missed ones first with `since`), `count` or forever."""
+    """Print deliveries as JSON lines (missed ones first with `since`), `count` or forever.
+
+    A gap (`ContinuityLost`: events were missed, e.g. the server lost its history)
+    is said on stderr, and printing goes on.
+    """
     out = sys.stdout.buffer
+    if count is not None and count <= 0:
+        return
     async with (
         connect(url, token=token) as c,
         c.subscribe(pattern, since=since) as sub,
     ):
         seen = 0
-        async for received in sub:
+        while True:
+            try:
+                received = await anext(sub)
+            except StopAsyncIteration:
+                return
+            except ContinuityLost as gap:
+                print(f"hybridbus subscribe: {describe(gap)} (going on)", file=sys.stderr)
+                continue
             out.write(_line(received, str(received.token)))
             out.flush()
             seen += 1
@@ -84,18 +131,72 @@ async def history(url: str, token: str | None, pattern: str, since: str | None, 
     out = sys.stdout.buffer
     async with connect(url, token=token, config=ClientConfig(request_timeout=10.0)) as c:
         page = await c.history(pattern, since=since, limit=limit)
-    epoch = page.position.epoch
+    # The token after each event: resume with `--since` from any line.
+    positions = _start(page, since)
     for item in page.events:
-        # The token after each event: resume with `--since` from any line.
-        out.write(_line(item, f"{epoch}-{item.position}" if item.shard == 0 else None))
+        positions[item.shard] = item.position
+        out.write(_line(item, str(Position(page.position.epoch, tuple(positions)))))
     out.write(_json.encode({"position": str(page.position), "more": page.more}) + b"\n")
     out.flush()
 
 
-def run(command: Any) -> int:
-    """Run a coroutine of this module; a clean exit status on Ctrl-C."""
+def _start(page: HistoryPage, since: str | None) -> list[int]:
+    """Where the server read `page` from: `since`, or the start of every shard."""
+    shards = len(page.position.positions)
+    if since is not None:
+        with contextlib.suppress(InvalidPosition):
+            start = Position.parse(since)
+            if start.epoch == page.position.epoch and len(start.positions) == shards:
+                return list(start.positions)
+    return [0] * shards  # no token, or one of another epoch: read from the start
+
+
+def describe(error: BusError) -> str:
+    """`error` for a user: the code and its name first (`1110 FORBIDDEN: ...`)."""
+    if isinstance(error, ConnectFailed):
+        return f"{error} (is the server running there? point --url or $HYBRIDBUS_URL at it)"
+    if isinstance(error, Disconnected):
+        close = error.close_code
+        if close is None:
+            return f"{int(error.code)} {error.code.name}: {error.reason}"
+        return f"{close} {_name(CloseCode, close, 'CLOSED')}: {error.reason}"
+    code = int(error.code)
+    return f"{code} {_name(ErrorCode, code, 'ERROR')}: {error}"
+
+
+def _name(codes: type[IntEnum], code: int, unknown: str) -> str:
     try:
-        asyncio.run(command)
+        return codes(code).name
+    except ValueError:  # a code of a newer server
+        return unknown
+
+
+def failed(command: str, error: BusError) -> int:
+    """Say why `hybridbus <command>` failed on stderr; its exit status."""
+    print(f"hybridbus {command}: {describe(error)}", file=sys.stderr)
+    return UNREACHABLE if isinstance(error, ConnectFailed) else FAILED
+
+
+def run(command: str, coroutine: Coroutine[Any, Any, None]) -> int:
+    """Run a coroutine of this module for `hybridbus <command>`; its exit status.
+
+    While it runs, the client's reconnects are printed on stderr.
+    """
+    logger = logging.getLogger("hybridbus.client")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"hybridbus {command}: %(message)s"))
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        asyncio.run(coroutine)
     except KeyboardInterrupt:
-        return 130
-    return 0
+        return INTERRUPTED
+    except BusError as exc:
+        return failed(command, exc)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+    return OK

@@ -6,6 +6,16 @@ Owns: the WebSocket, reconnecting with exponential backoff and full jitter
 — a publish with the same event, which the server dedupes by source + id),
 request futures with timeouts, write coalescing and the heartbeat timer,
 and sending `refresh` on the connection whose token `client.tokens` renews.
+
+Reconnecting is for connections that once worked: if the very first
+connection fails (nothing listens, the handshake is refused, the server closes
+before answering `connect`), `connect()` raises `ConnectFailed` at once
+instead of retrying — a wrong URL or a server that is down is reported, not
+waited out. A terminal close code at the first connect raises `Disconnected`
+with that code. Each later reconnect is logged on this module's logger:
+`reconnecting (attempt n, in x s): <reason>` (WARNING) before the wait, and
+`reconnected` (INFO) once the server answered `connect` again.
+
 Must not import the server: it speaks docs/protocol.md through `proto` only.
 Must not decide about tokens: which token a connect or a refresh sends, when
 to refresh and how to retry a failing provider are `client.tokens`'s (its
@@ -31,7 +41,7 @@ from hybridbus.core.backoff import Backoff
 from hybridbus.core.event import Event, check_event, event_from_dict
 from hybridbus.core.log import Position
 from hybridbus.core.opening import Opening
-from hybridbus.errors import BusError, Disconnected, InvalidInput, RemoteError
+from hybridbus.errors import BusError, ConnectFailed, Disconnected, InvalidInput, RemoteError
 from hybridbus.proto.client import (
     ClientSession,
     Ended,
@@ -54,7 +64,7 @@ from hybridbus.proto.frames import (
     SubscribeResult,
 )
 
-__all__ = ["Client", "ClientConfig", "TokenProvider", "connect"]
+__all__ = ["Client", "ClientConfig", "ConnectFailed", "TokenProvider", "connect"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -134,7 +144,12 @@ class Client:
     # -- life cycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect; raise `Disconnected` if no connection succeeds within the request timeout."""
+        """Connect; raise as soon as this first connection fails (module docstring).
+
+        `ConnectFailed` if it could not be made or was not answered within the
+        request timeout, `Disconnected` if the server refused it with a
+        terminal close code (e.g. 4501 for a missing or invalid token).
+        """
         self._http = aiohttp.ClientSession()
         self._runner = asyncio.create_task(self._run(), name=f"hybridbus-client {self.url}")
         ready = asyncio.ensure_future(self._ready.wait())
@@ -146,8 +161,11 @@ class Client:
             )
         finally:
             ready.cancel()
-        if not self._ready.is_set():
-            failure = self._failure or Disconnected(None, f"could not connect to {self.url}")
+        # Not `_ready`: a connection answered and dropped at once is connected (it reconnects).
+        if self._failure is not None or not self.connects:
+            failure = self._failure or ConnectFailed(
+                self.url, None, f"no answer within {self.config.request_timeout} s"
+            )
             cause = self._last_error
             await self.close()
             raise failure from cause
@@ -303,10 +321,12 @@ class Client:
     # -- the connection loop ---------------------------------------------------------
 
     async def _run(self) -> None:
-        attempt = 0
+        attempt = 0  # attempts since the last connection that worked
         while not self._closed:
             opened = await self._open()
-            if opened is not None:
+            if opened is None:
+                code, reason = None, _why(self._last_error)
+            else:
                 ws, token = opened
                 if ws.protocol != self.config.subprotocol:
                     await ws.close()
@@ -324,8 +344,15 @@ class Client:
                     return
                 if connected:
                     attempt = 0
-            await asyncio.sleep(self.config.backoff.delay(attempt, self._rng))
+                if code is not None:
+                    reason = f"closed with {code}: {reason}"
+            if not self.connects:  # never connected: report it, don't wait it out
+                self._fail_all(ConnectFailed(self.url, code, reason))
+                return
+            delay = self.config.backoff.delay(attempt, self._rng)
             attempt += 1
+            log.warning("reconnecting (attempt %d, in %.1f s): %s", attempt, delay, reason)
+            await asyncio.sleep(delay)
 
     async def _open(self) -> tuple[aiohttp.ClientWebSocketResponse, str | None] | None:
         """The token to connect with and an open WebSocket; None if getting either failed."""
@@ -333,7 +360,7 @@ class Client:
         try:
             token = await self._tokens.for_connect()
         except Exception as exc:  # the provider is the application's code: log it, retry
-            log.warning("the token provider failed; retrying", exc_info=True)
+            log.warning("the token provider failed", exc_info=True)
             self._last_error = exc
             return None
         try:
@@ -345,7 +372,6 @@ class Client:
                 max_msg_size=0,
             )
         except (aiohttp.ClientError, OSError) as exc:
-            log.info("connecting to %s failed: %s", self.url, exc)
             self._last_error = exc
             return None
         return ws, token
@@ -442,6 +468,8 @@ class Client:
 
     def _connected(self, session: ClientSession) -> None:
         self.connects += 1
+        if self.connects > 1:
+            log.info("reconnected")
         self._ready.set()
         for sub in self._subs.values():
             self._send_subscribe(session, sub)
@@ -531,6 +559,11 @@ class Client:
                 await ws.send_frame(frame, opcode)
 
 
+def _why(error: Exception | None) -> str:
+    """An exception as a reason for humans (some have no message of their own)."""
+    return (str(error) or type(error).__name__) if error else "the connection failed"
+
+
 async def _cancel(task: asyncio.Task[None] | None) -> None:
     if task is not None:
         task.cancel()
@@ -548,5 +581,8 @@ def connect(
 
     `token` is a fixed token, or a `TokenProvider` the client calls for a fresh
     one at every connect and before the current one expires (module docstring).
+    Awaiting it (or entering it) raises `ConnectFailed` at once if the first
+    connection fails, and `Disconnected` if the server refuses it; once
+    connected, the client reconnects by itself after drops.
     """
     return Opening(Client(url, token, config or ClientConfig()))

@@ -6,7 +6,14 @@ mode works on a header mapping and a body, not on a request.
 
 MessagePack is hybridbus's own compact encoding of the `Event` struct (field
 names as keys, binary data as bin, times as timestamps); it is what the durable
-log stores and what the MessagePack wire subprotocol carries.
+log stores and what the MessagePack wire subprotocol carries. Other extensions
+than hybridbus's own are encoded in a nested map under `x-extensions`; the
+decoder also takes them as top-level keys, as the JSON format has them.
+
+Nesting: a decoder answers input nested past the recursion limit with
+`InvalidEvent`, never `RecursionError`; `check_depth` (the bus calls it on
+every publish) refuses `data` nested deeper than `core.event.MAX_DEPTH`, so that
+every event in the log can be encoded again, at any stack depth.
 """
 
 from __future__ import annotations
@@ -19,9 +26,12 @@ from urllib.parse import quote, unquote
 import msgspec
 
 from hybridbus.core.event import (
+    MAX_DEPTH,
     Event,
     attribute_of,
+    check_extension,
     event_from_dict,
+    nests_too_deep,
     validate_extension_name,
 )
 from hybridbus.errors import InvalidEvent
@@ -29,6 +39,7 @@ from hybridbus.errors import InvalidEvent
 __all__ = [
     "JSON_BATCH_CONTENT_TYPE",
     "JSON_CONTENT_TYPE",
+    "check_depth",
     "decode_json",
     "decode_json_batch",
     "decode_msgpack",
@@ -50,7 +61,37 @@ _json_event_decoder = msgspec.json.Decoder(Event)
 _json_any_decoder = msgspec.json.Decoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
 _msgpack_decoder = msgspec.msgpack.Decoder(Event)
+_msgpack_any_decoder = msgspec.msgpack.Decoder()
 _SPECVERSION: Final = b'{"specversion":"1.0",'
+# Keys of the MessagePack map that are not extensions.
+_MSGPACK_FIELDS: Final = frozenset(f.encode_name for f in msgspec.structs.fields(Event))
+# 1 for each byte that may start a MessagePack map or array (fixmap, fixarray,
+# array 16/32, map 16/32), 0 for the others: nesting `data` N deep takes at least
+# N such bytes, so counting them bounds the depth from above at C speed.
+_CONTAINER_BYTES: Final = bytes(
+    1 if 0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF else 0 for b in range(256)
+)
+
+
+def _too_deep(exc: RecursionError, attribute: str | None = None) -> InvalidEvent:
+    return InvalidEvent(f"the event nests too deeply to be read: {exc}", attribute=attribute)
+
+
+def check_depth(event: Event, payload: bytes) -> Event:
+    """Return `event` unless its `data` nests past `MAX_DEPTH`; `payload` is its MessagePack.
+
+    Raises `InvalidEvent` naming `data`. Costs one scan of `payload` unless it
+    holds more than `MAX_DEPTH` bytes that could start a map or an array.
+    """
+    if (
+        len(payload) > MAX_DEPTH
+        and payload.translate(_CONTAINER_BYTES).count(1) > MAX_DEPTH
+        and nests_too_deep(event.data)
+    ):
+        raise InvalidEvent(
+            f"data nests arrays and objects more than {MAX_DEPTH} levels deep", attribute="data"
+        )
+    return event
 
 
 def encode_msgpack(event: Event) -> bytes:
@@ -65,16 +106,56 @@ def encode_msgpack(event: Event) -> bytes:
             f"an integer in the event does not fit MessagePack's 64 bits: {exc}",
             attribute="lamport" if (event.lamport or 0) >= 2**64 else "data",
         ) from exc
+    except RecursionError as exc:
+        raise InvalidEvent(f"data nests too deeply to be encoded: {exc}", "data") from exc
 
 
 def decode_msgpack(buf: bytes) -> Event:
-    """Decode MessagePack made by `encode_msgpack`; raise `InvalidEvent` on bad input."""
+    """Decode a MessagePack event (as `encode_msgpack` makes, or with top-level extensions).
+
+    Raises `InvalidEvent` on bad input.
+    """
     try:
         return _msgpack_decoder.decode(buf)
     except msgspec.ValidationError as exc:
-        raise InvalidEvent(f"invalid event: {exc}", attribute=attribute_of(exc)) from exc
+        invalid = exc
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"malformed MessagePack: {exc}") from exc
+    except RecursionError as exc:
+        raise _too_deep(exc) from exc
+    # Valid MessagePack but not the struct: top-level extensions, or an error.
+    try:
+        raw = _msgpack_any_decoder.decode(buf)
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"malformed MessagePack: {exc}") from exc
+    except RecursionError as exc:
+        raise _too_deep(exc) from exc
+    if isinstance(raw, dict):
+        nested = raw.get("x-extensions")
+        extras = [key for key in raw if key not in _MSGPACK_FIELDS and key != "data_base64"]
+        if extras and (nested is None or isinstance(nested, dict)):
+            return _flat_msgpack(raw, extras, nested or {})
+    raise InvalidEvent(f"invalid event: {invalid}", attribute=attribute_of(invalid)) from invalid
+
+
+def _flat_msgpack(raw: dict[Any, Any], extras: list[Any], nested: dict[Any, Any]) -> Event:
+    """The event of a MessagePack map whose `extras` keys are extension attributes."""
+    extensions = dict(nested)
+    for name in extras:
+        if not isinstance(name, str):
+            raise InvalidEvent(f"an attribute name must be a string, not {name!r:.40}")
+        if name in extensions:
+            raise InvalidEvent(
+                f"extension {name!r} is both a top-level key and in x-extensions", attribute=name
+            )
+        value = raw.pop(name)
+        check_extension(name, value)
+        extensions[name] = value
+    raw["x-extensions"] = extensions
+    try:
+        return msgspec.convert(raw, Event)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(f"invalid event: {exc}", attribute=attribute_of(exc)) from exc
 
 
 def _structured(event: Event) -> dict[str, Any]:
@@ -90,11 +171,14 @@ def _structured(event: Event) -> dict[str, Any]:
 
 def encode_json(event: Event) -> bytes:
     """Encode an event in the CloudEvents JSON structured format."""
-    if event.extensions or isinstance(event.data, bytes):
-        return _json_encoder.encode(_structured(event))
-    # `specversion` is required on the wire but, being the struct's default,
-    # omitted by msgspec; `id` is required, so the object is never empty.
-    return _SPECVERSION + _json_encoder.encode(event)[1:]
+    try:
+        if event.extensions or isinstance(event.data, bytes):
+            return _json_encoder.encode(_structured(event))
+        # `specversion` is required on the wire but, being the struct's default,
+        # omitted by msgspec; `id` is required, so the object is never empty.
+        return _SPECVERSION + _json_encoder.encode(event)[1:]
+    except RecursionError as exc:
+        raise InvalidEvent(f"data nests too deeply to be encoded: {exc}", "data") from exc
 
 
 def decode_json(buf: bytes | str) -> Event:
@@ -106,6 +190,8 @@ def decode_json(buf: bytes | str) -> Event:
         pass
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise _too_deep(exc) from exc
     else:
         if not event.extensions:
             # The struct defaults specversion; the format requires it.
@@ -121,6 +207,8 @@ def decode_json(buf: bytes | str) -> Event:
         raw = _json_any_decoder.decode(buf)
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise _too_deep(exc) from exc
     return event_from_dict(raw)
 
 
@@ -135,6 +223,8 @@ def decode_json_batch(buf: bytes | str) -> list[Event]:
         raw = _json_any_decoder.decode(buf)
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise _too_deep(exc) from exc
     if not isinstance(raw, list):
         raise InvalidEvent("a batch must be a JSON array of events")
     events = []
@@ -268,11 +358,15 @@ def from_http(headers: Mapping[str, str], body: bytes) -> Event:
                 fields["data"] = _json_any_decoder.decode(body)
             except msgspec.DecodeError:
                 fields["data"] = bytes(body)
+            except RecursionError as exc:
+                raise _too_deep(exc, "data") from exc
         elif is_json_content_type(content_type):
             try:
                 fields["data"] = _json_any_decoder.decode(body)
             except msgspec.DecodeError as exc:
                 raise InvalidEvent(f"body is not JSON: {exc}", attribute="data") from exc
+            except RecursionError as exc:
+                raise _too_deep(exc, "data") from exc
         elif content_type is not None and content_type.lower().startswith("text/"):
             try:
                 fields["data"] = body.decode()

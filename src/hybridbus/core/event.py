@@ -6,10 +6,13 @@ Codecs (JSON, HTTP binary mode, MessagePack) live in `core.codecs`.
 Must not do I/O.
 
 Attributes follow the CloudEvents spec; hybridbus adds the extension
-attributes `tenantid`, `appid`, `partitionkey`, `expirytime`, `sequence` and
-`lamport` as typed fields. Any other extension goes into `extensions`, keyed
-by a name of 1-20 characters from a-z and 0-9, with a string, integer (32-bit
-signed, as the spec's Integer) or boolean value.
+attributes `tenantid`, `appid`, `partitionkey`, `sequence` (non-empty
+strings; `sequence` is a String as in the CloudEvents sequence extension),
+`expirytime` (a timestamp) and `lamport` (a non-negative integer) as typed
+fields. Any other extension goes into `extensions`, keyed by a name of 1-20
+characters from a-z and 0-9, with a string, integer (32-bit signed, as the
+spec's Integer) or boolean value. `data` nests at most `MAX_DEPTH` arrays and
+objects deep (`nests_too_deep` says), so that every codec can encode it.
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ from hybridbus.errors import InvalidEvent
 __all__ = [
     "CONTEXT_ATTRIBUTES",
     "EXTENSION_ATTRIBUTES",
+    "MAX_DEPTH",
     "Event",
     "ExtensionValue",
     "attribute_of",
     "check_event",
+    "check_extension",
+    "check_tenantid",
     "event_from_dict",
+    "nests_too_deep",
     "validate_extension_name",
 ]
 
@@ -37,6 +44,8 @@ NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
 ExtensionValue = str | int | bool
 
+# How deep `data` may nest (arrays and objects): deeper, an event is refused.
+MAX_DEPTH: Final = 128
 _SPECVERSION: Final = "1.0"
 _INT32_MIN: Final = -(2**31)
 _INT32_MAX: Final = 2**31 - 1
@@ -97,7 +106,7 @@ class Event(
             msgspec.structs.force_setattr(self, "specversion", _SPECVERSION)
         if self.extensions:
             for name, value in self.extensions.items():
-                _check_extension(name, value)
+                check_extension(name, value)
 
 
 _REQUIRED: Final = ("id", "source", "type")
@@ -152,6 +161,20 @@ def check_event(event: Event) -> Event:
     return e
 
 
+def check_tenantid(event: Event, tenant: str) -> Event:
+    """Return `event` unless it has a `tenantid` other than `tenant` (its topic's tenant).
+
+    Raises `InvalidEvent` naming `tenantid`. An event without one passes as it is.
+    """
+    if event.tenantid is not None and event.tenantid != tenant:
+        raise InvalidEvent(
+            f"tenantid {event.tenantid!r:.80} is not the tenant of the event's topic "
+            f"({tenant!r:.80}): leave tenantid out or set it to the topic's tenant",
+            attribute="tenantid",
+        )
+    return event
+
+
 def _explain_optional(event: Event) -> None:
     """Raise the error for the first optional attribute `check_event` found wrong."""
     for name in _OPTIONAL_TEXT:
@@ -183,10 +206,36 @@ def validate_extension_name(name: str) -> None:
             attribute=name,
         )
     if name in _RESERVED:
-        raise InvalidEvent(f"{name!r} is not an extension attribute", attribute=name)
+        raise InvalidEvent(
+            f"{name!r} is a top-level attribute of the event, not an extension "
+            "(in MessagePack, not an entry of x-extensions)",
+            attribute=name,
+        )
 
 
-def _check_extension(name: str, value: object) -> None:
+def nests_too_deep(data: Any, limit: int = MAX_DEPTH) -> bool:
+    """True if `data` nests arrays and maps (lists, tuples, dicts) more than `limit` deep.
+
+    Iterative, so it never hits the recursion limit itself.
+    """
+    if not isinstance(data, _NESTING):
+        return False
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, _NESTING):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+_NESTING: Final = (dict, list, tuple)
+
+
+def check_extension(name: str, value: object) -> None:
+    """Raise `InvalidEvent` unless `name` and `value` make a legal extension attribute."""
     validate_extension_name(name)
     if isinstance(value, (bool, str)):
         return
@@ -251,7 +300,7 @@ def event_from_dict(raw: object, *, require_specversion: bool = True) -> Event:
         extensions: dict[str, Any] = {}
         for name in sorted(extras):
             value = fields.pop(name)
-            _check_extension(name, value)
+            check_extension(name, value)
             extensions[name] = value
         fields["x-extensions"] = extensions
     try:

@@ -10,7 +10,9 @@ a gap-free per-topic `offset` (1, 2, 3...) and a `position` in its shard's log
 (increasing, not necessarily dense). `epoch` names one lifetime of the log: it
 changes whenever history is lost, so positions from another epoch mean nothing.
 A `Position` is an epoch plus, for every shard, the log position up to which a
-reader has seen everything its pattern matches.
+reader has seen everything its pattern matches. Positions are 0 to
+`MAX_POSITION` (2**63 - 1, sqlite's INTEGER): a token past that is refused as
+an `InvalidPosition` here, before any engine sees it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import msgspec
 from hybridbus.core.event import Event
 from hybridbus.errors import InvalidPosition
 
-__all__ = ["Ack", "Cursor", "Delivery", "Page", "Position", "is_exact"]
+__all__ = ["MAX_POSITION", "Ack", "Cursor", "Delivery", "Page", "Position", "is_exact"]
 
 
 class Delivery(msgspec.Struct, frozen=True, gc=False):
@@ -51,6 +53,15 @@ class Ack(msgspec.Struct, frozen=True, gc=False):
 
     For a duplicate (same `source` + `id` within the dedupe window) the fields
     describe the original append.
+
+    `token` is the resume token right after this event (every publish ack on
+    the wire carries it): `since=<token>` gives exactly the events of this
+    topic appended after it, and for every other topic whatever was appended
+    after the token's positions. With one shard that is the event's position.
+    An engine with several shards fills `heads` with every shard's head as it
+    saw them when it appended (its own shard's entry is replaced by
+    `position`): events appended concurrently in other shards may come again,
+    none appended after the ack is missed.
     """
 
     topic: str
@@ -59,6 +70,16 @@ class Ack(msgspec.Struct, frozen=True, gc=False):
     position: int
     epoch: str
     duplicate: bool = False
+    heads: tuple[int, ...] | None = None
+
+    @property
+    def token(self) -> Position:
+        """The resume token right after this event (see the class docstring)."""
+        if self.heads is None:
+            return Position(self.epoch, (self.position,))
+        positions = list(self.heads)
+        positions[self.shard] = self.position
+        return Position(self.epoch, tuple(positions))
 
 
 class Page(msgspec.Struct, frozen=True):
@@ -78,6 +99,8 @@ class Page(msgspec.Struct, frozen=True):
     exact: bool
 
 
+# The largest log position: every engine stores positions as signed 64-bit integers.
+MAX_POSITION: Final = 2**63 - 1
 _EPOCH: Final = re.compile(r"[A-Za-z0-9_]{1,64}")
 # ASCII digits only: int() alone would also take " 1", "+1", "1_0" and non-ASCII digits.
 _POSITIONS: Final = re.compile(r"[0-9]+(?:\.[0-9]+)*")
@@ -108,9 +131,23 @@ class Position(msgspec.Struct, frozen=True):
             positions = tuple(int(p) for p in rest.split("."))
         except ValueError:
             raise InvalidPosition(f"malformed position token {token!r}") from None
-        if any(p < 0 for p in positions):
-            raise InvalidPosition(f"negative position in token {token!r}")
+        if any(p > MAX_POSITION for p in positions):
+            raise InvalidPosition(f"a position in token {token!r:.100} is past {MAX_POSITION}")
         return cls(epoch, positions)
+
+    def checked(self) -> Position:
+        """Return this position if `parse` would take its text form, else raise `InvalidPosition`.
+
+        For positions built in Python rather than parsed.
+        """
+        if (
+            type(self.epoch) is not str
+            or not _EPOCH.fullmatch(self.epoch)
+            or not self.positions
+            or any(type(p) is not int or not 0 <= p <= MAX_POSITION for p in self.positions)
+        ):
+            raise InvalidPosition(f"not a valid position: {self!r:.200}")
+        return self
 
 
 class Cursor:

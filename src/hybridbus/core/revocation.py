@@ -15,15 +15,24 @@ A revocation names one key, `(kind, tenant, value)`:
   issued before), so the user can sign in again and get a new token.
 
 `until` is when the revocation stops mattering — the latest expiry of the
-tokens it names; for a user, the caller passes `at` + the longest token
-lifetime it accepts. After it, the revocation is forgotten (`prune`, the
+tokens it names. After it, the revocation is forgotten (`prune`, the
 engine's sweep). Revoking the same key again keeps the later `until` and the
 later `at`: a revocation only ever widens.
+
+Bounds. A server accepts no token living longer than a horizon (its
+longest token lifetime plus the clock leeway): no token it accepts at `now`
+expires after `now + horizon`. So `bounded` lowers an `until` past that to
+it (storing longer buys nothing), and raises a user revocation's to it —
+every token of the user issued up to `at` is then refused until the last of
+them has expired, so a revoked long-lived token cannot come back. `until`
+and `at` are finite numbers; `shorten` lowers stored ones past a bound (a
+server whose horizon was lowered, or revocations stored before there was one).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterable, Iterator
 from typing import Final, Literal
 
@@ -59,6 +68,8 @@ class Revocation(msgspec.Struct, frozen=True, kw_only=True):
         # (and rows read back from storage) before a bad kind is stored.
         if self.kind not in REVOCATION_KINDS:
             raise ValueError(f"revocation kind must be token, session or user, not {self.kind!r}")
+        if not (math.isfinite(self.until) and math.isfinite(self.at)):
+            raise ValueError("a revocation's until and at must be finite numbers (Unix seconds)")
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -68,6 +79,17 @@ class Revocation(msgspec.Struct, frozen=True, kw_only=True):
     def live(self, now: float) -> bool:
         """Whether it still applies at `now` (`until` is in the future)."""
         return self.until > now
+
+    def bounded(self, now: float, horizon: float) -> Revocation:
+        """This revocation made at `now`, held to the `horizon` (seconds; see the module docstring).
+
+        `until` is at most `now + horizon`; a user revocation's is exactly that.
+        """
+        if not (math.isfinite(horizon) and horizon > 0):
+            raise ValueError("the horizon must be a finite number of seconds > 0")
+        cap = now + horizon
+        until = cap if self.kind == "user" else min(self.until, cap)
+        return self if until == self.until else msgspec.structs.replace(self, until=until)
 
     def merge(self, other: Revocation) -> Revocation:
         """This key revoked again by `other`: the later `until` and the later `at`.
@@ -93,13 +115,14 @@ class RevocationSet:
     Not thread-safe; one owner (a node, the memory engine) updates it.
     """
 
-    __slots__ = ("_by_key", "_expiry")
+    __slots__ = ("_by_key", "_expiry", "_per_tenant")
 
     def __init__(self, revocations: Iterable[Revocation] = ()) -> None:
         self._by_key: dict[_Key, Revocation] = {}
         # (until, kind, tenant, value), a min-heap. Re-adding a key with a later
         # `until` pushes a new entry; the stale one is skipped when popped.
         self._expiry: list[tuple[float, str, str, str]] = []
+        self._per_tenant: dict[str, int] = {}
         self.extend(revocations)
 
     def __len__(self) -> int:
@@ -114,6 +137,9 @@ class RevocationSet:
         old = self._by_key.get(key)
         kept = revocation if old is None else old.merge(revocation)
         self._by_key[key] = kept
+        if old is None:
+            tenant = revocation.tenant
+            self._per_tenant[tenant] = self._per_tenant.get(tenant, 0) + 1
         if old is None or kept.until > old.until:
             heapq.heappush(self._expiry, (kept.until, *key))
         return kept
@@ -122,6 +148,25 @@ class RevocationSet:
         """`add` each of `revocations`."""
         for revocation in revocations:
             self.add(revocation)
+
+    def count(self, tenant: str) -> int:
+        """How many revocations of `tenant` are held (live or not yet pruned)."""
+        return self._per_tenant.get(tenant, 0)
+
+    def shorten(self, latest: float) -> list[Revocation]:
+        """Lower every `until` past `latest` to `latest`; return the revocations changed."""
+        changed = [
+            msgspec.structs.replace(r, until=latest)
+            for r in self._by_key.values()
+            if r.until > latest
+        ]
+        if changed:
+            for revocation in changed:
+                self._by_key[revocation.key] = revocation
+            # Rebuilt, not pushed onto: the entries of the old untils would stay forever.
+            self._expiry = [(r.until, *r.key) for r in self._by_key.values()]
+            heapq.heapify(self._expiry)
+        return changed
 
     def get(self, kind: str, tenant: str, value: str) -> Revocation | None:
         """The revocation stored for this key, live or not (None: none)."""
@@ -166,9 +211,15 @@ class RevocationSet:
             if current is not None and current.until == until:
                 del by_key[key]
                 removed += 1
+                left = self._per_tenant[tenant] - 1
+                if left:
+                    self._per_tenant[tenant] = left
+                else:
+                    del self._per_tenant[tenant]
         return removed
 
     def clear(self) -> None:
         """Forget every revocation."""
         self._by_key.clear()
         self._expiry.clear()
+        self._per_tenant.clear()

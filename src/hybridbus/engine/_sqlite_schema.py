@@ -2,8 +2,9 @@
 
 Owns: the tables and indexes (DDL), the schema version and the migrations
 between versions, the pragmas every connection gets (WAL, synchronous, busy
-timeout), opening the writer's and the reader's connections, and wrapping
-sqlite3 errors into `hybridbus.errors`.
+timeout), the data directory's lock, opening the writer's and the reader's
+connections, and wrapping sqlite3 and OS errors into `hybridbus.errors`
+(a directory that is not writable is `EngineReadOnly`, naming it).
 Must not read or write events, topics or revocations beyond creating the
 tables (that SQL is `engine._sqlite_store`'s), and must not touch asyncio:
 it runs in the writer thread or the reader thread.
@@ -25,6 +26,16 @@ Layout (`<dir>/hybridbus.db`, WAL mode):
             until and at), a sweep deletes those whose `until` passed, a reset
             keeps them. Indexed by `until` for the sweep.
 
+One process per directory. SQLite's own locks keep two connections from
+writing at once, not two engines from each caching the head of the log (two
+writers hand out the same positions: "UNIQUE constraint failed"). So the
+writer first takes an exclusive `flock` on `<dir>/hybridbus.lock` and writes
+its pid there; a second opener, in this process or another, fails at once
+with `EngineLocked` naming that pid. The kernel drops a `flock` when its
+holder closes the file or dies (kill -9 too): a stale pid never blocks a
+restart. The file is never deleted (a deleted lock file lets two processes
+lock two files of one name).
+
 Schema versions (`PRAGMA user_version`): 1 had no revocations table; 2 adds
 it. Opening a version-1 file migrates it in the opening transaction. A newer
 file is refused, and so is a version-2 file by version-1 code: an older build
@@ -33,28 +44,45 @@ would silently ignore (and so lift) the revocations.
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import secrets
 import sqlite3
+import time
 from pathlib import Path
 from typing import Final
 
-from hybridbus.errors import EngineCorrupt, EngineError, EngineUnavailable
+from hybridbus.errors import (
+    EngineCorrupt,
+    EngineError,
+    EngineLocked,
+    EngineReadOnly,
+    EngineUnavailable,
+)
 
 __all__ = [
     "DB_NAME",
+    "LOCK_NAME",
     "SCHEMA_VERSION",
     "SET_META",
+    "DirectoryLock",
     "connect",
     "connect_reader",
     "create_or_check",
     "new_epoch",
+    "open_error",
+    "os_error",
     "wrap_error",
 ]
 
 DB_NAME: Final = "hybridbus.db"
+LOCK_NAME: Final = "hybridbus.lock"
 SCHEMA_VERSION: Final = 2
+_SQLITE_READONLY: Final = 8
 _SQLITE_CORRUPT: Final = 11
 _SQLITE_NOTADB: Final = 26
+_DENIED: Final = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 _DDL: Final = """
 CREATE TABLE log (
@@ -107,11 +135,99 @@ def new_epoch() -> str:
     return secrets.token_hex(8)
 
 
-def wrap_error(exc: sqlite3.Error, what: str) -> EngineError:
-    """The hybridbus error for a driver error: corrupt files are `EngineCorrupt`."""
+def wrap_error(exc: sqlite3.Error, what: str, file: Path | None = None) -> EngineError:
+    """The hybridbus error for a driver error.
+
+    Corrupt files are `EngineCorrupt`; a database SQLite cannot write to (a
+    read-only file or file system) is `EngineReadOnly` naming `file`, when given.
+    """
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == _SQLITE_READONLY and file is not None:
+        return EngineReadOnly(file, f"sqlite engine: {what}: {exc}")
     cls = EngineCorrupt if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) else EngineUnavailable
     return cls(f"sqlite engine: {what}: {exc}")
+
+
+def os_error(path: Path, exc: OSError, what: str) -> EngineUnavailable:
+    """The hybridbus error for an OS error on `path`: permission or a read-only file system
+    is `EngineReadOnly`."""
+    if exc.errno in _DENIED:
+        return EngineReadOnly(path, f"sqlite engine: {what}: {exc.strerror}")
+    return EngineUnavailable(f"sqlite engine: {what}: {exc}")
+
+
+def open_error(directory: Path, exc: sqlite3.Error, what: str) -> EngineError:
+    """Why opening the database in `directory` failed.
+
+    SQLite says "unable to open database file" when it cannot create the
+    database or its WAL files in a read-only directory: ask the file system.
+    """
+    read_only = _not_writable(directory)
+    if read_only is not None:
+        return EngineReadOnly(read_only, f"sqlite engine: {what}: {exc}")
+    return wrap_error(exc, what, directory / DB_NAME)
+
+
+def _not_writable(directory: Path) -> Path | None:
+    """The first of `directory` and its database files that this process cannot write."""
+    files = [directory / (DB_NAME + suffix) for suffix in ("", "-wal", "-shm")]
+    for path in [directory, *files]:
+        if path.exists() and not os.access(path, os.W_OK):
+            return path
+    return None
+
+
+class DirectoryLock:
+    """The exclusive `flock` on `<directory>/hybridbus.lock` (see the module docstring).
+
+    Taking it never waits: a held directory raises `EngineLocked` at once.
+    `release` (idempotent) closes the file; so does the holder's exit.
+    """
+
+    __slots__ = ("_fd", "path")
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / LOCK_NAME
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise os_error(directory, exc, f"cannot create the lock file {self.path}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise EngineLocked(directory, holder) from None
+        except OSError as exc:
+            os.close(fd)
+            raise os_error(directory, exc, f"cannot lock {self.path}") from exc
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise os_error(directory, exc, f"cannot write {self.path}") from exc
+        self._fd = fd
+
+    def release(self) -> None:
+        """Give the directory up (the pid stays in the file; it is not the lock)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _holder(fd: int) -> int | None:
+    """The pid in a held lock file; None if it is unreadable.
+
+    The holder writes its pid just after taking the lock: a reader that comes
+    in between finds the file empty, so it looks again, briefly.
+    """
+    for _ in range(20):
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if text:
+            return int(text) if text.isdigit() else None
+        time.sleep(0.005)
+    return None
 
 
 def connect(file: Path, synchronous: str, busy_timeout: float) -> sqlite3.Connection:

@@ -3,7 +3,7 @@
 Owns: the synchronous operations the two threads of `hybridbus.engine.sqlite`
 run. On the writer's connection (`Store`, with what it caches: epoch, last
 position, offsets, dedupe index, counts): the group-commit append
-transaction, retention and expiry, reset, and the revocation upsert and sweep.
+transaction, retention and expiry, reset, and the revocation upsert, shortening and sweep.
 On the reader's connection: the consistent read snapshot, the head, the topic
 listing and the revocation listing.
 Must not touch asyncio or the event loop; every function here runs in the
@@ -33,13 +33,16 @@ from hybridbus.core.topics import is_pattern, matches, tenant_of
 from hybridbus.engine._sqlite_schema import (
     DB_NAME,
     SET_META,
+    DirectoryLock,
     connect,
     create_or_check,
     new_epoch,
+    open_error,
+    os_error,
     wrap_error,
 )
 from hybridbus.engine.base import EngineConfig, TopicInfo
-from hybridbus.errors import EngineCorrupt, EngineUnavailable, InvalidEvent
+from hybridbus.errors import EngineCorrupt, InvalidEvent
 
 __all__ = [
     "Store",
@@ -118,6 +121,10 @@ class Store:
     Only the writer thread calls its methods. Each method is one transaction;
     on a driver error it rolls back, restores the caches to the committed
     state and raises `EngineUnavailable` (or `EngineCorrupt`).
+
+    Opening takes the directory's `lock` first (`EngineLocked` if another
+    engine holds it); `close` closes the connection, and the engine releases
+    the lock once its reader is closed too.
     """
 
     def __init__(
@@ -127,21 +134,28 @@ class Store:
         self._clock = clock
         # Appends committed since open; each is one transaction (for tests, metrics).
         self.commits = 0
+        self._file = file = directory / DB_NAME
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as exc:
-            raise EngineUnavailable(f"sqlite engine: cannot create {directory}: {exc}") from exc
+            parent = next((p for p in directory.parents if p.exists()), directory)
+            raise os_error(parent, exc, f"cannot create {directory}") from exc
+        self.lock = DirectoryLock(directory)
         try:
-            self._conn = connect(directory / DB_NAME, config.synchronous, busy_timeout)
-        except sqlite3.Error as exc:
-            raise wrap_error(exc, f"cannot open {directory / DB_NAME}") from exc
-        try:
-            self._load()
-        except sqlite3.Error as exc:
-            self._conn.close()
-            raise wrap_error(exc, f"cannot load {directory / DB_NAME}") from exc
+            try:
+                self._conn = connect(file, config.synchronous, busy_timeout)
+            except sqlite3.Error as exc:
+                raise open_error(directory, exc, f"cannot open {file}") from exc
+            try:
+                self._load()
+            except sqlite3.Error as exc:
+                self._conn.close()
+                raise open_error(directory, exc, f"cannot load {file}") from exc
+            except BaseException:
+                self._conn.close()
+                raise
         except BaseException:
-            self._conn.close()
+            self.lock.release()
             raise
 
     def _load(self) -> None:
@@ -297,7 +311,7 @@ class Store:
         except BaseException as exc:
             self._rollback()
             if isinstance(exc, sqlite3.Error):
-                raise wrap_error(exc, what) from exc
+                raise wrap_error(exc, what, self._file) from exc
             raise
 
     def _rollback(self) -> None:
@@ -377,6 +391,14 @@ class Store:
         rows = [(r.kind, r.tenant, r.value, r.until, r.at, r.reason) for r in revocations]
         with self._transaction("revoke failed, nothing was stored") as conn:
             conn.executemany(_REVOKE, rows)
+
+    def shorten_revocations(self, latest: float) -> int:
+        """Lower every stored `until` past `latest` to `latest`; return how many rows changed."""
+        with self._transaction("shortening revocations failed") as conn:
+            changed: int = conn.execute(
+                "UPDATE revocations SET until = ? WHERE until > ?", (latest, latest)
+            ).rowcount
+        return changed
 
     def reset(self) -> str:
         """Delete all history, offsets and dedupe records; start and return a new epoch.

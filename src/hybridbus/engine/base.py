@@ -28,7 +28,8 @@ Contract shared by every engine (the conformance suite in
   durable when it returns (for that engine, as an append is), revoking a key
   again keeps the later `until` and `at`, `revocations` lists those whose
   `until` is after the engine's clock, sweeps delete the others, and `reset`
-  keeps them (losing history must not un-revoke a token).
+  keeps them (losing history must not un-revoke a token). `shorten_revocations`
+  is the one way to lower a stored `until`.
 - No method blocks the event loop on disk or network.
 """
 
@@ -109,7 +110,8 @@ class Engine(Protocol):
         """Append `event` (already validated; `payload` is its MessagePack) to `topic`.
 
         Resolves once durable, after the listener saw the delivery. Raises
-        `EngineUnavailable` when the write failed (nothing was appended).
+        `EngineUnavailable` when the write failed (nothing was appended). An
+        engine with more than one shard fills the ack's `heads` (`Ack.token`).
         """
         ...
 
@@ -168,5 +170,13 @@ class Engine(Protocol):
         """Every stored revocation whose `until` is after the engine's clock, in no set order.
 
         What a node loads into its `RevocationSet` when it starts.
+        """
+        ...
+
+    async def shorten_revocations(self, latest: float) -> int:
+        """Lower the `until` of every stored revocation past `latest` to `latest`; return how many.
+
+        Durable when it returns, as `revoke` is. What a node calls when it starts,
+        so that no revocation outlives the longest token lifetime it accepts.
         """
         ...

@@ -251,3 +251,8 @@ class MemoryEngine:
     async def revocations(self) -> list[Revocation]:
         now = self._clock()
         return [r for r in self._revocations if r.until > now]
+
+    async def shorten_revocations(self, latest: float) -> int:
+        if self._closed:
+            raise BusClosed("the engine is closed")
+        return len(self._revocations.shorten(latest))

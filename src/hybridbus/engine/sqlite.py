@@ -22,6 +22,13 @@ in one read transaction (WAL lets it proceed while the writer commits).
 
 There is one shard; positions are the log table's integer primary key and
 are never reused within an epoch.
+
+One process per data directory: opening takes the directory's lock (see
+`engine._sqlite_schema`) and `close` releases it last, after both
+connections are closed. A write transaction that fails is logged here, once
+with its cause, whoever asked for it (a run of failures with one cause, as on
+a full disk, is logged at its start, every ten seconds, and when writes
+succeed again), and its callers get the error.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -120,6 +128,7 @@ class SqliteEngine:
         self._reader_conn: sqlite3.Connection | None = None  # reader thread only
         self._sweeper: asyncio.Task[None] | None = None
         self._crash: BaseException | None = None  # why the writer thread died, if it did
+        self._failures = _Failures()  # the writer thread's
 
     @property
     def epoch(self) -> str:
@@ -181,6 +190,8 @@ class SqliteEngine:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._reader, self._close_reader)
         await asyncio.to_thread(self._reader.shutdown)
+        if self._store is not None:
+            self._store.lock.release()  # last: no connection of ours is left open
 
     # the log ---------------------------------------------------------------
 
@@ -240,6 +251,11 @@ class SqliteEngine:
         """The stored revocations whose `until` is after the clock (on the reader)."""
         found: list[Revocation] = await self._on_reader(store.list_revocations, self._clock())
         return found
+
+    async def shorten_revocations(self, latest: float) -> int:
+        """Lower the stored `until`s past `latest` to it (in the writer); return how many."""
+        changed: int = await self._command(lambda db: db.shorten_revocations(latest))
+        return changed
 
     # event-loop side ---------------------------------------------------------
 
@@ -377,20 +393,22 @@ class SqliteEngine:
         outcome: list[Ack] | BaseException
         try:
             outcome, deliveries = db.append(batch)
-        except Exception as exc:
-            if not isinstance(exc, EngineError):
-                log.exception("the sqlite writer failed on a batch of %d appends", len(batch))
+        except Exception as exc:  # noqa: BLE001 - logged by _Failures, handed to the acks
+            self._failures.failed(_count(len(batch), "event", "append"), exc)
             outcome = exc
+        else:
+            self._failures.succeeded()
         self._post(self._settle_batch, deliveries, futures, outcome)
 
     def _commit_revocations(self, db: store.Store, revokes: list[_Revoke]) -> None:
         error: BaseException | None = None
         try:
             db.revoke([item.revocation for item in revokes])
-        except Exception as exc:
-            if not isinstance(exc, EngineError):
-                log.exception("the sqlite writer failed on %d revocations", len(revokes))
+        except Exception as exc:  # noqa: BLE001 - logged by _Failures, handed to the callers
+            self._failures.failed(_count(len(revokes), "revocation", "store"), exc)
             error = exc
+        else:
+            self._failures.succeeded()
         self._post(self._settle_revocations, [item.future for item in revokes], error)
 
     def _run_command(self, db: store.Store, command: _Command) -> None:
@@ -433,6 +451,57 @@ class SqliteEngine:
             else:
                 if removed:
                     log.debug("sqlite sweep removed %d events", removed)
+
+
+class _Failures:
+    """Failed write transactions, logged once each without flooding the log.
+
+    The first failure of a run is logged with its cause, and so is every
+    failure with a new cause; repeats of the same cause are counted and
+    logged at most every `_REPEAT` seconds. The first success after a run
+    says how many failed. Writer thread only.
+    """
+
+    __slots__ = ("_cause", "_logged_at", "_run", "_since_logged")
+
+    def __init__(self) -> None:
+        self._run = 0  # failures since the last success
+        self._since_logged = 0  # failures not logged yet
+        self._cause = ""
+        self._logged_at = 0.0
+
+    def failed(self, what: str, exc: Exception) -> None:
+        self._run += 1
+        cause = str(exc)
+        now = time.monotonic()
+        if cause == self._cause and now - self._logged_at < _REPEAT:
+            self._since_logged += 1
+            return
+        more = f" ({self._since_logged} more since the last line)" if self._since_logged else ""
+        if isinstance(exc, EngineError):
+            # The driver's message is in `cause`; its traceback would say nothing more.
+            log.error("the sqlite engine could not %s: %s%s", what, cause, more)
+        else:  # a bug, not the disk
+            log.error("the sqlite writer failed to %s%s", what, more, exc_info=exc)
+        self._cause = cause
+        self._logged_at = now
+        self._since_logged = 0
+
+    def succeeded(self) -> None:
+        if self._run:
+            log.warning(
+                "the sqlite engine writes again after %d failed write transactions", self._run
+            )
+            self._run = self._since_logged = 0
+            self._cause = ""
+
+
+# Seconds between two log lines for failures with the same cause.
+_REPEAT: Final = 10.0
+
+
+def _count(n: int, noun: str, verb: str) -> str:
+    return f"{verb} {n} {noun}{'' if n == 1 else 's'}"
 
 
 def _copy_error(error: BaseException) -> BaseException:

@@ -7,24 +7,32 @@ else a JWT; none at all is an anonymous caller if the server allows them.
 Then it maps the route's action on an ABSOLUTE topic or pattern (the HTTP
 API's, docs/http.md) to the hub's `Guard`: an admin may act anywhere; anyone
 else only inside its tenant (the first segment must be the tenant, literally)
-and only as the rules allow. Must not decide permissions itself.
+and only as the rules allow; a topic listing shows only the topics the caller
+may subscribe to or read (`visibility`). Must not decide permissions itself.
+`holding` makes the SSE gateway's `hold` hook: a stream is held by its
+request's principal through the node (counted with its connections, ended
+at revocation and expiry).
 
 Refusals are problems: 401 (no or bad credentials), 403 (revoked, forbidden,
-another tenant), 429 with Retry-After (publish rate).
+another tenant), 429 with Retry-After (publish or revocation rate), 409 (the
+tenant holds its most revocations).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from typing import Annotated, Final, Literal
 
 import msgspec
 from aiohttp import hdrs, web
 
-from hybridbus.core.identity import Operation
+from hybridbus.core.identity import Identity, Operation
 from hybridbus.core.revocation import Revocation
-from hybridbus.errors import Forbidden, Unauthorized
+from hybridbus.errors import Forbidden, InvalidInput, Unauthorized
 from hybridbus.gateways.httputil import Action, BadParameter, guarded, json_response, read_body
+from hybridbus.gateways.sse import End, Hold, Release
 from hybridbus.hub.guard import Guard, Principal
 from hybridbus.server.access import API_KEY_PREFIX, ApiKeys
 from hybridbus.server.auth import Authenticator
@@ -35,14 +43,14 @@ __all__ = ["HttpAccess"]
 _PRINCIPALS: Final = 10_000
 _MAX_BODY: Final = 64 * 1024
 _BODY_TIMEOUT: Final = 10.0
-_DEFAULT_TTL: Final = 24 * 3600.0
 
 
 class _RevokeBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     kind: Literal["token", "session", "user"]
     value: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     tenant: str | None = None
-    until: float | None = None
+    # Finite (JSON has no inf or nan; msgspec refuses 1e999) and in the future, checked below.
+    until: Annotated[float, msgspec.Meta(gt=0)] | None = None
     reason: Annotated[str, msgspec.Meta(max_length=1024)] = ""
 
 
@@ -98,6 +106,18 @@ class HttpAccess:
         principals[credential] = principal
         return principal
 
+    def holding(self, hold: Callable[[Identity, End], Release]) -> Hold:
+        """The SSE gateway's `hold` hook: the request's principal holds the stream by `hold`.
+
+        `hold` is `Node.hold`: the stream counts as one of the principal's
+        connections and is ended at its revocation and its token's expiry.
+        """
+
+        async def held(request: web.Request, end: End) -> Release:
+            return hold((await self.principal(request)).identity, end)
+
+        return held
+
     def routes(self) -> list[web.RouteDef]:
         """`POST /v1/revocations`: revoke a token, a session or a user (docs/security.md)."""
         return [web.post("/v1/revocations", guarded(self.revoke))]
@@ -106,9 +126,11 @@ class HttpAccess:
         """Store a revocation; its live connections close at once. 201 with the revocation.
 
         Body: {"kind": "token"|"session"|"user", "value": …, "tenant": … (an
-        admin names it; others revoke in their own), "until": Unix seconds
-        (default: now + 24 h, the longest a token should live), "reason": …}.
-        Admins anywhere; API keys of a tenant inside it; nobody else.
+        admin names it; others revoke in their own), "until": Unix seconds in
+        the future (default, and at most: the guard's horizon, the longest token
+        lifetime plus the leeway; a user's is always that), "reason": …}.
+        Admins anywhere; API keys of a tenant inside it, within the tenant's
+        revocation rate (429) and count (409); nobody else.
         """
         principal = await self.principal(request)
         # An API key by what was presented, not by the identity's name: a token's
@@ -123,17 +145,22 @@ class HttpAccess:
             raise BadParameter(f"bad revocation: {exc}", "body") from None
         except msgspec.DecodeError:
             raise BadParameter("the body must be a JSON object", "body") from None
-        now = time.time()
+        now, horizon = time.time(), self._guard.limits.revocation_horizon
+        if asked.until is not None and asked.until <= now:
+            raise BadParameter(
+                f"bad revocation: until {asked.until:g} is not in the future", "body"
+            )
         revocation = Revocation(
             kind=asked.kind,
             tenant=asked.tenant if asked.tenant is not None else principal.tenant,
             value=asked.value,
-            until=asked.until if asked.until is not None else now + _DEFAULT_TTL,
+            # Default: the horizon. Past it, the guard lowers it to it.
+            until=asked.until if asked.until is not None else now + horizon,
             at=now,
             reason=asked.reason,
         )
-        await self._guard.revoke(principal, revocation)
-        return json_response(revocation, 201)
+        stored = await self._guard.revoke(principal, revocation)
+        return json_response(stored, 201)
 
     async def charge(self, request: web.Request, publishes: int) -> None:
         """The charge hook: a request's `publishes` come out of the caller's buckets."""
@@ -145,7 +172,7 @@ class HttpAccess:
         guard = self._guard
         if principal.identity.admin:
             if action == "publish":
-                guard.admin_publishing(principal, target)
+                await guard.admin_publishing(principal, target)
             return
         tenant = principal.tenant
         if action == "list":
@@ -158,6 +185,33 @@ class HttpAccess:
             raise Forbidden(f"{target!r} is outside tenant {tenant!r}")
         relative = target[len(principal.prefix) :]
         guard.check(principal, _OPERATION[action], relative)
+
+    async def visibility(self, request: web.Request, prefix: str) -> Callable[[str], bool]:
+        """The visibility hook: which absolute topics under `prefix` a listing shows the caller.
+
+        Those it may subscribe to or read (`Guard.visible`); `authorize` has
+        checked `prefix` is in its tenant. When one rule shows it everything
+        under the prefix's last whole segment, no topic is checked one by one.
+        """
+        principal = await self.principal(request)
+        guard = self._guard
+        if principal.identity.admin:
+            return _everything
+        relative = prefix[len(principal.prefix) :]
+        folder = relative.rpartition("/")[0]
+        with contextlib.suppress(InvalidInput):  # a prefix need not make a pattern
+            if guard.visible(principal, f"{folder}/#" if folder else "#"):
+                return _everything
+        start = len(principal.prefix)
+
+        def shown(topic: str) -> bool:
+            return topic.startswith(principal.prefix) and guard.visible(principal, topic[start:])
+
+        return shown
+
+
+def _everything(topic: str) -> bool:
+    return True
 
 
 def _credential(request: web.Request) -> str | None:

@@ -30,7 +30,7 @@ have been appended, and sending the same batch again is safe (the dedupe by
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
 import msgspec
@@ -38,15 +38,16 @@ from aiohttp import hdrs, web
 
 from hybridbus.core.codecs import (
     JSON_BATCH_CONTENT_TYPE,
+    check_depth,
     decode_json,
     encode_json,
     encode_msgpack,
     from_http,
 )
 from hybridbus.core.codecs import JSON_CONTENT_TYPE as CLOUDEVENTS_JSON
-from hybridbus.core.event import Event
+from hybridbus.core.event import Event, check_tenantid
 from hybridbus.core.log import Ack, Position
-from hybridbus.core.topics import MAX_TOPIC_LENGTH, validate_topic
+from hybridbus.core.topics import MAX_TOPIC_LENGTH, tenant_of, validate_topic
 from hybridbus.errors import EventTooLarge, InvalidEvent, InvalidInput, InvalidPosition
 from hybridbus.gateways import openapi
 from hybridbus.gateways.httputil import (
@@ -64,17 +65,30 @@ from hybridbus.gateways.httputil import (
     read_body,
     required_text,
 )
-from hybridbus.gateways.sse import SseConfig, SseGateway
+from hybridbus.gateways.sse import Hold, SseConfig, SseGateway, hold_nothing
 from hybridbus.hub.bus import Bus, History
 from hybridbus.proto.frames import MAX_HISTORY_LIMIT, ClientInfo, HistoryEvent, HistoryResult
 from hybridbus.server.metrics import Metrics
 
-__all__ = ["HttpConfig", "HttpGateway"]
+__all__ = ["HttpConfig", "HttpGateway", "Visibility", "show_all"]
 
 Presence = Callable[[str], Sequence[ClientInfo]]
+# The visibility hook: for a request listing the topics under the absolute
+# `prefix` (which `authorize` allowed), which topics the caller may see.
+Visibility = Callable[[web.Request, str], Awaitable[Callable[[str], bool]]]
+
+
+async def show_all(request: web.Request, prefix: str) -> Callable[[str], bool]:
+    """A visibility hook that shows every topic: for tests and embedding.
+
+    `hybridbus serve` uses `gateways.access.HttpAccess.visibility` instead.
+    """
+    return lambda topic: True
+
 
 _DEFAULT_LIMIT: Final = 100
 _TOPICS_LIMIT: Final = 1000
+_TOPICS_READ: Final = 1000  # topics read at a time past hidden ones
 _BatchItems = msgspec.json.Decoder(list[msgspec.Raw])
 
 
@@ -86,6 +100,23 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True):
     body_timeout: float = 30.0  # to receive a request body
     max_page_bytes: int = 8 << 20  # a history page stops early (more: true) past this
     sse: SseConfig = SseConfig()
+
+
+class _AckJson(msgspec.Struct, frozen=True):
+    """An ack as the API answers it (docs/http.md): the ack and its resume `token`."""
+
+    topic: str
+    offset: int
+    shard: int
+    position: int
+    epoch: str
+    duplicate: bool
+    token: str
+
+
+def _ack_json(ack: Ack) -> _AckJson:
+    token = str(ack.token)
+    return _AckJson(ack.topic, ack.offset, ack.shard, ack.position, ack.epoch, ack.duplicate, token)
 
 
 def _media_type(content_type: str | None) -> str:
@@ -118,15 +149,19 @@ class HttpGateway:
         config: HttpConfig | None = None,
         authorize: Authorize = allow_all,
         charge: Charge = charge_nothing,
+        hold: Hold = hold_nothing,
+        visibility: Visibility = show_all,
     ) -> None:
         self._bus = bus
         self._charge = charge
+        self._visibility = visibility
         self._presence = presence
         self._config = config or HttpConfig()
         self._authorize = authorize
         self._published = metrics.publishes.labels(gateway="http")
         self._duplicates = metrics.duplicates.labels(gateway="http")
-        self._sse = SseGateway(bus, metrics, self._config.sse, authorize)
+        # `hold`: who holds each SSE stream open (counted, ended at revocation and expiry).
+        self._sse = SseGateway(bus, metrics, self._config.sse, authorize, hold)
         self._openapi = msgspec.json.encode(openapi.document())
 
     def routes(self) -> list[web.RouteDef]:
@@ -157,7 +192,7 @@ class HttpGateway:
         body = await read_body(request, config.max_body_size, config.body_timeout)
         media = _media_type(request.headers.get(hdrs.CONTENT_TYPE))
         if media == JSON_BATCH_CONTENT_TYPE:
-            events = self._decode_batch(body)
+            events = self._decode_batch(topic, body)
             if isinstance(events, web.Response):
                 return events
         elif media == CLOUDEVENTS_JSON:
@@ -178,26 +213,32 @@ class HttpGateway:
         if duplicates:
             self._duplicates.inc(duplicates)
         status = 200 if acks and duplicates == len(acks) else 201
-        return json_response({"acks": acks}, status)
+        return json_response({"acks": [_ack_json(ack) for ack in acks]}, status)
 
-    def _decode_batch(self, body: bytes) -> list[Event] | web.Response:
-        """Every event of a batch checked, or the problem naming the first bad one."""
+    def _decode_batch(self, topic: str, body: bytes) -> list[Event] | web.Response:
+        """Every event of a batch checked, or the problem naming the first bad one.
+
+        The bus's checks of an event are made here for the whole batch first,
+        so that a bad event refuses the batch before any of it is published.
+        """
         try:
             items = _BatchItems.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             raise InvalidEvent(f"a batch must be a JSON array of events: {exc}") from exc
         if len(items) > self._config.max_batch:
             raise InvalidInput(
                 f"a batch holds at most {self._config.max_batch} events, not {len(items)}"
             )
         limit = self._bus.config.max_event_size
+        tenant = tenant_of(topic)
         events = []
         for index, item in enumerate(items):
             try:
-                event = decode_json(bytes(item))
-                size = len(encode_msgpack(event))
-                if size > limit:
-                    raise EventTooLarge(size, limit)
+                event = check_tenantid(decode_json(bytes(item)), tenant)
+                payload = encode_msgpack(event)
+                check_depth(event, payload)
+                if len(payload) > limit:
+                    raise EventTooLarge(len(payload), limit)
             except InvalidInput as exc:
                 return problem(exc, index=index)
             events.append(event)
@@ -280,7 +321,12 @@ class HttpGateway:
         return json_response({"topic": topic, "clients": clients})
 
     async def topics(self, request: web.Request) -> web.Response:
-        """The topics starting with `?prefix=`, by name, paged with `?after=`."""
+        """The topics starting with `?prefix=` the caller may see, by name, paged with `?after=`.
+
+        Topics the visibility hook hides are skipped by reading on: a page
+        holds `limit` topics whenever `more` is true, and `after` = its last
+        topic continues it.
+        """
         prefix = query_text(request, "prefix") or ""
         after = query_text(request, "after") or ""
         for name, value in (("prefix", prefix), ("after", after)):
@@ -288,7 +334,14 @@ class HttpGateway:
                 raise BadParameter(f"{name} is over {MAX_TOPIC_LENGTH} characters", name)
         limit = query_int(request, "limit", _DEFAULT_LIMIT, 0, _TOPICS_LIMIT)
         await self._authorize(request, "list", prefix)
-        found = await self._bus.topics(prefix, limit + 1, after=after)
+        shown = await self._visibility(request, prefix)
+        batch = limit + 1  # one more than a page: whether there is more
+        read = await self._bus.topics(prefix, batch, after=after)
+        found = [info for info in read if shown(info.topic)]
+        while len(found) <= limit and len(read) == batch:
+            batch = _TOPICS_READ
+            read = await self._bus.topics(prefix, batch, after=read[-1].topic)
+            found += [info for info in read if shown(info.topic)]
         return json_response({"topics": found[:limit], "more": len(found) > limit})
 
     async def openapi(self, request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ Status by error (the first row that matches):
     BodyTooLarge, EventTooLarge   413   code 1004
     BodyTimeout                   408   the body did not arrive in time
     InvalidInput (any 10xx)       400   topic, pattern, event, position, parameter
+    Revoked 403, Unauthorized 401, Forbidden 403, TooManyRevocations 409, LimitExceeded 429
     BusClosed, EngineUnavailable  503   with Retry-After: the server is going away / try later
     EngineError, anything else    500   no details: they stay in the server's log
 """
@@ -44,6 +45,7 @@ from hybridbus.errors import (
     LimitExceeded,
     RateLimited,
     Revoked,
+    TooManyRevocations,
     Unauthorized,
 )
 
@@ -137,6 +139,7 @@ _STATUS: Final[tuple[tuple[type[BusError], int], ...]] = (
     (Revoked, 403),  # an Unauthorized, but the credentials were good: 403, no WWW-Authenticate
     (Unauthorized, 401),
     (Forbidden, 403),
+    (TooManyRevocations, 409),  # a full store, not a rate: waiting a little does not help
     (LimitExceeded, 429),
     (BusClosed, 503),
     (EngineUnavailable, 503),

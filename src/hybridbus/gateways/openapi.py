@@ -81,16 +81,27 @@ _SCHEMAS: Final[dict[str, Any]] = {
     },
     "Ack": {
         "type": "object",
-        "required": ["topic", "offset", "shard", "position", "epoch", "duplicate"],
+        "required": ["topic", "offset", "shard", "position", "epoch", "duplicate", "token"],
         "properties": {
             "topic": {"type": "string"},
             "offset": {"type": "integer", "minimum": 1, "description": "1, 2, 3... per topic"},
             "shard": {"type": "integer", "minimum": 0},
-            "position": {"type": "integer", "minimum": 1},
+            "position": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "the event's position in its shard's log (not a resume token)",
+            },
             "epoch": {"type": "string"},
             "duplicate": {
                 "type": "boolean",
                 "description": "already appended (same source + id): the fields are the original's",
+            },
+            "token": {
+                "type": "string",
+                "description": (
+                    "the resume token right after this event: as `since` or Last-Event-ID it "
+                    "gives exactly the later events of this topic (docs/http.md)"
+                ),
             },
         },
     },
@@ -192,6 +203,7 @@ _PROBLEM_TEXT: Final = {
     415: "Not a CloudEvent: the Content-Type is neither structured nor batch, no ce-specversion.",
     401: "No credentials where they are needed, an unknown API key, a bad or expired token.",
     403: "Revoked (1104), or the topic is another tenant's or the rules refuse it (1110).",
+    409: "The tenant holds max_revocations_per_tenant live revocations (1123).",
     429: "Over the caller's or the tenant's publish rate (1121); see Retry-After.",
     500: "The server failed (code 1300-1399); the details are in its log.",
     503: "The log is unavailable or the server is shutting down; see Retry-After.",
@@ -228,8 +240,10 @@ _REVOCATIONS: Final = {
         "operationId": "revoke",
         "summary": "Revoke a token (jti), a session (sid) or a user; live connections close",
         "description": (
-            "Admins anywhere; a tenant's API key inside its tenant. `until` defaults to now + "
-            "24 h; a user revocation refuses the user's tokens issued up to now."
+            "Admins anywhere; a tenant's API key inside its tenant, within its tenant's "
+            "revocation rate (429) and count (409). `until` (a future time) defaults to, and is "
+            "held to, the horizon: now + max_token_lifetime + jwt_leeway; a user revocation "
+            "refuses the user's tokens issued up to now, for the horizon."
         ),
         "requestBody": {
             "required": True,
@@ -243,7 +257,7 @@ _REVOCATIONS: Final = {
                             "kind": {"enum": ["token", "session", "user"]},
                             "value": {"type": "string", "minLength": 1, "maxLength": 256},
                             "tenant": {"type": "string"},
-                            "until": {"type": "number"},
+                            "until": {"type": "number", "exclusiveMinimum": 0},
                             "reason": {"type": "string", "maxLength": 1024},
                         },
                     }
@@ -255,7 +269,7 @@ _REVOCATIONS: Final = {
                 "description": "Stored; the revocation as kept.",
                 "content": {"application/json": {"schema": {"type": "object"}}},
             },
-            **_problems(400, 401, 403, 408, 413, 500, 503),
+            **_problems(400, 401, 403, 408, 409, 413, 429, 500, 503),
         },
     }
 }

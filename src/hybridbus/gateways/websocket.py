@@ -2,8 +2,10 @@
 
 Owns: the `/v1/ws` endpoint (and its `/ws` alias), subprotocol negotiation,
 the frame-size limit at the socket, the read loop feeding a `Connection`, and
-the `Transport` over an aiohttp WebSocket. Must not execute commands or keep
-protocol state (that is `server.connection` and `proto`).
+the `Transport` over an aiohttp WebSocket, and, with `ws_check_origin`, the
+refusal (403, before upgrading) of a browser page whose `Origin` is not in
+`cors_origins` (`gateways.cors`). Must not execute commands or keep protocol
+state (that is `server.connection` and `proto`).
 
 aiohttp's own heartbeat and automatic pong are off: the protocol has its own
 heartbeat, and a WebSocket ping from the client is answered here and counts
@@ -21,6 +23,8 @@ from typing import Any, Final
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.http_websocket import WebSocketError
 
+from hybridbus.core.cors import CorsPolicy
+from hybridbus.gateways.cors import origin_refusal
 from hybridbus.proto.codec import SUBPROTOCOLS, codec_for
 from hybridbus.proto.codes import CloseCode
 from hybridbus.server.node import Node
@@ -79,6 +83,8 @@ class WebSocketGateway:
 
     def __init__(self, node: Node) -> None:
         self._node = node
+        config = node.config
+        self._origins = CorsPolicy(config.cors_origins) if config.ws_check_origin else None
 
     def routes(self) -> list[web.RouteDef]:
         """The routes to mount on the application."""
@@ -87,6 +93,11 @@ class WebSocketGateway:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """One WebSocket connection, from the upgrade to the close."""
         node = self._node
+        if self._origins is not None:
+            refusal = origin_refusal(self._origins, request)
+            if refusal is not None:
+                log.debug("upgrade refused: %s", refusal.text)
+                raise refusal
         if not node.accepting:
             raise web.HTTPServiceUnavailable(text="the server is shutting down")
         max_frame = node.config.max_frame_size

@@ -1,6 +1,7 @@
 """The Bus: the in-process public API — publish, history, subscribe, topics.
 
-Owns: checking what callers hand in (topic, pattern, event, size), appending
+Owns: checking what callers hand in (topic, pattern, event, size, nesting, the
+event's `tenantid` against its topic's tenant, resume tokens), appending
 through the engine, routing each appended delivery to the matching
 subscriptions (local fan-out through the trie), setting subscriptions up for
 exact recovery, and reading history and the topic list. Must not know which
@@ -16,16 +17,16 @@ from typing import Any
 
 import msgspec
 
-from hybridbus.core.codecs import encode_msgpack
-from hybridbus.core.event import Event, check_event, event_from_dict
+from hybridbus.core.codecs import check_depth, encode_msgpack
+from hybridbus.core.event import Event, check_event, check_tenantid, event_from_dict
 from hybridbus.core.log import Ack, Delivery, Page, Position, is_exact
-from hybridbus.core.topics import validate_pattern, validate_topic
+from hybridbus.core.topics import tenant_of, validate_pattern, validate_topic
 from hybridbus.core.trie import Trie
 from hybridbus.engine.base import Clock, Engine, TopicInfo, system_clock
 from hybridbus.errors import BusClosed, EventTooLarge, InvalidEvent
 from hybridbus.hub.subscription import Subscription
 
-__all__ = ["Bus", "BusConfig", "History"]
+__all__ = ["Bus", "BusConfig", "EventLike", "History"]
 
 # How many topics' routes the bus remembers before it starts over.
 _ROUTES_MAX = 65_536
@@ -58,16 +59,20 @@ EventLike = Event | Mapping[str, Any]
 def _checked(event: EventLike) -> tuple[Event, bytes]:
     """The validated event and its MessagePack encoding."""
     if isinstance(event, Event):
-        return check_event(event), encode_msgpack(event)
-    if isinstance(event, Mapping):
+        checked = check_event(event)
+    elif isinstance(event, Mapping):
         checked = event_from_dict(event, require_specversion=False)
-        return checked, encode_msgpack(checked)
-    raise InvalidEvent(f"expected an Event or a CloudEvents dict, not {type(event).__name__}")
+    else:
+        raise InvalidEvent(f"expected an Event or a CloudEvents dict, not {type(event).__name__}")
+    payload = encode_msgpack(checked)
+    return check_depth(checked, payload), payload
 
 
 def _since(since: Position | str | None) -> Position | None:
-    if since is None or isinstance(since, Position):
-        return since
+    if since is None:
+        return None
+    if isinstance(since, Position):
+        return since.checked()  # built in Python: the engine must not see 2**64
     return Position.parse(since)
 
 
@@ -122,11 +127,16 @@ class Bus:
 
         Resolves once the engine holds it durably. Raises `InvalidTopic`,
         `InvalidEvent`, `EventTooLarge`, `BusClosed`, `EngineUnavailable`.
+        An event's `tenantid`, when it has one, must be the tenant of `topic`
+        (its first segment), else `InvalidEvent` names `tenantid`; without
+        one it is stored without one.
         """
         if self._closed:
             raise BusClosed("the bus is closed")
         validate_topic(topic)
         checked, payload = _checked(event)
+        if checked.tenantid is not None:
+            check_tenantid(checked, tenant_of(topic))
         if len(payload) > self.config.max_event_size:
             raise EventTooLarge(len(payload), self.config.max_event_size)
         ack = await self.engine.append(topic, checked, payload)

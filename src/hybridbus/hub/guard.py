@@ -5,7 +5,8 @@ a principal's topics and patterns into its tenant (an admin's are absolute),
 asking `core.permissions` once per operation and pattern (cached on the
 principal), the publish rate limits (per principal and per tenant, token
 buckets from `core.ratelimit`), the revocation set (loaded from and stored in
-the engine), and the audit trail on `$audit/<tenant>/<kind>`. Must not know
+the engine, bounded: see below), what a topic listing may show (`visible`),
+and the audit trail on `$audit/<tenant>/<kind>`. Must not know
 sockets, frames or HTTP: the server's connections and the HTTP gateways call
 it with a principal; it calls the bus.
 
@@ -16,12 +17,31 @@ new one), so its cache holds decisions for (operation, pattern) — keyed by
 the minute too when the identity's rules have windows. A subscription is
 checked when it is made; one made inside a window runs on after it closes.
 
+Revocations are bounded. Each lasts at most `revocation_horizon` seconds
+(the longest token lifetime plus the leeway: no accepted token outlives it),
+a user revocation exactly that long (`Revocation.bounded`); at start, stored
+ones past it are shortened. A tenant's callers (not admins) are held to
+`revoke_rate` per tenant (`RateLimited`) and `max_revocations` live ones per
+tenant (`TooManyRevocations`; revoking a held key again is always taken).
+Admins are held to neither, so that a tenant filling its own count can never
+stop an operator from revoking inside it.
+
 Audit events (CloudEvents, source `/hybridbus/<node>`, type
 `io.hybridbus.audit.<kind>`) go to `$audit/<tenant>/<kind>`: a `$` first
 segment, which no tenant's scoped pattern can reach and `#` does not match;
 only admins (absolute topics) can read them. Kinds: `revoke`,
 `admin.publish`, `key.use`, `denials` (more than `audit_denials` refusals in a
 tenant within ten seconds: one event per window, with the count).
+
+When an audit event cannot be appended (a full disk). `revoke` and
+`admin.publish` are mandatory: their event is appended first (write-ahead),
+and if that fails the operation is refused with `EngineUnavailable` (1301)
+and not done — no revocation or admin publish is ever without its event (an
+event whose operation then failed can be). `key.use` and `denials` are best
+effort: appended in the background; one that fails is dropped, logged
+(warning) and counted (`audits_dropped`, the listeners of
+`on_audit_dropped`: the node's `hybridbus_audit_dropped_total` metric), and
+the request or refusal it records goes on.
 """
 
 from __future__ import annotations
@@ -49,7 +69,16 @@ from hybridbus.core.topics import (
     validate_pattern,
     validate_topic,
 )
-from hybridbus.errors import Forbidden, LimitExceeded, RateLimited, Revoked
+from hybridbus.errors import (
+    BusError,
+    EngineError,
+    EngineUnavailable,
+    Forbidden,
+    LimitExceeded,
+    RateLimited,
+    Revoked,
+    TooManyRevocations,
+)
 from hybridbus.hub.bus import Bus, EventLike, History
 from hybridbus.hub.subscription import Subscription
 
@@ -63,7 +92,7 @@ _KEY_USE_EVERY: Final = 60.0
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
-    """Publish rates (events/s, burst; 0: unlimited) and the audit threshold."""
+    """Publish rates (events/s, burst; 0: unlimited), the audit threshold, revocation bounds."""
 
     connection_rate: float = 0.0
     connection_burst: float = 0.0
@@ -71,6 +100,14 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     tenant_burst: float = 0.0
     # Refusals in a tenant within ten seconds before one `denials` audit event.
     audit_denials: int = 20
+    # Seconds a revocation lasts at most (a user's: exactly): the longest token
+    # lifetime plus the leeway.
+    revocation_horizon: float = 86400.0
+    # Revocations by a tenant's callers: per tenant, per second (0: unlimited) and
+    # burst; and how many may be live in one tenant.
+    revoke_rate: float = 0.0
+    revoke_burst: float = 0.0
+    max_revocations: int = 10_000
 
 
 class Principal:
@@ -132,13 +169,31 @@ class Guard:
             if limits.tenant_rate > 0
             else None
         )
+        self._revokes = (
+            # At least one revocation fits in the burst: a wait is never "forever".
+            KeyedBuckets(limits.revoke_rate, max(1.0, limits.revoke_burst or limits.revoke_rate))
+            if limits.revoke_rate > 0
+            else None
+        )
         self._denials: dict[str, _Denials] = {}
         self._key_uses: dict[str, float] = {}
+        # Best-effort audit appends in flight (held until done), and those dropped, by kind.
+        self._pending: set[asyncio.Task[None]] = set()
+        self.audits_dropped: dict[str, int] = {}
+        self._drop_listeners: list[Callable[[str], None]] = []
         self._minutely_roles = policy.windowed_roles()
 
     async def start(self) -> None:
-        """Load the stored revocations (the bus is started)."""
-        self._revocations.extend(await self.bus.engine.revocations())
+        """Shorten the stored revocations past the horizon, then load them (the bus is started)."""
+        engine = self.bus.engine
+        shortened = await engine.shorten_revocations(self._clock() + self.limits.revocation_horizon)
+        if shortened:
+            log.warning(
+                "%d stored revocations lasted past the horizon of %g s: shortened to it",
+                shortened,
+                self.limits.revocation_horizon,
+            )
+        self._revocations.extend(await engine.revocations())
 
     # -- principals ----------------------------------------------------------------
 
@@ -168,29 +223,72 @@ class Guard:
         """Call `listener(revocation)` after every revocation (the node closes connections)."""
         self._listeners.append(listener)
 
-    async def revoke(self, by: Principal, revocation: Revocation) -> None:
-        """Store `revocation` durably, apply it, tell the listeners, audit it.
+    async def revoke(self, by: Principal, revocation: Revocation) -> Revocation:
+        """Audit `revocation`, store it durably, apply it, tell the listeners; return it as stored.
 
-        A tenant's principal may only revoke inside its tenant; an admin anywhere.
+        A tenant's principal may only revoke inside its tenant, within the
+        tenant's revocation rate (`RateLimited`) and count (`TooManyRevocations`);
+        an admin anywhere. `until` is held to the horizon (module docstring).
         """
-        if not by.identity.admin and revocation.tenant != by.tenant:
+        admin = by.identity.admin
+        if not admin and revocation.tenant != by.tenant:
             self._denied(by, "revoke", revocation.tenant)
             raise Forbidden("a revocation must name the caller's own tenant")
+        now = self._clock()
+        revocations = self._revocations
+        revocations.prune(now)
+        revocation = revocation.bounded(now, self.limits.revocation_horizon)
+        if not admin:
+            self._admit_revocation(revocation, now)
+        # Write-ahead: no revocation without its audit event; raises if it cannot be appended.
+        await self._audit_first(
+            revocation.tenant,
+            "revoke",
+            {**msgspec.to_builtins(revocation), "by": _who(by.identity)},
+        )
         await self.bus.engine.revoke(revocation)
-        self._revocations.add(revocation)
-        self._revocations.prune(self._clock())
+        revocations.add(revocation)
         for listener in self._listeners:
             try:
                 listener(revocation)
             except Exception:
                 log.exception("a revocation listener failed")
-        await self.audit(
-            revocation.tenant,
-            "revoke",
-            {**msgspec.to_builtins(revocation), "by": _who(by.identity)},
-        )
+        return revocation
+
+    def _admit_revocation(self, revocation: Revocation, now: float) -> None:
+        """Raise unless a tenant's caller may add `revocation` now (count, then rate)."""
+        tenant = revocation.tenant
+        revocations = self._revocations
+        held = revocations.count(tenant)
+        new = revocations.get(*revocation.key) is None
+        if new and held >= self.limits.max_revocations:
+            raise TooManyRevocations(
+                f"tenant {tenant!r} holds {held} live revocations, the most it may "
+                f"(max_revocations_per_tenant = {self.limits.max_revocations}); "
+                "room comes back as they lapse"
+            )
+        buckets = self._revokes
+        if buckets is not None:
+            wait = buckets.take(tenant, now)
+            if wait:
+                raise RateLimited(f"over the tenant's revocation rate; retry in {wait:.3f} s", wait)
 
     # -- operations ------------------------------------------------------------------
+
+    def visible(self, principal: Principal, relative: str) -> bool:
+        """Whether a topic listing may show `principal` the topic (or pattern) `relative`.
+
+        It may if it may `subscribe` to it or read its `history`. A hidden topic
+        is filtered out, not refused: no denial is counted, nothing is cached.
+        """
+        identity = principal.identity
+        if identity.admin:
+            return True
+        now, policy = self._clock(), self.policy
+        return (
+            decide(policy, identity, "subscribe", relative, now).allowed
+            or decide(policy, identity, "history", relative, now).allowed
+        )
 
     def check(self, principal: Principal, operation: Operation, relative: str) -> None:
         """Raise `Forbidden` unless `principal` may do `operation` on `relative`."""
@@ -217,13 +315,16 @@ class Guard:
         self.check(principal, "publish", relative)
         self.take(principal)
         if principal.identity.admin:
-            self.admin_publishing(principal, topic)
+            await self.admin_publishing(principal, topic)
         return await self.bus.publish(topic, event)
 
-    def admin_publishing(self, principal: Principal, topic: str) -> None:
-        """An admin publishes to the absolute `topic`: audit it (no await)."""
+    async def admin_publishing(self, principal: Principal, topic: str) -> None:
+        """An admin is about to publish to the absolute `topic`: append its audit event.
+
+        Raises `EngineUnavailable` when it cannot be appended: the publish must not happen.
+        """
         data = {"topic": topic, "by": _who(principal.identity)}
-        self._spawn_audit(_audited_tenant(topic), "admin.publish", data)
+        await self._audit_first(_audited_tenant(topic), "admin.publish", data)
 
     def take(self, principal: Principal, cost: float = 1.0) -> None:
         """Take `cost` publishes from the principal's and its tenant's buckets, or raise."""
@@ -282,23 +383,56 @@ class Guard:
         )
 
     async def audit(self, tenant: str, kind: str, data: dict[str, Any]) -> None:
-        """Append an audit event on `$audit/<tenant>/<kind>`; failures are logged, not raised."""
+        """Append an audit event on `$audit/<tenant>/<kind>`, or raise the bus's error."""
+        topic = validate_topic(f"{AUDIT_ROOT}/{tenant}/{kind}")
+        event = Event(
+            id=secrets.token_hex(12),
+            source=self._source,
+            type=f"io.hybridbus.audit.{kind}",
+            data=data,
+        )
+        await self.bus.publish(topic, event)
+
+    async def _audit_first(self, tenant: str, kind: str, data: dict[str, Any]) -> None:
+        """A mandatory audit event, before its operation: the operation is refused if it fails.
+
+        An engine failure (a full disk) raises `EngineUnavailable` naming the audit.
+        """
         try:
-            topic = validate_topic(f"{AUDIT_ROOT}/{tenant}/{kind}")
-            event = Event(
-                id=secrets.token_hex(12),
-                source=self._source,
-                type=f"io.hybridbus.audit.{kind}",
-                data=data,
-            )
-            await self.bus.publish(topic, event)
-        except Exception:
-            log.exception("could not append the %s audit event", kind)
+            await self.audit(tenant, kind, data)
+        except EngineError as exc:
+            refused = f"the {kind} audit event could not be appended, so the operation was refused"
+            raise EngineUnavailable(f"{refused}: {exc}") from exc
+
+    def on_audit_dropped(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(kind)` for every best-effort audit event dropped (the node's metric)."""
+        self._drop_listeners.append(listener)
+
+    async def drain_audits(self) -> None:
+        """Wait for the best-effort audit appends started so far (at shutdown, in tests)."""
+        while self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
 
     def _spawn_audit(self, tenant: str, kind: str, data: dict[str, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(self.audit(tenant, kind, data))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        """A best-effort audit event: appended in the background, dropped if it cannot be."""
+        task = asyncio.get_running_loop().create_task(self._audit_or_drop(tenant, kind, data))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _audit_or_drop(self, tenant: str, kind: str, data: dict[str, Any]) -> None:
+        try:
+            await self.audit(tenant, kind, data)
+        except Exception as exc:  # the task's boundary: nobody awaits it
+            self.audits_dropped[kind] = self.audits_dropped.get(kind, 0) + 1
+            if isinstance(exc, BusError):
+                log.warning("dropped the %s audit event of tenant %r: %s", kind, tenant, exc)
+            else:
+                log.exception("dropped the %s audit event of tenant %r", kind, tenant)
+            for listener in self._drop_listeners:
+                try:
+                    listener(kind)
+                except Exception:
+                    log.exception("an audit-dropped listener failed")
 
     def _denied(self, principal: Principal, operation: str, what: str) -> None:
         tenant = principal.tenant
@@ -326,10 +460,6 @@ class _Denials:
         self.start = start
         self.count = 0
         self.reported = False
-
-
-# Audit appends started from synchronous code: held until done.
-_background: set[asyncio.Task[None]] = set()
 
 
 def _limited(whose: str, wait: float, cost: float) -> LimitExceeded:

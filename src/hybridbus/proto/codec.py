@@ -10,7 +10,9 @@ connection state (that is `proto.session`), nor do I/O.
                           JSON structured format
     hybridbus.v1.msgpack  binary frames; a frame is a MessagePack array of
                           messages (maps); events are maps as
-                          `core.codecs.encode_msgpack` makes them
+                          `core.codecs.encode_msgpack` makes them (other
+                          extensions under `x-extensions`); decoding also
+                          takes them as top-level keys, as in JSON
 
 Decoding peer input raises `hybridbus.errors.ProtocolError` and nothing else
 (events: `InvalidEvent`): `code` says what was wrong, `id` is the command id

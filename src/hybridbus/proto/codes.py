@@ -60,6 +60,8 @@ RETRIABLE_ERRORS: Final = frozenset(
         ErrorCode.TOO_MANY_CONNECTIONS,
         ErrorCode.SUBSCRIBER_TOO_SLOW,
         ErrorCode.ENGINE_UNAVAILABLE,
+        ErrorCode.ENGINE_LOCKED,
+        ErrorCode.ENGINE_READ_ONLY,
     }
 )
 

@@ -27,8 +27,6 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from hybridbus.core.topics import MAX_TOPIC_LENGTH
-
 __all__ = [
     "MAX_HISTORY_LIMIT",
     "RESULT_TYPES",
@@ -71,8 +69,9 @@ MAX_HISTORY_LIMIT: Final = 1000
 CommandId = Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=16_384)]
 Label = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-# Topic and pattern syntax is the server's to check (it answers 1002 / 1003).
-TopicText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOPIC_LENGTH)]
+# Topic and pattern syntax, their length included, is the server's to check: it answers
+# 1002 / 1003 as protocol.md §9 says (the frame size bounds what arrives here).
+TopicText = str
 PositionText = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 Limit = Annotated[int, msgspec.Meta(ge=0, le=MAX_HISTORY_LIMIT)]
 
@@ -280,13 +279,20 @@ class UnsubscribeResult(_Result):
 
 
 class PublishResult(_Result):
-    """Where the event went; for a duplicate, where the original went."""
+    """Where the event went; for a duplicate, where the original went.
+
+    `token` is the resume token right after the event: `since=token` gives
+    exactly the later events of its topic (docs/protocol.md §5.3 says what it
+    holds for other shards). `position` alone is one shard's log position, not
+    a token. None only from a server older than the field.
+    """
 
     offset: int
     shard: int
     position: int
     epoch: str
     duplicate: bool
+    token: str | None = None
 
 
 class HistoryEvent(_Result):

@@ -16,6 +16,7 @@ everywhere (absolute topics) and can read `$audit/...`.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -57,13 +58,24 @@ def policy_of(config: ServerConfig) -> Policy:
 
 
 def limits_of(config: ServerConfig) -> Limits:
-    """The publish rates and the audit threshold of `config`."""
+    """The publish rates, the audit threshold and the revocation bounds of `config`.
+
+    A revocation lasts at most the longest token lifetime plus the leeway: no
+    token the server accepts outlives that (`server.tokens.TokenVerifier`).
+    """
+    horizon = config.max_token_lifetime + config.jwt_leeway
+    if not math.isfinite(horizon):
+        raise InvalidInput("bad setting jwt_leeway: must be a finite number of seconds")
     return Limits(
         connection_rate=config.publish_rate,
         connection_burst=config.publish_burst,
         tenant_rate=config.tenant_publish_rate,
         tenant_burst=config.tenant_publish_burst,
         audit_denials=config.audit_denials,
+        revocation_horizon=horizon,
+        revoke_rate=config.revoke_rate,
+        revoke_burst=config.revoke_burst,
+        max_revocations=config.max_revocations_per_tenant,
     )
 
 
@@ -102,7 +114,11 @@ def authenticator_of(config: ServerConfig) -> Authenticator:
     except (ValueError, OSError) as exc:
         raise InvalidInput(f"bad JWT key settings: {exc}") from exc
     verifier = TokenVerifier(
-        ring, issuer=config.jwt_issuer, audience=config.jwt_audience, leeway=config.jwt_leeway
+        ring,
+        issuer=config.jwt_issuer,
+        audience=config.jwt_audience,
+        leeway=config.jwt_leeway,
+        max_lifetime=config.max_token_lifetime,
     )
     return JwtAuthenticator(verifier, anonymous_tenant=config.anonymous_tenant)
 

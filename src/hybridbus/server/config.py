@@ -2,8 +2,10 @@
 
 Owns: every setting of `hybridbus serve`, their defaults, and how the layers
 override each other (defaults < TOML file < `HYBRIDBUS_*` environment <
-command-line flags). Reads the file it is given, nothing else; never looks at
-`os.environ` itself (the caller passes the environment, so tests can too).
+command-line flags). An unknown setting is refused in every layer, a
+`HYBRIDBUS_*` variable included (except the `OTHER_VARIABLES`, which others
+read). Reads the file it is given, nothing else; never looks at `os.environ`
+itself (the caller passes the environment, so tests can too).
 """
 
 from __future__ import annotations
@@ -15,14 +17,26 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
+from hybridbus.core.cors import ORIGIN_PATTERN
 from hybridbus.errors import InvalidInput
 
-__all__ = ["ENV_PREFIX", "ServerConfig", "load_config"]
+__all__ = ["ENV_PREFIX", "OTHER_VARIABLES", "ServerConfig", "load_config"]
 
 ENV_PREFIX: Final = "HYBRIDBUS_"
+# The `HYBRIDBUS_*` variables that are not server settings (docs/configuration.md lists
+# them): the client commands' --url and --token defaults, and the test suite's switches.
+# Any other `HYBRIDBUS_*` variable must name a setting.
+OTHER_VARIABLES: Final = (
+    "HYBRIDBUS_URL",
+    "HYBRIDBUS_TOKEN",
+    "HYBRIDBUS_REQUIRE_SERVICES",
+    "HYBRIDBUS_REQUIRE_BROWSER",
+)
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Bytes = Annotated[int, msgspec.Meta(ge=1024)]
+OriginPattern = Annotated[str, msgspec.Meta(pattern=ORIGIN_PATTERN)]
+MAX_LIFETIME: Final = 10 * 366 * 86400.0  # the most `max_token_lifetime` may be: ten years
 
 
 class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -33,6 +47,12 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     engine: str = "sqlite://./hybridbus-data"
     # Several processes may share the port (one per core) once the engine is shared.
     reuse_port: bool = False
+    # Seconds an HTTP connection has to send a request's line and headers (from being
+    # accepted, or from the end of its previous response), and a request body.
+    header_timeout: Seconds = 10.0
+    body_timeout: Seconds = 30.0
+    # Connections still waiting for their request headers; past it the oldest is closed.
+    max_pending_connections: Annotated[int, msgspec.Meta(ge=1)] = 1024
     ping_interval: Seconds = 25.0
     # Seconds a new connection has to send its connect (and an authenticator has to answer).
     connect_timeout: Seconds = 10.0
@@ -58,6 +78,12 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     jwt_leeway: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     # HTTP API keys, stored hashed: {name, hash = "sha256:<hex>", tenant | admin = true, roles}.
     api_keys: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    # -- browsers (docs/security.md, "Browsers: CORS and Origin") --
+    # Origins whose pages may call the HTTP API and SSE (CORS): "https://app.example.com",
+    # "http://localhost:*" (any port), "https://*.example.com" (subdomains), "*" (any).
+    cors_origins: list[OriginPattern] = msgspec.field(default_factory=list)
+    # Refuse (403) a WebSocket upgrade whose Origin is not in cors_origins (none: allowed).
+    ws_check_origin: bool = False
     # Publish rates in events/s (0: unlimited), per connection and per tenant; bursts.
     publish_rate: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     publish_burst: Annotated[float, msgspec.Meta(ge=0)] = 0.0
@@ -67,6 +93,14 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_connections_per_user: Annotated[int, msgspec.Meta(ge=0)] = 100  # 0: unlimited
     # Refusals in one tenant within 10 s before a `denials` audit event.
     audit_denials: Annotated[int, msgspec.Meta(ge=0)] = 20
+    # The longest a token may live (`exp` - `iat`, and `exp` - now); a revocation
+    # lasts at most this + jwt_leeway (a user's exactly that long).
+    max_token_lifetime: Annotated[float, msgspec.Meta(gt=0, le=MAX_LIFETIME)] = 86400.0
+    # Live revocations a tenant's callers may hold in their tenant (admins are not counted out).
+    max_revocations_per_tenant: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    # POST /v1/revocations by a tenant's callers, per tenant: revocations/s (0: unlimited), burst.
+    revoke_rate: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    revoke_burst: Annotated[float, msgspec.Meta(ge=0)] = 100.0
     # Seconds to flush outboxes and close connections on SIGTERM/SIGINT.
     shutdown_timeout: Seconds = 10.0
     log_level: str = "info"
@@ -79,11 +113,16 @@ _FIELDS: Final = frozenset(ServerConfig.__struct_fields__)
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key, value in env.items():
-        if not key.startswith(ENV_PREFIX):
+        if not key.startswith(ENV_PREFIX) or key in OTHER_VARIABLES:
             continue
         name = key[len(ENV_PREFIX) :].lower()
-        if name in _FIELDS:
-            found[name] = value
+        if name not in _FIELDS:
+            # A misspelt variable is refused, as an unknown TOML key is, not ignored.
+            raise InvalidInput(
+                f"unknown setting {name!r} in the environment ({key}); the "
+                f"{ENV_PREFIX}* variables that are not settings are {', '.join(OTHER_VARIABLES)}"
+            )
+        found[name] = value
     return found
 
 

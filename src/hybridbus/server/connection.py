@@ -381,6 +381,7 @@ class Connection:
                 position=ack.position,
                 epoch=ack.epoch,
                 duplicate=ack.duplicate,
+                token=str(ack.token),
             )
             session.reply(id, result)
         self.flush()

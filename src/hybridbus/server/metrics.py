@@ -48,6 +48,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.audit_dropped = Counter(
+            "hybridbus_audit_dropped",
+            "Best-effort audit events (denials, key.use) that could not be appended, by kind.",
+            ["kind"],
+            registry=r,
+        )
         self.disconnects = Counter(
             "hybridbus_disconnects", "Connections closed, by close code.", ["code"], registry=r
         )

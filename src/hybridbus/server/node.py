@@ -8,6 +8,13 @@ the record of who published what with `exclude_self`, and graceful shutdown.
 Must not speak to a socket (connections talk to a `Transport`), nor pick an
 engine (it is given a started `Bus`), nor parse the wire (that is `proto`).
 
+The node is the one registry of everything a principal holds open: its
+WebSocket connections (`admit` / `forget`) and the streams of other ways in
+(`hold`: an SSE stream). Both count against `max_connections_per_user`
+together, both end at once when a revocation names their identity, and both
+end at their token's `exp` — on a timer at that instant (the ticker checks
+too, as a fallback), so "at expiry" means within milliseconds, not a tick.
+
 Shutdown, in order: stop accepting; close every connection with
 `CloseCode.SHUTDOWN` (each flushes what it queued, then its `disconnect`
 message, then the close frame); abort those not done within
@@ -30,7 +37,7 @@ from hybridbus.core.event import Event
 from hybridbus.core.identity import Identity
 from hybridbus.core.log import Delivery
 from hybridbus.core.revocation import Revocation
-from hybridbus.errors import TooManyConnections
+from hybridbus.errors import AccessError, Revoked, TokenExpired, TooManyConnections
 from hybridbus.hub.bus import Bus
 from hybridbus.hub.guard import Guard
 from hybridbus.proto.codec import WireCodec
@@ -45,7 +52,7 @@ from hybridbus.server.metrics import Metrics
 from hybridbus.server.presence import PresenceRegistry
 from hybridbus.server.subscriptions import Origin
 
-__all__ = ["SERVER_VERSION", "Node"]
+__all__ = ["SERVER_VERSION", "End", "Node", "Release"]
 
 log = logging.getLogger("hybridbus.server")
 
@@ -71,6 +78,34 @@ _ORIGINS_SIZE: Final = 65_536
 _SLOW_CLOSE_TIMEOUT: Final = 1.0
 
 
+# How a held stream is ended (with why), and how its holder lets it go.
+End = Callable[[AccessError], None]
+Release = Callable[[], None]
+
+_EXPIRED: Final = "the token expired; reconnect with a new one"
+
+
+class _Held:
+    """A stream held open by another way in than a WebSocket (see `Node.hold`)."""
+
+    __slots__ = ("end", "ended", "identity", "timer")
+
+    def __init__(self, identity: Identity, end: End) -> None:
+        self.identity = identity
+        self.end = end
+        self.ended = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def stop(self, error: AccessError) -> None:
+        """End it once, with `error` (the holder releases it when it is over)."""
+        if not self.ended:
+            self.ended = True
+            try:
+                self.end(error)
+            except Exception:
+                log.exception("ending a held stream failed")
+
+
 def _push_key(absolute: str, prefix: str) -> str:
     """The cache key of pushes for `absolute`: an admin (no prefix) sees other bytes."""
     return absolute if prefix else "/" + absolute
@@ -92,6 +127,8 @@ class Node:
         self.bus = bus
         self.guard = guard or Guard(bus, policy_of(config), limits_of(config), clock=wall_clock)
         self.guard.on_revoke(self._revoked)
+        dropped = metrics.audit_dropped
+        self.guard.on_audit_dropped(lambda kind: dropped.labels(kind=kind).inc())
         self.config = config
         self.metrics = metrics
         self.authenticator: Authenticator = authenticator or authenticator_of(config)
@@ -110,8 +147,11 @@ class Node:
         self.close_timeout = min(5.0, config.shutdown_timeout)
         self.slow_close_timeout = min(_SLOW_CLOSE_TIMEOUT, self.close_timeout)
         self._connections: dict[str, Connection] = {}
-        # (tenant, user) -> how many connections it holds (authenticated users only).
+        # (tenant, user) -> how many connections and held streams it has (authenticated users only).
         self._per_user: dict[tuple[str, str], int] = {}
+        # Streams of other ways in (SSE), and the expiry timers of connections by id.
+        self._held: set[_Held] = set()
+        self._expiries: dict[str, asyncio.TimerHandle] = {}
         self._prefix = secrets.token_hex(3)
         self._ids = itertools.count(1)
         self._accepting = False
@@ -168,17 +208,51 @@ class Node:
         if self._connections.pop(connection.id, None) is not None:
             self.metrics.connections.labels(connection.transport_name).dec()
             identity = connection.identity
-            if identity is not None and identity.user is not None:
-                key = (identity.tenant, identity.user)
-                left = self._per_user.get(key, 0) - 1
-                if left > 0:
-                    self._per_user[key] = left
-                else:
-                    self._per_user.pop(key, None)
+            if identity is not None:
+                self._uncount(identity)
+        timer = self._expiries.pop(connection.id, None)
+        if timer is not None:
+            timer.cancel()
         self.presence.unwatch_all(connection)
 
     def admit(self, connection: Connection, identity: Identity) -> None:
-        """Count `connection` against its user's limit; raise `TooManyConnections` if full."""
+        """Count `connection` against its user's limit; raise `TooManyConnections` if full.
+
+        From here on the connection is closed 4004 the instant its token expires
+        (unless a `refresh` moved `exp` on: the timer then waits for the new one).
+        """
+        self._count(identity)
+        if identity.expires is not None:
+            self._expiries[connection.id] = self._call_at(
+                identity.expires, self._expire_connection, connection
+            )
+
+    def hold(self, identity: Identity, end: End) -> Release:
+        """Count a stream `identity` holds open through another way in (an SSE stream).
+
+        It counts against `max_connections_per_user` with the WebSocket
+        connections (raises `TooManyConnections` when full), and `end(error)`
+        is called once, at once, when a revocation names `identity`
+        (`Revoked`) or its token expires (`TokenExpired`, at `exp` to the
+        millisecond). Returns the release: call it when the stream is over,
+        however it ended (calling it again does nothing).
+        """
+        self._count(identity)
+        held = _Held(identity, end)
+        self._held.add(held)
+        if identity.expires is not None:
+            held.timer = self._call_at(identity.expires, self._expire_held, held)
+
+        def release() -> None:
+            if held in self._held:
+                self._held.discard(held)
+                if held.timer is not None:
+                    held.timer.cancel()
+                self._uncount(identity)
+
+        return release
+
+    def _count(self, identity: Identity) -> None:
         if identity.user is None:
             return
         key = (identity.tenant, identity.user)
@@ -188,13 +262,56 @@ class Node:
             raise TooManyConnections(f"user {identity.user!r} already holds {held} connections")
         self._per_user[key] = held + 1
 
+    def _uncount(self, identity: Identity) -> None:
+        if identity.user is None:
+            return
+        key = (identity.tenant, identity.user)
+        left = self._per_user.get(key, 0) - 1
+        if left > 0:
+            self._per_user[key] = left
+        else:
+            self._per_user.pop(key, None)
+
+    def _call_at(
+        self, wall: float, callback: Callable[..., None], *args: object
+    ) -> asyncio.TimerHandle:
+        """Call `callback(*args)` at the Unix time `wall` (the loop's clock is monotonic)."""
+        loop = asyncio.get_running_loop()
+        return loop.call_later(max(0.0, wall - self.wall_clock()), callback, *args)
+
+    def _expire_connection(self, connection: Connection) -> None:
+        self._expiries.pop(connection.id, None)
+        identity = connection.identity
+        if connection.done or identity is None or identity.expires is None:
+            return
+        if self.wall_clock() < identity.expires:  # refreshed (or the clocks drifted): later
+            self._expiries[connection.id] = self._call_at(
+                identity.expires, self._expire_connection, connection
+            )
+            return
+        connection.close(CloseCode.TOKEN_EXPIRED, _EXPIRED)
+
+    def _expire_held(self, held: _Held) -> None:
+        expires = held.identity.expires
+        if held not in self._held or expires is None:
+            return
+        if self.wall_clock() < expires:
+            held.timer = self._call_at(expires, self._expire_held, held)
+            return
+        held.timer = None
+        held.stop(TokenExpired(_EXPIRED))
+
     def _revoked(self, revocation: Revocation) -> None:
-        """Close every live connection the new `revocation` names (at once)."""
+        """Close every connection and end every held stream `revocation` names, at once."""
         guard = self.guard
+        reason = f"the {revocation.kind} was revoked"
         for connection in tuple(self._connections.values()):
             identity = connection.identity
             if identity is not None and guard.revoked(identity) is not None:
-                connection.close(CloseCode.FORBIDDEN, f"the {revocation.kind} was revoked")
+                connection.close(CloseCode.FORBIDDEN, reason)
+        for held in tuple(self._held):
+            if guard.revoked(held.identity) is not None:
+                held.stop(Revoked(reason))
 
     def clients(self, topic: str) -> list[ClientInfo]:
         """Who is present in the absolute `topic` (the HTTP gateway's presence hook)."""
@@ -374,6 +491,7 @@ class Node:
         left = max(1.0, self.config.shutdown_timeout - (time.monotonic() - started))
         try:
             async with asyncio.timeout(left):
+                await self.guard.drain_audits()  # in flight: appended, not dropped as closed
                 await self.bus.close()
         except TimeoutError:
             log.exception("the engine did not close within %.1f s", left)

@@ -22,6 +22,9 @@ secret:
     5. the signature (PyJWT, allowed that one algorithm only)      TokenInvalid
     6. `exp` (required) against the injected clock and leeway      TokenExpired
        `nbf` (optional)                                            TokenInvalid
+       with a `max_lifetime`: `iat` required                       TokenInvalid
+       `exp - iat` and `exp - now` at most the maximum
+       (the latter plus the leeway)                         TokenLifetimeExceeded
     7. `iss`, `aud` when configured; `sub`, `tenantid` required;
        claim types; the `topics` grants                            TokenInvalid
 
@@ -55,6 +58,7 @@ from hybridbus.errors import (
     InvalidTopic,
     TokenExpired,
     TokenInvalid,
+    TokenLifetimeExceeded,
     Unauthorized,
 )
 from hybridbus.server.keys import KeyRing, KeySpec, signing_key
@@ -201,11 +205,17 @@ class TokenVerifier:
     """Turns a token into the `Identity` it proves, or raises an `Unauthorized` subclass.
 
     `clock` (Unix seconds) is what `exp` and `nbf` are checked against, with
-    `leeway` seconds of tolerance for clock skew. `iat` is only type-checked:
-    an issuer whose clock runs a little ahead stamps fresh tokens with an
-    `iat` in our future, and refusing them would gain nothing. `issuer` and
-    `audience`, when set, must be the token's `iss` and among its `aud`; when
-    unset, those claims are not looked at.
+    `leeway` seconds of tolerance for clock skew. An `iat` in our future is
+    not refused: an issuer whose clock runs a little ahead stamps fresh tokens
+    so. `issuer` and `audience`, when set, must be the token's `iss` and among
+    its `aud`; when unset, those claims are not looked at.
+
+    `max_lifetime` (seconds; None: no limit) is the longest a token may live:
+    a token then needs an `iat`, and is refused (`TokenLifetimeExceeded`) if
+    its `exp` is more than `max_lifetime` after its `iat`, or more than
+    `max_lifetime + leeway` after now (so an `iat` set in the future cannot
+    stretch it). No token accepted at time t expires after t + max_lifetime +
+    leeway: what bounds how long a revocation must last (`core.revocation`).
     """
 
     def __init__(
@@ -215,11 +225,15 @@ class TokenVerifier:
         issuer: str | None = None,
         audience: str | None = None,
         leeway: float = 0.0,
+        max_lifetime: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not (math.isfinite(leeway) and leeway >= 0):
             raise ValueError("leeway must be a number of seconds >= 0")
+        if max_lifetime is not None and not (math.isfinite(max_lifetime) and max_lifetime > 0):
+            raise ValueError("max_lifetime must be a number of seconds > 0 (or None)")
         self.ring = ring
+        self._max_lifetime = max_lifetime
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway
@@ -267,6 +281,22 @@ class TokenVerifier:
         not_before = _time(claims, "nbf")
         if not_before is not None and now + leeway < not_before:
             raise TokenInvalid(f"the token is not valid before {not_before:.0f} (nbf)")
+        longest = self._max_lifetime
+        if longest is None:
+            return
+        issued = _time(claims, "iat")
+        if issued is None:
+            raise TokenInvalid("claim iat is required: this server limits token lifetimes")
+        if expires - issued > longest:
+            raise TokenLifetimeExceeded(
+                f"the token lives {expires - issued:.0f} s (exp - iat), over this server's "
+                f"max_token_lifetime of {longest:.0f} s"
+            )
+        if expires - now > longest + leeway:
+            raise TokenLifetimeExceeded(
+                f"the token expires {expires - now:.0f} s from now, over this server's "
+                f"max_token_lifetime of {longest:.0f} s (is its iat in the future?)"
+            )
 
     def _check_issuer_audience(self, claims: Mapping[str, Any]) -> None:
         if self._issuer is not None and claims.get("iss") != self._issuer:
@@ -326,17 +356,25 @@ def mint(
     audience: str | Sequence[str] | None = None,
     jti: str | None = None,
     now: float | None = None,
+    max_lifetime: float | None = None,
 ) -> str:
     """A token for `sub` in `tenant`, valid `ttl` seconds from `now`, signed with `key`.
 
     `iat` is `now` (default: the time) in whole seconds, `exp` is `iat` +
     `ceil(ttl)`, `jti` a random id unless given; the header names `key.kid`.
     Raises `ValueError` if `key` cannot sign or a claim would be refused on
-    verify. `admin=True` makes an operator token: mint those only for operators.
+    verify, `ttl` included when over `max_lifetime` (the server's
+    `max_token_lifetime`). `admin=True` makes an operator token: mint those
+    only for operators.
     """
     signing = signing_key(key)
     if not (math.isfinite(ttl) and ttl > 0):
         raise ValueError("ttl must be a positive number of seconds")
+    if max_lifetime is not None and math.ceil(ttl) > max_lifetime:
+        raise ValueError(
+            f"ttl {ttl:g} s is over the server's max_token_lifetime of {max_lifetime:g} s: "
+            "it would refuse the token (raise max_token_lifetime to mint longer ones)"
+        )
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {
         "sub": sub,

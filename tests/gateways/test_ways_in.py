@@ -1,0 +1,386 @@
+"""Every way in has the same properties: expiry, revocation, the per-user limit, stalled readers.
+
+ONE suite, parametrized over the ways a client reaches the server — a
+WebSocket connection (the `websockets` library), an SSE stream (httpx, as an
+EventSource reads it; a raw socket for the stalled reader) and, where the
+property applies, plain HTTP requests — each against the real application
+on a loopback port (`tests.servers.running_server`). Tokens are real HS256
+JWTs with exact (fractional) `exp` claims, so "< 1 s after expiry" is
+measured from the instant the token lapses.
+
+    property                                  websocket   sse         http
+    expiry ends it (< 1 s after exp)          close 4004  1101 event  401 1101
+    revocation ends it (< 1 s), each kind     close 4502  1104 event  403 1104
+    one per-user count for every way in       counted     counted     not held
+    a stalled reader is cut, memory bounded   4001        1201/abort  —
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import jwt
+import pytest
+from tests.gateways.support import SseReader, event
+from tests.servers import Server, WsClient, running_server, stalled_client
+
+from hybridbus.errors import ErrorCode
+from hybridbus.server.access import new_api_key
+
+pytestmark = pytest.mark.timeout(60)
+
+Way = Literal["websocket", "sse", "http"]
+HELD: tuple[Way, ...] = ("websocket", "sse")  # the ways that hold a stream open
+WAYS: tuple[Way, ...] = (*HELD, "http")
+
+SECRET = "a-test-secret-of-at-least-32-bytes-long!"
+ADMIN_KEY, ADMIN_HASH = new_api_key()
+CLOUDEVENT = {"content-type": "application/cloudevents+json"}
+PROBLEM = "application/problem+json"
+
+# What each way answers when its token lapses or is revoked: a close code, or an error code.
+EXPIRED: dict[Way, int] = {"websocket": 4004, "sse": 1101, "http": 1101}
+REVOKED: dict[Way, int] = {"websocket": 4502, "sse": 1104, "http": 1104}
+
+
+def token(sub: str = "alice", **claims: Any) -> str:
+    """An HS256 token of tenant acme with the role `user` (5 minutes unless `exp` is given)."""
+    now = time.time()
+    payload = {"sub": sub, "tenantid": "acme", "roles": ["user"], "iat": int(now), "exp": now + 300}
+    payload.update(claims)
+    return jwt.encode(payload, SECRET, algorithm="HS256")
+
+
+@contextlib.asynccontextmanager
+async def secured(**settings: Any) -> AsyncIterator[Server]:
+    """A server with the test secret, no anonymous clients, `user` allowed all, an admin key."""
+    settings.setdefault("jwt_secret", SECRET)
+    settings.setdefault("anonymous_tenant", None)
+    settings.setdefault("roles", {"user": [{"allow": "*", "topics": "#"}]})
+    settings.setdefault("api_keys", [{"name": "ops", "hash": ADMIN_HASH, "admin": True}])
+    async with running_server(**settings) as server:
+        yield server
+
+
+def admin(server: Server) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=server.http, timeout=5.0, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+# -- one handle per way in ----------------------------------------------------------------------
+
+
+@dataclass
+class Ending:
+    """How a way in ended: its code, when the client saw it (Unix time), what it said."""
+
+    code: int
+    at: float
+    said: dict[str, Any]
+
+
+class Held:
+    """A client of one way in, holding what that way holds (a connection, a stream, nothing)."""
+
+    async def alive(self) -> bool:
+        """True if the server still serves it (an event reaches it, a request is answered)."""
+        raise NotImplementedError
+
+    async def ending(self, seconds: float) -> Ending:
+        """Wait (at most `seconds`) until the server ends it; how it ended."""
+        raise NotImplementedError
+
+
+class HeldWebSocket(Held):
+    def __init__(self, client: WsClient) -> None:
+        self.client = client
+
+    async def alive(self) -> bool:
+        async with asyncio.timeout(3):
+            return (await self.client.request("ping"))["type"] == "reply"
+
+    async def ending(self, seconds: float) -> Ending:
+        async with asyncio.timeout(seconds):
+            closed = await self.client.closed()
+        at = time.time()
+        disconnects = [p for p in self.client.pushes if p["type"] == "disconnect"]
+        assert len(disconnects) == 1, self.client.pushes
+        assert closed.code == disconnects[0]["code"]
+        return Ending(closed.code or 0, at, disconnects[0])
+
+
+class HeldStream(Held):
+    def __init__(self, server: Server, sse: SseReader) -> None:
+        self.server = server
+        self.sse = sse
+
+    async def alive(self) -> bool:
+        id_ = f"alive-{uuid.uuid4().hex}"
+        async with admin(self.server) as client:
+            response = await client.post(
+                "/v1/topics/acme/x/events", json=event(id_), headers=CLOUDEVENT
+            )
+            assert response.status_code == 201, response.text
+        while True:  # events published for other clients of the topic come first
+            (got,) = await self.sse.events(1)
+            if got.json()["id"] == id_:
+                return True
+
+    async def ending(self, seconds: float) -> Ending:
+        async with asyncio.timeout(seconds):
+            while True:
+                got = await self.sse.next()
+                assert got is not None, "the stream ended without an `unsubscribed` event"
+                if got.event == "unsubscribed":
+                    break
+        at = time.time()
+        said = got.json()
+        assert said["pattern"] == "acme/x" and said["reason"], said
+        assert await self.sse.next() is None  # then the response ends
+        return Ending(said["code"], at, said)
+
+
+class HeldRequests(Held):
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def alive(self) -> bool:
+        return (await self.client.get("/v1/topics/acme/x/events")).status_code == 200
+
+    async def ending(self, seconds: float) -> Ending:
+        async with asyncio.timeout(seconds):
+            while (response := await self.client.get("/v1/topics/acme/x/events")).is_success:
+                await asyncio.sleep(0.02)
+        at = time.time()
+        assert response.headers["content-type"].startswith(PROBLEM)
+        return Ending(response.json()["code"], at, response.json())
+
+
+@contextlib.asynccontextmanager
+async def opened(way: Way, server: Server, credential: str) -> AsyncIterator[Held]:
+    """A client of `way` presenting `credential`, accepted and started."""
+    if way == "websocket":
+        async with WsClient.open(server.url, token=credential) as client:
+            yield HeldWebSocket(client)
+    elif way == "sse":
+        params = {"pattern": "acme/x", "token": credential}  # as an EventSource sends it
+        async with (
+            httpx.AsyncClient(base_url=server.http, timeout=10.0) as client,
+            client.stream("GET", "/v1/sse", params=params) as response,
+        ):
+            assert response.status_code == 200, await response.aread()
+            lines = response.aiter_lines()
+
+            async def next_line() -> str | None:
+                return await anext(lines, None)
+
+            sse = SseReader(next_line)
+            await sse.events(1, "subscribed")
+            yield HeldStream(server, sse)
+    else:
+        headers = {"Authorization": f"Bearer {credential}"}
+        async with httpx.AsyncClient(base_url=server.http, timeout=5.0, headers=headers) as client:
+            yield HeldRequests(client)
+
+
+async def refusal(way: Way, server: Server, credential: str) -> tuple[int | None, dict[str, Any]]:
+    """Open `way` expecting a refusal: (the close code or HTTP status, what the server said)."""
+    if way == "websocket":
+        async with asyncio.timeout(5), WsClient.open(server.url, connect_first=False) as client:
+            await client.send(client.command("connect", token=credential))
+            closed = await client.closed()
+        (disconnect,) = [p for p in client.pushes if p["type"] == "disconnect"]
+        return closed.code, disconnect
+    params = {"pattern": "acme/x", "token": credential}
+    async with (
+        httpx.AsyncClient(base_url=server.http, timeout=5.0) as client,
+        client.stream("GET", "/v1/sse", params=params) as response,
+    ):
+        assert response.headers["content-type"].startswith(PROBLEM), response.headers
+        return response.status_code, dict((await response.aread()) and response.json())
+
+
+# -- expiry ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("way", WAYS)
+async def test_expiry_ends_it_within_a_second(way: Way) -> None:
+    async with secured() as server:
+        expires = time.time() + 1.5
+        async with opened(way, server, token(exp=expires)) as held:
+            assert await held.alive()
+            ending = await held.ending(seconds=5.0)
+        assert ending.code == EXPIRED[way], ending
+        assert expires <= ending.at < expires + 1.0, ending.at - expires
+        if way == "sse":
+            assert ending.said["retriable"] is False  # a new token is needed first
+
+
+# -- revocation -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["token", "session", "user"])
+@pytest.mark.parametrize("way", WAYS)
+async def test_revocation_ends_it_within_a_second(way: Way, kind: str) -> None:
+    credential = token(jti="t-1", sid="s-1", iat=int(time.time()) - 1)
+    bystander = token("bob", jti="t-2", sid="s-2")  # another user, session and token
+    value = {"token": "t-1", "session": "s-1", "user": "alice"}[kind]
+    async with (
+        secured() as server,
+        opened(way, server, credential) as held,
+        opened(way, server, bystander) as other,
+        admin(server) as operator,
+    ):
+        assert await held.alive()
+        started = time.time()
+        body = {"kind": kind, "value": value, "tenant": "acme"}
+        response = await operator.post("/v1/revocations", json=body)
+        assert response.status_code == 201, response.text
+        ending = await held.ending(seconds=3.0)
+        assert ending.code == REVOKED[way], ending
+        assert ending.at - started < 1.0, ending.at - started
+        if way == "sse":
+            assert ending.said["retriable"] is False
+            assert ending.said["reason"] == f"the {kind} was revoked"
+        assert await other.alive()
+
+
+# -- one count for every way in -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("way", HELD)
+async def test_the_per_user_limit_counts_every_way_in_together(way: Way) -> None:
+    async with secured(max_connections_per_user=2) as server:
+        async with (
+            opened("websocket", server, token()) as connection,
+            opened("sse", server, token()) as stream,
+        ):
+            # One WebSocket and one stream: alice is full, whichever way she comes next.
+            code, said = await refusal(way, server, token())
+            if way == "websocket":
+                assert (code, said["code"], said["reconnect"]) == (4005, 4005, True)
+            else:
+                assert code == 429
+                assert said["code"] == ErrorCode.TOO_MANY_CONNECTIONS and said["retriable"]
+            # Plain requests hold nothing: they are still served.
+            async with opened("http", server, token()) as requests:
+                assert await requests.alive()
+            async with opened(way, server, token("bob")) as bob:  # another user is unaffected
+                assert await bob.alive()
+            assert await connection.alive() and await stream.alive()
+        # Both gone: their slots are free again.
+        await wait_for(lambda: server.sample("hybridbus_connections", transport="sse") == 0)
+        await wait_for(lambda: server.node.connections == 0)
+        async with opened(way, server, token()) as first, opened(way, server, token()) as second:
+            assert await first.alive() and await second.alive()
+
+
+@pytest.mark.parametrize("way", HELD)
+async def test_a_client_that_leaves_frees_its_slot_within_seconds(way: Way) -> None:
+    async with secured(max_connections_per_user=1) as server:
+        async with opened(way, server, token()) as held:
+            assert await held.alive()
+            assert (await refusal(way, server, token()))[0] in (4005, 429)
+        # It left without a word; the next keep-alive (15 s) is far: the server notices anyway.
+        await wait_for(lambda: server.sample("hybridbus_connections", transport=way) == 0, 3.0)
+        async with opened(way, server, token()) as again:
+            assert await again.alive()
+
+
+# -- stalled readers ----------------------------------------------------------------------------
+
+
+def rss() -> int:
+    """This process's resident memory in bytes (the server runs in it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+async def stalled_stream(port: int, pattern: str) -> socket.socket:
+    """A raw SSE client: connects, sends the request, and never reads a byte."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    request = (
+        f"GET /v1/sse?pattern={pattern} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        "Accept: text/event-stream\r\n\r\n"
+    )
+    await loop.sock_sendall(sock, request.encode())
+    return sock
+
+
+async def dropped(sock: socket.socket) -> None:
+    """Read what the server sent until it closed or reset the socket."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(ConnectionResetError):
+        while await loop.sock_recv(sock, 1 << 20):
+            pass
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
+@pytest.mark.parametrize("way", HELD)
+async def test_stalled_readers_are_cut_and_their_memory_released(way: Way) -> None:
+    readers = 20
+    bound = 256 * 1024
+    # Retention keeps the log itself small: what grows is what the server holds for readers.
+    engine = "memory://?max_per_topic=32"
+    async with running_server(engine=engine, max_pending_bytes=bound) as server:
+        bus = server.node.bus
+
+        async def load(prefix: str) -> None:
+            # 3,000 distinct events of 32 kB: ~96 MB, hundreds of times each reader's bound.
+            for n in range(3000):
+                data = f"{n:08d}" * 4000
+                await bus.publish("acme/firehose", event(f"{prefix}{n}", data=data))
+                if n % 50 == 0:
+                    await asyncio.sleep(0)  # let the writers run, as a busy server would
+
+        # The same load without readers first: the heap grows to what the load itself needs.
+        await load("warm-")
+        before = rss()
+        transport = way
+        if way == "websocket":
+            subscribe = {"type": "subscribe", "id": 2, "pattern": "firehose"}
+            sockets = [await stalled_client(server.port, subscribe) for _ in range(readers)]
+        else:
+            sockets = [await stalled_stream(server.port, "acme/firehose") for _ in range(readers)]
+        try:
+            await wait_for(
+                lambda: server.sample("hybridbus_subscriptions", transport=transport) == readers
+            )
+            await load("e")
+            # Every stalled reader was cut, and the server forgot it.
+            await wait_for(
+                lambda: server.sample("hybridbus_subscriptions", transport=transport) == 0, 15
+            )
+            await wait_for(
+                lambda: server.sample("hybridbus_connections", transport=transport) == 0, 15
+            )
+            grown = rss() - before
+            assert grown < 48 << 20, f"RSS grew by {grown >> 20} MB"
+            assert server.sample("hybridbus_drops_total", reason="slow_consumer") >= readers
+            async with asyncio.timeout(10):  # and dropped the socket
+                await asyncio.gather(*(dropped(sock) for sock in sockets))
+        finally:
+            for sock in sockets:
+                sock.close()
