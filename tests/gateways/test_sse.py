@@ -28,7 +28,8 @@ from hybridbus.engine.base import EngineConfig
 from hybridbus.errors import ErrorCode, Revoked, TokenExpired, TooManyConnections
 from hybridbus.gateways.http import HttpConfig, HttpGateway
 from hybridbus.gateways.httputil import guarded
-from hybridbus.gateways.sse import End, Release, SseConfig, SseGateway, _Encoded
+from hybridbus.gateways.sse import End, Release, SseConfig, SseGateway
+from hybridbus.gateways.sse_stream import Encoded
 from hybridbus.hub.bus import Bus, BusConfig
 from hybridbus.server.metrics import Metrics
 
@@ -372,7 +373,7 @@ async def test_refusals_come_before_the_stream_as_problems(
 
 
 def test_the_encoding_of_a_delivery_is_shared_and_bounded() -> None:
-    encoded = _Encoded(max_entries=3, max_bytes=10_000)
+    encoded = Encoded(max_entries=3, max_bytes=10_000)
     deliveries = [
         Delivery("acme/a", i, 0, i, 0.0, Event(id=str(i), source="/s", type="t"))
         for i in range(1, 6)

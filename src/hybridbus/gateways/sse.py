@@ -74,14 +74,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 import msgspec
 from aiohttp import web
 
-from hybridbus.core.codecs import encode_json
 from hybridbus.core.log import Delivery, Position
 from hybridbus.errors import (
     AccessError,
@@ -101,6 +99,7 @@ from hybridbus.gateways.httputil import (
     query_text,
     required_text,
 )
+from hybridbus.gateways.sse_stream import CUT_GRACE, Encoded, Stream, frame, gone, unsubscribed
 from hybridbus.hub.bus import Bus
 from hybridbus.hub.subscription import Subscription
 from hybridbus.proto.frames import HistoryEvent
@@ -112,9 +111,6 @@ log = logging.getLogger(__name__)
 
 EVENT_STREAM: Final = "text/event-stream"
 
-# Seconds the write in progress gets to finish once the stream is cut (too slow,
-# revoked, expired): then the socket is aborted.
-_CUT_GRACE: Final = 1.0
 # Bytes one write gathers at most (a single larger event goes alone).
 _WRITE_BYTES: Final = 1 << 20
 # Seconds between two looks for clients that left (without handler cancellation).
@@ -158,115 +154,6 @@ class _Failed(BusError):
     retriable = True
 
 
-class _Encoded:
-    """The CloudEvents JSON of recent deliveries, shared by every stream that writes them.
-
-    Keyed by the delivery object (the bus hands the same one to every
-    subscription): an entry holds its delivery, so its id cannot be reused
-    while cached. Bounded by count and by bytes; the oldest entry goes first.
-    The bound is above a subscriber's default queue (10,000), so that a burst
-    every stream writes is encoded once, not once per stream.
-    """
-
-    def __init__(self, max_entries: int = 16_384, max_bytes: int = 16 << 20) -> None:
-        self._entries: OrderedDict[int, tuple[Delivery, bytes]] = OrderedDict()
-        self._bytes = 0
-        self._max_entries = max_entries
-        self._max_bytes = max_bytes
-
-    def __call__(self, delivery: Delivery) -> bytes:
-        entry = self._entries.get(id(delivery))
-        if entry is not None:  # held by the entry, so this id is this delivery's
-            return entry[1]
-        data = encode_json(delivery.event)
-        if len(data) > self._max_bytes:
-            return data
-        entries = self._entries
-        self._bytes += len(data)
-        entries[id(delivery)] = (delivery, data)
-        while len(entries) > self._max_entries or self._bytes > self._max_bytes:
-            self._bytes -= len(entries.popitem(last=False)[1][1])
-        return data
-
-
-def _frame(name: bytes, data: bytes, token: str | None = None) -> bytes:
-    head = b"id: " + token.encode() + b"\n" if token is not None else b""
-    return head + b"event: " + name + b"\ndata: " + data + b"\n\n"
-
-
-def _unsubscribed(pattern: str, code: int, reason: str, retriable: bool) -> bytes:
-    data = {"pattern": pattern, "code": code, "reason": reason, "retriable": retriable}
-    return _frame(b"unsubscribed", msgspec.json.encode(data))
-
-
-def _gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
-
-
-class _Stream:
-    """One open stream: its frames encoded and not yet written, and how it ends."""
-
-    __slots__ = (
-        "cut",
-        "deadline",
-        "ending",
-        "frames",
-        "gone",
-        "request",
-        "size",
-        "stopped",
-        "sub",
-        "wake",
-    )
-
-    def __init__(self, request: web.Request) -> None:
-        self.request = request
-        self.sub: Subscription | None = None
-        # (frame, append time of a live delivery, or 0.0), oldest first; `size`: their bytes.
-        self.frames: deque[tuple[bytes, float]] = deque()
-        self.size = 0
-        self.stopped = False
-        self.ending: BusError | None = None  # None once stopped: end without a word
-        self.cut = False  # the ending dropped what was pending and hurries the writes
-        self.gone = False  # the client left
-        self.wake: asyncio.Future[None] | None = None
-        self.deadline: asyncio.Timeout | None = None  # of the write in progress
-
-    def stop(self, error: BusError | None, *, cut: bool = False) -> None:
-        """End the stream (the first call wins): write what is pending, then `error`.
-
-        With `cut`, what is pending is dropped and the write in progress must
-        finish within `_CUT_GRACE`.
-        """
-        if self.stopped:
-            return
-        self.stopped = True
-        self.ending = error
-        if cut:
-            self.cut = True
-            self.frames.clear()
-            self.size = 0
-            deadline = self.deadline
-            if deadline is not None:
-                limit = asyncio.get_running_loop().time() + _CUT_GRACE
-                when = deadline.when()
-                if when is None or when > limit:
-                    deadline.reschedule(limit)
-        if self.sub is not None:
-            self.sub.end(error)  # no more deliveries; its queue is released
-        self.poke()
-
-    def end(self, error: AccessError) -> None:
-        """The holder's `end`: revoked or expired, the stream is cut at once."""
-        self.stop(error, cut=True)
-
-    def poke(self) -> None:
-        wake = self.wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
-
-
 class SseGateway:
     """Serves `GET /v1/sse?pattern=…&since=…` (see the module docstring)."""
 
@@ -282,13 +169,13 @@ class SseGateway:
         self._config = config or SseConfig()
         self._authorize = authorize
         self._hold = hold
-        self._encoded = _Encoded()
+        self._encoded = Encoded()
         self._connections = metrics.connections.labels(transport="sse")
         self._subscriptions = metrics.subscriptions.labels(transport="sse")
         self._deliveries = metrics.deliveries.labels(transport="sse")
         self._drops = metrics.drops.labels(reason="slow_consumer")
         self._latency = metrics.latency
-        self._streams: set[_Stream] = set()
+        self._streams: set[Stream] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -304,7 +191,7 @@ class SseGateway:
         if self._sweeper is not None:
             self._sweeper.cancel()
 
-    def _end_if_closed(self, stream: _Stream) -> None:
+    def _end_if_closed(self, stream: Stream) -> None:
         if self._closed:
             stream.stop(BusClosed("the server is shutting down; reconnect"))
 
@@ -317,7 +204,7 @@ class SseGateway:
         await self._authorize(request, "subscribe", pattern)
         if self._closed:
             raise BusClosed("the server is shutting down")
-        stream = _Stream(request)
+        stream = Stream(request)
         release = await self._hold(request, stream.end)  # may refuse: TooManyConnections
         try:
             try:
@@ -350,12 +237,12 @@ class SseGateway:
         while self._streams:
             await asyncio.sleep(_SWEEP_INTERVAL)
             for stream in tuple(self._streams):
-                if _gone(stream.request):
+                if gone(stream.request):
                     stream.gone = True
                     stream.stop(None)
 
     async def _serve(
-        self, request: web.Request, stream: _Stream, sub: Subscription, envelope: bool
+        self, request: web.Request, stream: Stream, sub: Subscription, envelope: bool
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
@@ -376,11 +263,11 @@ class SseGateway:
                 request.transport.abort()
         except Exception:
             log.exception("SSE stream of %r failed", sub.pattern)
-            if not _gone(request):
+            if not gone(request):
                 reason = "internal error; the details are in the server's log"
                 code = int(ErrorCode.INTERNAL_ERROR)
                 # Best effort: the stream is failing anyway.
-                ending = _unsubscribed(sub.pattern, code, reason, True)
+                ending = unsubscribed(sub.pattern, code, reason, True)
                 try:
                     await self._write(stream, response, ending)
                 except (ConnectionError, TimeoutError):
@@ -392,7 +279,7 @@ class SseGateway:
         return response
 
     async def _write(
-        self, stream: _Stream, response: web.StreamResponse, data: bytes, within: float = 0.0
+        self, stream: Stream, response: web.StreamResponse, data: bytes, within: float = 0.0
     ) -> None:
         async with asyncio.timeout(within or self._config.write_timeout) as deadline:
             stream.deadline = deadline
@@ -402,7 +289,7 @@ class SseGateway:
                 stream.deadline = None
 
     async def _run(
-        self, response: web.StreamResponse, stream: _Stream, sub: Subscription, envelope: bool
+        self, response: web.StreamResponse, stream: Stream, sub: Subscription, envelope: bool
     ) -> None:
         config = self._config
         start = sub.position
@@ -416,7 +303,7 @@ class SseGateway:
             }
         )
         preamble = b": hybridbus\nretry: " + str(config.retry).encode() + b"\n\n"
-        first = preamble + _frame(b"subscribed", subscribed, str(start))
+        first = preamble + frame(b"subscribed", subscribed, str(start))
         await self._write(stream, response, first)
         encode = self._encoder(start, envelope)
         loop = asyncio.get_running_loop()
@@ -453,10 +340,10 @@ class SseGateway:
         error = stream.ending
         if error is not None and not stream.gone:
             retriable = error.retriable or isinstance(error, (BusClosed, SubscriptionEnded))
-            ending = _unsubscribed(sub.pattern, int(error.code), public_detail(error), retriable)
-            await self._write(stream, response, ending, _CUT_GRACE if stream.cut else 0.0)
+            ending = unsubscribed(sub.pattern, int(error.code), public_detail(error), retriable)
+            await self._write(stream, response, ending, CUT_GRACE if stream.cut else 0.0)
 
-    async def _write_live(self, stream: _Stream, response: web.StreamResponse) -> None:
+    async def _write_live(self, stream: Stream, response: web.StreamResponse) -> None:
         loop = asyncio.get_running_loop()
         keepalive = self._config.keepalive
         while True:
@@ -470,7 +357,7 @@ class SseGateway:
                 async with asyncio.timeout(keepalive):
                     await wake
             except TimeoutError:
-                if _gone(stream.request):
+                if gone(stream.request):
                     stream.gone = True
                     stream.stop(None)
                     return
@@ -479,7 +366,7 @@ class SseGateway:
                 stream.wake = None
 
     @staticmethod
-    async def _watch(sub: Subscription, stream: _Stream) -> None:
+    async def _watch(sub: Subscription, stream: Stream) -> None:
         """Stop the stream when the bus ends its (attached) subscription."""
         try:
             await sub.finished()
@@ -520,7 +407,7 @@ class SseGateway:
 
     async def _write_batch(
         self,
-        stream: _Stream,
+        stream: Stream,
         response: web.StreamResponse,
         batch: list[Delivery],
         encode: Callable[[Delivery], bytes],
@@ -540,7 +427,7 @@ class SseGateway:
         while frames and not stream.stopped:
             await self._write_some(stream, response)
 
-    def _drain(self, stream: _Stream, encode: Callable[[Delivery], bytes]) -> None:
+    def _drain(self, stream: Stream, encode: Callable[[Delivery], bytes]) -> None:
         """Take what the live subscription queued into the stream's frames (a loop callback)."""
         sub = stream.sub
         if stream.stopped or sub is None or not sub.live:
@@ -571,7 +458,7 @@ class SseGateway:
             log.exception("SSE stream of %r failed", sub.pattern)
             stream.stop(_Failed("internal error; the details are in the server's log"), cut=True)
 
-    async def _write_some(self, stream: _Stream, response: web.StreamResponse) -> None:
+    async def _write_some(self, stream: Stream, response: web.StreamResponse) -> None:
         """Write the oldest pending frames: at most `batch` of them, about `_WRITE_BYTES`."""
         frames = stream.frames
         limit = self._config.batch
