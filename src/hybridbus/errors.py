@@ -96,6 +96,7 @@ __all__ = [
     "TooManyRevocations",
     "Unauthorized",
     "UnknownKey",
+    "public_message",
 ]
 
 
@@ -413,3 +414,17 @@ class EngineCorrupt(EngineError):
     """Stored data could not be decoded."""
 
     code = ErrorCode.ENGINE_CORRUPT
+
+
+def public_message(error: BusError) -> str:
+    """What a peer may learn of `error`: the details of server-side failures stay in the log.
+
+    Every way in (WebSocket error replies, HTTP problems, SSE endings) answers with this.
+    """
+    if isinstance(error, EngineUnavailable):
+        return "the log cannot serve now; try again later"
+    if isinstance(error, EngineError):
+        return "the server failed; the details are in its log"
+    if isinstance(error, BusClosed):
+        return "the server is shutting down; try another one or later"
+    return str(error)

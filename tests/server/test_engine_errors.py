@@ -32,6 +32,9 @@ async def test_an_engine_error_on_publish_is_logged_once_with_its_cause(
             conn.commit()
         refused = await client.request("publish", topic="docs/1", event=event(id="second"))
         assert (refused["type"], refused["code"], refused["retriable"]) == ("error", 1301, True)
+        # The peer learns that the log cannot serve, not the engine's SQL: that stays in the log.
+        assert "UNIQUE" not in refused["message"], refused
+        assert "log" in refused["message"]
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1, errors
     assert "UNIQUE constraint failed: log.position" in errors[0]

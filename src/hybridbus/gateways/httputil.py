@@ -47,6 +47,7 @@ from hybridbus.errors import (
     Revoked,
     TooManyRevocations,
     Unauthorized,
+    public_message,
 )
 
 __all__ = [
@@ -169,11 +170,7 @@ def json_response(
 
 def public_detail(error: BusError) -> str:
     """What a peer may learn of `error`: server-side details stay in the log."""
-    if isinstance(error, EngineError):
-        return _HIDDEN.get(status_of(error), _HIDDEN[500])
-    if isinstance(error, BusClosed):
-        return "the server is shutting down; try another one or later"
-    return str(error)
+    return public_message(error)
 
 
 def problem(error: BusError | None, **members: Any) -> web.Response:
@@ -228,8 +225,8 @@ def guarded(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except BusError as exc:
-            if isinstance(exc, EngineError):
-                log.warning("%s %s: %s", request.method, request.path, exc, exc_info=exc)
+            if isinstance(exc, EngineError):  # the engine logged its cause (once, rate-limited)
+                log.debug("%s %s: %s", request.method, request.path, exc)
             return problem(exc)
         except (web.HTTPException, ConnectionError):
             raise  # aiohttp's own answers; a client that left needs none

@@ -48,7 +48,7 @@ from typing import Final
 
 import msgspec
 
-from hybridbus.errors import BusError, ErrorCode, ProtocolError
+from hybridbus.errors import BusError, ErrorCode, ProtocolError, public_message
 from hybridbus.proto.codec import Data, WireCodec
 from hybridbus.proto.codes import CloseCode, reconnect_allowed, retriable
 from hybridbus.proto.frames import (
@@ -178,7 +178,7 @@ def error_fields(error: BaseException | ErrorCode, message: str | None) -> tuple
     if isinstance(error, ErrorCode):
         return int(error), message or error.name.lower().replace("_", " "), retriable(error)
     if isinstance(error, BusError):
-        return int(error.code), message or str(error), error.retriable
+        return int(error.code), message or public_message(error), error.retriable
     return int(ErrorCode.INTERNAL_ERROR), "internal error", False
 
 
