@@ -26,9 +26,13 @@ imports: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
+# The in-process groups (~2 min), then the server beside Centrifugo, NATS, Redis and bare
+# aiohttp (~25 min; benchmarks/peers/install.sh builds or installs the peers first).
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	sh benchmarks/peers/install.sh
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run server
 
 # The embedded default: sqlite in ./hybridbus-data, on 127.0.0.1:8080, with the development
 # settings of examples/dev.toml (a dev JWT secret, anonymous clients in tenant "public").

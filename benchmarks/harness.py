@@ -27,6 +27,7 @@ __all__ = [
     "Case",
     "Result",
     "Settings",
+    "Unit",
     "format_table",
     "load_average",
     "machine_info",
@@ -40,6 +41,22 @@ __all__ = [
 
 T = TypeVar("T")
 
+# Higher is better for rates (ops/s, deliveries/s, events/s); lower for the others.
+Unit = Literal[
+    "ops/s",
+    "deliveries/s",
+    "events/s",
+    "µs/op",
+    "µs/delivery",
+    "µs/event",
+    "ms",
+    "s",
+    "KiB/conn",
+    "MiB",
+    "x",
+    "%",
+]
+
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 
 
@@ -52,11 +69,22 @@ class Settings:
     fanout_events: int = 2_000  # events per fan-out run (x subscribers deliveries)
     codec_seconds: float = 0.25  # length of one codec run
     tmpdir: str | None = None  # where sqlite files go (default: the system temp dir)
+    smoke: bool = False  # a smoke run (`quick()`): small sizes, figures are not results
+    # The server group (benchmarks/server.py):
+    cases: tuple[str, ...] = ()  # only these server cases (default: all)
+    profile: str | None = None  # record the hybridbus server of this case with py-spy
+    soak_minutes: float | None = None  # the soak's length (default 1 minute; quick: 10 s)
 
     @classmethod
-    def quick(cls, tmpdir: str | None = None) -> Settings:
+    def quick(cls, tmpdir: str | None = None, **server: Any) -> Settings:
         return cls(
-            runs=1, publish_seconds=0.5, fanout_events=200, codec_seconds=0.05, tmpdir=tmpdir
+            runs=1,
+            publish_seconds=0.5,
+            fanout_events=200,
+            codec_seconds=0.05,
+            tmpdir=tmpdir,
+            smoke=True,
+            **server,
         )
 
 
@@ -71,15 +99,17 @@ class Result:
     id: str
     group: str
     label: str
-    unit: Literal["ops/s", "deliveries/s", "µs/op", "ms", "KiB/conn"]
+    unit: Unit
     runs: list[float]
     peer: str | None = None
     target: float | None = None
     is_peer: bool = False
+    # Per run: the other figures of that run (CPU, load, noise ...), for the JSON.
+    details: list[dict[str, Any]] | None = None
 
     @property
     def higher_is_better(self) -> bool:
-        return self.unit not in ("µs/op", "ms", "KiB/conn")
+        return self.unit in ("ops/s", "deliveries/s", "events/s")
 
     @property
     def value(self) -> float:
@@ -106,6 +136,15 @@ class Result:
         peer = by_id.get(self.peer) if self.peer else None
         out["peer_value"] = peer.value if peer else None
         out["ratio_to_peer"] = self.speedup(peer) if peer else None
+        # Per-round ratios (rounds are interleaved: run i of both was measured close together).
+        out["round_ratios"] = (
+            [
+                (a / b if self.higher_is_better else b / a) if a and b else None
+                for a, b in zip(self.runs, peer.runs, strict=False)
+            ]
+            if peer
+            else None
+        )
         return out
 
 
@@ -115,7 +154,7 @@ class Case:
 
     id: str
     label: str
-    unit: Literal["ops/s", "deliveries/s", "µs/op", "ms", "KiB/conn"]
+    unit: Unit
     measure: Callable[[], float]
     peer: str | None = None
     target: float | None = None
@@ -249,6 +288,14 @@ def _lscpu() -> dict[str, str]:
     return facts
 
 
+def _cpuinfo_model() -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
 def _mem_total_gib() -> float | None:
     with contextlib.suppress(OSError):
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -303,13 +350,15 @@ def machine_info(settings: Settings) -> dict[str, Any]:
         disk = _disk(scratch)
     disk["path"] = settings.tmpdir or tempfile.gettempdir()
     return {
-        "cpu_model": cpu.get("Model name") or platform.processor() or None,
+        "cpu_model": cpu.get("Model name") or _cpuinfo_model() or platform.processor() or None,
+        "cpuinfo_model_name": _cpuinfo_model(),
         "cpu_family_model": f"{cpu.get('CPU family', '?')}/{cpu.get('Model', '?')}",
         "cpus": os.cpu_count(),
         "threads_per_core": cpu.get("Thread(s) per core"),
         "hypervisor": cpu.get("Hypervisor vendor"),
         "ram_gib": _mem_total_gib(),
         "os": platform.platform(),
+        "kernel": platform.release(),
         "python": sys.version.split()[0],
         "python_implementation": platform.python_implementation(),
         "event_loop": loop_name(),
@@ -336,6 +385,16 @@ def load_average() -> list[float] | None:
 def _fmt(value: float, unit: str) -> str:
     if unit == "µs/op":
         return f"{value:.2f} µs"
+    if unit in ("µs/delivery", "µs/event"):
+        return f"{value:.2f} {unit}"
+    if unit == "s":
+        return f"{value:.2f} s"
+    if unit == "MiB":
+        return f"{value:.0f} MiB"
+    if unit == "x":
+        return f"{value:.2f}x"
+    if unit == "%":
+        return f"{value:.0f}%"
     if unit == "ms":
         return f"{value:.2f} ms"
     if unit == "KiB/conn":

@@ -10,6 +10,10 @@ Peer: what one would write without hybridbus — one INSERT + COMMIT per publish
 on a sqlite3 connection in WAL mode, run in a thread with `asyncio.to_thread`
 (a lock keeps one transaction per publish, as a shared connection needs).
 Targets: sqlite (full) >= 100,000/s, memory >= 500,000/s.
+
+The `.many` cases: the same 100 publishers, each awaiting `bus.publish_many(topic,
+events)` with `BATCH` events at a time (one engine call and, on sqlite, one commit
+for many events): the figure is acknowledged events per second.
 """
 
 from __future__ import annotations
@@ -28,9 +32,20 @@ from benchmarks.samples import small_event
 from hybridbus import Event
 from hybridbus.core.codecs import encode_msgpack
 
-__all__ = ["PUBLISHERS", "TOPICS", "cases", "drive", "main", "run", "sqlite_engine_available"]
+__all__ = [
+    "BATCH",
+    "PUBLISHERS",
+    "TOPICS",
+    "cases",
+    "drive",
+    "drive_many",
+    "main",
+    "run",
+    "sqlite_engine_available",
+]
 
 PUBLISHERS = 100
+BATCH = 10  # events per publish_many in the `.many` cases
 TOPICS = tuple(f"acme/docs/doc-{n}" for n in range(4))
 
 Publish = Callable[[str, Event], Awaitable[object]]
@@ -63,17 +78,45 @@ async def drive(publish: Publish, seconds: float, publishers: int = PUBLISHERS) 
     return sum(acked) / elapsed
 
 
-async def _bus_rate(url: str, seconds: float) -> float:
+PublishMany = Callable[[str, list[Event]], Awaitable[Sequence[object]]]
+
+
+async def drive_many(
+    publish_many: PublishMany, seconds: float, publishers: int = PUBLISHERS, batch: int = BATCH
+) -> float:
+    """As `drive`, each task publishing `batch` events per call; return acked events/s."""
+    deadline = time.perf_counter() + seconds
+    acked = [0] * publishers
+
+    async def publisher(n: int) -> None:
+        topic = TOPICS[n % len(TOPICS)]
+        seq = 0
+        while time.perf_counter() < deadline:
+            acks = await publish_many(topic, [small_event(n, seq + i) for i in range(batch)])
+            seq += len(acks)
+        acked[n] = seq
+
+    start = time.perf_counter()
+    await asyncio.gather(*(publisher(n) for n in range(publishers)))
+    elapsed = time.perf_counter() - start
+    return sum(acked) / elapsed
+
+
+async def _bus_rate(url: str, seconds: float, many: bool = False) -> float:
     async with hybridbus.open(url) as bus:
+        if many:
+            return await drive_many(bus.publish_many, seconds)
         return await drive(bus.publish, seconds)
 
 
-def _bus_case(url: Callable[[Path], str], settings: Settings) -> Callable[[], float]:
+def _bus_case(
+    url: Callable[[Path], str], settings: Settings, many: bool = False
+) -> Callable[[], float]:
     """A run on a fresh bus; `url` makes its engine URL from a fresh directory."""
 
     def measure() -> float:
         with scratch_dir(settings) as path:
-            return run_async(_bus_rate(url(path), settings.publish_seconds))
+            return run_async(_bus_rate(url(path), settings.publish_seconds, many))
 
     return measure
 
@@ -131,7 +174,14 @@ def cases(settings: Settings, log: Callable[[str], None] = print) -> list[Case]:
             "ops/s",
             _bus_case(lambda _: "memory://", settings),
             target=500_000,
-        )
+        ),
+        Case(
+            "publish.memory.many",
+            f"publish_many ({BATCH} a call), memory://",
+            "ops/s",
+            _bus_case(lambda _: "memory://", settings, many=True),
+            target=500_000,
+        ),
     ]
     if sqlite_engine_available():
         out += [
@@ -140,6 +190,14 @@ def cases(settings: Settings, log: Callable[[str], None] = print) -> list[Case]:
                 "publish, sqlite synchronous=full",
                 "ops/s",
                 _bus_case(lambda p: f"sqlite://{p}", settings),
+                peer="publish.peer.full",
+                target=100_000,
+            ),
+            Case(
+                "publish.sqlite.full.many",
+                f"publish_many ({BATCH} a call), sqlite synchronous=full",
+                "ops/s",
+                _bus_case(lambda p: f"sqlite://{p}", settings, many=True),
                 peer="publish.peer.full",
                 target=100_000,
             ),

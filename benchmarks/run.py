@@ -2,10 +2,14 @@
 
     python -m benchmarks.run                 # all but server -> benchmarks/results/latest.json
     python -m benchmarks.run publish fanout  # some groups (writes JSON only with --out)
-    python -m benchmarks.run server          # the real server, WebSockets (~2 min; not default)
+    python -m benchmarks.run server          # the real server beside its peers (~25 min)
+    python -m benchmarks.run server --case latency --case catchup
+    python -m benchmarks.run server --profile latency   # py-spy flame graph of hybridbus
+    python -m benchmarks.run server --soak-minutes 15
     python -m benchmarks.run --quick         # one short run of each case, a smoke test
 
-A full run takes about two minutes on a 2-core machine.
+The default groups take about two minutes on a 2-core machine; `server` (see
+benchmarks/server.py) about 25 minutes, or 3 with --quick.
 """
 
 from __future__ import annotations
@@ -77,6 +81,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="one short run per case")
     parser.add_argument("--tmpdir", help="where sqlite files go (default: the temp dir)")
     parser.add_argument("--out", type=Path, help="JSON results file")
+    parser.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        help=f"server group: only this case (repeatable): {', '.join(server.CASES)}",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="CASE",
+        help="server group: run CASE once with py-spy recording the hybridbus server "
+        "(flame graph SVG under benchmarks/results/)",
+    )
+    parser.add_argument(
+        "--soak-minutes", type=float, help="server group: length of the soak (default 1)"
+    )
+    parser.add_argument("--runs", type=int, help="rounds (default 3; --quick: 1)")
     args = parser.parse_args(argv)
     groups: list[str] = args.groups or list(DEFAULT_GROUPS)
     unknown = set(groups) - GROUPS.keys()
@@ -84,10 +104,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(
             f"unknown group(s) {', '.join(sorted(unknown))}; pick from {', '.join(GROUPS)}"
         )
-    settings = Settings.quick(args.tmpdir) if args.quick else Settings(tmpdir=args.tmpdir)
+    if args.profile and args.profile not in server.CASES:
+        parser.error(f"--profile: pick a case of {', '.join(server.CASES)}")
+    options: dict[str, Any] = {
+        "cases": tuple(args.case),
+        "profile": args.profile,
+        "soak_minutes": args.soak_minutes,
+    }
+    if args.runs:
+        options["runs"] = args.runs
+    if args.quick:
+        settings = Settings.quick(args.tmpdir, **options)
+    else:
+        settings = Settings(tmpdir=args.tmpdir, **options)
     out: Path | None = args.out
     if out is None and not args.quick and groups == DEFAULT_GROUPS:
         out = RESULTS_DIR / "latest.json"
+    if out is None and not args.quick and groups == ["server"] and not args.profile:
+        out = RESULTS_DIR / "server.json"
 
     started = datetime.now(UTC)
     load_at_start = load_average()
@@ -120,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "loadavg_at_end": load_average(),
             "results": [r.as_dict(by_id) for r in results],
         }
+        if "server" in groups:
+            payload["server"] = server.extra()
         write_json(out, payload)
         print(f"results written to {out}")
 

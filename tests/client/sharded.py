@@ -72,6 +72,10 @@ class ShardedEngine:
         ack = await self._parts[shard].append(topic, event, payload)
         return msgspec.structs.replace(ack, shard=shard, epoch=self.epoch, heads=heads)
 
+    async def append_many(self, items: Sequence[tuple[str, Event, bytes]]) -> list[Ack]:
+        # One by one: the memory shards never fail, so the batch is all or nothing here too.
+        return [await self.append(topic, event, payload) for topic, event, payload in items]
+
     async def read(self, pattern: str, after: Sequence[int] | None, limit: int) -> Page:
         if after is not None and len(after) != self.shards:
             raise InvalidPosition(f"this engine has {self.shards} shards, not {len(after)}")

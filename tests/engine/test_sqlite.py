@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from tests.support import append, lines_acked_before_kill_9, make_event, read_all
 
+from hybridbus.core.codecs import encode_msgpack
 from hybridbus.core.log import Ack, Delivery
 from hybridbus.engine.base import Engine, EngineConfig
 from hybridbus.engine.sqlite import SqliteEngine
@@ -302,6 +303,42 @@ async def test_a_failed_transaction_appends_nothing(
     assert (retry.offset, retry.duplicate) == (len(stored) + 1, False)
 
 
+async def test_a_failed_append_many_appends_none_of_it(
+    engines: list[SqliteEngine], tmp_path: Path
+) -> None:
+    seen: list[Delivery] = []
+    engine = await start(engines, tmp_path, seen=seen)
+    await append(engine, "a")
+    with contextlib.closing(sqlite3.connect(tmp_path / "hybridbus.db")) as conn:
+        conn.execute(
+            "CREATE TRIGGER boom BEFORE INSERT ON log WHEN NEW.id LIKE 'bad%' "
+            "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        )
+    batch = [make_event(id="bad") if i == 70 else make_event() for i in range(100)]
+    items = [("a", ev, encode_msgpack(ev)) for ev in batch]
+    with pytest.raises(EngineUnavailable) as failed:
+        await engine.append_many(items)
+    assert isinstance(failed.value.__cause__, sqlite3.Error)
+    assert [d.offset for d in await read_all(engine, "a")] == [1]
+    assert len(seen) == 1
+    with contextlib.closing(sqlite3.connect(tmp_path / "hybridbus.db")) as conn:
+        conn.execute("DROP TRIGGER boom")
+    acks = await engine.append_many(items)
+    assert [a.offset for a in acks] == list(range(2, 102))
+    assert not any(a.duplicate for a in acks)
+
+
+async def test_an_append_many_past_batch_max_is_one_transaction(
+    engines: list[SqliteEngine], tmp_path: Path
+) -> None:
+    engine = await start(engines, tmp_path, EngineConfig(batch_max=8))
+    events = [make_event() for _ in range(50)]
+    before = engine.commits
+    acks = await engine.append_many([("a", ev, encode_msgpack(ev)) for ev in events])
+    assert engine.commits == before + 1
+    assert [a.offset for a in acks] == list(range(1, 51))
+
+
 async def test_a_locked_database_is_unavailable_then_recovers(
     engines: list[SqliteEngine], tmp_path: Path
 ) -> None:
@@ -390,16 +427,45 @@ asyncio.run(main(sys.argv[1]))
 """
 
 
+# The same with batches: each worker appends 5 events at a time with append_many.
+_CHILD_MANY = r"""
+import asyncio, sys
+from hybridbus.core.codecs import encode_msgpack
+from hybridbus.core.event import Event
+from hybridbus.engine.sqlite import SqliteEngine
+
+async def main(path):
+    engine = SqliteEngine(path)
+    await engine.start(lambda deliveries: None)
+    out = sys.stdout
+
+    async def worker(w):
+        n = 0
+        while True:
+            events = [Event(id=f"{w}-{n + i}", source="/child", type="test") for i in range(5)]
+            n += 5
+            topic = f"t/{w % 5}"
+            acks = await engine.append_many([(topic, e, encode_msgpack(e)) for e in events])
+            out.write("".join(f"{a.topic} {a.offset} {e.id}\n" for a, e in zip(acks, events)))
+            out.flush()
+
+    await asyncio.gather(*(worker(w) for w in range(20)))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
 def parse_ack(line: str) -> tuple[str, int, str]:
     topic, offset, id = line.split()
     return topic, int(offset), id
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("child", [_CHILD, _CHILD_MANY], ids=["append", "append_many"])
 async def test_every_acked_append_survives_kill_9(
-    engines: list[SqliteEngine], tmp_path: Path
+    engines: list[SqliteEngine], tmp_path: Path, child: str
 ) -> None:
-    lines = await lines_acked_before_kill_9(_CHILD, tmp_path, 2000)
+    lines = await lines_acked_before_kill_9(child, tmp_path, 2000)
     acked = [parse_ack(line) for line in lines]
 
     engine = await start(engines, tmp_path)

@@ -184,3 +184,8 @@ class GatedEngine(MemoryEngine):
         if self.failure is not None:
             raise self.failure
         return await super().append(topic, event, payload)
+
+    async def append_many(self, items: Sequence[tuple[str, Event, bytes]]) -> list[Ack]:
+        if self.failure is not None:
+            raise self.failure
+        return await super().append_many(items)

@@ -400,6 +400,39 @@ def test_any_command_counts_as_heard() -> None:
     assert session.closed
 
 
+def test_the_phase_brings_the_first_ping_forward_then_it_keeps_the_interval() -> None:
+    config = SessionConfig(ping_interval=20.0)
+    session = ServerSession(JSON, config, now=0.0, phase=0.25)
+    session.receive_data(frame(JSON, Connect(id=1, token="t")), 2.0)
+    session.accept(ConnectResult(client="c1", version="test"))
+    sent(session)
+    assert session.deadline == 7.0  # heard at 2, a quarter of the interval
+    session.tick(6.9)
+    assert sent(session) == []
+    session.tick(7.0)
+    assert sent(session) == [ServerPing()]
+    assert session.deadline == 27.0
+    with pytest.raises(ValueError, match="phase"):
+        ServerSession(JSON, config, now=0.0, phase=0.0)
+
+
+def test_a_websocket_ping_or_pong_counts_as_heard() -> None:
+    session = connected(config=SessionConfig(ping_interval=10.0))
+    session.heard(15.0)
+    session.tick(34.9)
+    assert not session.closed
+    session.tick(35.0)
+    assert session.close_code is CloseCode.NO_PING
+
+
+def test_an_idle_session_keeps_no_dict_and_frees_its_command_table() -> None:
+    session = connected()
+    assert not hasattr(session, "__dict__")
+    assert session.in_flight == 0
+    # The connect's entry is gone and so is the table it grew (an empty dict's size).
+    assert session._in_flight.__sizeof__() == {}.__sizeof__()
+
+
 def test_ping_interval_zero_turns_the_heartbeat_off() -> None:
     session = connected(config=SessionConfig(ping_interval=0.0))
     assert session.deadline is None

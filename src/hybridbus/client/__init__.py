@@ -6,7 +6,8 @@ full jitter (logging each reconnect), resubscribes from each subscription's
 last position, and retries in-flight publishes with the same event id (the
 server dedupes them), so an application sees every event once, in order, or
 an explicit `ContinuityLost`. A publish's ack (`PublishResult`) carries
-`token`, the resume token right after the event. Given a
+`token`, the resume token right after the event; `publish_many` sends many
+events in one frame (the server appends them in one commit). Given a
 `TokenProvider` instead of a fixed token, it refreshes the token before it
 expires and reconnects with a fresh one after a 4004 (TOKEN_EXPIRED).
 Imports `proto` and `core` only, never the server.

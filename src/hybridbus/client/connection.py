@@ -28,16 +28,16 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import aiohttp
-import msgspec
 
+from hybridbus.client.config import ClientConfig
+from hybridbus.client.requests import Request, retrieve
 from hybridbus.client.subscription import ClientSubscription
 from hybridbus.client.tokens import TokenProvider, TokenSource
-from hybridbus.core.backoff import Backoff
 from hybridbus.core.event import Event, check_event, event_from_dict
 from hybridbus.core.log import Position
 from hybridbus.core.opening import Opening
@@ -70,44 +70,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Settings of one client connection."""
-
-    subprotocol: str = "hybridbus.v1.json"
-    backoff: Backoff = Backoff(base=0.05, cap=5.0)
-    request_timeout: float = 30.0  # seconds a command may wait, reconnects included
-    queue_size: int = 10_000  # deliveries a subscription holds for the application
-    tick: float = 1.0  # seconds between heartbeat checks
-    refresh_margin: float = 30.0  # refresh a provider's token this long before it expires
-    name: str | None = None
-    device: str | None = None
-
-    def refresh_lead(self, lifetime: float) -> float:
-        """How long before expiry to refresh a token that has `lifetime` seconds left.
-
-        `refresh_margin`, but at most a quarter of the lifetime: a short-lived
-        token is refreshed after three quarters of it, not at once.
-        """
-        return max(0.0, min(self.refresh_margin, lifetime / 4))
-
-
-class _Request:
-    """A command awaited; `issue` sends it on a session, again after a drop if `replay`."""
-
-    __slots__ = ("future", "issue", "replay")
-
-    def __init__(
-        self,
-        issue: Callable[[ClientSession], int],
-        future: asyncio.Future[Any],
-        *,
-        replay: bool = True,
-    ) -> None:
-        self.issue = issue
-        self.future = future
-        self.replay = replay
-
-
 class Client:
     """A connection to a hybridbus server that survives drops. Use `connect()`.
 
@@ -127,8 +89,8 @@ class Client:
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._session: ClientSession | None = None
-        self._requests: dict[int, _Request] = {}  # by id, on the current session
-        self._waiting: list[_Request] = []  # for the next connected session
+        self._requests: dict[int, Request] = {}  # by id, on the current session
+        self._waiting: list[Request] = []  # for the next connected session
         self._subs: dict[str, ClientSubscription] = {}
         self._subscribing: dict[int, ClientSubscription] = {}
         self._opened: dict[ClientSubscription, asyncio.Future[None]] = {}
@@ -210,15 +172,37 @@ class Client:
         Across a reconnect it is sent again with the same id: the server's
         dedupe keeps "published once" once.
         """
-        checked = (
-            check_event(event)
-            if isinstance(event, Event)
-            else event_from_dict(event, require_specversion=False)
-        )
-        result: PublishResult = await self._request(
-            lambda s: s.publish(topic, checked, exclude_self=exclude_self)
-        )
-        return result
+        return (await self.publish_many(topic, [event], exclude_self=exclude_self))[0]
+
+    async def publish_many(
+        self,
+        topic: str,
+        events: Iterable[Event | Mapping[str, Any]],
+        *,
+        exclude_self: Literal["connection", "device"] | None = None,
+    ) -> list[PublishResult]:
+        """Publish `events` to `topic` in one frame; one ack per event, in order.
+
+        Each event is its own `publish` command, all sent in one frame: the
+        server appends the commands of a frame together (one engine call, one
+        commit), far cheaper than publishing one at a time. Every event is
+        checked first (`InvalidEvent`, nothing sent; one whose data cannot be
+        encoded raises as it is queued, after the ones before it). If the
+        server refuses any, this raises the first refusal once every reply is
+        in; the others were published — sending the same events again is
+        safe, the server dedupes by source + id. Across a reconnect, as `publish`.
+        """
+
+        def issue(event: Event | Mapping[str, Any]) -> Callable[[ClientSession], int]:
+            checked = (
+                check_event(event)
+                if isinstance(event, Event)
+                else event_from_dict(event, require_specversion=False)
+            )
+            return lambda s: s.publish(topic, checked, exclude_self=exclude_self)
+
+        results: list[PublishResult] = await self._request_many([issue(e) for e in events])
+        return results
 
     async def history(
         self, pattern: str, *, since: Position | str | None = None, limit: int = 100
@@ -261,29 +245,48 @@ class Client:
         )
 
     async def _request(self, issue: Callable[[ClientSession], int]) -> Any:
+        return (await self._request_many([issue]))[0]
+
+    async def _request_many(self, issues: list[Callable[[ClientSession], int]]) -> list[Any]:
+        """Commands issued together (one frame); their results in order, or the first error."""
         if self._closed:
             raise Disconnected(1000, "the client is closed")
         if self._failure is not None:
             raise self._failure
-        request = _Request(issue, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        requests = [Request(issue, loop.create_future()) for issue in issues]
         session = self._session
         if session is not None and self._ready.is_set():
-            self._requests[issue(session)] = request  # a bad event raises here, unsent
-            self._kick()
+            issued = 0
+            try:
+                for request in requests:
+                    self._requests[request.issue(session)] = request
+                    issued += 1
+            except BaseException:  # a bad event: the ones before it go out, unawaited
+                for request in requests[:issued]:
+                    request.future.add_done_callback(retrieve)
+                raise
+            finally:
+                self._kick()
         else:
-            self._waiting.append(request)
+            self._waiting.extend(requests)
         try:
             async with asyncio.timeout(self.config.request_timeout):
-                return await request.future
+                results = await asyncio.gather(
+                    *(r.future for r in requests), return_exceptions=True
+                )
         finally:
-            self._forget(request)
+            self._forget_many(requests)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results
 
-    def _forget(self, request: _Request) -> None:
-        if request in self._waiting:
-            self._waiting.remove(request)
-        for id, pending in list(self._requests.items()):
-            if pending is request:
-                del self._requests[id]
+    def _forget_many(self, requests: list[Request]) -> None:
+        done = set(requests)
+        self._waiting = [r for r in self._waiting if r not in done]
+        for id in [id for id, pending in self._requests.items() if pending in done]:
+            del self._requests[id]
 
     async def _open_subscription(self, sub: ClientSubscription) -> None:
         if sub.pattern in self._subs:
@@ -531,7 +534,7 @@ class Client:
         """Send `refresh` on `session`, not again on a later connection; await the reply."""
         if session is not self._session or session.closed:
             return  # the connection ended; the next one schedules its own refresh
-        request = _Request(
+        request = Request(
             lambda s: s.refresh(token), asyncio.get_running_loop().create_future(), replay=False
         )
         self._requests[request.issue(session)] = request
@@ -540,7 +543,7 @@ class Client:
             async with asyncio.timeout(self.config.request_timeout):
                 await request.future
         finally:
-            self._forget(request)
+            self._forget_many([request])
 
     # -- writing -----------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from hybridbus.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from hybridbus.client.connection import ClientConfig
+    from hybridbus.client.config import ClientConfig
 
 __all__ = ["SendRefresh", "TokenProvider", "TokenSource"]
 

@@ -227,10 +227,8 @@ class Store:
             return None  # a hash collision, too old, or removed by retention
         return Ack(row[0], row[1], 0, position, self.epoch, duplicate=True)
 
-    def append(
-        self, batch: Sequence[tuple[str, Event, bytes, object]]
-    ) -> tuple[list[Ack], list[Delivery]]:
-        """Append a batch in one transaction; the 4th item of each entry is ignored.
+    def append(self, batch: Sequence[tuple[str, Event, bytes]]) -> tuple[list[Ack], list[Delivery]]:
+        """Append a batch of `(topic, event, payload)` in one transaction.
 
         Returns one ack per entry (duplicates answer with the original's ack)
         and the deliveries of the new events, in position order.
@@ -244,18 +242,24 @@ class Store:
         counting = self._config.max_per_topic is not None
         counts: dict[str, int] = {}  # new event counts of the touched topics, if counting
         seen: dict[tuple[str, str, str], Ack] = {}
+        tenants: dict[str, str] = {}  # topic -> its tenant, for the dedupe keys
+        remember: list[tuple[str, str, str, int]] = []  # dedupe keys of the new events
         acks: list[Ack] = []
         deliveries: list[Delivery] = []
         log_rows: list[_NewRow] = []
         dedupe = self._dedupe
         position = self.position
+        tenant = ""
         try:
             with self._transaction("append failed, nothing of the batch was written") as conn:
-                for topic, event, payload, _ in batch:
+                for topic, event, payload in batch:
                     source = event.source
                     id_ = event.id
                     if window > 0:
-                        tenant = tenant_of(topic)
+                        cached = tenants.get(topic)
+                        if cached is None:
+                            cached = tenants[topic] = tenant_of(topic)
+                        tenant = cached
                         key = (tenant, source, id_)
                         original = seen.get(key)
                         if original is None:
@@ -279,6 +283,7 @@ class Store:
                     deliveries.append(Delivery(topic, offset, 0, position, now, event, expires))
                     if window > 0:
                         seen[key] = ack
+                        remember.append((tenant, source, id_, position))
                 if log_rows:
                     _insert_rows(conn, _INSERT_LOG, log_rows)
                     conn.executemany(_PUT_TOPIC, [(topic, offsets[topic]) for topic in saved])
@@ -294,9 +299,8 @@ class Store:
             raise
         self.position = position
         self._counts.update(counts)
-        if window > 0:
-            for row in log_rows:
-                dedupe.remember(tenant_of(row[1]), row[6], row[7], row[0], now)
+        for tenant, source, id_, at in remember:
+            dedupe.remember(tenant, source, id_, at, now)
         self.commits += 1
         return acks, deliveries
 

@@ -15,6 +15,8 @@ Contract shared by every engine (the conformance suite in
   (a batch that appended nothing, e.g. only duplicates, makes no call).
 - Cancelling the await of an append does not withdraw the event: it may
   still be appended (and delivered).
+- `append_many` appends a batch atomically (all of it or nothing) and
+  contiguously, in order, with one ack per item.
 - Dedupe: an event whose `source` + `id` was appended within
   `dedupe_window` seconds is not appended again, as long as the original is
   retained; the append answers with the original's ack and `duplicate=True`.
@@ -112,6 +114,17 @@ class Engine(Protocol):
         Resolves once durable, after the listener saw the delivery. Raises
         `EngineUnavailable` when the write failed (nothing was appended). An
         engine with more than one shard fills the ack's `heads` (`Ack.token`).
+        """
+        ...
+
+    async def append_many(self, items: Sequence[tuple[str, Event, bytes]]) -> list[Ack]:
+        """Append every `(topic, event, payload)` of `items`, in order, as one batch.
+
+        One ack per item, in the items' order (a duplicate, within the batch
+        too, answers with its original's ack). Atomic: every item is appended,
+        or — `EngineUnavailable` — none is; the listener sees the batch's
+        deliveries in one call, before the acks resolve. Nothing else is
+        appended between two of its items.
         """
         ...
 

@@ -37,9 +37,10 @@ def _by_position(delivery: Delivery) -> int:
 class _Topic:
     """One topic's deliveries (oldest first) and counters."""
 
-    __slots__ = ("deliveries", "last_offset", "trimmed_position")
+    __slots__ = ("deliveries", "last_offset", "tenant", "trimmed_position")
 
-    def __init__(self) -> None:
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant  # the first segment of the topic (the dedupe key's)
         self.deliveries: deque[Delivery] = deque()
         self.last_offset = 0
         self.trimmed_position = 0  # highest position removed by count/age retention
@@ -104,18 +105,40 @@ class MemoryEngine:
         if self._closed:
             raise BusClosed("the engine is closed")
         now = self._clock()
+        ack, delivery = self._append(topic, event, now)
+        if delivery is not None and self._listener is not None:
+            self._listener((delivery,))
+        return ack
+
+    async def append_many(self, items: Sequence[tuple[str, Event, bytes]]) -> list[Ack]:
+        if self._closed:
+            raise BusClosed("the engine is closed")
+        now = self._clock()
+        acks: list[Ack] = []
+        deliveries: list[Delivery] = []
+        append = self._append
+        for topic, event, _ in items:
+            ack, delivery = append(topic, event, now)
+            acks.append(ack)
+            if delivery is not None:
+                deliveries.append(delivery)
+        if deliveries and self._listener is not None:
+            self._listener(deliveries)
+        return acks
+
+    def _append(self, topic: str, event: Event, now: float) -> tuple[Ack, Delivery | None]:
+        """Append one event at `now`: its ack, and its delivery (None: a duplicate)."""
         window = self._config.dedupe_window
-        tenant = ""
+        state = self._topics.get(topic)
+        tenant = state.tenant if state is not None else tenant_of(topic)
         if window > 0:
-            tenant = tenant_of(topic)
             found = self._dedupe.lookup(tenant, event.source, event.id)
             if found is not None:
                 original = self._original(found, topic, event, now - window)
                 if original is not None:
-                    return original
-        state = self._topics.get(topic)
+                    return original, None
         if state is None:
-            state = self._topics[topic] = _Topic()
+            state = self._topics[topic] = _Topic(tenant)
         offset = state.last_offset = state.last_offset + 1
         position = self._position = self._position + 1
         expirytime = event.expirytime
@@ -130,12 +153,9 @@ class MemoryEngine:
         limit = self._config.max_per_topic
         if limit is not None and len(state.deliveries) > limit:
             self._remove(state.deliveries[0], trimmed=True)
-        ack = Ack(topic, offset, 0, position, self._epoch)
         if window > 0:
             self._dedupe.remember(tenant, event.source, event.id, position, now)
-        if self._listener is not None:
-            self._listener((delivery,))
-        return ack
+        return Ack(topic, offset, 0, position, self._epoch), delivery
 
     def _original(self, position: int, topic: str, event: Event, fresh_after: float) -> Ack | None:
         """The duplicate's ack if `position` holds `event`'s original, still retained."""

@@ -7,13 +7,16 @@ snapshots) lives in `engine._sqlite_store`; the database layout, its
 versions and opening connections in `engine._sqlite_schema`. Must not block
 the event loop on disk: the loop only enqueues work and awaits futures.
 
-Theory of operation. `append` puts `(topic, event, payload, future)` on a
-deque and wakes the writer thread. The writer takes everything waiting (up to
-`batch_max`), appends it in one transaction, commits, and posts one callback
-to the loop, which first calls the listener with the batch's new deliveries
-(in position order), then resolves each append's future with its ack. So an
-ack means "committed" and "the listener has seen it", and a burst of N
-concurrent appends costs a handful of fsyncs, not N. `revoke` goes on the
+Theory of operation. `append` puts `((topic, event, payload), future)` on a
+deque, `append_many` its items and one future, and each wakes the writer
+thread unless it is awake already. The writer takes
+everything waiting (up to `batch_max` events, but never part of one
+`append_many`), appends it in one transaction, commits, and posts one
+callback to the loop, which first calls the listener with the batch's new
+deliveries (in position order), then resolves each request's future with its
+acks. So an ack means "committed" and "the listener has seen it", a burst of
+N concurrent appends costs a handful of fsyncs, not N, and an `append_many`
+is all committed or not at all. `revoke` goes on the
 same deque and is group-committed the same way: consecutive revocations are
 upserted in one transaction, then their futures resolve. `sweep` and `reset`
 are commands on the same deque (there is one writer); `read`, `head`, `topics`
@@ -61,7 +64,22 @@ log = logging.getLogger(__name__)
 _SYNCHRONOUS: Final = frozenset({"full", "normal"})
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
 
-_Append = tuple[str, Event, bytes, "asyncio.Future[Ack]"]
+_Item = tuple[str, Event, bytes]
+# What `append` queues: the item and the future of its ack.
+_Append = tuple[_Item, "asyncio.Future[Ack]"]
+
+
+class _AppendMany:
+    """What `append_many` queues: its items, committed together, and the future of their acks."""
+
+    __slots__ = ("future", "items")
+
+    def __init__(self, items: Sequence[_Item], future: asyncio.Future[list[Ack]]) -> None:
+        self.items = items
+        self.future = future
+
+
+_Appends = list[_Append | _AppendMany]
 
 
 class _Command:
@@ -120,7 +138,7 @@ class SqliteEngine:
         self._epoch = ""
         self._listener: Listener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: deque[_Append | _Command | _Revoke] = deque()
+        self._queue: deque[_Append | _AppendMany | _Command | _Revoke] = deque()
         self._wake = threading.Event()
         self._writer: threading.Thread | None = None
         self._store: store.Store | None = None
@@ -203,7 +221,21 @@ class SqliteEngine:
         self._check_open()
         assert self._loop is not None
         future: asyncio.Future[Ack] = self._loop.create_future()
-        self._submit((topic, event, payload, future))
+        self._submit(((topic, event, payload), future))
+        return await future
+
+    async def append_many(self, items: Sequence[tuple[str, Event, bytes]]) -> list[Ack]:
+        """Append `items` in order in one transaction (all or none); one ack per item.
+
+        Resolves once committed and delivered. Cancelling the await does not
+        withdraw them: they may still be appended.
+        """
+        self._check_open()
+        if not items:
+            return []
+        assert self._loop is not None
+        future: asyncio.Future[list[Ack]] = self._loop.create_future()
+        self._submit(_AppendMany(items, future))
         return await future
 
     async def read(self, pattern: str, after: Sequence[int] | None, limit: int) -> Page:
@@ -265,7 +297,7 @@ class SqliteEngine:
         if self._crash is not None:
             raise EngineUnavailable("the sqlite writer thread died") from self._crash
 
-    def _submit(self, item: _Append | _Command | _Revoke) -> None:
+    def _submit(self, item: _Append | _AppendMany | _Command | _Revoke) -> None:
         self._queue.append(item)
         # Safe without a lock: the writer clears the flag *before* draining.
         if not self._wake.is_set():
@@ -293,7 +325,7 @@ class SqliteEngine:
         """Fail what the writer will never take (it is gone); on the loop."""
         while self._queue:
             item = self._queue.popleft()
-            future = item[3] if isinstance(item, tuple) else item.future
+            future = item[1] if isinstance(item, tuple) else item.future
             if future is not None and not future.done():
                 future.set_exception(_copy_error(error))
 
@@ -303,10 +335,10 @@ class SqliteEngine:
     def _settle_batch(
         self,
         deliveries: list[Delivery],
-        futures: list[asyncio.Future[Ack]],
+        batch: _Appends,
         outcome: list[Ack] | BaseException,
     ) -> None:
-        """On the loop: tell the listener, then resolve the batch's acks."""
+        """On the loop: tell the listener, then resolve each request's acks."""
         if deliveries:
             assert self._listener is not None
             try:
@@ -314,13 +346,24 @@ class SqliteEngine:
             except Exception:
                 log.exception("the listener failed on %d deliveries", len(deliveries))
         if isinstance(outcome, BaseException):
-            for future in futures:
+            for entry in batch:
+                future = entry[1] if type(entry) is tuple else entry.future  # type: ignore[union-attr]
                 if not future.done():
                     future.set_exception(_copy_error(outcome))
-        else:
-            for future, ack in zip(futures, outcome, strict=True):
-                if not future.done():
-                    future.set_result(ack)
+            return
+        index = 0
+        for entry in batch:
+            if type(entry) is tuple:
+                single: asyncio.Future[Ack] = entry[1]
+                if not single.done():
+                    single.set_result(outcome[index])
+                index += 1
+            else:
+                assert isinstance(entry, _AppendMany)
+                end = index + len(entry.items)
+                if not entry.future.done():
+                    entry.future.set_result(outcome[index:end])
+                index = end
 
     def _settle_revocations(
         self, futures: list[asyncio.Future[None]], error: BaseException | None
@@ -368,11 +411,23 @@ class SqliteEngine:
         queue = self._queue
         batch_max = self._config.batch_max
         while queue:
-            batch: list[_Append] = []
-            while queue and len(batch) < batch_max and type(queue[0]) is tuple:
+            batch: _Appends = []
+            events = 0
+            # Whole requests only: an append_many larger than batch_max goes alone.
+            while queue:
+                head = queue[0]
+                if type(head) is tuple:
+                    size = 1
+                elif type(head) is _AppendMany:
+                    size = len(head.items)
+                else:
+                    break
+                if batch and events + size > batch_max:
+                    break
                 batch.append(queue.popleft())  # type: ignore[arg-type]
+                events += size
             if batch:
-                self._commit(db, batch)
+                self._commit(db, batch, events)
                 continue
             revokes: list[_Revoke] = []
             while queue and len(revokes) < batch_max and type(queue[0]) is _Revoke:
@@ -387,18 +442,23 @@ class SqliteEngine:
             self._run_command(db, command)
         return True
 
-    def _commit(self, db: store.Store, batch: list[_Append]) -> None:
-        futures = [item[3] for item in batch]
+    def _commit(self, db: store.Store, batch: _Appends, events: int) -> None:
         deliveries: list[Delivery] = []
         outcome: list[Ack] | BaseException
+        items: list[_Item] = []
+        for entry in batch:
+            if type(entry) is tuple:
+                items.append(entry[0])
+            else:
+                items.extend(entry.items)  # type: ignore[union-attr]
         try:
-            outcome, deliveries = db.append(batch)
+            outcome, deliveries = db.append(items)
         except Exception as exc:  # noqa: BLE001 - logged by _Failures, handed to the acks
-            self._failures.failed(_count(len(batch), "event", "append"), exc)
+            self._failures.failed(_count(events, "event", "append"), exc)
             outcome = exc
         else:
             self._failures.succeeded()
-        self._post(self._settle_batch, deliveries, futures, outcome)
+        self._post(self._settle_batch, deliveries, batch, outcome)
 
     def _commit_revocations(self, db: store.Store, revokes: list[_Revoke]) -> None:
         error: BaseException | None = None

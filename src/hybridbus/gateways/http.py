@@ -22,14 +22,13 @@ route calls the `authorize` hook (`httputil.Authorize`; the server passes
 
 A batch is checked whole before anything of it is published: if event k is
 invalid or too large, nothing is published and the problem names `index` k.
-Its events are then appended in order; if the engine fails part-way, some may
-have been appended, and sending the same batch again is safe (the dedupe by
-`source` + `id` appends each event once).
+Its events are then appended in order in one engine call (`Bus.append`): all
+of them or, if the engine fails, none. Sending the same batch again is safe
+either way (the dedupe by `source` + `id` appends each event once).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
@@ -38,17 +37,15 @@ from aiohttp import hdrs, web
 
 from hybridbus.core.codecs import (
     JSON_BATCH_CONTENT_TYPE,
-    check_depth,
     decode_json,
     encode_json,
-    encode_msgpack,
     from_http,
 )
 from hybridbus.core.codecs import JSON_CONTENT_TYPE as CLOUDEVENTS_JSON
-from hybridbus.core.event import Event, check_tenantid
+from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Position
-from hybridbus.core.topics import MAX_TOPIC_LENGTH, tenant_of, validate_topic
-from hybridbus.errors import EventTooLarge, InvalidEvent, InvalidInput, InvalidPosition
+from hybridbus.core.topics import MAX_TOPIC_LENGTH, validate_topic
+from hybridbus.errors import InvalidEvent, InvalidInput, InvalidPosition
 from hybridbus.gateways import openapi
 from hybridbus.gateways.httputil import (
     Authorize,
@@ -66,7 +63,7 @@ from hybridbus.gateways.httputil import (
     required_text,
 )
 from hybridbus.gateways.sse import Hold, SseConfig, SseGateway, hold_nothing
-from hybridbus.hub.bus import Bus, History
+from hybridbus.hub.bus import Bus, History, Prepared
 from hybridbus.proto.frames import MAX_HISTORY_LIMIT, ClientInfo, HistoryEvent, HistoryResult
 from hybridbus.server.metrics import Metrics
 
@@ -191,23 +188,29 @@ class HttpGateway:
         config = self._config
         body = await read_body(request, config.max_body_size, config.body_timeout)
         media = _media_type(request.headers.get(hdrs.CONTENT_TYPE))
+        event: Event | None = None
+        batch: list[Prepared] = []
         if media == JSON_BATCH_CONTENT_TYPE:
-            events = self._decode_batch(topic, body)
-            if isinstance(events, web.Response):
-                return events
+            decoded = self._decode_batch(topic, body)
+            if isinstance(decoded, web.Response):
+                return decoded
+            batch = decoded
         elif media == CLOUDEVENTS_JSON:
-            events = [decode_json(body)]
+            event = decode_json(body)
         elif "ce-specversion" in request.headers:
             _check_binary_headers(request.headers)
-            events = [from_http(request.headers, body)]
+            event = from_http(request.headers, body)
         else:
             raise UnsupportedMediaType(
                 f"a body of type {media or 'none'!r} without a ce-specversion header: send "
                 f"{CLOUDEVENTS_JSON} (structured), {JSON_BATCH_CONTENT_TYPE} (batch), "
                 "or any type with ce-* headers (binary mode)"
             )
-        await self._charge(request, len(events))  # before anything is published
-        acks = await self._publish_in_order(topic, events)
+        await self._charge(request, 1 if event is not None else len(batch))  # before publishing
+        if event is not None:
+            acks = [await self._bus.publish(topic, event)]
+        else:
+            acks = await self._bus.append(batch)  # one engine call: all or none
         duplicates = sum(ack.duplicate for ack in acks)
         self._published.inc(len(acks))
         if duplicates:
@@ -215,11 +218,12 @@ class HttpGateway:
         status = 200 if acks and duplicates == len(acks) else 201
         return json_response({"acks": [_ack_json(ack) for ack in acks]}, status)
 
-    def _decode_batch(self, topic: str, body: bytes) -> list[Event] | web.Response:
-        """Every event of a batch checked, or the problem naming the first bad one.
+    def _decode_batch(self, topic: str, body: bytes) -> list[Prepared] | web.Response:
+        """Every event of a batch checked for the bus, or the problem naming the first bad one.
 
-        The bus's checks of an event are made here for the whole batch first,
-        so that a bad event refuses the batch before any of it is published.
+        The bus's checks of an event (`Bus.prepare`) are made here for the
+        whole batch first, so that a bad event refuses the batch before any of
+        it is published.
         """
         try:
             items = _BatchItems.decode(body)
@@ -229,34 +233,14 @@ class HttpGateway:
             raise InvalidInput(
                 f"a batch holds at most {self._config.max_batch} events, not {len(items)}"
             )
-        limit = self._bus.config.max_event_size
-        tenant = tenant_of(topic)
-        events = []
+        prepare = self._bus.prepare
+        prepared = []
         for index, item in enumerate(items):
             try:
-                event = check_tenantid(decode_json(bytes(item)), tenant)
-                payload = encode_msgpack(event)
-                check_depth(event, payload)
-                if len(payload) > limit:
-                    raise EventTooLarge(len(payload), limit)
+                prepared.append(prepare(topic, decode_json(bytes(item))))
             except InvalidInput as exc:
                 return problem(exc, index=index)
-            events.append(event)
-        return events
-
-    async def _publish_in_order(self, topic: str, events: list[Event]) -> list[Ack]:
-        # One task per event, made in order. Each hands its append to the
-        # engine before it first suspends, so the engine appends them in this
-        # order (and the sqlite engine group-commits them, not one by one).
-        results = await asyncio.gather(
-            *(self._bus.publish(topic, event) for event in events), return_exceptions=True
-        )
-        acks: list[Ack] = []
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-            acks.append(result)
-        return acks
+        return prepared
 
     # -- history ---------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Owns: the `/v1/ws` endpoint (and its `/ws` alias), subprotocol negotiation,
 the frame-size limit at the socket, the read loop feeding a `Connection`, and
-the `Transport` over an aiohttp WebSocket, and, with `ws_check_origin`, the
+the `Transport` over an aiohttp WebSocket (data frames built once per
+payload and written straight to the socket), and, with `ws_check_origin`, the
 refusal (403, before upgrading) of a browser page whose `Origin` is not in
 `cors_origins` (`gateways.cors`). Must not execute commands or keep protocol
 state (that is `server.connection` and `proto`).
@@ -29,7 +30,7 @@ from hybridbus.proto.codec import SUBPROTOCOLS, codec_for
 from hybridbus.proto.codes import CloseCode
 from hybridbus.server.node import Node
 
-__all__ = ["PATHS", "AiohttpTransport", "WebSocketGateway"]
+__all__ = ["PATHS", "AiohttpTransport", "Frames", "WebSocketGateway", "frame_of"]
 
 log = logging.getLogger("hybridbus.gateways.websocket")
 
@@ -55,19 +56,79 @@ class _WebSocketResponse(web.WebSocketResponse):
         return await super().close(code=code, message=message, drain=drain)
 
 
+class Frames:
+    """Server WebSocket frames (header and payload), the last one kept for the next writer.
+
+    A server's frames are not masked: the frame of a payload is the same bytes
+    for every connection. The connections of one write pass mostly write the
+    same payload object (a push shared by every subscriber), so the frame is
+    built once and the same bytes go to every socket.
+    """
+
+    __slots__ = ("_binary", "_frame", "_payload")
+
+    def __init__(self) -> None:
+        self._payload = b""
+        self._binary = False
+        self._frame = frame_of(b"", False)
+
+    def of(self, payload: bytes, binary: bool) -> bytes:
+        """The whole frame carrying `payload` (a binary message, or text if not `binary`)."""
+        if payload is self._payload and binary is self._binary:
+            return self._frame
+        frame = frame_of(payload, binary)
+        self._payload = payload
+        self._binary = binary
+        self._frame = frame
+        return frame
+
+
+def frame_of(payload: bytes, binary: bool) -> bytes:
+    """One unmasked, final WebSocket frame (RFC 6455 §5.2) carrying `payload`."""
+    first = 0x82 if binary else 0x81
+    size = len(payload)
+    if size < 126:
+        header = bytes((first, size))
+    elif size < 1 << 16:
+        header = bytes((first, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((first, 127)) + size.to_bytes(8, "big")
+    return header + payload
+
+
 class AiohttpTransport:
-    """A `server.connection.Transport` over an aiohttp WebSocket."""
+    """A `server.connection.Transport` over an aiohttp WebSocket.
 
-    __slots__ = ("_request", "_ws")
+    aiohttp does the handshake, reads, answers pings and writes the close
+    frame; data frames are written here, straight to the socket's transport
+    (`Frames`), as aiohttp's own writer would, without a coroutine per frame.
+    """
 
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+    __slots__ = ("_frames", "_protocol", "_raw", "_request", "_stream", "_ws")
+
+    def __init__(
+        self, ws: web.WebSocketResponse, request: web.Request, frames: Frames | None = None
+    ) -> None:
         self._ws = ws
         self._request = request
+        self._raw = request.transport
+        self._protocol = request.protocol
+        self._stream = request.writer
+        self._frames = frames or Frames()
 
-    async def send(self, frame: bytes, binary: bool) -> None:
-        # send_frame writes to the socket and waits only while aiohttp's
-        # writer is over its limit and the socket is paused: it drains.
-        await self._ws.send_frame(frame, WSMsgType.BINARY if binary else WSMsgType.TEXT)
+    def write(self, frame: bytes, binary: bool) -> bool:
+        raw = self._raw
+        # Not once aiohttp began its close (its close frame must be the last).
+        if raw is None or raw.is_closing() or self._ws.closed:
+            raise ConnectionResetError("the WebSocket is closed")
+        raw.write(self._frames.of(frame, binary))
+        return not self._protocol.writing_paused
+
+    async def drain(self) -> None:
+        raw = self._raw
+        if raw is None or raw.is_closing():
+            raise ConnectionResetError("the WebSocket is closed")
+        await self._stream.drain()
 
     async def close(self, code: int, reason: str) -> None:
         await self._ws.close(code=code, message=close_reason(reason))
@@ -85,6 +146,7 @@ class WebSocketGateway:
         self._node = node
         config = node.config
         self._origins = CorsPolicy(config.cors_origins) if config.ws_check_origin else None
+        self._frames = Frames()  # shared by every connection's transport
 
     def routes(self) -> list[web.RouteDef]:
         """The routes to mount on the application."""
@@ -122,7 +184,7 @@ class WebSocketGateway:
                         message=close_reason("offer one of " + ", ".join(SUBPROTOCOLS)),
                     )
             return ws
-        connection = node.open_connection(AiohttpTransport(ws, request), codec)
+        connection = node.open_connection(AiohttpTransport(ws, request, self._frames), codec)
         code: int | None = None
         try:
             while True:

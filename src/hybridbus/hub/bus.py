@@ -11,7 +11,7 @@ engine it runs on (it is given an `Engine`) nor speak any wire protocol.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -23,10 +23,11 @@ from hybridbus.core.log import Ack, Delivery, Page, Position, is_exact
 from hybridbus.core.topics import tenant_of, validate_pattern, validate_topic
 from hybridbus.core.trie import Trie
 from hybridbus.engine.base import Clock, Engine, TopicInfo, system_clock
-from hybridbus.errors import BusClosed, EventTooLarge, InvalidEvent
+from hybridbus.errors import BusClosed, EventTooLarge, InvalidEvent, InvalidInput
+from hybridbus.hub.pages import SharedPages
 from hybridbus.hub.subscription import Subscription
 
-__all__ = ["Bus", "BusConfig", "EventLike", "History"]
+__all__ = ["Bus", "BusConfig", "EventLike", "History", "Prepared"]
 
 # How many topics' routes the bus remembers before it starts over.
 _ROUTES_MAX = 65_536
@@ -38,6 +39,9 @@ class BusConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_event_size: int = 1 << 20  # bytes, as encoded in MessagePack
     queue_size: int = 10_000  # deliveries a subscriber may fall behind before it is ended
     page_size: int = 1_000  # deliveries per history read during recovery
+    # bytes (estimated) of recent history kept for recovering subscriptions to
+    # share (hub/pages.py); 0: every subscription reads the engine on its own
+    recovery_cache_size: int = 64 << 20
 
 
 class History(msgspec.Struct, frozen=True):
@@ -54,6 +58,9 @@ class History(msgspec.Struct, frozen=True):
 
 
 EventLike = Event | Mapping[str, Any]
+
+# A checked event ready for the engine: (absolute topic, event, its MessagePack).
+Prepared = tuple[str, Event, bytes]
 
 
 def _checked(event: EventLike) -> tuple[Event, bytes]:
@@ -94,6 +101,10 @@ class Bus:
         # publish then yields to the loop once, so that consumers in this
         # process run even if the publisher never awaits anything that suspends.
         self._lagging = False
+        # Recovering subscriptions read through it: one engine read for many.
+        self._pages = SharedPages(
+            engine, block=self.config.page_size, max_size=self.config.recovery_cache_size
+        )
 
     async def start(self) -> None:
         """Open the engine and start routing its appends."""
@@ -133,17 +144,71 @@ class Bus:
         """
         if self._closed:
             raise BusClosed("the bus is closed")
+        ack = await self.engine.append(*self.prepare(topic, event))
+        if self._lagging:
+            self._lagging = False
+            await asyncio.sleep(0)
+        return ack
+
+    async def publish_many(
+        self,
+        topic_or_items: str | Iterable[tuple[str, EventLike]],
+        events: Iterable[EventLike] | None = None,
+    ) -> list[Ack]:
+        """Append many events at once: `publish_many(topic, events)` or `publish_many(items)`.
+
+        `items` are `(topic, event)` pairs. Returns one ack per event, in
+        order. All or nothing: every event is checked as `publish` checks it
+        before any is appended — the first that fails raises its error (a note
+        names its index) and nothing is published — then the batch goes to the
+        engine as one `append_many`, which appends all of it or, raising
+        `EngineUnavailable`, none. Dedupe applies per event (within the batch
+        too). The cheap way to publish a burst: one engine call, one commit.
+        """
+        if self._closed:
+            raise BusClosed("the bus is closed")
+        if isinstance(topic_or_items, str):
+            if events is None:
+                raise TypeError("publish_many(topic, events) needs the events")
+            pairs: Iterable[tuple[str, EventLike]] = ((topic_or_items, e) for e in events)
+        else:
+            if events is not None:
+                raise TypeError("publish_many(items) takes (topic, event) pairs and no events")
+            pairs = topic_or_items
+        prepare = self.prepare
+        batch: list[Prepared] = []
+        for index, (topic, event) in enumerate(pairs):
+            try:
+                batch.append(prepare(topic, event))
+            except InvalidInput as exc:
+                exc.add_note(f"event {index} of the batch; nothing of the batch was published")
+                raise
+        return await self.append(batch)
+
+    def prepare(self, topic: str, event: EventLike) -> Prepared:
+        """Check `event` for `topic` as `publish` does (same errors); what `append` takes."""
         validate_topic(topic)
         checked, payload = _checked(event)
         if checked.tenantid is not None:
             check_tenantid(checked, tenant_of(topic))
         if len(payload) > self.config.max_event_size:
             raise EventTooLarge(len(payload), self.config.max_event_size)
-        ack = await self.engine.append(topic, checked, payload)
+        return topic, checked, payload
+
+    async def append(self, batch: Sequence[Prepared]) -> list[Ack]:
+        """Append events `prepare` made, in order, in one engine call (all or none).
+
+        One ack per event. Raises `BusClosed`, `EngineUnavailable`.
+        """
+        if self._closed:
+            raise BusClosed("the bus is closed")
+        if not batch:
+            return []
+        acks = await self.engine.append_many(batch)
         if self._lagging:
             self._lagging = False
             await asyncio.sleep(0)
-        return ack
+        return acks
 
     def _route(self, deliveries: Sequence[Delivery]) -> None:
         """The engine's listener: hand each delivery to the subscriptions it matches."""
@@ -163,6 +228,9 @@ class Bus:
             for sub in subs:
                 if sub.push(delivery):
                     self._lagging = True
+        pages = self._pages
+        if pages.active:
+            pages.routed(deliveries)
 
     # -- history -------------------------------------------------------------
 
@@ -226,7 +294,7 @@ class Bus:
 
         return Subscription(
             pattern,
-            reader=self.engine.read,
+            reader=self._pages.read,
             opener=opener,
             closer=self._forget,
             clock=self._clock,

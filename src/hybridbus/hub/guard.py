@@ -4,11 +4,12 @@ Owns: turning an `Identity` into a `Principal` (refused if revoked), scoping
 a principal's topics and patterns into its tenant (an admin's are absolute),
 asking `core.permissions` once per operation and pattern (cached on the
 principal), the publish rate limits (per principal and per tenant, token
-buckets from `core.ratelimit`), the revocation set (loaded from and stored in
-the engine, bounded: see below), what a topic listing may show (`visible`),
-and the audit trail on `$audit/<tenant>/<kind>`. Must not know
-sockets, frames or HTTP: the server's connections and the HTTP gateways call
-it with a principal; it calls the bus.
+buckets from `core.ratelimit`; a `publish_many` batch is taken at once), the
+revocation set (loaded from and stored in the engine, bounded: see below),
+what a topic listing may show (`visible`), and the audit trail on
+`$audit/<tenant>/<kind>`. Must not know sockets, frames or HTTP: the
+server's connections and the HTTP gateways call it with a principal; it
+calls the bus.
 
 Caching. A decision depends on the identity, the operation, the pattern and,
 for rules limited to time windows, the minute (windows are given in whole
@@ -51,7 +52,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -74,12 +75,13 @@ from hybridbus.errors import (
     EngineError,
     EngineUnavailable,
     Forbidden,
+    InvalidInput,
     LimitExceeded,
     RateLimited,
     Revoked,
     TooManyRevocations,
 )
-from hybridbus.hub.bus import Bus, EventLike, History
+from hybridbus.hub.bus import Bus, EventLike, History, Prepared
 from hybridbus.hub.subscription import Subscription
 
 __all__ = ["AUDIT_ROOT", "Guard", "Limits", "Principal"]
@@ -89,6 +91,7 @@ log = logging.getLogger("hybridbus.guard")
 AUDIT_ROOT: Final = "$audit"
 _DENIAL_WINDOW: Final = 10.0
 _KEY_USE_EVERY: Final = 60.0
+_TOPICS_CACHED: Final = 64  # topics a principal remembers scoped
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
@@ -113,7 +116,7 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
 class Principal:
     """An identity the guard admitted: its scope, its cached decisions, its own bucket."""
 
-    __slots__ = ("bucket", "decisions", "identity", "minutely", "prefix")
+    __slots__ = ("bucket", "decisions", "identity", "minutely", "prefix", "topics")
 
     def __init__(self, identity: Identity, bucket: TokenBucket | None, minutely: bool) -> None:
         self.identity = identity
@@ -122,16 +125,30 @@ class Principal:
         self.bucket = bucket  # the principal's own publish rate (None: unlimited)
         self.minutely = minutely  # its rules have time windows: decide per minute
         self.decisions: dict[tuple[str, str, int], Decision] = {}
+        # relative -> absolute for the topics it published to lately (made at its first).
+        self.topics: dict[str, str] | None = None
 
     @property
     def tenant(self) -> str:
         return self.identity.tenant
 
     def topic(self, relative: str) -> str:
-        """The absolute topic of `relative` (validated)."""
+        """The absolute topic of `relative` (validated; remembered for the next publish)."""
+        topics = self.topics
+        if topics is None:
+            topics = self.topics = {}
+        else:
+            found = topics.get(relative)
+            if found is not None:
+                return found
         if self.identity.admin:
-            return validate_topic(relative)
-        return scope_topic(self.identity.tenant, relative)
+            absolute = validate_topic(relative)
+        else:
+            absolute = scope_topic(self.identity.tenant, relative)
+        if len(topics) >= _TOPICS_CACHED:
+            topics.clear()
+        topics[relative] = absolute
+        return absolute
 
     def pattern(self, relative: str) -> str:
         """The absolute pattern of `relative` (validated)."""
@@ -317,6 +334,71 @@ class Guard:
         if principal.identity.admin:
             await self.admin_publishing(principal, topic)
         return await self.bus.publish(topic, event)
+
+    async def publish_many(
+        self,
+        principal: Principal,
+        relative_or_items: str | Iterable[tuple[str, EventLike]],
+        events: Iterable[EventLike] | None = None,
+    ) -> list[Ack]:
+        """Check, rate-limit and publish many events at once: all of them or none.
+
+        `publish_many(p, relative, events)` or `publish_many(p, items)` with
+        `(relative topic, event)` pairs; one ack per event, in order. Every
+        topic is checked against the rules first, then the whole batch is
+        taken from the rate buckets at once (`LimitExceeded` if it is more
+        than a burst holds), then every event is checked as `Bus.publish`
+        checks it; the first refusal raises (for an event, a note names its
+        index) and nothing is published. An admin's batch appends one
+        `admin.publish` audit event per topic first. Then `Bus.append`: one
+        engine call, all appended or none.
+        """
+        if isinstance(relative_or_items, str):
+            if events is None:
+                raise TypeError("publish_many(principal, topic, events) needs the events")
+            pairs = [(relative_or_items, event) for event in events]
+        else:
+            if events is not None:
+                raise TypeError("publish_many(principal, items) takes pairs and no events")
+            pairs = list(relative_or_items)
+        topics: dict[str, str] = {}  # relative -> absolute, each checked once
+        for relative, _ in pairs:
+            if relative not in topics:
+                topics[relative] = principal.topic(relative)
+                self.check(principal, "publish", relative)
+        if pairs:
+            self.take(principal, len(pairs))
+        prepare = self.bus.prepare
+        batch: list[Prepared] = []
+        for index, (relative, event) in enumerate(pairs):
+            try:
+                batch.append(prepare(topics[relative], event))
+            except InvalidInput as exc:
+                exc.add_note(f"event {index} of the batch; nothing of the batch was published")
+                raise
+        return await self.append(principal, batch)
+
+    def prepare(self, principal: Principal, relative: str, event: EventLike) -> Prepared:
+        """One event checked, rate-limited and validated as `publish` does it, not yet appended.
+
+        For callers that answer each event on its own (the server's connection
+        batches the `publish` commands of a frame): `append` then appends the
+        ones that passed in one engine call.
+        """
+        topic = principal.topic(relative)
+        self.check(principal, "publish", relative)
+        self.take(principal)
+        return self.bus.prepare(topic, event)
+
+    async def append(self, principal: Principal, batch: Sequence[Prepared]) -> list[Ack]:
+        """Append what `prepare` passed for `principal`, in order, all or none; one ack each.
+
+        An admin's batch appends one `admin.publish` audit event per topic first.
+        """
+        if principal.identity.admin:
+            for topic in dict.fromkeys(topic for topic, _, _ in batch):
+                await self.admin_publishing(principal, topic)
+        return await self.bus.append(batch)
 
     async def admin_publishing(self, principal: Principal, topic: str) -> None:
         """An admin is about to publish to the absolute `topic`: append its audit event.

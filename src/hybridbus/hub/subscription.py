@@ -122,12 +122,27 @@ class Subscription:
             self.recovered = False
         cursor = self._cursor
         queue = self._queue
-        for delivery in page.deliveries:
-            if cursor.advance(delivery):
-                queue.append(delivery)
+        deliveries = page.deliveries
+        seen = cursor.positions
+        if len(seen) == 1:
+            # One shard: the page is in position order, so only a head of it
+            # can have been seen already; the rest goes in at once.
+            last = seen[0]
+            skip = 0
+            while skip < len(deliveries) and deliveries[skip].position <= last:
+                skip += 1
+            if skip < len(deliveries):
+                queue.extend(deliveries[skip:] if skip else deliveries)
+                seen[0] = deliveries[-1].position
+        else:
+            for delivery in deliveries:
+                if cursor.advance(delivery):
+                    queue.append(delivery)
+        # A page may end past its last delivery (a shared page ends at a block
+        # boundary): nothing of the pattern lies in between.
+        cursor.skip_to(page.positions)
         if page.more:
             return
-        cursor.skip_to(page.positions)
         if self._overflowed or len(queue) + len(self._pending) > self._maxsize:
             # Live deliveries were dropped while reading, or handing them over
             # would overflow the queue: read on from the log, which has them.

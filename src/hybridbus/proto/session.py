@@ -183,11 +183,41 @@ def error_fields(error: BaseException | ErrorCode, message: str | None) -> tuple
 
 
 class ServerSession:
-    """One connection's protocol state, as the server sees it (see the module docstring)."""
+    """One connection's protocol state, as the server sees it (see the module docstring).
+
+    `phase` (0 < phase <= 1) is the share of `ping_interval` before the first
+    ping: connections that connect together and are given spread phases ping
+    at spread times, never all in one round.
+    """
+
+    # Thousands of idle connections per process: no __dict__ each.
+    __slots__ = (
+        "_connect_id",
+        "_heard",
+        "_in_flight",
+        "_next_ping",
+        "_outbox",
+        "_phase",
+        "_started",
+        "_subscriptions",
+        "close_cause",
+        "close_code",
+        "close_reason",
+        "codec",
+        "config",
+        "state",
+    )
 
     def __init__(
-        self, codec: WireCodec, config: SessionConfig | None = None, *, now: float
+        self,
+        codec: WireCodec,
+        config: SessionConfig | None = None,
+        *,
+        now: float,
+        phase: float = 1.0,
     ) -> None:
+        if not 0.0 < phase <= 1.0:
+            raise ValueError("phase must be > 0 and <= 1")
         self.codec = codec
         self.config = config = config or SessionConfig()
         self.state = State.NEW
@@ -201,8 +231,8 @@ class ServerSession:
         self._started = now
         self._heard = now
         self._next_ping = 0.0
+        self._phase = phase
         self._connect_id = 0
-        self._ping = codec.encode(ServerPing())
 
     # -- what the server reads -----------------------------------------------
 
@@ -237,6 +267,11 @@ class ServerSession:
         return min(self._next_ping, self._heard + 2 * interval)
 
     # -- incoming --------------------------------------------------------------
+
+    def heard(self, now: float) -> None:
+        """The peer sent something that is not a message (a WebSocket ping or pong)."""
+        if self.state is not State.CLOSED:
+            self._heard = now
 
     def receive_data(self, data: Data, now: float) -> list[Command]:
         """The commands of one WebSocket message from the client, to execute in order.
@@ -333,13 +368,13 @@ class ServerSession:
         if self.state is not State.CONNECTING:
             raise RuntimeError(f"accept() needs a connect awaiting its answer, not {self.state}")
         connect_id = self._connect_id
-        del self._in_flight[connect_id]
+        self._answered(connect_id)
         config = self.config
         result = msgspec.structs.replace(
             result, ping=config.ping_interval, max_frame_size=config.max_frame_size
         )
         self.state = State.CONNECTED
-        self._next_ping = self._heard + config.ping_interval
+        self._next_ping = self._heard + config.ping_interval * self._phase
         self._queue(self.codec.encode_reply(connect_id, result))
 
     def reject(self, code: CloseCode, reason: str) -> None:
@@ -382,9 +417,7 @@ class ServerSession:
         state = self.state
         if state is State.CONNECTED:
             outbox = self._outbox
-            size = outbox.size
-            for message in encoded:
-                size += len(message)
+            size = outbox.size + sum(map(len, encoded))
             limit = self.config.max_pending_bytes
             if size > limit and (outbox.messages or len(encoded) > 1):
                 # What pushing them one by one would come to: the bound is crossed.
@@ -427,7 +460,7 @@ class ServerSession:
             self.close(CloseCode.NO_PING, f"nothing heard for {2 * interval:g} s")
         elif now >= self._next_ping:
             self._next_ping = now + interval
-            self._queue(self._ping)
+            self._queue(self.codec.encode(ServerPing()))
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Close with `code`; the first close wins. Queues a `disconnect` message last.
@@ -463,9 +496,12 @@ class ServerSession:
         outbox.add(encoded)
 
     def _answered(self, id: int) -> Command:
-        command = self._in_flight.pop(id, None)
+        in_flight = self._in_flight
+        command = in_flight.pop(id, None)
         if command is None:
             raise ValueError(f"command {id} is not awaiting an answer")
+        if not in_flight:
+            in_flight.clear()  # frees the table an idle connection would keep
         return command
 
     def _error_reply(self, id: int, code: int, message: str, again: bool) -> bytes:

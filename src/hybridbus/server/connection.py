@@ -2,27 +2,36 @@
 
 Owns: executing the commands the session hands out (connect, publish,
 history, presence, ping, refresh; subscriptions go to `Subscriptions`), the
-write path (ONE coalesced frame per loop turn, at most one write in flight),
-and the close. Must not parse or encode frames itself (that is `proto`), know
-the socket library (that is the gateway's `Transport`), or pick an engine.
+write path (ONE coalesced frame per loop turn, written at once while the
+socket takes it), and the close. Must not parse or encode frames itself (that
+is `proto`), know the socket library (that is the gateway's `Transport`), or
+pick an engine.
 
 Theory of operation. Everything a connection says goes through its session's
 outbox. Whoever queues something (the read path, a command task, a pump, the
-node's ticker) calls `flush()`, which wakes the writer task; a live
-subscription that got deliveries calls `ready()`, which wakes it too. The
-writer runs one loop turn later: it drains the ready subscriptions into the
-outbox, and everything queued during the turn leaves as one frame
-(`session.data_to_send()`). While its `send` waits for the transport to
-drain, ready subscriptions are drained into the outbox by a callback each
-turn instead, so new messages pile up there, whose bound cuts a consumer
-that does not read off with SLOW_CONSUMER. The transport's own buffer stays bounded
-because only the writer writes, one frame at a time, awaiting each.
+node's ticker) calls `flush()`; a live subscription that got deliveries calls
+`ready()`, inside the publisher's route. Either puts the connection, once per
+loop turn, on the node's write pass (`Node.schedule`): ONE callback per turn
+for every connection with something to say, no task or future per connection.
+In the pass (`write_due`) the connection drains its ready subscriptions into
+the outbox, and everything queued during the turn leaves as one frame,
+written at once (`Transport.write`), counted in the node's `Tally`.
+
+Flow control. `write` says when the socket's buffer went over its high-water
+mark: the connection is then *blocked* and a task of its own (the drainer)
+waits for the buffer to drain, then writes what queued meanwhile. While
+blocked, the write pass still drains ready subscriptions into the outbox, so
+new messages pile up there, whose bound cuts a consumer that does not read
+off with SLOW_CONSUMER. The transport's own buffer stays bounded: nothing is
+written to it once it is over the mark, but the one frame that crossed it.
 
 Closing. When the session closes (a protocol violation, a refused connect,
 silence, an expired token, an overflowing outbox, or `close()` from the node),
-every command task and pump is cancelled, then the writer flushes what is
-left (the `disconnect` message last) and the transport is closed with the
-session's code; a slow consumer gets a short timeout, then is aborted.
+every command task and pump is cancelled; the closer waits for a drainer to
+see the socket drain (never cancelling it: a transport's drain may be one
+future shared by every waiter), writes what is left (the `disconnect` message
+last) and closes the transport with the session's code, all within the close
+timeout; a slow consumer gets a short one, then is aborted.
 `lost()` means the peer is gone: nothing more is sent.
 
 Every operation goes through the node's `Guard` with the connection's
@@ -36,13 +45,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from hybridbus.core.event import Event
 from hybridbus.core.identity import Identity
 from hybridbus.core.log import Delivery, Position, is_exact
 from hybridbus.core.topics import scope_topic
 from hybridbus.errors import AccessError, BusError
+from hybridbus.hub.bus import Prepared
 from hybridbus.hub.guard import Principal
 from hybridbus.proto.codec import Data, WireCodec
 from hybridbus.proto.codes import CloseCode
@@ -68,6 +77,7 @@ from hybridbus.proto.session import ServerSession
 from hybridbus.server.auth import close_code
 from hybridbus.server.history import history_result
 from hybridbus.server.subscriptions import Entry, Origin, Subscriptions
+from hybridbus.server.transport import Transport
 
 if TYPE_CHECKING:
     from hybridbus.server.node import Node
@@ -80,47 +90,27 @@ log = logging.getLogger("hybridbus.server")
 _HISTORY_SHARE = 0.75
 
 
-class Transport(Protocol):
-    """What a connection needs of a socket: write a frame, close, abort. Nothing else.
-
-    `send` returns once the transport can take more (it drains): the
-    connection never has more than one `send` in flight. `close` must finish
-    in bounded time, aborting the socket if the peer does not take the close.
-    Both may raise `ConnectionError` when the peer is gone.
-    """
-
-    async def send(self, frame: bytes, binary: bool) -> None:
-        """Write one WebSocket message (binary, or text holding UTF-8 `frame`)."""
-        ...
-
-    async def close(self, code: int, reason: str) -> None:
-        """Close with `code` and `reason` (at most 123 bytes of it are sent)."""
-        ...
-
-    def abort(self) -> None:
-        """Drop the socket at once (nothing more is sent)."""
-        ...
-
-
 class Connection:
     """One client's connection to a node (see the module docstring)."""
 
     # Thousands of idle connections per process: no __dict__ each.
     __slots__ = (
         "_binary",
+        "_blocked",
         "_closer",
         "_closing",
         "_deliveries",
-        "_empty",
+        "_drainer",
         "_loop",
         "_lost",
         "_oldest",
+        "_publishing",
         "_ready",
+        "_scheduled",
+        "_tally",
         "_tasks",
         "_transport",
         "_unsent",
-        "_wake",
-        "_writer",
         "device_key",
         "finished",
         "id",
@@ -131,6 +121,7 @@ class Connection:
         "session",
         "subscriptions",
         "transport_name",
+        "wheel_slot",
     )
 
     def __init__(
@@ -141,6 +132,7 @@ class Connection:
         *,
         id: str,
         transport_name: str = "websocket",
+        phase: float = 1.0,
     ) -> None:
         self.node = node
         self.id = id
@@ -151,12 +143,20 @@ class Connection:
         self.device_key: tuple[object, ...] | None = None
         self._transport = transport
         self._loop = asyncio.get_running_loop()
-        self.session = ServerSession(codec, node.session_config, now=self._loop.time())
+        self.session = ServerSession(
+            codec, node.session_config, now=self._loop.time(), phase=phase
+        )
         self.subscriptions = Subscriptions(self)
         self._binary = codec.binary
-        self._empty = codec.frame([])
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._wake: asyncio.Future[None] | None = None
+        # The command tasks and pumps it owns; made with the first one (most connections idle).
+        self._tasks: set[asyncio.Task[Any]] | None = None
+        # The node's heartbeat wheel slot this connection waits in (-1: none).
+        self.wheel_slot = -1
+        # On the node's write pass this turn; blocked on a full socket, and what waits for it.
+        self._scheduled = False
+        self._blocked = False
+        self._drainer: asyncio.Task[None] | None = None
+        self._tally = node.tally
         self._closing = False
         self._lost = False
         self._closer: asyncio.Task[None] | None = None
@@ -165,9 +165,10 @@ class Connection:
         self._oldest = 0.0
         # Live subscriptions with deliveries queued, for the writer to drain.
         self._ready: list[Entry] = []
+        # The `publish` commands checked this loop turn: (id, prepared event), appended together.
+        self._publishing: list[tuple[int, Prepared]] = []
         self._deliveries = node.metrics.deliveries.labels(transport_name)
         self.finished: asyncio.Future[None] = self._loop.create_future()
-        self._writer = self._loop.create_task(self._write_loop(), name=f"{id}-writer")
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.session.state.value}>"
@@ -176,6 +177,11 @@ class Connection:
     def done(self) -> bool:
         """True once the connection is closed and forgotten by the node."""
         return self.finished.done()
+
+    @property
+    def blocked(self) -> bool:
+        """True while the socket's buffer is over its high-water mark (writes wait for it)."""
+        return self._blocked
 
     @property
     def admitted(self) -> Principal:
@@ -219,8 +225,7 @@ class Connection:
 
     def heard(self) -> None:
         """The peer sent something that is not a message (a WebSocket ping or pong)."""
-        # An empty frame: the session notes the peer is alive and finds no command.
-        self.session.receive_data(self._empty, self._loop.time())
+        self.session.heard(self._loop.time())
 
     def lost(self, code: int | None) -> None:
         """The peer closed the connection, or it dropped (`code`: the peer's, if any)."""
@@ -232,8 +237,12 @@ class Connection:
 
     # -- driven by the node ------------------------------------------------------
 
-    def tick(self, now: float, wall: float) -> None:
-        """The node's heartbeat: `now` on the loop's clock, `wall` in Unix seconds."""
+    def tick(self, now: float, wall: float) -> float | None:
+        """The node's heartbeat: `now` on the loop's clock, `wall` in Unix seconds.
+
+        Returns when (on the loop's clock) the next tick has something to do;
+        None: nothing ever, until the session changes state (`Node.admit`).
+        """
         session = self.session
         before = session.pending_bytes
         session.tick(now)
@@ -242,6 +251,7 @@ class Connection:
             session.close(CloseCode.TOKEN_EXPIRED, "the token expired; reconnect with a new one")
         if session.closed or session.pending_bytes != before:
             self.flush()
+        return session.deadline
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Close from the server's side: flush, `disconnect`, close frame with `code`."""
@@ -255,7 +265,8 @@ class Connection:
         self._begin_close(int(CloseCode.SHUTDOWN))
         if self._closer is not None:
             self._closer.cancel()
-        self._writer.cancel()
+        if self._drainer is not None:
+            self._drainer.cancel()
         self._transport.abort()
         self._finish()
 
@@ -274,48 +285,61 @@ class Connection:
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `coro` as a task this connection owns: it is cancelled on close."""
         task = self._loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = set()
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
         return task
 
     def pushed(self, count: int, appended: float) -> None:
-        """`count` deliveries, the oldest appended at `appended` (Unix time), were queued."""
+        """`count` deliveries, the oldest appended at `appended` (Unix time), were queued.
+
+        Only book-keeping: whoever queued them calls `flush()` (the write pass
+        writes them anyway).
+        """
         if not self._unsent:
             self._oldest = appended
         self._unsent += count
-        self.flush()
 
     def ready(self, entry: Entry) -> None:
         """`entry`'s live subscription has deliveries queued (called inside a publisher's route).
 
-        The writer drains it next loop turn; a writer busy sending has it drained
-        into the outbox then too, where the outbox bound holds.
+        The node's write pass drains it this loop turn; a connection blocked on
+        its socket has it drained into the outbox then too, where the outbox
+        bound holds.
         """
         ready = self._ready
         ready.append(entry)
-        if len(ready) == 1:
-            wake = self._wake
-            if wake is not None:
-                self._wake = None
-                wake.set_result(None)
-            else:
-                self._loop.call_soon(self._drain)
-
-    def _drain(self) -> None:
-        if self._ready and not self._closing:
-            ready, self._ready = self._ready, []
-            self.subscriptions.drain(ready)
+        if not self._scheduled and len(ready) == 1:
+            self._scheduled = True
+            self.node.schedule(self)
 
     def flush(self) -> None:
         """Something may have been queued, or the session closed: act on it."""
         session = self.session
         if session.closed:
             self._begin_close(int(session.close_code or CloseCode.NORMAL))
-        elif session.pending_bytes:
-            wake = self._wake
-            if wake is not None:
-                self._wake = None
-                wake.set_result(None)
+        elif session.pending_bytes and not (self._scheduled or self._blocked):
+            self._scheduled = True
+            self.node.schedule(self)
+
+    def write_due(self) -> None:
+        """The node's write pass: drain the ready subscriptions, write what is queued."""
+        try:
+            if self._closing:
+                return
+            ready = self._ready
+            if ready:
+                self._ready = []
+                self.subscriptions.drain(ready)
+            session = self.session
+            if session.closed:
+                self._begin_close(int(session.close_code or CloseCode.NORMAL))
+            elif not self._blocked and session.pending_bytes:
+                self._write_queued()
+        finally:
+            self._scheduled = False
 
     # -- commands ----------------------------------------------------------------
 
@@ -352,38 +376,54 @@ class Connection:
         )
 
     def _publish(self, command: Publish) -> None:
+        """Check one `publish` now (a refusal is its reply); append it with its loop turn's.
+
+        Every `publish` checked in one loop turn (those of one frame, at
+        least) goes to the engine as one batch: one task, one engine call (one
+        commit on sqlite), then one reply each. A batch is all or nothing (an
+        engine failure answers every command of it), never a reordering.
+        """
         principal = self.admitted
         topic = principal.topic(command.topic)
         event = self.session.codec.decode_event(command.event)
+        prepared = self.node.guard.prepare(principal, command.topic, event)
         exclude = command.exclude_self
         if exclude is not None:
             device = self.device_key if exclude == "device" else None
-            self.node.note_origin(event, topic, Origin(topic, self, device))
-        self.spawn(self._append(command.id, principal, command.topic, event))
+            self.node.note_origin(prepared[1], topic, Origin(topic, self, device))
+        publishing = self._publishing
+        publishing.append((command.id, prepared))
+        if len(publishing) == 1:
+            # Its first step runs after this loop turn: it takes every publish of the turn.
+            self.spawn(self._append())
 
-    async def _append(self, id: int, principal: Principal, topic: str, event: Event) -> None:
+    async def _append(self) -> None:
+        batch, self._publishing = self._publishing, []
+        principal = self.admitted
         session = self.session
         try:
-            ack = await self.node.guard.publish(principal, topic, event)
-        except BusError as exc:
-            session.error(id, exc)
+            acks = await self.node.guard.append(principal, [prepared for _, prepared in batch])
         except Exception as exc:
-            log.exception("publish of %s failed", self.id)
-            session.error(id, exc)
+            if not isinstance(exc, BusError):
+                log.exception("publish of %s failed", self.id)
+            for id, _ in batch:
+                session.error(id, exc)
         else:
             metrics = self.node.metrics
-            metrics.publishes.labels(self.transport_name).inc()
-            if ack.duplicate:
-                metrics.duplicates.labels(self.transport_name).inc()
-            result = PublishResult(
-                offset=ack.offset,
-                shard=ack.shard,
-                position=ack.position,
-                epoch=ack.epoch,
-                duplicate=ack.duplicate,
-                token=str(ack.token),
-            )
-            session.reply(id, result)
+            metrics.publishes.labels(self.transport_name).inc(len(acks))
+            duplicates = sum(ack.duplicate for ack in acks)
+            if duplicates:
+                metrics.duplicates.labels(self.transport_name).inc(duplicates)
+            for (id, _), ack in zip(batch, acks, strict=True):
+                result = PublishResult(
+                    offset=ack.offset,
+                    shard=ack.shard,
+                    position=ack.position,
+                    epoch=ack.epoch,
+                    duplicate=ack.duplicate,
+                    token=str(ack.token),
+                )
+                session.reply(id, result)
         self.flush()
 
     def _history(self, command: History) -> None:
@@ -461,27 +501,46 @@ class Connection:
 
     # -- writing and closing -------------------------------------------------------
 
-    async def _write_loop(self) -> None:
+    def _write(self, frame: bytes) -> bool:
+        """Write `frame` now, counting its deliveries; False once the socket is over its mark."""
+        delivered = self._unsent
+        more = self._transport.write(frame, self._binary)
+        if delivered:
+            self._unsent = 0
+            self._tally.frame(self._deliveries, delivered, self._oldest)
+        return more
+
+    def _write_queued(self) -> None:
+        """Write every frame queued, until the socket is over its mark: then block on it."""
         session = self.session
-        send = self._transport.send
-        binary = self._binary
-        latency = self.node.metrics.latency
-        clock = self.node.wall_clock
         try:
-            while not session.closed:
-                wake = self._wake = self._loop.create_future()
-                # An idle connection waits as long as nothing is queued; closing cancels it.
-                await wake
-                self._drain()
-                while (frame := session.data_to_send()) is not None:
-                    delivered, oldest = self._unsent, self._oldest
-                    self._unsent = 0
-                    await send(frame, binary)
-                    if delivered:
-                        self._deliveries.inc(delivered)
-                        latency.observe(max(0.0, clock() - oldest))
+            while (frame := session.data_to_send()) is not None:
+                if not self._write(frame):
+                    self._blocked = True
+                    self._drainer = self._loop.create_task(self._drain_writes())
+                    return
         except ConnectionError:
             self.lost(None)
+
+    async def _drain_writes(self) -> None:
+        """Blocked: wait for the socket to drain, write what queued meanwhile, until all is out."""
+        session = self.session
+        transport = self._transport
+        try:
+            while True:
+                await transport.drain()
+                if self._closing:  # the closer writes the rest
+                    return
+                while (frame := session.data_to_send()) is not None:
+                    if not self._write(frame):
+                        break
+                else:
+                    self._blocked = False
+                    return
+        except ConnectionError:
+            self.lost(None)
+        finally:
+            self._drainer = None
 
     def _begin_close(self, code: int) -> None:
         if self._closing:
@@ -490,7 +549,7 @@ class Connection:
         self._ready.clear()
         self.subscriptions.close()
         self.node.presence.unwatch_all(self)
-        for task in self._tasks:
+        for task in self._tasks or ():
             task.cancel()
         metrics = self.node.metrics
         metrics.disconnects.labels(str(code)).inc()
@@ -498,7 +557,8 @@ class Connection:
             metrics.drops.labels("slow_consumer").inc(self._unsent)
             self._unsent = 0
         if self._lost:  # nobody to say goodbye to
-            self._writer.cancel()
+            if self._drainer is not None:
+                self._drainer.cancel()
             self._finish()
         else:
             self._closer = self._loop.create_task(self._close(), name=f"{self.id}-close")
@@ -506,37 +566,33 @@ class Connection:
     async def _close(self) -> None:
         session = self.session
         node = self.node
-        writer = self._writer
         transport = self._transport
         try:
             slow = session.close_code is CloseCode.SLOW_CONSUMER
             timeout = node.slow_close_timeout if slow else node.close_timeout
-            if slow:
-                writer.cancel()  # it waits on a peer that does not read
-            else:
-                wake = self._wake  # the writer flushes the outbox, then exits
-                if wake is not None:
-                    self._wake = None
-                    wake.set_result(None)
-            await asyncio.wait({writer}, timeout=timeout)
-            writer.cancel()
-            if self._lost:
-                return
             code = int(session.close_code or CloseCode.NORMAL)
             try:
                 async with asyncio.timeout(timeout):
-                    # What the writer did not get to (the `disconnect` message, at least).
+                    drainer = self._drainer
+                    if drainer is not None:
+                        # It returns once the socket drained, seeing the close. Not
+                        # cancelled: the transport's drain may be one future shared
+                        # by every waiter (aiohttp's is), cancelling it cancels all.
+                        await asyncio.wait({drainer})
+                    # What is left (the `disconnect` message, at least), then the close frame.
                     while (frame := session.data_to_send()) is not None:
-                        await transport.send(frame, self._binary)
+                        if not self._write(frame):
+                            await transport.drain()
                     await transport.close(code, session.close_reason or "")
             except (TimeoutError, ConnectionError):
                 transport.abort()
         finally:
-            writer.cancel()
+            if self._drainer is not None:
+                self._drainer.cancel()
             self._finish()
 
     def _finish(self) -> None:
-        for task in self._tasks:
+        for task in self._tasks or ():
             task.cancel()
         if not self.finished.done():
             self.finished.set_result(None)

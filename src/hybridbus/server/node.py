@@ -2,9 +2,14 @@
 
 Owns: the set of open connections and their ids, the presence registry, the
 ONE heartbeat ticker that drives every session's `tick` (not a timer per
-connection), the encode-once caches of pushes (one encoding of a delivery's
-event per codec, one push per codec and pattern, shared by every connection),
-the record of who published what with `exclude_self`, and graceful shutdown.
+connection: a timing wheel, `core.wheel`, so each pass ticks only the
+connections whose ping, silence or connect timeout is due — about N x
+tick / ping interval of them, each connection's first ping phased by its
+number — never all N), the write pass (ONE callback per loop turn drains and
+writes every connection with something to say, `schedule`), the encode-once
+caches of pushes (`server.pushes`: one encoding of a delivery's event per
+codec, one push per codec and pattern, shared by every connection), the
+record of who published what with `exclude_self`, and graceful shutdown.
 Must not speak to a socket (connections talk to a `Transport`), nor pick an
 engine (it is given a started `Bus`), nor parse the wire (that is `proto`).
 
@@ -12,8 +17,9 @@ The node is the one registry of everything a principal holds open: its
 WebSocket connections (`admit` / `forget`) and the streams of other ways in
 (`hold`: an SSE stream). Both count against `max_connections_per_user`
 together, both end at once when a revocation names their identity, and both
-end at their token's `exp` — on a timer at that instant (the ticker checks
-too, as a fallback), so "at expiry" means within milliseconds, not a tick.
+end at their token's `exp` — on a timer at that instant (the heartbeat checks
+too, as a fallback, when it ticks the connection), so "at expiry" means
+within milliseconds, not a tick.
 
 Shutdown, in order: stop accepting; close every connection with
 `CloseCode.SHUTDOWN` (each flushes what it queued, then its `disconnect`
@@ -27,6 +33,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -37,6 +44,7 @@ from hybridbus.core.event import Event
 from hybridbus.core.identity import Identity
 from hybridbus.core.log import Delivery
 from hybridbus.core.revocation import Revocation
+from hybridbus.core.wheel import Wheel
 from hybridbus.errors import AccessError, Revoked, TokenExpired, TooManyConnections
 from hybridbus.hub.bus import Bus
 from hybridbus.hub.guard import Guard
@@ -48,8 +56,9 @@ from hybridbus.server.access import authenticator_of, limits_of, policy_of
 from hybridbus.server.auth import Authenticator
 from hybridbus.server.config import ServerConfig
 from hybridbus.server.connection import Connection, Transport
-from hybridbus.server.metrics import Metrics
+from hybridbus.server.metrics import Metrics, Tally
 from hybridbus.server.presence import PresenceRegistry
+from hybridbus.server.pushes import Pushes
 from hybridbus.server.subscriptions import Origin
 
 __all__ = ["SERVER_VERSION", "End", "Node", "Release"]
@@ -66,16 +75,18 @@ def _server_version() -> str:
 
 SERVER_VERSION: Final = _server_version()
 
-# Encoded events and pushes kept for sharing: a delivery is pushed to all its
-# subscribers within a few loop turns, so a few thousand entries suffice.
-_CACHE_SIZE: Final = 4096
-# Batches of pushes kept for sharing: the connections drain them within a loop turn.
-_BATCH_CACHE_SIZE: Final = 256
 # Publishes with exclude_self remembered until their deliveries are pumped; a
 # pump lagging further behind than this pushes the event back to its sender.
 _ORIGINS_SIZE: Final = 65_536
 # Seconds a slow consumer gets to take its close frame before it is aborted.
 _SLOW_CLOSE_TIMEOUT: Final = 1.0
+# The heartbeat ticker: passes per ping interval (or connect timeout, if shorter),
+# the longest period, and the fewest connections a pass may tick.
+_TICKS_PER_SPAN: Final = 50
+_MAX_TICK: Final = 0.25
+_MIN_BEAT: Final = 256
+# Phases of consecutive connection numbers: n x golden ratio mod 1 spreads evenly.
+_GOLDEN: Final = (math.sqrt(5) - 1) / 2
 
 
 # How a held stream is ended (with why), and how its holder lets it go.
@@ -104,11 +115,6 @@ class _Held:
                 self.end(error)
             except Exception:
                 log.exception("ending a held stream failed")
-
-
-def _push_key(absolute: str, prefix: str) -> str:
-    """The cache key of pushes for `absolute`: an admin (no prefix) sees other bytes."""
-    return absolute if prefix else "/" + absolute
 
 
 class Node:
@@ -158,14 +164,25 @@ class Node:
         self._bus_closed = False
         self._ticker: asyncio.Task[None] | None = None
         self._shutdown: asyncio.Task[None] | None = None
-        self._events: dict[tuple[str, int, int, float], bytes] = {}
-        self._pushes: dict[tuple[str, str, int, int, float], bytes] = {}
-        self._batches: dict[tuple[str, str, int, int, float, int], list[bytes]] = {}
+        self.pushes = Pushes()  # the encode-once caches
         self.origins: dict[tuple[str, str], Origin] = {}
+        # The write pass: connections with something to write or drain this loop
+        # turn, handled by ONE callback (not a wake-up per connection), and the
+        # deliveries it wrote, put into the metrics once per turn.
+        self._due: list[Connection] = []
+        self.tally = Tally(metrics.latency, wall_clock)
         session = self.session_config
-        # The ticker's period: fine enough for the heartbeat and connect timeout.
-        period = min(session.ping_interval or 1.0, session.connect_timeout) / 4
-        self.tick_interval = max(0.01, min(1.0, period))
+        # The ticker's period: the heartbeat's and connect timeout's precision. Each
+        # pass ticks only the connections due (a timing wheel), about N x period / span.
+        span = min(session.ping_interval or session.connect_timeout, session.connect_timeout)
+        self.tick_interval = max(0.01, min(_MAX_TICK, span / _TICKS_PER_SPAN))
+        self._span = span
+        self._wheel: Wheel[Connection] = Wheel(self.tick_interval)
+        # Heartbeat book-keeping (tests, benchmarks): passes run, connections ticked
+        # in all, and in the busiest pass.
+        self.heartbeat_passes = 0
+        self.heartbeat_ticked = 0
+        self.heartbeat_most = 0
 
     # -- life ------------------------------------------------------------------
 
@@ -195,12 +212,23 @@ class Node:
         self, transport: Transport, codec: WireCodec, *, transport_name: str = "websocket"
     ) -> Connection:
         """A new connection over `transport`; refused with SHUTDOWN once the node stops."""
-        id = f"c-{self._prefix}{next(self._ids):x}"
-        connection = Connection(self, transport, codec, id=id, transport_name=transport_name)
+        number = next(self._ids)
+        id = f"c-{self._prefix}{number:x}"
+        # Consecutive numbers spread their first pings evenly over the second half
+        # of the interval: a herd that connected together never pings together,
+        # and no ping comes in the first half (while a client sets itself up).
+        phase = 1.0 - 0.5 * ((number * _GOLDEN) % 1.0)
+        connection = Connection(
+            self, transport, codec, id=id, transport_name=transport_name, phase=phase
+        )
         self._connections[id] = connection
         self.metrics.connections.labels(transport_name).inc()
         if not self._accepting:
             connection.close(CloseCode.SHUTDOWN, "the server is shutting down")
+        else:
+            deadline = connection.session.deadline  # the connect timeout
+            if deadline is not None:
+                self._wheel.schedule(connection, deadline)
         return connection
 
     def forget(self, connection: Connection) -> None:
@@ -213,6 +241,7 @@ class Node:
         timer = self._expiries.pop(connection.id, None)
         if timer is not None:
             timer.cancel()
+        self._wheel.cancel(connection)
         self.presence.unwatch_all(connection)
 
     def admit(self, connection: Connection, identity: Identity) -> None:
@@ -226,6 +255,9 @@ class Node:
             self._expiries[connection.id] = self._call_at(
                 identity.expires, self._expire_connection, connection
             )
+        # Its session is accepted next, which moves its heartbeat deadline (maybe
+        # earlier): the next pass looks and schedules it by the new one.
+        self._wheel.schedule(connection, asyncio.get_running_loop().time())
 
     def hold(self, identity: Identity, end: End) -> Release:
         """Count a stream `identity` holds open through another way in (an SSE stream).
@@ -317,51 +349,36 @@ class Node:
         """Who is present in the absolute `topic` (the HTTP gateway's presence hook)."""
         return self.presence.clients(topic)
 
+    # -- the write pass ----------------------------------------------------------
+
+    def schedule(self, connection: Connection) -> None:
+        """Have `connection.write_due()` called this loop turn (the connection asks once)."""
+        due = self._due
+        due.append(connection)
+        if len(due) == 1:
+            asyncio.get_running_loop().call_soon(self._write_due)
+
+    def _write_due(self) -> None:
+        """Every scheduled connection drains its ready subscriptions and writes, in one pass."""
+        due, self._due = self._due, []
+        for connection in due:
+            try:
+                connection.write_due()
+            except Exception:
+                log.exception("writing to connection %s failed", connection.id)
+                connection.abort()
+
     # -- encode once -----------------------------------------------------------
 
     def event_bytes(self, codec: WireCodec, delivery: Delivery) -> bytes:
-        """`delivery`'s event in `codec`'s encoding, encoded once for every connection.
-
-        Keyed by (subprotocol, shard, position, append time): the time keeps an
-        entry from an older epoch (after an engine reset) from ever matching.
-        """
-        key = (codec.subprotocol, delivery.shard, delivery.position, delivery.time)
-        events = self._events
-        encoded = events.get(key)
-        if encoded is None:
-            encoded = codec.encode_event(delivery.event)
-            if len(events) >= _CACHE_SIZE:
-                del events[next(iter(events))]
-            events[key] = encoded
-        return encoded
+        """`Pushes.event_bytes`: `delivery`'s event in `codec`'s encoding, encoded once."""
+        return self.pushes.event_bytes(codec, delivery)
 
     def push_bytes(
         self, codec: WireCodec, absolute: str, pattern: str, prefix: str, delivery: Delivery
     ) -> bytes:
-        """The encoded `event` push of `delivery` for subscriptions to `absolute`.
-
-        `pattern` is `absolute` as the client wrote it (without `prefix`, its tenant's);
-        every connection subscribed to the same absolute pattern with the same
-        codec gets the same bytes.
-        """
-        key = (
-            codec.subprotocol,
-            _push_key(absolute, prefix),
-            delivery.shard,
-            delivery.position,
-            delivery.time,
-        )
-        pushes = self._pushes
-        encoded = pushes.get(key)
-        if encoded is None:
-            topic = delivery.topic[len(prefix) :]
-            encoded = codec.encode_push(
-                pattern, delivery, self.event_bytes(codec, delivery), topic=topic
-            )
-            if len(pushes) >= _CACHE_SIZE:
-                del pushes[next(iter(pushes))]
-            pushes[key] = encoded
-        return encoded
+        """`Pushes.push_bytes`: the `event` push of `delivery` for `absolute`, encoded once."""
+        return self.pushes.push_bytes(codec, absolute, pattern, prefix, delivery)
 
     def push_batch(
         self,
@@ -373,38 +390,8 @@ class Node:
         *,
         whole: bool = True,
     ) -> list[bytes]:
-        """`push_bytes` of every delivery in `batch`, in order (the fan-out's hot path).
-
-        The list is shared: callers copy from it, never change it. With `whole`
-        (nothing of the subscription's stream was left out), the batch is a run
-        of consecutive deliveries of one stream — every subscription to
-        `absolute` gets the same stream — so its first delivery and its length
-        name it: the connections that drain the same batch in one loop turn
-        share one list, made once.
-        """
-        subprotocol = codec.subprotocol
-        key = _push_key(absolute, prefix)
-        batches = self._batches
-        if whole:
-            first, last = batch[0], batch[-1]
-            run = (subprotocol, key, first.shard, first.position, first.time, last.position)
-            found = batches.get(run)
-            if found is not None and len(found) == len(batch):
-                return found
-        pushes = self._pushes
-        out: list[bytes] = []
-        for delivery in batch:
-            encoded = pushes.get(
-                (subprotocol, key, delivery.shard, delivery.position, delivery.time)
-            )
-            if encoded is None:
-                encoded = self.push_bytes(codec, absolute, pattern, prefix, delivery)
-            out.append(encoded)
-        if whole:
-            if len(batches) >= _BATCH_CACHE_SIZE:
-                del batches[next(iter(batches))]
-            batches[run] = out
-        return out
+        """`Pushes.push_batch`: the shared pushes of a run of deliveries (the hot path)."""
+        return self.pushes.push_batch(codec, absolute, pattern, prefix, batch, whole=whole)
 
     # -- exclude_self ----------------------------------------------------------
 
@@ -437,13 +424,43 @@ class Node:
         interval = self.tick_interval
         while True:
             await asyncio.sleep(interval)
-            now = loop.time()
-            wall = self.wall_clock()
-            for connection in tuple(self._connections.values()):
-                try:
-                    connection.tick(now, wall)
-                except Exception:
-                    log.exception("heartbeat of connection %s failed", connection.id)
+            self.beat(loop.time())
+
+    def beat(self, now: float) -> int:
+        """One heartbeat pass at `now` (the loop's clock): tick the connections due.
+
+        Only connections whose deadline (a ping, a silent peer, the connect
+        timeout) has come are touched, at most `heartbeat_limit` of them: the
+        rest are first next pass. Each is then scheduled by its next deadline.
+        Returns how many were ticked.
+        """
+        wheel = self._wheel
+        due = wheel.due(now, self.heartbeat_limit)
+        wall = self.wall_clock()
+        for connection in due:
+            try:
+                deadline = connection.tick(now, wall)
+            except Exception:
+                log.exception("heartbeat of connection %s failed", connection.id)
+                deadline = None if connection.session.closed else now + self._span
+            if deadline is not None and not connection.done:
+                wheel.schedule(connection, deadline)
+        ticked = len(due)
+        self.heartbeat_passes += 1
+        self.heartbeat_ticked += ticked
+        self.heartbeat_most = max(self.heartbeat_most, ticked)
+        return ticked
+
+    @property
+    def heartbeat_waiting(self) -> int:
+        """How many connections the heartbeat has a deadline for."""
+        return len(self._wheel)
+
+    @property
+    def heartbeat_limit(self) -> int:
+        """The most connections one heartbeat pass ticks: twice the share due per pass."""
+        share = len(self._wheel) * self.tick_interval / self._span
+        return max(_MIN_BEAT, math.ceil(2 * share))
 
     # -- shutdown --------------------------------------------------------------
 

@@ -13,8 +13,8 @@ subscribe, and takes recovered history in batches until it is live with
 nothing queued; then it `attach`es the subscription to the connection and
 only waits for its end. From then on a delivery costs no task switch: the
 bus's route queues it and, for the first of a batch, tells the connection
-(`Connection.ready`), whose writer `drain`s every ready subscription once per
-loop turn. The subscribe reply comes before any push, because the pump
+(`Connection.ready`), which the node's write pass has `drain` every ready
+subscription once per loop turn. The subscribe reply comes before any push, because the pump
 answers before it takes or attaches.
 
 An unsubscribe of a pattern still being set up waits for that answer, then
@@ -180,6 +180,7 @@ class Subscriptions:
                         )
                         return
                     self._push(entry, batch)
+                    connection.flush()
                     if session.closed:
                         return
                 await subscription.finished()
@@ -203,7 +204,7 @@ class Subscriptions:
                 self._gauge.dec()
 
     def drain(self, entries: list[Entry]) -> None:
-        """Push what the live subscriptions of `entries` have queued (the connection's writer)."""
+        """Push what the live subscriptions of `entries` have queued (the write pass)."""
         session = self._connection.session
         for entry in entries:
             subscription = entry.subscription
@@ -228,7 +229,9 @@ class Subscriptions:
             batch = kept
         codec = connection.session.codec
         prefix = connection.admitted.prefix
-        pushes = node.push_batch(codec, entry.absolute, entry.pattern, prefix, batch, whole=whole)
+        pushes = node.pushes.push_batch(
+            codec, entry.absolute, entry.pattern, prefix, batch, whole=whole
+        )
         connection.session.push_many(pushes)
         connection.pushed(len(batch), batch[0].time)
 
