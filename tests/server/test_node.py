@@ -272,14 +272,15 @@ async def test_a_batch_of_pushes_is_encoded_once_and_shared_unless_filtered() ->
 
     async with running_server() as server:
         node = server.node
-        first = node.push_batch(JSON, "acme/t", "t", "acme/", deliveries(1, 2, 3))
-        again = node.push_batch(JSON, "acme/t", "t", "acme/", deliveries(1, 2, 3))
+        first = node.pushes.push_batch(JSON, "acme/t", "t", "acme/", deliveries(1, 2, 3))
+        again = node.pushes.push_batch(JSON, "acme/t", "t", "acme/", deliveries(1, 2, 3))
         assert again is first  # one list for every connection draining this run
         assert [JSON.decode_server(m)[0].position for m in first] == [1, 2, 3]
-        shorter = node.push_batch(JSON, "acme/t", "t", "acme/", deliveries(1, 2))
+        shorter = node.pushes.push_batch(JSON, "acme/t", "t", "acme/", deliveries(1, 2))
         assert shorter is not first and len(shorter) == 2
-        filtered = node.push_batch(JSON, "acme/t", "t", "acme/", deliveries(1, 3), whole=False)
+        pushes = node.pushes
+        filtered = pushes.push_batch(JSON, "acme/t", "t", "acme/", deliveries(1, 3), whole=False)
         assert [JSON.decode_server(m)[0].position for m in filtered] == [1, 3]
-        admin = node.push_batch(JSON, "acme/t", "acme/t", "", deliveries(1, 2, 3))
+        admin = node.pushes.push_batch(JSON, "acme/t", "acme/t", "", deliveries(1, 2, 3))
         assert admin is not first  # an admin's pushes name the absolute topic
         assert JSON.decode_server(admin[0])[0].topic == "acme/t"

@@ -451,7 +451,7 @@ class Connection:
             codec = session.codec
 
             def encode(delivery: Delivery) -> bytes:
-                return node.event_bytes(codec, delivery)
+                return node.pushes.event_bytes(codec, delivery)
 
             result = history_result(
                 page,

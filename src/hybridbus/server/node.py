@@ -368,31 +368,6 @@ class Node:
                 log.exception("writing to connection %s failed", connection.id)
                 connection.abort()
 
-    # -- encode once -----------------------------------------------------------
-
-    def event_bytes(self, codec: WireCodec, delivery: Delivery) -> bytes:
-        """`Pushes.event_bytes`: `delivery`'s event in `codec`'s encoding, encoded once."""
-        return self.pushes.event_bytes(codec, delivery)
-
-    def push_bytes(
-        self, codec: WireCodec, absolute: str, pattern: str, prefix: str, delivery: Delivery
-    ) -> bytes:
-        """`Pushes.push_bytes`: the `event` push of `delivery` for `absolute`, encoded once."""
-        return self.pushes.push_bytes(codec, absolute, pattern, prefix, delivery)
-
-    def push_batch(
-        self,
-        codec: WireCodec,
-        absolute: str,
-        pattern: str,
-        prefix: str,
-        batch: list[Delivery],
-        *,
-        whole: bool = True,
-    ) -> list[bytes]:
-        """`Pushes.push_batch`: the shared pushes of a run of deliveries (the hot path)."""
-        return self.pushes.push_batch(codec, absolute, pattern, prefix, batch, whole=whole)
-
     # -- exclude_self ----------------------------------------------------------
 
     def note_origin(self, event: Event, topic: str, origin: Origin) -> None:
