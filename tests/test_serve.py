@@ -234,3 +234,19 @@ async def test_the_app_serves_http_api_websocket_and_presence_on_one_port() -> N
         presence = (await http.get("/v1/topics/acme/docs/1/presence")).json()
         assert [c["name"] for c in presence["clients"]] == ["editor"]
         assert (await http.get("/v1/openapi.json")).status_code == 200
+
+
+def test_the_server_process_collects_cycles_rarely_and_never_scans_its_startup_objects() -> None:
+    import gc
+
+    from hybridbus import serve
+
+    before = gc.get_threshold()
+    try:
+        serve._tune_gc()
+        assert gc.get_threshold() == serve._GC_THRESHOLDS
+        assert gc.get_threshold()[0] > before[0]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
