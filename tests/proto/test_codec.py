@@ -205,6 +205,32 @@ def test_encode_push_is_exactly_encode_of_the_push_message(
 
 
 @codecs
+@given(
+    pattern=st.text(min_size=1, max_size=30),
+    items=st.lists(
+        st.tuples(
+            st.sampled_from(["docs/1", "docs/ü", 'do"cs/\\2']),
+            st.tuples(*[st.integers(0, 2**63 - 1)] * 3),
+            events,
+        ),
+        max_size=8,
+    ),
+)
+def test_encode_pushes_is_encode_push_of_every_delivery(
+    codec: WireCodec, pattern: str, items: list[tuple[str, tuple[int, int, int], Event]]
+) -> None:
+    # The batch encoder of a recovery must give the very bytes of `encode_push`.
+    batch = [
+        Delivery("t1/" + topic, offset, shard, position, 0.0, event)
+        for topic, (offset, shard, position), event in items
+    ]
+    assert codec.encode_pushes(pattern, batch, 3) == [
+        codec.encode_push(pattern, d, codec.encode_event(d.event), topic=d.topic[3:])
+        for d in batch
+    ]
+
+
+@codecs
 def test_encode_push_is_the_push_message_with_the_event_bytes_embedded(codec: WireCodec) -> None:
     event_bytes = codec.encode_event(EVENT)
     push = codec.encode_push("docs/+", delivery(), event_bytes, topic="docs/42")

@@ -99,6 +99,7 @@ class Pushes:
         batch: list[Delivery],
         *,
         whole: bool = True,
+        cached: bool = True,
     ) -> list[bytes]:
         """`push_bytes` of every delivery in `batch`, in order (the fan-out's hot path).
 
@@ -107,7 +108,9 @@ class Pushes:
         of consecutive deliveries of one stream — every subscription to
         `absolute` gets the same stream — so its first delivery and its length
         name it: the connections that drain the same batch in one loop turn
-        share one list, made once.
+        share one list, made once. Without `cached` (a recovered batch, which
+        other connections share whole if at all) the deliveries are encoded in
+        one go, past the per-delivery caches.
         """
         if whole:
             # The connections of one write pass drain the same run one after the
@@ -134,15 +137,19 @@ class Pushes:
             if found is not None and len(found) == len(batch):
                 self._last_run = (first, last, len(batch), codec, absolute, prefix, found)
                 return found
-        pushes = self._pushes
-        out: list[bytes] = []
-        for delivery in batch:
-            encoded = pushes.get(
-                (subprotocol, key, delivery.shard, delivery.position, delivery.time)
-            )
-            if encoded is None:
-                encoded = self.push_bytes(codec, absolute, pattern, prefix, delivery)
-            out.append(encoded)
+        out: list[bytes]
+        if cached:
+            pushes = self._pushes
+            out = []
+            for delivery in batch:
+                encoded = pushes.get(
+                    (subprotocol, key, delivery.shard, delivery.position, delivery.time)
+                )
+                if encoded is None:
+                    encoded = self.push_bytes(codec, absolute, pattern, prefix, delivery)
+                out.append(encoded)
+        else:
+            out = codec.encode_pushes(pattern, batch, len(prefix))
         if whole:
             if len(batches) >= _BATCH_CACHE_SIZE:
                 batches.popitem(last=False)

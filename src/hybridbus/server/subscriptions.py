@@ -179,7 +179,7 @@ class Subscriptions:
                             "continuity was lost during recovery; subscribe again",
                         )
                         return
-                    self._push(entry, batch)
+                    self._push(entry, batch, cached=False)
                     connection.flush()
                     if session.closed:
                         return
@@ -216,8 +216,12 @@ class Subscriptions:
                 if session.closed:
                     return
 
-    def _push(self, entry: Entry, batch: list[Delivery]) -> None:
-        """Queue `batch` for the client as encoded pushes (bar its own `exclude_self` events)."""
+    def _push(self, entry: Entry, batch: list[Delivery], *, cached: bool = True) -> None:
+        """Queue `batch` for the client as encoded pushes (bar its own `exclude_self` events).
+
+        `cached`: through the node's per-delivery caches (live pushes, shared);
+        recovered batches (the pump's) are encoded in one go.
+        """
         connection = self._connection
         node = connection.node
         whole = True
@@ -230,7 +234,7 @@ class Subscriptions:
         codec = connection.session.codec
         prefix = connection.admitted.prefix
         pushes = node.pushes.push_batch(
-            codec, entry.absolute, entry.pattern, prefix, batch, whole=whole
+            codec, entry.absolute, entry.pattern, prefix, batch, whole=whole, cached=cached
         )
         connection.session.push_many(pushes)
         connection.pushed(len(batch), batch[0].time)
