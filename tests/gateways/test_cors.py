@@ -45,7 +45,7 @@ def v1_routes(server: Server) -> list[tuple[str, str]]:
     for route in server.app.router.routes():
         info = route.resource.get_info() if route.resource is not None else {}
         path = info.get("path") or info.get("formatter") or ""
-        if path.startswith("/v1/") and path != "/v1/ws" and route.method != "HEAD":
+        if path.startswith("/v1/") and path != "/v1/ws" and route.method not in ("HEAD", "OPTIONS"):
             found.add((route.method, concrete(path)))
     return sorted(found)
 

@@ -276,3 +276,30 @@ async def test_1500_half_open_requests_do_not_shut_a_normal_client_out(tmp_path:
             assert limits[0]["soft"] == limits[0]["hard"]  # raised as far as it goes
         finally:
             await server.kill()
+
+
+def _awaiting(coro: object) -> list[str]:
+    """The qualified names of the coroutines `coro` awaits, itself first, down the chain."""
+    names = []
+    while coro is not None and hasattr(coro, "cr_code"):
+        names.append(coro.cr_code.co_qualname)
+        coro = getattr(coro, "cr_await", None)
+    return names
+
+
+async def test_a_websocket_handler_is_wrapped_in_no_frame_of_ours() -> None:
+    # Each coroutine frame around a handler lives as long as a WebSocket: no
+    # middleware (nor aiohttp's shim added with one), no awaiting wrapper.
+    async with running_server() as server, WsClient.open(server.url):
+        chains = [
+            _awaiting(task.get_coro())
+            for task in asyncio.all_tasks()
+            if "WebSocketGateway.handle" in _awaiting(task.get_coro())
+        ]
+        assert len(chains) == 1, chains
+        chain = chains[0]
+        assert chain[: chain.index("WebSocketGateway.handle") + 1] == [
+            "RequestHandler._handle_request",
+            "Application._handle",
+            "WebSocketGateway.handle",
+        ]

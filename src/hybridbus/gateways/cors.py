@@ -1,9 +1,10 @@
 """CORS on the HTTP API and SSE, and the Origin check of WebSocket upgrades.
 
-Owns: applying `core.cors.CorsPolicy` to aiohttp requests under `/v1/` — a
-middleware answering preflights (an OPTIONS with
-`Access-Control-Request-Method`) for every route there, with the route's own
-methods, and an `on_response_prepare` hook granting an allowed origin on every
+Owns: applying `core.cors.CorsPolicy` to aiohttp requests under `/v1/` — an
+OPTIONS route, added at startup to every resource there, answering preflights
+(an OPTIONS with `Access-Control-Request-Method`) with the resource's own
+methods (no middleware: it would wrap every handler, a WebSocket's for its
+whole life), and an `on_response_prepare` hook granting an allowed origin on every
 response (streamed SSE and problems included) with `Vary: Origin` — and the
 check `gateways.websocket` runs before an upgrade. Must not decide which
 origins are allowed (that is `core.cors`) nor know any route.
@@ -18,7 +19,7 @@ from __future__ import annotations
 from typing import Final
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Handler
 
 from hybridbus.core.cors import PREFLIGHT_VARY, CorsPolicy
 from hybridbus.errors import BusError
@@ -50,21 +51,18 @@ def _is_preflight(request: web.Request) -> bool:
     )
 
 
-def _preflight_middleware(policy: CorsPolicy) -> Middleware:
-    @web.middleware
-    async def preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _preflight_handler(policy: CorsPolicy, allowed: frozenset[str]) -> Handler:
+    """The OPTIONS handler of a resource whose routes take the methods `allowed`."""
+
+    async def preflight(request: web.Request) -> web.StreamResponse:
         if not (_is_preflight(request) and request.path.startswith(PREFIX)):
-            return await handler(request)
-        method = request.headers[hdrs.ACCESS_CONTROL_REQUEST_METHOD]
-        refused = request.match_info.http_exception
-        if not isinstance(refused, web.HTTPMethodNotAllowed):
-            return await handler(request)  # an unknown path (404), or a route taking OPTIONS
+            raise web.HTTPMethodNotAllowed(request.method, allowed)  # as without this route
         try:
             granted = policy.preflight(
                 request.headers.get(hdrs.ORIGIN, ""),
-                method,
+                request.headers[hdrs.ACCESS_CONTROL_REQUEST_METHOD],
                 request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_HEADERS),
-                refused.allowed_methods,
+                allowed,
                 private_network=(
                     request.headers.get("Access-Control-Request-Private-Network", "").lower()
                     == "true"
@@ -77,8 +75,32 @@ def _preflight_middleware(policy: CorsPolicy) -> Middleware:
     return preflight
 
 
+def _add_preflight_routes(app: web.Application, policy: CorsPolicy) -> None:
+    """Give every resource under `PREFIX` not taking OPTIONS an OPTIONS route answering preflights.
+
+    Routes rather than a middleware: a middleware (and the shim aiohttp then
+    adds) would wrap every handler in coroutine frames living as long as it —
+    a WebSocket's whole life.
+    """
+    for resource in app.router.resources():
+        if not isinstance(resource, web.Resource):  # static files, sub-apps: none here
+            continue
+        info = resource.get_info()
+        path = info.get("path") or info.get("formatter") or ""
+        if not path.startswith(PREFIX):
+            continue
+        methods = frozenset(route.method for route in resource)
+        if not methods or hdrs.METH_OPTIONS in methods or hdrs.METH_ANY in methods:
+            continue  # a route taking OPTIONS (or any method) answers it itself
+        resource.add_route(hdrs.METH_OPTIONS, _preflight_handler(policy, methods))
+
+
 def install_cors(app: web.Application, policy: CorsPolicy) -> None:
-    """Serve CORS under `PREFIX` on `app` by `policy` (before the app starts)."""
+    """Serve CORS under `PREFIX` on `app` by `policy` (before the app starts).
+
+    The preflight routes are added when the app starts, so routes added after
+    this call are covered too.
+    """
 
     async def grant(request: web.Request, response: web.StreamResponse) -> None:
         if (
@@ -87,13 +109,16 @@ def install_cors(app: web.Application, policy: CorsPolicy) -> None:
             or isinstance(response, web.WebSocketResponse)
         ):
             return
-        if _is_preflight(request):  # granted by the middleware, or refused: nothing to add
+        if _is_preflight(request):  # granted by its OPTIONS route, or refused: nothing to add
             _vary(response, *PREFLIGHT_VARY)
             return
         response.headers.update(policy.response_headers(request.headers.get(hdrs.ORIGIN)))
         _vary(response, "Origin")
 
-    app.middlewares.append(_preflight_middleware(policy))
+    async def add_preflight_routes(app: web.Application) -> None:
+        _add_preflight_routes(app, policy)
+
+    app.on_startup.append(add_preflight_routes)
     app.on_response_prepare.append(grant)
 
 

@@ -11,9 +11,11 @@ read (`httputil.read_body`, `body_timeout`).
 Theory of operation. Each accepted connection gets aiohttp's own protocol
 (`runner.server()`) wrapped in a `_Guard` that forwards every callback to it.
 A connection is *waiting* from when it is accepted, and again from when the
-handler of its request returns (keep-alive), until the headers of a request
-are complete — which is when aiohttp calls the runner's request handler,
-wrapped here to tell the guard. While a connection waits:
+response to its request is written (keep-alive: the end of aiohttp's task for
+the request), until the headers of a request are complete — which is when
+aiohttp calls the runner's request handler, wrapped here by a plain function
+(no coroutine frame around the handler for its whole life) to tell the guard.
+While a connection waits:
 
 - it is closed `header_timeout` seconds after it began to wait; bytes
   trickling in do not move the deadline. Only a response still leaving when
@@ -32,9 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import sys
 from collections import OrderedDict
+from collections.abc import Awaitable
 from typing import Final, cast
 
 import msgspec
@@ -48,6 +52,8 @@ __all__ = ["ListenerConfig", "ListenerSite", "raise_nofile_limit"]
 log = logging.getLogger("hybridbus.listener")
 
 _REPORT_EVERY: Final = 10.0  # seconds between two warnings about closed waiting connections
+# The context of the guards' done callbacks, shared: they read no context variable.
+_NO_CONTEXT: Final = contextvars.Context()
 
 
 class ListenerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -148,6 +154,10 @@ class _Guard(asyncio.Protocol):
         self._unsent = 0
         self._timer = asyncio.get_running_loop().call_later(timeout, self._expire, timeout)
 
+    def served(self, _task: object) -> None:
+        """The request's task ended: its response is written (or the connection lost)."""
+        self._site._done(self)
+
     def stop_waiting(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -224,15 +234,17 @@ class ListenerSite(web.BaseSite):
             )
         inner = server.request_handler
 
-        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        def handle(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+            # Not a coroutine: a frame awaiting `inner` would live as long as
+            # the handler (a WebSocket's whole life). The request runs in a
+            # task of its own (aiohttp's `_handle_request`, until the
+            # response is written); its end re-arms the guard.
             guard = self._guards.get(request.protocol)
-            if guard is None:  # a connection of another site of the runner
-                return await inner(request)
-            self._serving(guard)
-            try:
-                return await inner(request)
-            finally:
-                self._done(guard)
+            task = asyncio.current_task()
+            if guard is not None and task is not None:  # else a connection of another site
+                self._serving(guard)
+                task.add_done_callback(guard.served, context=_NO_CONTEXT)
+            return inner(request)
 
         server.request_handler = handle
 
