@@ -11,6 +11,7 @@ every layer can raise from here.
     │   ├── InvalidPattern          1003
     │   ├── EventTooLarge           1004
     │   ├── InvalidPosition         1005
+    │   ├── InvalidSettings         1006      (a group's settings; names the field)
     │   └── ProtocolError           1010-1099 (per instance; the wire protocol)
     │         1010 MALFORMED_MESSAGE      no: the connection is closed
     │         1011 UNKNOWN_COMMAND        no
@@ -38,6 +39,12 @@ every layer can raise from here.
     ├── Disconnected                1220      client: the server closed for good
     │   └── ConnectFailed           1220      client: the first connection failed
     ├── RemoteError                 (the server's code) client: a command failed
+    ├── GroupError                  1400-1499 consumer groups (docs/groups.md)
+    │   ├── UnknownGroup            1401      no: no group of that name in the tenant
+    │   ├── GroupConflict           1402      no: the group exists with another pattern
+    │   ├── DeliveryGone            1403      no: the delivery is no longer held (settled,
+    │   │                                     or its lease ended and it went on)
+    │   └── UnknownDeadLetter       1404      no: no dead letter of that id
     └── EngineError                 1300-1399
         ├── EngineUnavailable       1301      yes: try again later
         │   ├── EngineLocked        1303      yes: another process holds the data
@@ -54,7 +61,7 @@ client should do: 1000-1099 fix the request (1000-1009 the data, 1010-1099 the
 wire-protocol command carrying it, see `hybridbus.proto` and docs/protocol.md);
 1100-1199 get other credentials or permissions (or slow down: 1120-1129);
 1200-1299 the subscription is over (resubscribe if retriable); 1300-1399 the
-server side failed.
+server side failed; 1400-1499 a consumer group refused the request.
 """
 
 from __future__ import annotations
@@ -74,13 +81,17 @@ __all__ = [
     "EngineLocked",
     "EngineReadOnly",
     "EngineUnavailable",
+    "DeliveryGone",
     "ErrorCode",
     "EventTooLarge",
     "Forbidden",
+    "GroupConflict",
+    "GroupError",
     "InvalidEvent",
     "InvalidInput",
     "InvalidPattern",
     "InvalidPosition",
+    "InvalidSettings",
     "InvalidTopic",
     "LimitExceeded",
     "ProtocolError",
@@ -95,6 +106,8 @@ __all__ = [
     "TooManyConnections",
     "TooManyRevocations",
     "Unauthorized",
+    "UnknownDeadLetter",
+    "UnknownGroup",
     "UnknownKey",
     "public_message",
 ]
@@ -109,6 +122,7 @@ class ErrorCode(IntEnum):
     INVALID_PATTERN = 1003
     EVENT_TOO_LARGE = 1004
     INVALID_POSITION = 1005
+    INVALID_SETTINGS = 1006
     # 1010-1099: the wire protocol (hybridbus.proto, docs/protocol.md).
     MALFORMED_MESSAGE = 1010
     UNKNOWN_COMMAND = 1011
@@ -140,6 +154,12 @@ class ErrorCode(IntEnum):
     ENGINE_LOCKED = 1303
     ENGINE_READ_ONLY = 1304
     INTERNAL_ERROR = 1399
+    # 1400-1499: consumer groups (docs/groups.md).
+    GROUP_ERROR = 1400
+    UNKNOWN_GROUP = 1401
+    GROUP_CONFLICT = 1402
+    DELIVERY_GONE = 1403
+    UNKNOWN_DEAD_LETTER = 1404
 
 
 class BusError(Exception):
@@ -192,6 +212,12 @@ class InvalidPosition(InvalidInput):
     """A resume token could not be decoded."""
 
     code = ErrorCode.INVALID_POSITION
+
+
+class InvalidSettings(InvalidInput):
+    """A consumer group's settings are not valid (the message names the field)."""
+
+    code = ErrorCode.INVALID_SETTINGS
 
 
 class ProtocolError(InvalidInput):
@@ -359,6 +385,36 @@ class BusClosed(BusError):
     """The bus (or its engine) is closed."""
 
     code = ErrorCode.BUS_CLOSED
+
+
+class GroupError(BusError):
+    """A consumer group refused the request."""
+
+    code = ErrorCode.GROUP_ERROR
+
+
+class UnknownGroup(GroupError):
+    """No group of that name (in that tenant)."""
+
+    code = ErrorCode.UNKNOWN_GROUP
+
+
+class GroupConflict(GroupError):
+    """The group exists with another pattern (a group's pattern never changes)."""
+
+    code = ErrorCode.GROUP_CONFLICT
+
+
+class DeliveryGone(GroupError):
+    """The delivery is no longer held by the caller: settled, or its lease ended and it went on."""
+
+    code = ErrorCode.DELIVERY_GONE
+
+
+class UnknownDeadLetter(GroupError):
+    """No dead letter of that id in the group."""
+
+    code = ErrorCode.UNKNOWN_DEAD_LETTER
 
 
 class EngineError(BusError):

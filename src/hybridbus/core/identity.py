@@ -15,8 +15,10 @@ import msgspec
 
 __all__ = ["OPERATIONS", "Grant", "Identity", "Operation"]
 
-Operation = Literal["subscribe", "publish", "history", "presence"]
-OPERATIONS: Final[frozenset[str]] = frozenset({"subscribe", "publish", "history", "presence"})
+Operation = Literal["subscribe", "publish", "history", "presence", "consume", "manage"]
+OPERATIONS: Final[frozenset[str]] = frozenset(
+    {"subscribe", "publish", "history", "presence", "consume", "manage"}
+)
 
 
 class Grant(msgspec.Struct, frozen=True):

@@ -32,6 +32,12 @@ Contract shared by every engine (the conformance suite in
   `until` is after the engine's clock, sweeps delete the others, and `reset`
   keeps them (losing history must not un-revoke a token). `shorten_revocations`
   is the one way to lower a stored `until`.
+- Consumer groups (`hub.groups`) are stored apart from the log, as opaque
+  bytes the hub encodes: per group a `state` and entries under string keys.
+  `write_groups` applies its writes in order, each atomically, and is durable
+  when it returns (as an append is); `groups` returns what is stored. `reset`
+  keeps groups (the hub notices the new epoch); a memory engine starts
+  with none.
 - No method blocks the event loop on disk or network.
 """
 
@@ -47,7 +53,16 @@ from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.core.revocation import Revocation
 
-__all__ = ["Clock", "Engine", "EngineConfig", "Listener", "TopicInfo", "system_clock"]
+__all__ = [
+    "Clock",
+    "Engine",
+    "EngineConfig",
+    "GroupWrite",
+    "Listener",
+    "StoredGroup",
+    "TopicInfo",
+    "system_clock",
+]
 
 Listener = Callable[[Sequence[Delivery]], None]
 Clock = Callable[[], float]
@@ -81,6 +96,31 @@ class TopicInfo(msgspec.Struct, frozen=True):
 
     topic: str
     offset: int
+
+
+class GroupWrite(msgspec.Struct, frozen=True, kw_only=True):
+    """One atomic change to a stored consumer group (the engine does not read the bytes).
+
+    Applied in this order: `drop` (delete the group and all its entries),
+    `state` (create the group or replace its state; None: unchanged), `put`
+    (insert or replace entries), `delete` (remove entries; absent keys are
+    ignored). A write to a group that has no state and sets none stores
+    nothing.
+    """
+
+    group: str
+    state: bytes | None = None
+    put: Sequence[tuple[str, bytes]] = ()
+    delete: Sequence[str] = ()
+    drop: bool = False
+
+
+class StoredGroup(msgspec.Struct, frozen=True):
+    """A consumer group as stored: its state and its entries by key."""
+
+    group: str
+    state: bytes
+    entries: dict[str, bytes]
 
 
 @runtime_checkable
@@ -117,14 +157,18 @@ class Engine(Protocol):
         """
         ...
 
-    async def append_many(self, items: Sequence[tuple[str, Event, bytes]]) -> list[Ack]:
+    async def append_many(
+        self, items: Sequence[tuple[str, Event, bytes]], *, dedupe: bool = True
+    ) -> list[Ack]:
         """Append every `(topic, event, payload)` of `items`, in order, as one batch.
 
         One ack per item, in the items' order (a duplicate, within the batch
         too, answers with its original's ack). Atomic: every item is appended,
         or — `EngineUnavailable` — none is; the listener sees the batch's
         deliveries in one call, before the acks resolve. Nothing else is
-        appended between two of its items.
+        appended between two of its items. `dedupe=False` appends every item
+        even if its `source` + `id` was appended within the window (a replay);
+        the items are remembered for later dedupe as usual.
         """
         ...
 
@@ -183,6 +227,18 @@ class Engine(Protocol):
         """Every stored revocation whose `until` is after the engine's clock, in no set order.
 
         What a node loads into its `RevocationSet` when it starts.
+        """
+        ...
+
+    async def groups(self) -> list[StoredGroup]:
+        """Every stored consumer group with its entries, in no set order."""
+        ...
+
+    async def write_groups(self, writes: Sequence[GroupWrite]) -> None:
+        """Apply `writes` in order, each atomically; durable for this engine when this returns.
+
+        Raises `EngineUnavailable` when the write failed (none of `writes`
+        was applied), `BusClosed` after `close`.
         """
         ...
 

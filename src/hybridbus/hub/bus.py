@@ -24,6 +24,8 @@ from hybridbus.core.topics import tenant_of, validate_pattern, validate_topic
 from hybridbus.core.trie import Trie
 from hybridbus.engine.base import Clock, Engine, TopicInfo, system_clock
 from hybridbus.errors import BusClosed, EventTooLarge, InvalidEvent, InvalidInput
+from hybridbus.hub.group import Member
+from hybridbus.hub.groups import Groups, settings_from
 from hybridbus.hub.pages import SharedPages
 from hybridbus.hub.subscription import Subscription
 
@@ -105,11 +107,18 @@ class Bus:
         self._pages = SharedPages(
             engine, block=self.config.page_size, max_size=self.config.recovery_cache_size
         )
+        # The consumer groups (hub/groups.py): `bus.groups` for operators.
+        self.groups = Groups(self, clock)
 
     async def start(self) -> None:
-        """Open the engine and start routing its appends."""
+        """Open the engine, load the consumer groups and start routing appends."""
         await self.engine.start(self._route)
         self._closed = False
+        try:
+            await self.groups.start()
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         """End every subscription (they raise `BusClosed`), then close the engine."""
@@ -118,6 +127,7 @@ class Bus:
         self._closed = True
         for sub in list(self._subscriptions):
             sub.end(BusClosed("the bus is closed"))
+        await self.groups.close()
         await self.engine.close()
 
     async def __aenter__(self) -> Bus:
@@ -195,16 +205,18 @@ class Bus:
             raise EventTooLarge(len(payload), self.config.max_event_size)
         return topic, checked, payload
 
-    async def append(self, batch: Sequence[Prepared]) -> list[Ack]:
+    async def append(self, batch: Sequence[Prepared], *, dedupe: bool = True) -> list[Ack]:
         """Append events `prepare` made, in order, in one engine call (all or none).
 
         One ack per event. Raises `BusClosed`, `EngineUnavailable`.
+        `dedupe=False` appends even events whose `source` + `id` is in the
+        dedupe window (replaying a dead letter).
         """
         if self._closed:
             raise BusClosed("the bus is closed")
         if not batch:
             return []
-        acks = await self.engine.append_many(batch)
+        acks = await self.engine.append_many(batch, dedupe=dedupe)
         if self._lagging:
             self._lagging = False
             await asyncio.sleep(0)
@@ -231,6 +243,25 @@ class Bus:
         pages = self._pages
         if pages.active:
             pages.routed(deliveries)
+        groups = self.groups
+        if groups.active:
+            groups.route(deliveries)
+
+    # -- consumer groups -----------------------------------------------------
+
+    def group(
+        self, name: str, pattern: str, *, member: str | None = None, **settings: Any
+    ) -> _Joining:
+        """Join consumer group `name` over `pattern`: `async with bus.group(...) as g`.
+
+        The group lives in the pattern's tenant (its first segment) and is
+        created with `settings` (see `core.groups.GroupSettings`: `start`,
+        `ack_wait`, `redelivery`, `max_deliveries`, `ordered`,
+        `max_in_flight`, `member_in_flight`, `max_pending`) if it does not
+        exist; an existing group takes the settings given (none: it keeps
+        its own). `async for d in g: ...; await d.ack()`. See docs/groups.md.
+        """
+        return _Joining(self, name, pattern, member, settings)
 
     # -- history -------------------------------------------------------------
 
@@ -327,3 +358,27 @@ class Bus:
             self._subscriptions.discard(sub)
             self._trie.remove(sub.pattern, sub)
             self._routes.clear()
+
+
+class _Joining:
+    """What `Bus.group` returns: an async context manager giving a `Member`."""
+
+    def __init__(
+        self, bus: Bus, name: str, pattern: str, member: str | None, settings: dict[str, Any]
+    ) -> None:
+        self._bus = bus
+        self._args = (name, pattern, member, settings)
+        self._member: Member | None = None
+
+    async def __aenter__(self) -> Member:
+        name, pattern, member, settings = self._args
+        if self._bus._closed:
+            raise BusClosed("the bus is closed")
+        groups = self._bus.groups
+        group = await groups.ensure(name, settings_from(pattern, settings), update=bool(settings))
+        self._member = group.join(member)
+        return self._member
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._member is not None:
+            self._member.close()

@@ -292,6 +292,10 @@ class Guard:
 
     # -- operations ------------------------------------------------------------------
 
+    def now(self) -> float:
+        """The guard's clock (decisions on time windows use it)."""
+        return self._clock()
+
     def visible(self, principal: Principal, relative: str) -> bool:
         """Whether a topic listing may show `principal` the topic (or pattern) `relative`.
 

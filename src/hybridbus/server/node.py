@@ -47,6 +47,7 @@ from hybridbus.core.revocation import Revocation
 from hybridbus.core.wheel import Wheel
 from hybridbus.errors import AccessError, Revoked, TokenExpired, TooManyConnections
 from hybridbus.hub.bus import Bus
+from hybridbus.hub.group_guard import GroupGuard
 from hybridbus.hub.guard import Guard
 from hybridbus.proto.codec import WireCodec
 from hybridbus.proto.codes import CloseCode
@@ -133,6 +134,8 @@ class Node:
         self.bus = bus
         self.guard = guard or Guard(bus, policy_of(config), limits_of(config), clock=wall_clock)
         self.guard.on_revoke(self._revoked)
+        # Consumer groups as principals reach them (every way in goes through it).
+        self.groups = GroupGuard(self.guard)
         dropped = metrics.audit_dropped
         self.guard.on_audit_dropped(lambda kind: dropped.labels(kind=kind).inc())
         self.config = config

@@ -1,0 +1,645 @@
+"""Consumer groups as a pure state machine: which member gets which event, and when it comes back.
+
+Owns: a group's settings (`GroupSettings`, `Redelivery`), its pending entries
+(events taken from the log and not yet settled), per-key order, members and
+their in-flight limits, leases, redelivery waits, the step to a dead letter
+after `max_deliveries`, and the changes a store must persist (`Changes`).
+Must not do I/O, read a clock or sleep: every method that depends on time
+takes `now`, and randomness comes from the `random.Random` it is given, so a
+schedule is reproducible from a seed.
+
+Theory of operation. The edge (`hub.groups`) reads the log past the group's
+cursor and hands each matching delivery to `take`, in log order, while
+`room` allows. An entry is WAITING (due at `due`) or LEASED (to a member,
+until `due`). `dispatch` hands every WAITING entry that is due and
+*eligible* to a member with room: in an ordered group an entry is eligible
+only while no earlier entry of its key (`partitionkey`, else the topic) is
+unsettled, so a key's events are handled one at a time, in log order; in an
+unordered group every entry is. A lease ends with `ack` (the entry is
+settled and leaves), `nack` (it waits `delay` or the redelivery wait, then
+comes back), `extend` (the lease starts over) or `term` (dead at once). A
+lease that runs out counts as a failure, as a nack does, once `tick` sees it.
+After `max_deliveries` failed deliveries an entry is dead: `tick` / `nack`
+return it, and the edge appends it to the dead letters and calls `bury`.
+
+The redelivery wait after failed delivery n (n = 1, 2, ...) is the explicit
+`schedule[n - 1]` (its last value repeating) when a schedule is given, else
+uniform in [0, min(max, base * factor**(n - 1))] (full jitter).
+
+Persistence. `changes()` returns what to write since the last call, so that
+a store holds enough to rebuild the group after a crash without writing
+every event: per shard the `cursor` (every matching event up to it was
+taken), the `floor` (every entry at or below it that is unsettled is written
+on its own) and `settled` (positions above the floor already settled), and
+the entries to put on their own or delete. An entry is written on its own
+only once it failed a delivery (its attempt count must survive), was
+replayed into the group, or held the floor back while more than
+`MAX_SETTLED` later ones were settled. Everything else between floor and
+cursor that is not settled is pending and is read back from the log. So a
+group that keeps up writes its state, not its events: an entry taken and
+settled between two calls costs nothing but a position in `settled`. After a
+crash, an entry never written comes back with its attempts at 0, handed out
+at once (its lease is forgotten).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Final
+
+import msgspec
+
+from hybridbus.core.backoff import Backoff
+from hybridbus.core.log import Delivery
+from hybridbus.core.wheel import Wheel
+
+__all__ = [
+    "LEASED",
+    "WAITING",
+    "Changes",
+    "Entry",
+    "GroupCore",
+    "GroupSettings",
+    "MemberState",
+    "PendingRecord",
+    "Redelivery",
+    "entry_key",
+]
+
+WAITING: Final = 0
+LEASED: Final = 1
+# Timers are kept to this many seconds (a lease or a wait may end this much late).
+RESOLUTION: Final = 0.01
+# The most positions settled above the floor kept in the state (see `changes`).
+MAX_SETTLED: Final = 2048
+
+
+class Redelivery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How long a failed delivery waits before it comes back (seconds).
+
+    `schedule`, when given, lists the waits after failure 1, 2, ... (the last
+    one repeats); otherwise the wait after failure n is uniform in
+    [0, min(max, base * factor**(n - 1))].
+    """
+
+    base: float = 1.0
+    factor: float = 2.0
+    max: float = 60.0
+    schedule: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        Backoff(base=self.base, factor=self.factor, cap=self.max)  # raises ValueError
+        if any(not (math.isfinite(w) and w >= 0) for w in self.schedule):
+            raise ValueError("every wait of a redelivery schedule is a number >= 0")
+
+    def wait(self, failures: int, rng: random.Random) -> float:
+        """The wait after failed delivery number `failures` (1 for the first)."""
+        if self.schedule:
+            return self.schedule[min(failures, len(self.schedule)) - 1]
+        backoff = Backoff(base=self.base, factor=self.factor, cap=self.max)
+        return backoff.delay(failures - 1, rng)
+
+
+class GroupSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a group is: its pattern and how it hands out events (durations in seconds).
+
+    `start` is where a new group begins: `"latest"` (events appended from
+    now on), `"earliest"` (every retained event) or a resume token.
+    """
+
+    pattern: str
+    start: str = "latest"
+    ack_wait: float = 30.0
+    redelivery: Redelivery = Redelivery()
+    max_deliveries: int = 5
+    ordered: bool = True
+    max_in_flight: int = 1_000
+    member_in_flight: int = 100
+    max_pending: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.ack_wait) and self.ack_wait > 0):
+            raise ValueError(f"ack_wait must be a number of seconds > 0, not {self.ack_wait}")
+        for name in ("max_deliveries", "max_in_flight", "member_in_flight", "max_pending"):
+            value = getattr(self, name)
+            if not (type(value) is int and value >= 1):
+                raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
+
+
+class PendingRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """An entry as stored: enough to rebuild it (the event itself stays in the log).
+
+    Times are Unix seconds (`first` / `last`: first and latest delivery, 0
+    if none); `member` is who holds the lease ("" when waiting).
+    """
+
+    shard: int
+    position: int
+    topic: str
+    offset: int
+    key: str
+    attempts: int
+    due: float
+    member: str = ""
+    first: float = 0.0
+    last: float = 0.0
+    error: str = ""
+
+
+def _log_order(entry: Entry) -> tuple[int, int]:
+    return entry.position, entry.shard
+
+
+def entry_key(shard: int, position: int) -> str:
+    """The key of a pending entry in a store (`GroupWrite`): unique per log position."""
+    return f"{shard}.{position}"
+
+
+class Entry:
+    """A pending event: where it is in the log, its delivery if loaded, and its lease state."""
+
+    __slots__ = (
+        "attempts",
+        "delivery",
+        "due",
+        "error",
+        "first",
+        "key",
+        "last",
+        "member",
+        "offset",
+        "pinned",
+        "position",
+        "shard",
+        "state",
+        "stored",
+        "topic",
+        "wheel_slot",
+    )
+
+    def __init__(self, record: PendingRecord, delivery: Delivery | None) -> None:
+        self.shard = record.shard
+        self.position = record.position
+        self.topic = record.topic
+        self.offset = record.offset
+        self.key = record.key
+        self.attempts = record.attempts
+        self.due = record.due
+        self.member = record.member
+        self.first = record.first
+        self.last = record.last
+        self.error = record.error
+        self.delivery = delivery
+        self.state = LEASED if record.member else WAITING
+        self.stored = False  # a put of it was handed out by `changes`
+        self.pinned = False  # always written (not covered by the floor): a replayed dead letter
+        self.wheel_slot = -1
+
+    @property
+    def id(self) -> str:
+        """The entry's key (`entry_key`)."""
+        return entry_key(self.shard, self.position)
+
+    def record(self) -> PendingRecord:
+        """What a store keeps of this entry."""
+        return PendingRecord(
+            shard=self.shard,
+            position=self.position,
+            topic=self.topic,
+            offset=self.offset,
+            key=self.key,
+            attempts=self.attempts,
+            due=self.due,
+            member=self.member if self.state == LEASED else "",
+            first=self.first,
+            last=self.last,
+            error=self.error,
+        )
+
+    def __repr__(self) -> str:
+        state = "leased" if self.state == LEASED else "waiting"
+        return f"<Entry {self.topic}#{self.offset} {state} attempts={self.attempts}>"
+
+
+class MemberState:
+    """A member of a group: its name and the entries it holds."""
+
+    __slots__ = ("held", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.held: set[Entry] = set()
+
+
+class Changes(msgspec.Struct, frozen=True):
+    """What to persist since the last `GroupCore.changes()`.
+
+    `cursor`, `floor` and `settled` are None / empty when unchanged (then the
+    stored ones still hold); see "Persistence" in the module docstring.
+    """
+
+    cursor: tuple[int, ...] | None
+    put: list[tuple[str, PendingRecord]]
+    delete: list[str]
+    floor: tuple[int, ...] | None = None
+    settled: tuple[tuple[int, ...], ...] = ()
+
+
+def _failed(entry: Entry) -> bool:
+    """Whether an entry must be written on its own: it failed a delivery (its count matters)."""
+    return entry.attempts >= 2 or (entry.attempts >= 1 and entry.state == WAITING)
+
+
+class GroupCore:
+    """One group's pending entries, members and timers (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: GroupSettings,
+        cursor: tuple[int, ...] | list[int],
+        rng: random.Random,
+    ) -> None:
+        self.settings = settings
+        self.cursor = list(cursor)
+        self._rng = rng
+        self.entries: dict[tuple[int, int], Entry] = {}
+        self.members: dict[str, MemberState] = {}
+        # Entries that are due and eligible, oldest first.
+        self._ready: deque[Entry] = deque()
+        # Ordered groups: each key's unsettled entries in log order; only the first is eligible.
+        self._keys: dict[str, deque[Entry]] = {}
+        self._timers: Wheel[Entry] = Wheel(RESOLUTION)
+        self._turn: deque[str] = deque()  # members in round-robin order
+        self.leased = 0
+        self.redelivered = 0  # deliveries after the first, ever
+        self._dirty: dict[tuple[int, int], Entry | None] = {}
+        self._cursor_moved = False
+        # Persistence (see `changes`): per shard, the floor written last, the entries
+        # taken and never written (in log order), the positions settled above the floor.
+        self.floor = list(cursor)
+        self._fresh: list[deque[Entry]] = [deque() for _ in cursor]
+        self._settled: list[list[int]] = [[] for _ in cursor]
+
+    # -- the window ------------------------------------------------------------
+
+    @property
+    def room(self) -> int:
+        """How many more entries `take` accepts now."""
+        return max(0, self.settings.max_pending - len(self.entries))
+
+    def take(self, delivery: Delivery, now: float) -> Entry:
+        """Add the next matching delivery of the log (in log order) as a WAITING entry."""
+        event = delivery.event
+        key = event.partitionkey if event.partitionkey is not None else delivery.topic
+        record = PendingRecord(
+            shard=delivery.shard,
+            position=delivery.position,
+            topic=delivery.topic,
+            offset=delivery.offset,
+            key=key,
+            attempts=0,
+            due=now,
+        )
+        entry = self._add(record, delivery, now)
+        self._fresh[delivery.shard].append(entry)
+        self.advance(delivery.shard, delivery.position)
+        return entry
+
+    def inject(self, delivery: Delivery, key: str, now: float) -> Entry:
+        """Add a delivery from outside the pattern (a replayed dead letter); the cursor stays."""
+        record = PendingRecord(
+            shard=delivery.shard,
+            position=delivery.position,
+            topic=delivery.topic,
+            offset=delivery.offset,
+            key=key,
+            attempts=0,
+            due=now,
+        )
+        entry = self._add(record, delivery, now)
+        entry.pinned = True
+        return entry
+
+    def advance(self, shard: int, position: int) -> None:
+        """Move the cursor of `shard` forward to `position` (never back)."""
+        if position > self.cursor[shard]:
+            self.cursor[shard] = position
+            self._cursor_moved = True
+
+    def skip_to(self, positions: Iterable[int]) -> None:
+        """Move the cursor forward to `positions` (e.g. the head a read ended at)."""
+        for shard, position in enumerate(positions):
+            self.advance(shard, position)
+
+    def restore(self, record: PendingRecord, now: float) -> Entry:
+        """Add an entry as a store kept it (after a restart); its delivery is loaded later.
+
+        Restore in log order. A lease held before the restart runs to its end
+        (its member is gone; nobody else gets the entry before then). An entry
+        stored dead (`due` infinite: its dead letter was being appended) stays
+        dead: the edge appends it to the dead letters again and calls `bury`.
+        """
+        entry = self._add(record, None, now)
+        entry.stored = True
+        self._dirty.pop((entry.shard, entry.position), None)
+        return entry
+
+    def _add(self, record: PendingRecord, delivery: Delivery | None, now: float) -> Entry:
+        entry = Entry(record, delivery)
+        self.entries[entry.shard, entry.position] = entry
+        self._dirty[entry.shard, entry.position] = entry
+        if entry.state == LEASED:
+            self.leased += 1
+            member = self.members.get(entry.member)
+            if member is None:  # a ghost: held until the lease ends
+                member = self.members[entry.member] = MemberState(entry.member)
+            member.held.add(entry)
+            self._timers.schedule(entry, entry.due)
+        if self.settings.ordered:
+            queue = self._keys.get(entry.key)
+            if queue is None:
+                queue = self._keys[entry.key] = deque()
+            queue.append(entry)
+            if len(queue) > 99:
+                return entry  # waits for the earlier entries of its key
+        if entry.state == WAITING:
+            self._wait(entry, entry.due, now)
+        return entry
+
+    def _wait(self, entry: Entry, due: float, now: float) -> None:
+        entry.state = WAITING
+        entry.due = due
+        if due == math.inf:
+            return  # dead (restored while its dead letter was appended): waits for `bury`
+        if due <= now:
+            self._ready.append(entry)
+        else:
+            self._timers.schedule(entry, due)
+
+    # -- members ---------------------------------------------------------------
+
+    def join(self, name: str) -> MemberState:
+        """Add a member (or return the one of that name); it gets entries at the next dispatch."""
+        member = self.members.get(name)
+        if member is None:
+            member = self.members[name] = MemberState(name)
+        if name not in self._turn:
+            self._turn.append(name)
+        return member
+
+    def leave(self, name: str) -> None:
+        """A member goes: it gets nothing more; what it holds comes back when each lease ends."""
+        if name in self._turn:
+            self._turn.remove(name)
+        member = self.members.get(name)
+        if member is not None and not member.held:
+            del self.members[name]
+
+    def dispatch(self, now: float) -> list[tuple[MemberState, Entry]]:
+        """Lease every eligible due entry to a member with room, round-robin; what was leased."""
+        out: list[tuple[MemberState, Entry]] = []
+        ready = self._ready
+        turn = self._turn
+        settings = self.settings
+        per_member = settings.member_in_flight
+        members = self.members
+        while ready and turn and self.leased < settings.max_in_flight:
+            for _ in range(len(turn)):
+                name = turn[0]
+                turn.rotate(-1)
+                member = members[name]
+                if len(member.held) < per_member:
+                    break
+            else:
+                break  # every member is full
+            entry = ready.popleft()
+            if (
+                entry.state != WAITING
+                or entry.due > now  # given up (term) while it was ready
+                or self.entries.get((entry.shard, entry.position)) is not entry
+            ):
+                continue
+            entry.state = LEASED
+            entry.member = name
+            entry.attempts += 1
+            if entry.attempts > 1:
+                self.redelivered += 1
+            if not entry.first:
+                entry.first = now
+            entry.last = now
+            entry.due = now + settings.ack_wait
+            self._timers.schedule(entry, entry.due)
+            member.held.add(entry)
+            self.leased += 1
+            self._dirty[entry.shard, entry.position] = entry
+            out.append((member, entry))
+        return out
+
+    def release(self, entry: Entry, now: float) -> None:
+        """Take a lease back as if it never happened (the member never saw the entry)."""
+        if entry.state != LEASED:
+            raise ValueError("only a leased entry can be released")
+        self._release(entry)
+        entry.attempts -= 1
+        if entry.attempts == 0:
+            entry.first = 0.0
+        self._timers.cancel(entry)
+        self._dirty[entry.shard, entry.position] = entry
+        self._wait(entry, now, now)
+
+    @property
+    def rng(self) -> random.Random:
+        """The random source of redelivery waits."""
+        return self._rng
+
+    # -- settling --------------------------------------------------------------
+
+    def lookup(self, shard: int, position: int) -> Entry | None:
+        """The pending entry at that log position, if any."""
+        return self.entries.get((shard, position))
+
+    def ack(self, entry: Entry, now: float) -> None:
+        """The entry was handled: it leaves the group (its key's next entry becomes eligible)."""
+        self._settle(entry, now)
+
+    def extend(self, entry: Entry, now: float) -> None:
+        """Start the entry's lease over (the handler needs more time)."""
+        if entry.state != LEASED:
+            raise ValueError("only a leased entry can be extended")
+        entry.due = now + self.settings.ack_wait
+        self._timers.schedule(entry, entry.due)
+        self._dirty[entry.shard, entry.position] = entry
+
+    def nack(self, entry: Entry, now: float, delay: float | None, error: str) -> bool:
+        """The delivery failed: release it to come back later; True if it is now dead instead.
+
+        `delay` overrides the redelivery wait. A dead entry stays until `bury`.
+        """
+        if entry.state != LEASED:
+            raise ValueError("only a leased entry can be nacked")
+        self._release(entry)
+        entry.error = error
+        self._dirty[entry.shard, entry.position] = entry
+        if entry.attempts >= self.settings.max_deliveries:
+            self._timers.cancel(entry)
+            entry.state = WAITING
+            entry.due = math.inf
+            return True
+        wait = (
+            delay if delay is not None else self.settings.redelivery.wait(entry.attempts, self._rng)
+        )
+        self._timers.cancel(entry)
+        self._wait(entry, now + wait, now)
+        return False
+
+    def term(self, entry: Entry, error: str) -> None:
+        """Give up on the entry now: it is to be buried (a dead letter) whatever its attempts."""
+        if entry.state == LEASED:
+            self._release(entry)
+        self._timers.cancel(entry)
+        entry.state = WAITING
+        entry.due = math.inf
+        entry.error = error
+        self._dirty[entry.shard, entry.position] = entry
+
+    def bury(self, entry: Entry, now: float) -> None:
+        """The dead entry is in the dead letters: it leaves the group."""
+        self._settle(entry, now)
+
+    def tick(self, now: float) -> list[Entry]:
+        """Handle the leases and waits that ended by `now`; return the entries now dead."""
+        dead: list[Entry] = []
+        due = self._timers.due(now)
+        if len(due) > 1:  # the wheel's order is a set's: make it the log's (reproducible)
+            due.sort(key=_log_order)
+        for entry in due:
+            if self.entries.get((entry.shard, entry.position)) is not entry:
+                continue
+            if entry.state == LEASED:
+                if entry.due > now:  # extended within the timer's resolution
+                    self._timers.schedule(entry, entry.due)
+                elif self.nack(entry, now, None, "ack_wait passed"):
+                    dead.append(entry)
+            elif entry.due <= now and self._eligible(entry):
+                self._ready.append(entry)
+            elif entry.due > now:
+                self._timers.schedule(entry, entry.due)
+        return dead
+
+    @property
+    def timers(self) -> int:
+        """How many leases and waits are running."""
+        return len(self._timers)
+
+    def _eligible(self, entry: Entry) -> bool:
+        if not self.settings.ordered:
+            return True
+        queue = self._keys.get(entry.key)
+        return queue is not None and queue[0] is entry
+
+    def _release(self, entry: Entry) -> None:
+        member = self.members.get(entry.member)
+        if member is not None:
+            member.held.discard(entry)
+            if not member.held and entry.member not in self._turn:
+                del self.members[entry.member]  # a member that left, or a ghost
+        self.leased -= 1
+        entry.member = ""
+
+    def _settle(self, entry: Entry, now: float) -> None:
+        ident = (entry.shard, entry.position)
+        if self.entries.get(ident) is not entry:
+            return  # settled already, or a stale entry of an earlier life of this place
+        del self.entries[ident]
+        if entry.state == LEASED:
+            self._release(entry)
+        self._timers.cancel(entry)
+        entry.state = WAITING
+        if entry.stored:
+            self._dirty[ident] = None
+        else:
+            self._dirty.pop(ident, None)
+        if not entry.pinned and entry.position > self.floor[entry.shard]:
+            self._settled[entry.shard].append(entry.position)
+            self._cursor_moved = True
+        if self.settings.ordered:
+            queue = self._keys[entry.key]
+            if queue[0] is entry:
+                queue.popleft()
+                if queue and queue[0].state == WAITING:
+                    self._wait(queue[0], queue[0].due, now)
+            else:
+                queue.remove(entry)
+            if not queue:
+                del self._keys[entry.key]
+
+    # -- persistence -----------------------------------------------------------
+
+    def changes(self) -> Changes:
+        """What to write since the last call (see the module docstring); resets the marks."""
+        put: list[tuple[str, PendingRecord]] = []
+        delete: list[str] = []
+        entries = self.entries
+        for ident, entry in self._dirty.items():
+            if entry is None:
+                delete.append(entry_key(*ident))
+            elif entry.stored or entry.pinned or _failed(entry):
+                entry.stored = True
+                put.append((entry_key(*ident), entry.record()))
+        self._dirty = {}
+        for shard, fresh in enumerate(self._fresh):
+            settled = self._settled[shard]
+            while fresh and (
+                fresh[0].stored or entries.get((shard, fresh[0].position)) is not fresh[0]
+            ):
+                fresh.popleft()
+            if len(settled) > MAX_SETTLED:
+                # An old entry holds the floor back: write the oldest fresh ones until it moves.
+                settled.sort()
+                while fresh and len(settled) - bisect_right(settled, fresh[0].position - 1) > (
+                    MAX_SETTLED // 2
+                ):
+                    entry = fresh.popleft()
+                    if entries.get((shard, entry.position)) is entry and not entry.stored:
+                        entry.stored = True
+                        put.append((entry.id, entry.record()))
+            floor = fresh[0].position - 1 if fresh else self.cursor[shard]
+            if floor != self.floor[shard]:
+                self.floor[shard] = floor
+                self._cursor_moved = True
+            if settled:
+                settled.sort()
+                del settled[: bisect_right(settled, floor)]
+        if not self._cursor_moved:
+            return Changes(None, put, delete)
+        self._cursor_moved = False
+        return Changes(
+            tuple(self.cursor),
+            put,
+            delete,
+            floor=tuple(self.floor),
+            settled=tuple(tuple(s) for s in self._settled),
+        )
+
+    def load_state(self, floor: Sequence[int], settled: Sequence[Sequence[int]]) -> None:
+        """Take a stored floor and settled positions back (before restoring any entry)."""
+        self.floor = list(floor)
+        if settled:
+            self._settled = [sorted(s) for s in settled]
+
+    def settled_positions(self) -> tuple[tuple[int, ...], ...]:
+        """The positions settled above the floor, per shard (what `changes` last said)."""
+        return tuple(tuple(s) for s in self._settled)
+
+    @property
+    def dirty(self) -> bool:
+        """True if `changes()` has something to write."""
+        return self._cursor_moved or bool(self._dirty)
+
+    def pending(self) -> Iterator[Entry]:
+        """Every unsettled entry, in no set order."""
+        return iter(self.entries.values())

@@ -1,0 +1,609 @@
+"""One consumer group at work: reading the log into its window, handing out, settling, burying.
+
+Owns: a running group (`Group`) around its pure `core.groups.GroupCore`:
+reading the log past the group's cursor (pages while behind, the bus's live
+deliveries once caught up), the dispatch pass (once per loop turn), the
+timer that ends leases and waits, settling by delivery id (`ack`, `nack`,
+`extend`, `term`), appending the dead to `$dlq/...` and its dead-letter list;
+and a member's view (`Member`, `GroupDelivery`). Must not write the engine's
+group store itself (`hub.groups.Groups` batches every group's changes into
+one write) nor know any wire protocol.
+
+Reading. A group reads only while it has members and room: with nobody to
+hand events to, it does not run ahead (its lag is then visible). Caught up,
+it takes the bus's live deliveries straight away; when its window fills, it
+stops and later reads the log from its cursor again. Deliveries routed while
+a read is under way are kept aside and go through the cursor after the page,
+so none is lost or taken twice (as `hub.subscription` does).
+
+Delivery ids (`GroupDelivery.id`) are `<epoch>-<shard>.<position>.<attempt>`:
+the event's place in the log and which delivery of it this is. `ack` of an
+id whose entry is gone (acked already, dead) is a no-op; `nack`, `extend` and
+`term` need the entry to be leased in that very attempt, else `DeliveryGone`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import random
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from hybridbus.core.codecs import encode_msgpack
+from hybridbus.core.event import Event
+from hybridbus.core.groups import LEASED, Entry, GroupCore, GroupSettings
+from hybridbus.core.log import MAX_POSITION, Delivery
+from hybridbus.core.topics import tenant_of
+from hybridbus.engine.base import Clock
+from hybridbus.errors import BusClosed, DeliveryGone, EngineError, InvalidInput
+
+if TYPE_CHECKING:
+    from hybridbus.hub.groups import Groups
+
+__all__ = ["DLQ_ROOT", "DeadLetter", "Group", "GroupDelivery", "Member", "dead_letter_topic"]
+
+log = logging.getLogger("hybridbus.groups")
+
+DLQ_ROOT: Final = "$dlq"
+_ID: Final = re.compile(r"([A-Za-z0-9_]{1,64})-([0-9]{1,6})\.([0-9]{1,19})\.([0-9]{1,9})")
+_PAGE: Final = 1_000
+_RETRY_BURY: Final = 1.0  # seconds before appending dead letters again after a failure
+
+
+def dead_letter_topic(group: str, topic: str) -> str:
+    """`$dlq/<tenant>/<group name>/<relative topic>` for group id `<tenant>/<name>`."""
+    return f"{DLQ_ROOT}/{group}/{topic.partition('/')[2] or topic}"
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """An event a group gave up on: where its copy is on `$dlq/...` and why.
+
+    `id` is `<shard>.<position>` of the copy; `topic` and `offset` are the
+    original's; `reason` is `max_deliveries` or `term`; `error` the last
+    error a member gave; times are Unix seconds.
+    """
+
+    id: str
+    dlq_topic: str
+    topic: str
+    offset: int
+    reason: str
+    error: str
+    attempts: int
+    first: float
+    last: float
+    time: float
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+class GroupDelivery:
+    """One delivery of a group's event to a member; settle it with `ack`, `nack`, `extend`, `term`.
+
+    `attempt` counts from 1. `dedupe_key` is the same for every delivery of
+    one event (and of a replay of it): what an idempotent handler remembers.
+    """
+
+    __slots__ = ("_entry", "_group", "attempt", "delivery", "member")
+
+    def __init__(self, group: Group, member: str, entry: Entry, delivery: Delivery) -> None:
+        self._group = group
+        self._entry = entry
+        self.member = member
+        self.delivery = delivery
+        self.attempt = entry.attempts
+
+    @property
+    def id(self) -> str:
+        """The delivery id (`<epoch>-<shard>.<position>.<attempt>`): settles it from anywhere."""
+        entry = self._entry
+        return f"{self._group.epoch}-{entry.shard}.{entry.position}.{self.attempt}"
+
+    @property
+    def event(self) -> Event:
+        """The event."""
+        return self.delivery.event
+
+    @property
+    def topic(self) -> str:
+        """The event's topic (absolute)."""
+        return self.delivery.topic
+
+    @property
+    def dedupe_key(self) -> str:
+        """A key per event (tenant, `source`, `id`), the same on every delivery of it."""
+        event = self.delivery.event
+        raw = "\x1f".join((tenant_of(self.delivery.topic), event.source, event.id))
+        return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+    async def ack(self) -> None:
+        """The event was handled: it is never delivered to this group again. Durable on return."""
+        await self._group.ack_deliveries((self,))
+
+    async def nack(self, delay: float | None = None, error: str = "") -> None:
+        """Handling failed: deliver it again after `delay` seconds (None: the group's backoff)."""
+        await self._group.nack(self.id, delay, error)
+
+    async def extend(self) -> None:
+        """The handler needs more time: the lease starts over (`ack_wait` from now)."""
+        self._group.extend(self.id)
+
+    async def term(self, reason: str = "") -> None:
+        """Give up on the event now: it goes to the dead letters whatever its attempts."""
+        await self._group.term(self.id, reason)
+
+    def __repr__(self) -> str:
+        d = self.delivery
+        return f"<GroupDelivery {d.topic}#{d.offset} attempt={self.attempt}>"
+
+
+Listener = Callable[[GroupDelivery], None]
+
+
+class Member:
+    """A member of a group: `async for d in member` (or `fetch`) yields its deliveries.
+
+    With a `listener`, deliveries go to it instead of the queue (the server
+    pushes them down a connection). `close` leaves the group: deliveries it
+    got but never handed out go back at once; those handed out come back when
+    their lease ends (unless settled).
+    """
+
+    def __init__(self, group: Group, name: str, listener: Listener | None = None) -> None:
+        self.group = group
+        self.name = name
+        self._listener = listener
+        self._queue: deque[GroupDelivery] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self.closed = False
+
+    def give(self, delivery: GroupDelivery) -> None:
+        """Hand `delivery` to this member (the group calls it)."""
+        if self._listener is not None:
+            self._listener(delivery)
+            return
+        self._queue.append(delivery)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def end(self, error: BaseException) -> None:
+        """The group or bus ended: iteration raises `error` once the queue is empty."""
+        self._error = error
+        self.closed = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def fetch(self, limit: int = 100, wait: float | None = None) -> list[GroupDelivery]:
+        """Up to `limit` deliveries: waits up to `wait` seconds (None: forever) for the first."""
+        if not self._queue and not self.closed:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                if wait is None:
+                    await self._waiter
+                else:
+                    await asyncio.wait_for(asyncio.shield(self._waiter), wait)
+            except TimeoutError:
+                pass
+            finally:
+                self._waiter = None
+        if not self._queue and self._error is not None:
+            raise self._error
+        out: list[GroupDelivery] = []
+        queue = self._queue
+        while queue and len(out) < limit:
+            out.append(queue.popleft())
+        return out
+
+    def __aiter__(self) -> Member:
+        return self
+
+    async def __anext__(self) -> GroupDelivery:
+        while True:
+            got = await self.fetch(1)
+            if got:
+                return got[0]
+            if self.closed:
+                raise StopAsyncIteration
+
+    async def ack(self, *deliveries: GroupDelivery) -> None:
+        """Ack many deliveries in one durable write."""
+        await self.group.ack_deliveries(deliveries)
+
+    def close(self) -> None:
+        """Leave the group (see the class docstring)."""
+        if self.closed and self._error is not None:
+            return
+        self.closed = True
+        unsent = list(self._queue)
+        self._queue.clear()
+        self.group.leave(self, unsent)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def __aenter__(self) -> Member:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+def parse_delivery_id(text: str) -> tuple[str, int, int, int]:
+    """(epoch, shard, position, attempt) of a delivery id; `InvalidInput` if malformed."""
+    match = _ID.fullmatch(text) if isinstance(text, str) else None
+    if match is None or int(match.group(3)) > MAX_POSITION:
+        raise InvalidInput(f"not a delivery id: {text!r:.100}")
+    return match.group(1), int(match.group(2)), int(match.group(3)), int(match.group(4))
+
+
+class Group:
+    """A running consumer group (see the module docstring)."""
+
+    def __init__(
+        self,
+        groups: Groups,
+        gid: str,
+        settings: GroupSettings,
+        epoch: str,
+        cursor: tuple[int, ...],
+        created: float,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        self.groups = groups
+        self.id = gid
+        self.tenant, _, self.name = gid.partition("/")
+        self.settings = settings
+        self.epoch = epoch
+        self.created = created
+        self.core = GroupCore(settings, cursor, rng)
+        self.members: dict[str, Member] = {}
+        self.dead: dict[str, DeadLetter] = {}
+        self.dead_dirty: dict[str, DeadLetter | None] = {}
+        self.state_dirty = True
+        self.rewrite = False  # the last write failed: write everything next time
+        self.dead_total = 0
+        self.expired_total = 0
+        self.acked_total = 0
+        self._clock = clock
+        self._live = False
+        self._reading: asyncio.Task[None] | None = None
+        self._aside: list[Delivery] | None = None
+        self._missed = False
+        self._kicked = False
+        self._ticker: asyncio.Task[None] | None = None
+        self._burying: list[tuple[Entry, asyncio.Future[None]]] = []
+        self._bury_task: asyncio.Task[None] | None = None
+        self._termed: set[Entry] = set()
+        self._closed = False
+        self._seq = 0
+
+    # -- life ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the timer (the group reads once it has members)."""
+        self._ticker = asyncio.get_running_loop().create_task(
+            self._tick_forever(), name=f"group {self.id} timer"
+        )
+
+    def stop(self, error: BaseException) -> list[asyncio.Task[None]]:
+        """End every member with `error` and stop; the tasks to await."""
+        self._closed = True
+        for member in list(self.members.values()):
+            member.end(error)
+        self.members.clear()
+        tasks = [t for t in (self._ticker, self._reading, self._bury_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        return tasks
+
+    def reset(self, epoch: str, cursor: tuple[int, ...]) -> None:
+        """Start over at `cursor` in `epoch`: every pending entry is dropped (seek, new epoch)."""
+        self.epoch = epoch
+        old = self.core
+        self.core = GroupCore(self.settings, cursor, old.rng)
+        for name in self.members:
+            self.core.join(name)
+        self.rewrite = True
+        self._live = False
+        self._kick()
+
+    # -- members ---------------------------------------------------------------
+
+    def join(self, name: str | None = None, listener: Listener | None = None) -> Member:
+        """A new member (a name is made up if none is given; a taken name is replaced)."""
+        if self._closed:
+            raise BusClosed("the bus is closed")
+        if name is None:
+            self._seq += 1
+            name = f"m{self._seq}-{random.getrandbits(32):08x}"
+        old = self.members.get(name)
+        if old is not None:
+            old.close()
+        member = self.members[name] = Member(self, name, listener)
+        self.core.join(name)
+        self._kick()
+        return member
+
+    def leave(self, member: Member, unsent: Iterable[GroupDelivery]) -> None:
+        """`member` leaves; `unsent` deliveries (never handed out) go back at once."""
+        if self.members.get(member.name) is member:
+            del self.members[member.name]
+            now = self._clock()
+            core = self.core
+            for d in unsent:
+                _, shard, position, attempt = parse_delivery_id(d.id)
+                entry = core.lookup(shard, position)
+                if entry is not None and entry.state == LEASED and entry.attempts == attempt:
+                    core.release(entry, now)
+            core.leave(member.name)
+            self._kick()
+
+    # -- reading the log ---------------------------------------------------------
+
+    def route(self, delivery: Delivery) -> None:
+        """A live delivery matching the pattern (the bus calls it on every append)."""
+        if self._live:
+            core = self.core
+            if delivery.position <= core.cursor[delivery.shard]:
+                return
+            if core.room and self.members:
+                core.take(delivery, self._clock())
+                self._kick()
+                return
+            self._live = False  # read it from the log later
+        elif self._aside is not None:
+            if len(self._aside) < self.settings.max_pending:
+                self._aside.append(delivery)
+            else:
+                self._missed = True
+
+    def _read_soon(self) -> None:
+        if (
+            self._reading is None
+            and not self._live
+            and not self._closed
+            and self.members
+            and self.core.room
+        ):
+            self._reading = asyncio.get_running_loop().create_task(
+                self._read(), name=f"group {self.id} reader"
+            )
+
+    async def _read(self) -> None:
+        engine = self.groups.engine
+        core = self.core
+        try:
+            while not self._closed and self.members and core.room and self.core is core:
+                self._aside = []
+                self._missed = False
+                page = await engine.read(
+                    self.settings.pattern, tuple(core.cursor), min(core.room, _PAGE)
+                )
+                if self.core is not core:
+                    return  # reset while reading
+                if page.epoch != self.epoch:
+                    self.groups.new_epoch(self, page.epoch)
+                    return
+                now = self._clock()
+                for delivery in page.deliveries:
+                    if delivery.position > core.cursor[delivery.shard]:
+                        core.take(delivery, now)
+                core.skip_to(page.positions)
+                self._kick()
+                if page.more:
+                    continue
+                aside, self._aside = self._aside, None
+                if self._missed:
+                    continue
+                for delivery in aside:
+                    if delivery.position <= core.cursor[delivery.shard]:
+                        continue
+                    if not core.room:
+                        self._missed = True
+                        break
+                    core.take(delivery, now)
+                if not self._missed:
+                    self._live = True
+                    return
+        except EngineError as exc:
+            log.warning("group %s could not read the log (%s); retrying in 1 s", self.id, exc)
+            await asyncio.sleep(1.0)
+        finally:
+            self._aside = None
+            self._reading = None
+            self._kick()
+
+    # -- handing out -------------------------------------------------------------
+
+    def _kick(self) -> None:
+        """Run a dispatch pass at the end of this loop turn (once, however often called)."""
+        if not self._kicked and not self._closed:
+            self._kicked = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._kicked = False
+        if self._closed:
+            return
+        core = self.core
+        now = self._clock()
+        members = self.members
+        for state, entry in core.dispatch(now):
+            delivery = entry.delivery
+            member = members.get(state.name)
+            if delivery is None or member is None:  # not loaded (cannot happen) or gone
+                core.release(entry, now)
+                continue
+            if delivery.expired(now):
+                core.ack(entry, now)
+                self.expired_total += 1
+                continue
+            member.give(GroupDelivery(self, state.name, entry, delivery))
+        if not self._live:
+            self._read_soon()
+
+    async def _tick_forever(self) -> None:
+        resolution = 0.01
+        while True:
+            await asyncio.sleep(resolution)
+            core = self.core
+            if not core.timers:
+                continue
+            dead = core.tick(self._clock())
+            if dead:
+                self._bury(dead)
+            self._kick()
+
+    # -- settling ------------------------------------------------------------------
+
+    def _entry(self, delivery_id: str, leased: bool) -> Entry | None:
+        epoch, shard, position, attempt = parse_delivery_id(delivery_id)
+        entry = self.core.lookup(shard, position) if epoch == self.epoch else None
+        if leased and (entry is None or entry.state != LEASED or entry.attempts != attempt):
+            raise DeliveryGone(f"delivery {delivery_id} is no longer held (settled or handed on)")
+        return entry
+
+    async def ack(self, ids: Sequence[str]) -> None:
+        """Settle these deliveries; returns once durable (unknown or settled ids: no-op)."""
+        now = self._clock()
+        core = self.core
+        for delivery_id in ids:
+            entry = self._entry(delivery_id, leased=False)
+            if entry is not None:
+                core.ack(entry, now)
+                self.acked_total += 1
+        self._kick()
+        await self.groups.durable()
+
+    async def ack_deliveries(self, deliveries: Iterable[GroupDelivery]) -> None:
+        """`ack` for deliveries of this process (no ids to parse)."""
+        now = self._clock()
+        core = self.core
+        entries = core.entries
+        acked = 0
+        for d in deliveries:
+            entry = d._entry
+            if entries.get((entry.shard, entry.position)) is entry:
+                core.ack(entry, now)
+                acked += 1
+        self.acked_total += acked
+        self._kick()
+        await self.groups.durable()
+
+    async def nack(self, delivery_id: str, delay: float | None, error: str) -> None:
+        """The delivery failed: it comes back after `delay` (None: the backoff), or dies."""
+        if delay is not None and not (math.isfinite(delay) and delay >= 0):
+            raise InvalidInput(f"a nack's delay is a number of seconds >= 0, not {delay!r}")
+        entry = self._entry(delivery_id, leased=True)
+        assert entry is not None
+        if self.core.nack(entry, self._clock(), delay, error[:1000]):
+            self._bury([entry])
+        self._kick()
+        await self.groups.durable()
+
+    def extend(self, delivery_id: str) -> None:
+        """Start the delivery's lease over."""
+        entry = self._entry(delivery_id, leased=True)
+        assert entry is not None
+        self.core.extend(entry, self._clock())
+        self._kick()
+
+    async def term(self, delivery_id: str, reason: str) -> None:
+        """Give up on the delivery now: it goes to the dead letters; returns once it is there."""
+        entry = self._entry(delivery_id, leased=True)
+        assert entry is not None
+        self.core.term(entry, reason[:1000])
+        self._termed.add(entry)
+        await self._bury([entry])
+        await self.groups.durable()
+
+    # -- dead letters ----------------------------------------------------------------
+
+    def _bury(self, entries: list[Entry]) -> asyncio.Future[None]:
+        """Append `entries` to the dead letters (in the background); resolved once they are."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        for entry in entries:
+            self._burying.append((entry, done))
+        if self._bury_task is None:
+            self._bury_task = loop.create_task(
+                self._bury_pending(), name=f"group {self.id} dead letters"
+            )
+        return done
+
+    async def _bury_pending(self) -> None:
+        try:
+            while self._burying and not self._closed:
+                batch, self._burying = self._burying, []
+                items = []
+                for entry, _ in batch:
+                    delivery = entry.delivery
+                    assert delivery is not None
+                    items.append(self._dead_event(entry, delivery))
+                try:
+                    acks = await self.groups.bus.append(items, dedupe=False)
+                except (EngineError, BusClosed) as exc:
+                    log.warning("group %s: dead letters not appended (%s); retrying", self.id, exc)
+                    self._burying[:0] = batch
+                    await asyncio.sleep(_RETRY_BURY)
+                    continue
+                now = self._clock()
+                for (entry, done), ack in zip(batch, acks, strict=True):
+                    reason = "term" if entry in self._termed else "max_deliveries"
+                    self._termed.discard(entry)
+                    dead = DeadLetter(
+                        id=f"{ack.shard}.{ack.position}",
+                        dlq_topic=ack.topic,
+                        topic=entry.topic,
+                        offset=entry.offset,
+                        reason=reason,
+                        error=entry.error,
+                        attempts=entry.attempts,
+                        first=entry.first,
+                        last=entry.last,
+                        time=now,
+                    )
+                    self.dead[dead.id] = dead
+                    self.dead_dirty[dead.id] = dead
+                    self.dead_total += 1
+                    self.core.bury(entry, now)
+                    if not done.done():
+                        done.set_result(None)
+                self._kick()
+        finally:
+            self._bury_task = None
+            for _, done in self._burying:
+                if not done.done():
+                    done.set_exception(BusClosed("the bus is closed"))
+
+    def _dead_event(self, entry: Entry, delivery: Delivery) -> tuple[str, Event, bytes]:
+        event = delivery.event
+        extensions = dict(event.extensions)
+        extensions.update(
+            {
+                "dlqgroup": self.name,
+                "dlqtopic": entry.topic.partition("/")[2],
+                "dlqoffset": min(entry.offset, 2**31 - 1),
+                "dlqreason": "term" if entry in self._termed else "maxdeliveries",
+                "dlqattempts": entry.attempts,
+                "dlqerror": entry.error or "ack_wait passed",
+                "dlqfirst": _iso(entry.first) if entry.first else "",
+                "dlqlast": _iso(entry.last) if entry.last else "",
+            }
+        )
+        dead = msgspec.structs.replace(event, extensions=extensions)
+        return dead_letter_topic(self.id, entry.topic), dead, encode_msgpack(dead)

@@ -1,0 +1,125 @@
+"""Who may do what with consumer groups: the guard's part for `hub.groups`.
+
+Owns: turning a principal's group name into the group's id (a tenant's
+callers name groups inside their tenant, `billing` → `acme/billing`; an
+admin names them absolutely, `acme/billing`), and the two operations groups
+add to the rules: `consume` (join a group, fetch, ack / nack / extend /
+term, on the group's pattern) and `manage` (change a group's settings, seek,
+delete, and list / show / replay / purge its dead letters). Creating a group
+by joining it needs `consume` on its pattern; changing an existing group's
+settings needs `manage`. Listing shows the groups whose pattern the caller
+may `consume` or `manage`. Must not know sockets or HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from hybridbus.core.groups import GroupSettings
+from hybridbus.core.identity import Operation
+from hybridbus.core.permissions import decide
+from hybridbus.errors import InvalidSettings, UnknownGroup
+from hybridbus.hub.group import Group, Listener, Member
+from hybridbus.hub.groups import GroupInfo, Groups, check_group_name, settings_from
+from hybridbus.hub.guard import Guard, Principal
+
+__all__ = ["GroupGuard"]
+
+
+class GroupGuard:
+    """Consumer groups as a principal may reach them (see the module docstring)."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+        self.groups: Groups = guard.bus.groups
+
+    def gid(self, principal: Principal, name: str) -> str:
+        """The group id of the principal's `name`."""
+        if principal.identity.admin:
+            tenant, sep, rest = name.partition("/") if isinstance(name, str) else ("", "", "")
+            if not sep or not tenant:
+                raise InvalidSettings(
+                    f"an admin names a group '<tenant>/<name>', not {name!r:.140}"
+                )
+            check_group_name(rest)
+            return name
+        return f"{principal.tenant}/{check_group_name(name)}"
+
+    def name(self, principal: Principal, gid: str) -> str:
+        """What the principal calls group `gid`."""
+        return principal.relative(gid)
+
+    def get(self, principal: Principal, name: str, operation: Operation) -> Group:
+        """The principal's group `name`, once it may do `operation` on its pattern.
+
+        A group the principal may not see at all answers `UnknownGroup`, as a
+        missing one does (its existence is not disclosed to other tenants).
+        """
+        gid = self.gid(principal, name)
+        group = self.groups.get(gid)
+        self.guard.check(principal, operation, principal.relative(group.settings.pattern))
+        return group
+
+    async def join(
+        self,
+        principal: Principal,
+        name: str,
+        pattern: str | None,
+        settings: dict[str, Any] | None,
+        member: str | None = None,
+        listener: Listener | None = None,
+    ) -> Member:
+        """Join the principal's group `name` (created over `pattern` if it does not exist)."""
+        gid = self.gid(principal, name)
+        group = self.groups._groups.get(gid)
+        if group is None:
+            if pattern is None:
+                raise UnknownGroup(f"no group {name!r}; give a pattern to create it")
+            absolute = principal.pattern(pattern)
+            self.guard.check(principal, "consume", pattern)
+            group = await self.groups.ensure(
+                gid.rpartition("/")[2], settings_from(absolute, settings)
+            )
+        else:
+            relative = principal.relative(group.settings.pattern)
+            self.guard.check(principal, "consume", relative)
+            if pattern is not None and principal.pattern(pattern) != group.settings.pattern:
+                await self.groups.ensure(
+                    group.name, settings_from(principal.pattern(pattern), settings)
+                )  # raises GroupConflict
+            if settings:
+                self.guard.check(principal, "manage", relative)
+                await self.groups.ensure(
+                    group.name, settings_from(group.settings.pattern, settings)
+                )
+        return group.join(member, listener)
+
+    async def create(
+        self, principal: Principal, name: str, pattern: str, settings: dict[str, Any] | None
+    ) -> GroupInfo:
+        """Create the principal's group `name` over `pattern`, or update its settings (`manage`)."""
+        gid = self.gid(principal, name)
+        absolute = principal.pattern(pattern)
+        self.guard.check(principal, "manage", pattern)
+        parsed: GroupSettings = settings_from(absolute, settings)
+        await self.groups.ensure(gid.rpartition("/")[2], parsed)
+        return await self.groups.info(gid)
+
+    def visible(self, principal: Principal) -> list[GroupInfo]:
+        """The groups the principal may consume from or manage, by id."""
+        prefix = "" if principal.identity.admin else principal.tenant + "/"
+        out = []
+        for info in self.groups.all(prefix):
+            relative = principal.relative(info.settings.pattern)
+            if self._may(principal, "consume", relative) or self._may(
+                principal, "manage", relative
+            ):
+                out.append(info)
+        return out
+
+    def _may(self, principal: Principal, operation: Literal["consume", "manage"], rel: str) -> bool:
+        """Like `Guard.check`, but a refusal is no denial (nothing counted or cached)."""
+        identity = principal.identity
+        if identity.admin:
+            return True
+        return decide(self.guard.policy, identity, operation, rel, self.guard.now()).allowed

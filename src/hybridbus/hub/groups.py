@@ -1,0 +1,676 @@
+"""Consumer groups of a bus: the registry, their stored state, and what operators do with them.
+
+Owns: every group of a bus by id (`<tenant>/<name>`), creating, joining,
+listing, seeking and deleting them, loading them from the engine at start
+(and resuming each from its cursor with its pending set), the one writer that
+batches every group's changes into one `Engine.write_groups` per round (an
+ack returns once the round holding it is durable), routing the bus's live
+deliveries to the groups whose pattern matches, and the dead letters:
+list, show, replay, purge. Must not know any wire protocol or principal: the
+guard checks who may do what, the gateways speak for the callers.
+
+A group lives in one tenant: its pattern's first segment is a literal
+tenant, and its dead letters go to `$dlq/<tenant>/<name>/<relative topic>`,
+which no pattern of the tenant's reaches (a `$` segment is only matched by
+name) and which an admin can subscribe to.
+
+Epochs. A group stores the epoch its cursor belongs to. When the log begins
+a new epoch (history lost: `reset`, a memory engine's restart), the group's
+pending entries and cursor mean nothing: it starts over at the beginning of
+the new epoch, keeping its settings and dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import re
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import msgspec
+
+from hybridbus.core.codecs import encode_msgpack
+from hybridbus.core.groups import LEASED, GroupSettings, PendingRecord, entry_key
+from hybridbus.core.log import MAX_POSITION, Delivery, Position, is_exact
+from hybridbus.core.topics import tenant_of, validate_pattern
+from hybridbus.core.trie import Trie
+from hybridbus.engine.base import Clock, GroupWrite, StoredGroup
+from hybridbus.errors import (
+    BusClosed,
+    BusError,
+    EngineCorrupt,
+    GroupConflict,
+    InvalidPattern,
+    InvalidSettings,
+    UnknownDeadLetter,
+    UnknownGroup,
+)
+from hybridbus.hub.group import DLQ_ROOT, DeadLetter, Group, Listener, Member
+
+if TYPE_CHECKING:
+    from hybridbus.hub.bus import Bus
+
+__all__ = ["GroupInfo", "Groups", "PendingInfo", "check_group_name", "settings_from"]
+
+log = logging.getLogger("hybridbus.groups")
+_pack = msgspec.msgpack.Encoder().encode
+
+_NAME: Final = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+_DEAD: Final = "d"  # key prefix of a dead letter in the store
+_WRITE_EVERY: Final = 0.2  # seconds
+_DLQ_EXTENSIONS: Final = (
+    "dlqgroup",
+    "dlqtopic",
+    "dlqoffset",
+    "dlqreason",
+    "dlqattempts",
+    "dlqerror",
+    "dlqfirst",
+    "dlqlast",
+)
+
+
+class _State(msgspec.Struct, kw_only=True):
+    """A group's stored state (`GroupWrite.state`)."""
+
+    settings: GroupSettings
+    epoch: str
+    cursor: tuple[int, ...]
+    created: float
+    # see "Persistence" in core/groups.py
+    floor: tuple[int, ...] = ()
+    settled: tuple[tuple[int, ...], ...] = ()
+
+
+class GroupInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What `Groups.info` tells of a group.
+
+    `lag` is how far the group's cursor is behind the head of the log, in
+    log positions summed over shards: an upper bound on the events it has not
+    taken yet (other topics' events count too). `pending` is every event
+    taken and not settled (`leased` of them handed to a member now),
+    `redelivered`, `acked`, `dead` and `expired` count since the group was
+    loaded (`dead_letters` is how many are listed now).
+    """
+
+    id: str
+    tenant: str
+    name: str
+    settings: GroupSettings
+    position: str
+    created: float
+    members: list[str]
+    pending: int
+    leased: int
+    lag: int
+    dead_letters: int
+    redelivered: int
+    acked: int
+    dead: int
+    expired: int
+
+
+class PendingInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One pending entry: its event's place, who holds it, how often it was tried.
+
+    `idle` is seconds since its last delivery (None: never delivered);
+    `due` when its lease or wait ends (None: being buried).
+    """
+
+    topic: str
+    offset: int
+    member: str
+    attempts: int
+    idle: float | None
+    due: float | None
+    error: str
+
+
+def check_group_name(name: str) -> str:
+    """Return `name` if it is a legal group name (1-128 of A-Z a-z 0-9 _ . -), else raise."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidSettings(f"a group name is 1-128 of A-Z a-z 0-9 _ . -, not {name!r:.140}")
+    return name
+
+
+def settings_from(pattern: str, raw: dict[str, Any] | None) -> GroupSettings:
+    """Group settings from a pattern and a dict (TOML, JSON); `InvalidSettings` if bad."""
+    try:
+        return msgspec.convert({**(raw or {}), "pattern": pattern}, GroupSettings)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise InvalidSettings(f"group settings: {exc}") from None
+
+
+def _tenant(pattern: str) -> str:
+    validate_pattern(pattern)
+    tenant = tenant_of(pattern)
+    if tenant in ("+", "#") or tenant.startswith("$"):
+        raise InvalidPattern(f"a group's pattern starts with a tenant, not {pattern!r}")
+    return tenant
+
+
+def _undead(delivery: Delivery) -> Delivery:
+    """A dead letter's copy as the original: its topic and event without the `dlq*` attributes."""
+    event = delivery.event
+    ext = event.extensions
+    tenant = delivery.topic.split("/", 2)[1]
+    topic = f"{tenant}/{ext.get('dlqtopic', '')}"
+    offset = ext.get("dlqoffset", delivery.offset)
+    extensions = {k: v for k, v in ext.items() if k not in _DLQ_EXTENSIONS}
+    return msgspec.structs.replace(
+        delivery,
+        topic=topic,
+        offset=int(offset),
+        event=msgspec.structs.replace(event, extensions=extensions),
+    )
+
+
+class Groups:
+    """The consumer groups of one bus (see the module docstring)."""
+
+    def __init__(self, bus: Bus, clock: Clock, rng: random.Random | None = None) -> None:
+        self.bus = bus
+        self.engine = bus.engine
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._groups: dict[str, Group] = {}
+        self._trie: Trie[Group] = Trie()
+        self._routes: dict[str, tuple[Group, ...]] = {}
+        self._dropped: list[str] = []
+        self._wake = asyncio.Event()
+        self._next: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = True
+
+    @property
+    def active(self) -> bool:
+        """True if any group exists (the bus routes to groups only then)."""
+        return bool(self._groups)
+
+    # -- life --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load every stored group and resume it."""
+        self._closed = False
+        self._writer = asyncio.get_running_loop().create_task(
+            self._write_forever(), name="groups writer"
+        )
+        for stored in await self.engine.groups():
+            try:
+                await self._load(stored)
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+                raise EngineCorrupt(f"group {stored.group!r} cannot be read: {exc}") from exc
+
+    async def close(self) -> None:
+        """End every member (`BusClosed`), write what is left, stop."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks: list[asyncio.Task[None]] = []
+        for group in self._groups.values():
+            tasks.extend(group.stop(BusClosed("the bus is closed")))
+        try:
+            await self._write_round()
+        except BusError as exc:
+            log.warning("groups: the last write failed (%s)", exc)
+        if self._writer is not None:
+            tasks.append(self._writer)
+            self._writer.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _load(self, stored: StoredGroup) -> None:
+        state = msgspec.msgpack.decode(stored.state, type=_State)
+        engine = self.engine
+        group = self._make(stored.group, state.settings, state.epoch, state.cursor, state.created)
+        records: list[PendingRecord] = []
+        for key, value in stored.entries.items():
+            if key.startswith(_DEAD):
+                dead = msgspec.msgpack.decode(value, type=DeadLetter)
+                group.dead[dead.id] = dead
+            else:
+                records.append(msgspec.msgpack.decode(value, type=PendingRecord))
+        group.state_dirty = False
+        if state.epoch != engine.epoch or len(state.cursor) != engine.shards:
+            group.reset(engine.epoch, (0,) * engine.shards)
+            self._register(group)
+            return
+        floor = state.floor or state.cursor
+        core = group.core
+        core.load_state(floor, state.settled)
+        # The pending set: the entries written on their own, and every event of the
+        # pattern between floor and cursor not settled — restored in log order.
+        pending: list[tuple[int, int, PendingRecord | Delivery]] = [
+            (r.position, r.shard, r) for r in records
+        ]
+        written = {(r.shard, r.position) for r in records}
+        settled = [set(s) for s in state.settled] or [set() for _ in floor]
+        async for delivery in self._between(state.settings.pattern, floor, state.cursor):
+            ident = (delivery.shard, delivery.position)
+            if ident not in written and delivery.position not in settled[delivery.shard]:
+                pending.append((delivery.position, delivery.shard, delivery))
+        pending.sort(key=lambda p: (p[0], p[1]))
+        now = self._clock()
+        for _, _, item in pending:
+            if isinstance(item, Delivery):
+                core.take(item, now)
+                continue
+            found = await self._read_one(item.topic, item.shard, item.position)
+            entry = core.restore(item, now)
+            if found is None:  # retention removed it while it was pending
+                log.warning(
+                    "group %s: pending %s#%s is gone from the log",
+                    group.id,
+                    item.topic,
+                    item.offset,
+                )
+                core.ack(entry, now)
+                continue
+            entry.delivery = _undead(found) if item.topic.startswith(f"{DLQ_ROOT}/") else found
+        self._register(group)
+
+    async def _between(
+        self, pattern: str, floor: Sequence[int], cursor: Sequence[int]
+    ) -> AsyncIterator[Delivery]:
+        """The deliveries of `pattern` past `floor` and up to `cursor` (per shard), in log order."""
+        after = list(floor)
+        while any(a < c for a, c in zip(after, cursor, strict=True)):
+            page = await self.engine.read(pattern, after, 1000)
+            for delivery in page.deliveries:
+                if delivery.position <= cursor[delivery.shard]:
+                    yield delivery
+            if not page.more:
+                return
+            after = list(page.positions)
+
+    async def _read_one(self, topic: str, shard: int, position: int) -> Delivery | None:
+        after = [MAX_POSITION] * self.engine.shards
+        after[shard] = position - 1
+        page = await self.engine.read(topic, after, 1)
+        for delivery in page.deliveries:
+            if delivery.shard == shard and delivery.position == position:
+                return delivery
+        return None
+
+    def _make(
+        self, gid: str, settings: GroupSettings, epoch: str, cursor: tuple[int, ...], created: float
+    ) -> Group:
+        return Group(self, gid, settings, epoch, cursor, created, self._clock, self._rng)
+
+    def _register(self, group: Group) -> None:
+        self._groups[group.id] = group
+        self._trie.add(group.settings.pattern, group)
+        self._routes.clear()
+        group.start()
+        self.flush_soon()
+
+    # -- routing ---------------------------------------------------------------------
+
+    def route(self, deliveries: Sequence[Delivery]) -> None:
+        """Hand each appended delivery to every group whose pattern matches it."""
+        routes = self._routes
+        for delivery in deliveries:
+            topic = delivery.topic
+            targets = routes.get(topic)
+            if targets is None:
+                if len(routes) >= 65_536:
+                    routes.clear()
+                targets = routes[topic] = tuple(self._trie.match(topic))
+            for group in targets:
+                group.route(delivery)
+
+    def new_epoch(self, group: Group, epoch: str) -> None:
+        """The log began `epoch` under `group`: it starts over (see the module docstring)."""
+        log.warning(
+            "group %s: the log began a new epoch; starting over from its beginning", group.id
+        )
+        group.reset(epoch, (0,) * self.engine.shards)
+
+    # -- writing ---------------------------------------------------------------------
+
+    def flush_soon(self) -> None:
+        """Write the groups' changes in the next round."""
+        self._wake.set()
+
+    async def durable(self) -> None:
+        """Return once every change made before this call is durable (else raise why not)."""
+        if self._closed:
+            raise BusClosed("the bus is closed")
+        future = self._next
+        if future is None:
+            future = self._next = asyncio.get_running_loop().create_future()
+        self._wake.set()
+        await asyncio.shield(future)
+
+    async def _write_forever(self) -> None:
+        # Changes nobody waits for (handing out, the cursor) are written within this
+        # many seconds; an entry taken and settled in between is never written at all.
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), _WRITE_EVERY)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self._write_round()
+            except BusError:
+                await asyncio.sleep(0.1)  # the waiters got the error; try again later
+
+    async def _write_round(self) -> None:
+        future, self._next = self._next, None
+        writes = [GroupWrite(group=gid, drop=True) for gid in self._dropped]
+        self._dropped = []
+        failed: list[Group] = []
+        for group in self._groups.values():
+            write = self._write_of(group)
+            if write is not None:
+                writes.append(write)
+                failed.append(group)
+        try:
+            if writes:
+                await self.engine.write_groups(writes)
+        except BusError as exc:
+            for group in failed:
+                group.rewrite = True
+            if future is not None and not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved: a round nobody awaited is not an error
+            raise
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _write_of(self, group: Group) -> GroupWrite | None:
+        core = group.core
+        changes = core.changes()
+        dead = group.dead_dirty
+        group.dead_dirty = {}
+        if group.rewrite:
+            group.rewrite = False
+            group.state_dirty = False
+            puts = []
+            for e in core.pending():
+                e.stored = True
+                puts.append((entry_key(e.shard, e.position), _pack(e.record())))
+            puts += [(_DEAD + d.id, _pack(d)) for d in group.dead.values()]
+            return GroupWrite(group=group.id, drop=True, state=self._state(group), put=puts)
+        if not (changes.cursor or changes.put or changes.delete or dead or group.state_dirty):
+            return None
+        state = self._state(group) if changes.cursor or group.state_dirty else None
+        group.state_dirty = False
+        put = [(key, _pack(record)) for key, record in changes.put]
+        delete = list(changes.delete)
+        for key, value in dead.items():
+            if value is None:
+                delete.append(_DEAD + key)
+            else:
+                put.append((_DEAD + key, _pack(value)))
+        return GroupWrite(group=group.id, state=state, put=put, delete=delete)
+
+    def _state(self, group: Group) -> bytes:
+        core = group.core
+        state = _State(
+            settings=group.settings,
+            epoch=group.epoch,
+            cursor=tuple(core.cursor),
+            created=group.created,
+            floor=tuple(core.floor),
+            settled=core.settled_positions(),
+        )
+        return _pack(state)
+
+    # -- groups ------------------------------------------------------------------------
+
+    def get(self, gid: str) -> Group:
+        """The group `gid` (`<tenant>/<name>`); `UnknownGroup` if there is none."""
+        group = self._groups.get(gid)
+        if group is None:
+            raise UnknownGroup(f"no group {gid!r}")
+        return group
+
+    async def ensure(self, name: str, settings: GroupSettings, *, update: bool = True) -> Group:
+        """The group `name` of the pattern's tenant, created with `settings` if there is none.
+
+        An existing group keeps its cursor and pending entries; with `update`
+        its settings become `settings` (but for `start`, which only matters at
+        creation). A different pattern is a `GroupConflict`; a different
+        `ordered` is `InvalidSettings` (delete the group and create it again).
+        """
+        if self._closed:
+            raise BusClosed("the bus is closed")
+        check_group_name(name)
+        gid = f"{_tenant(settings.pattern)}/{name}"
+        group = self._groups.get(gid)
+        if group is not None:
+            if group.settings.pattern != settings.pattern:
+                raise GroupConflict(
+                    f"group {gid!r} consumes {group.settings.pattern!r}, not {settings.pattern!r}"
+                )
+            wanted = msgspec.structs.replace(settings, start=group.settings.start)
+            if update and wanted != group.settings:
+                if wanted.ordered != group.settings.ordered:
+                    raise InvalidSettings(
+                        f"group {gid!r}: ordered cannot change; delete the group, create it again"
+                    )
+                group.settings = wanted
+                group.core.settings = wanted
+                group.state_dirty = True
+                self.flush_soon()
+            return group
+        cursor = await self._start_cursor(settings.start, settings.pattern)
+        group = self._make(gid, settings, self.engine.epoch, cursor, self._clock())
+        self._register(group)
+        await self.durable()
+        return group
+
+    async def _start_cursor(self, start: str, pattern: str) -> tuple[int, ...]:
+        engine = self.engine
+        if start == "earliest":
+            return (0,) * engine.shards
+        if start == "latest":
+            return tuple(await engine.head())
+        try:
+            token = Position.parse(start)
+        except BusError:
+            raise InvalidSettings(
+                f"a group starts at 'earliest', 'latest' or a position token, not {start!r:.100}"
+            ) from None
+        if not is_exact(token, engine.epoch, engine.shards):
+            return (0,) * engine.shards
+        return token.positions
+
+    def join(self, gid: str, member: str | None = None, listener: Listener | None = None) -> Member:
+        """A new member of group `gid` (named `member`, or a made-up name)."""
+        if self._closed:
+            raise BusClosed("the bus is closed")
+        return self.get(gid).join(member, listener)
+
+    async def delete(self, gid: str) -> None:
+        """Delete the group, its state and its dead-letter list (their events stay in the log)."""
+        group = self.get(gid)
+        del self._groups[gid]
+        self._trie.remove(group.settings.pattern, group)
+        self._routes.clear()
+        await asyncio.gather(
+            *group.stop(UnknownGroup(f"group {gid!r} was deleted")), return_exceptions=True
+        )
+        self._dropped.append(gid)
+        await self.durable()
+
+    def all(self, prefix: str = "") -> list[GroupInfo]:
+        """Every group whose id starts with `prefix`, by id."""
+        return [
+            self._info(g, None) for gid, g in sorted(self._groups.items()) if gid.startswith(prefix)
+        ]
+
+    async def info(self, gid: str) -> GroupInfo:
+        """What is known of group `gid` now (see `GroupInfo`)."""
+        group = self.get(gid)
+        return self._info(group, await self.engine.head())
+
+    def _info(self, group: Group, head: Sequence[int] | None) -> GroupInfo:
+        core = group.core
+        lag = 0
+        if head is not None and group.epoch == self.engine.epoch:
+            lag = sum(max(0, h - c) for h, c in zip(head, core.cursor, strict=False))
+        return GroupInfo(
+            id=group.id,
+            tenant=group.tenant,
+            name=group.name,
+            settings=group.settings,
+            position=str(Position(group.epoch, tuple(core.cursor))),
+            created=group.created,
+            members=sorted(group.members),
+            pending=len(core.entries),
+            leased=core.leased,
+            lag=lag,
+            dead_letters=len(group.dead),
+            redelivered=core.redelivered,
+            acked=group.acked_total,
+            dead=group.dead_total,
+            expired=group.expired_total,
+        )
+
+    def pending(self, gid: str, limit: int = 1000) -> list[PendingInfo]:
+        """Up to `limit` pending entries of the group, oldest first, with who holds each."""
+        group = self.get(gid)
+        now = self._clock()
+        entries = sorted(group.core.pending(), key=lambda e: (e.position, e.shard))[:limit]
+        return [
+            PendingInfo(
+                topic=e.topic,
+                offset=e.offset,
+                member=e.member if e.state == LEASED else "",
+                attempts=e.attempts,
+                idle=round(now - e.last, 3) if e.last else None,
+                due=e.due if math.isfinite(e.due) else None,
+                error=e.error,
+            )
+            for e in entries
+        ]
+
+    async def seek(
+        self, gid: str, position: Position | str | None = None, time: float | None = None
+    ) -> str:
+        """Move the group to a position or to the first event at or after Unix `time` (replay).
+
+        Pending entries are dropped: the group hands out the log again from
+        there. Returns the group's new position token.
+        """
+        group = self.get(gid)
+        engine = self.engine
+        if (position is None) == (time is None):
+            raise InvalidSettings("seek takes a position or a time, not both or neither")
+        if position is not None:
+            token = Position.parse(position) if isinstance(position, str) else position.checked()
+            cursor = token.positions if is_exact(token, engine.epoch, engine.shards) else None
+            if cursor is None:
+                cursor = (0,) * engine.shards
+        else:
+            assert time is not None
+            cursor = await self._cursor_at(group.settings.pattern, time)
+        group.reset(engine.epoch, tuple(cursor))
+        await self.durable()
+        return str(Position(engine.epoch, tuple(cursor)))
+
+    async def _cursor_at(self, pattern: str, time: float) -> tuple[int, ...]:
+        """The cursor just before the first event of `pattern` appended at or after `time`."""
+        engine = self.engine
+        after: list[int] = [0] * engine.shards
+        while True:
+            page = await engine.read(pattern, after, 1000)
+            for delivery in page.deliveries:
+                if delivery.time >= time:
+                    after[delivery.shard] = delivery.position - 1
+                    return tuple(after)
+                after[delivery.shard] = delivery.position
+            if not page.more:
+                return tuple(page.positions)
+            after = list(page.positions)
+
+    # -- dead letters --------------------------------------------------------------------
+
+    def dead_letters(self, gid: str, after: str = "", limit: int = 100) -> list[DeadLetter]:
+        """Up to `limit` dead letters of the group, oldest first, after the one of id `after`."""
+        group = self.get(gid)
+        letters = sorted(group.dead.values(), key=lambda d: (d.time, d.id))
+        if after:
+            ids = [d.id for d in letters]
+            letters = letters[ids.index(after) + 1 :] if after in ids else []
+        return letters[:limit]
+
+    async def dead_letter(self, gid: str, dead_id: str) -> tuple[DeadLetter, Delivery | None]:
+        """A dead letter and its copy in the log (None once retention removed it)."""
+        group = self.get(gid)
+        dead = group.dead.get(dead_id)
+        if dead is None:
+            raise UnknownDeadLetter(f"group {gid!r} has no dead letter {dead_id!r:.100}")
+        shard, _, position = dead.id.partition(".")
+        return dead, await self._read_one(dead.dlq_topic, int(shard), int(position))
+
+    async def replay(
+        self, gid: str, ids: Sequence[str] | None = None, to: Literal["topic", "group"] = "topic"
+    ) -> int:
+        """Replay dead letters (`ids`, or all): appended again to their topic, or into the group.
+
+        `topic`: the original event is appended to its original topic again
+        with its `source` and `id`, past the dedupe check (`append(...,
+        dedupe=False)`): every subscriber and group sees it. `group`: only
+        this group gets it again, as a new pending entry (attempts from 0).
+        A replayed dead letter leaves the list; one whose copy retention has
+        removed cannot be replayed (it is left in the list and not counted).
+        Returns how many were replayed.
+        """
+        group = self.get(gid)
+        chosen = self._chosen(group, ids)
+        found: list[tuple[DeadLetter, Delivery]] = []
+        for dead in chosen:
+            _, copy = await self.dead_letter(gid, dead.id)
+            if copy is not None:
+                found.append((dead, copy))
+        if not found:
+            return 0
+        if to == "topic":
+            batch = [
+                (_undead(copy).topic, _undead(copy).event, encode_msgpack(_undead(copy).event))
+                for _, copy in found
+            ]
+            await self.bus.append(batch, dedupe=False)
+        else:
+            now = self._clock()
+            for _, copy in found:
+                original = _undead(copy)
+                event = original.event
+                key = event.partitionkey if event.partitionkey is not None else original.topic
+                entry = group.core.inject(copy, key, now)
+                entry.delivery = original
+            group.groups.flush_soon()
+        for dead, _ in found:
+            group.dead.pop(dead.id, None)
+            group.dead_dirty[dead.id] = None
+        group._kick()
+        await self.durable()
+        return len(found)
+
+    async def purge(self, gid: str, ids: Sequence[str] | None = None) -> int:
+        """Remove dead letters (`ids`, or all) from the list; their copies age out of the log."""
+        group = self.get(gid)
+        chosen = self._chosen(group, ids)
+        for dead in chosen:
+            group.dead.pop(dead.id, None)
+            group.dead_dirty[dead.id] = None
+        await self.durable()
+        return len(chosen)
+
+    @staticmethod
+    def _chosen(group: Group, ids: Sequence[str] | None) -> list[DeadLetter]:
+        if ids is None:
+            return list(group.dead.values())
+        out = []
+        for dead_id in ids:
+            dead = group.dead.get(dead_id)
+            if dead is None:
+                raise UnknownDeadLetter(f"group {group.id!r} has no dead letter {dead_id!r:.100}")
+            out.append(dead)
+        return out
