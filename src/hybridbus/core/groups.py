@@ -364,7 +364,7 @@ class GroupCore:
             if queue is None:
                 queue = self._keys[entry.key] = deque()
             queue.append(entry)
-            if len(queue) > 99:
+            if len(queue) > 1:
                 return entry  # waits for the earlier entries of its key
         if entry.state == WAITING:
             self._wait(entry, entry.due, now)
@@ -484,7 +484,7 @@ class GroupCore:
         self._release(entry)
         entry.error = error
         self._dirty[entry.shard, entry.position] = entry
-        if entry.attempts >= self.settings.max_deliveries:
+        if entry.attempts >= self.settings.max_deliveries + 1:
             self._timers.cancel(entry)
             entry.state = WAITING
             entry.due = math.inf

@@ -2,8 +2,10 @@
 
 Owns: the synchronous operations the two threads of `hybridbus.engine.sqlite`
 run. On the writer's connection (`Store`, with what it caches: epoch, last
-position, offsets, dedupe index, counts): the group-commit append
-transaction, retention and expiry, reset, and the revocation upsert, shortening and sweep.
+position, offsets, dedupe index, counts, stored group names): the
+group-commit transaction of appends and consumer-group writes (the group
+SQL is `engine._sqlite_groups`'s), retention and expiry, reset, and the
+revocation upsert, shortening and sweep.
 On the reader's connection: the consistent read snapshot, the head, the topic
 listing and the revocation listing.
 Must not touch asyncio or the event loop; every function here runs in the
@@ -17,10 +19,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 
@@ -30,18 +32,20 @@ from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.core.revocation import Revocation
 from hybridbus.core.topics import is_pattern, matches, tenant_of
+from hybridbus.engine._sqlite_groups import GroupNames
 from hybridbus.engine._sqlite_schema import (
     DB_NAME,
     SET_META,
     DirectoryLock,
     connect,
     create_or_check,
+    insert_rows,
     new_epoch,
     open_error,
     os_error,
     wrap_error,
 )
-from hybridbus.engine.base import EngineConfig, TopicInfo
+from hybridbus.engine.base import EngineConfig, GroupWrite, TopicInfo
 from hybridbus.errors import EngineCorrupt, InvalidEvent
 
 __all__ = [
@@ -76,43 +80,13 @@ _REVOKE: Final = (
     "at = max(at, excluded.at)"
 )
 _GET_META: Final = "SELECT value FROM meta WHERE key = ?"
+_FAILED: Final = "append failed, nothing of the batch was written"
+_FAILED_WITH_GROUPS: Final = "write failed, nothing of the batch (events, group writes) was written"
 _COLUMNS: Final = "position, topic, offset, time, expires, payload"
 _LIVE: Final = "(expires IS NULL OR expires > ?)"
 
 _Row = tuple[int, str, int, float, float | None, bytes]
 _NewRow = tuple[int, str, int, float, float | None, bytes, str, str]
-
-
-# Rows per multi-row INSERT. Each statement is one sqlite3_step, around which
-# Python releases and re-takes the GIL; with executemany that happens per row,
-# and every re-take can wait for the event loop's thread. 64 rows x 6 values
-# stays far below SQLite's limit on bound parameters.
-_ROWS_PER_INSERT: Final = 64
-
-
-def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Run `insert` (one row of `?` placeholders) for every row, many rows per statement."""
-    if not rows:
-        return
-    head, _, values = insert.partition(" VALUES ")
-    full = len(rows) - len(rows) % _ROWS_PER_INSERT
-    if full:
-        many = f"{head} VALUES {', '.join([values] * _ROWS_PER_INSERT)}"
-        for start in range(0, full, _ROWS_PER_INSERT):
-            chunk = rows[start : start + _ROWS_PER_INSERT]
-            conn.execute(many, [value for row in chunk for value in row])
-    rest = rows[full:]
-    if rest:
-        # Power-of-two chunks keep the number of distinct statements (and of
-        # prepared statements in sqlite3's cache) small.
-        size = _ROWS_PER_INSERT
-        start = 0
-        while start < len(rest):
-            size = min(size, 1 << (len(rest) - start).bit_length() - 1)
-            sql = f"{head} VALUES {', '.join([values] * size)}"
-            chunk = rest[start : start + size]
-            conn.execute(sql, [value for row in chunk for value in row])
-            start += size
 
 
 class Store:
@@ -163,6 +137,7 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             create_or_check(conn)
+            self._groups = GroupNames(conn)
             self.epoch: str = conn.execute(_GET_META, ("epoch",)).fetchone()[0]
             stored = conn.execute(_GET_META, ("position",)).fetchone()[0]
             newest = conn.execute("SELECT max(position) FROM log").fetchone()[0] or 0
@@ -227,11 +202,19 @@ class Store:
             return None  # a hash collision, too old, or removed by retention
         return Ack(row[0], row[1], 0, position, self.epoch, duplicate=True)
 
-    def append(self, batch: Sequence[tuple[str, Event, bytes]]) -> tuple[list[Ack], list[Delivery]]:
-        """Append a batch of `(topic, event, payload)` in one transaction.
+    def append(
+        self,
+        batch: Sequence[tuple[str, Event, bytes]],
+        replays: Container[int] = (),
+        groups: Sequence[Sequence[GroupWrite]] = (),
+    ) -> tuple[list[Ack], list[Delivery]]:
+        """Append a batch of `(topic, event, payload)` and apply group writes in one transaction.
 
         Returns one ack per entry (duplicates answer with the original's ack)
-        and the deliveries of the new events, in position order.
+        and the deliveries of the new events, in position order. The entries
+        whose index is in `replays` are appended even if their key is in the
+        dedupe window (and become the key's newest event). `groups` are the
+        `write_groups` calls of the batch, in order.
         """
         now = self._clock()
         window = self._config.dedupe_window
@@ -250,9 +233,10 @@ class Store:
         dedupe = self._dedupe
         position = self.position
         tenant = ""
+        changes = self._groups.changes()
         try:
-            with self._transaction("append failed, nothing of the batch was written") as conn:
-                for topic, event, payload in batch:
+            with self._transaction(_FAILED_WITH_GROUPS if groups else _FAILED) as conn:
+                for index, (topic, event, payload) in enumerate(batch):
                     source = event.source
                     id_ = event.id
                     if window > 0:
@@ -261,8 +245,9 @@ class Store:
                             cached = tenants[topic] = tenant_of(topic)
                         tenant = cached
                         key = (tenant, source, id_)
-                        original = seen.get(key)
-                        if original is None:
+                        # A replay is appended anyway, and remembered below.
+                        original = None if index in replays else seen.get(key)
+                        if original is None and index not in replays:
                             found = dedupe.lookup(tenant, source, id_)
                             if found is not None:
                                 original = self._original(found, tenant, source, id_, fresh_after)
@@ -285,11 +270,15 @@ class Store:
                         seen[key] = ack
                         remember.append((tenant, source, id_, position))
                 if log_rows:
-                    _insert_rows(conn, _INSERT_LOG, log_rows)
+                    insert_rows(conn, _INSERT_LOG, log_rows)
                     conn.executemany(_PUT_TOPIC, [(topic, offsets[topic]) for topic in saved])
                     conn.execute(SET_META, ("position", position))
                     if counting:
                         self._trim_count(counts)
+                for writes in groups:
+                    changes.add(writes)
+                if changes:
+                    changes.apply(conn)
         except BaseException:
             for topic, committed in saved.items():
                 if committed is None:
@@ -301,6 +290,7 @@ class Store:
         self._counts.update(counts)
         for tenant, source, id_, at in remember:
             dedupe.remember(tenant, source, id_, at, now)
+        changes.committed()
         self.commits += 1
         return acks, deliveries
 

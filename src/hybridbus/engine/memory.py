@@ -4,8 +4,9 @@ Owns: an in-memory implementation of the `Engine` contract (engine/base.py),
 for tests, development and ephemeral deployments. Every start is a new epoch,
 since nothing survives a restart. One shard. Appends never wait: an append is
 "durable" as soon as it is in memory, so its ack resolves at once.
-Revocations live in a `RevocationSet` and die with the process, like the log;
-`reset` keeps them.
+Revocations live in a `RevocationSet` and consumer groups in a dict (state
+and entries as the hub's bytes); both die with the process, like the log,
+and `reset` keeps them.
 Must not be imported by the hub (it gets an `Engine`).
 """
 
@@ -24,7 +25,15 @@ from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.core.revocation import Revocation, RevocationSet
 from hybridbus.core.topics import is_pattern, matches, tenant_of
-from hybridbus.engine.base import Clock, EngineConfig, Listener, TopicInfo, system_clock
+from hybridbus.engine.base import (
+    Clock,
+    EngineConfig,
+    GroupWrite,
+    Listener,
+    StoredGroup,
+    TopicInfo,
+    system_clock,
+)
 from hybridbus.errors import BusClosed, InvalidPosition
 
 __all__ = ["MemoryEngine"]
@@ -46,6 +55,16 @@ class _Topic:
         self.trimmed_position = 0  # highest position removed by count/age retention
 
 
+class _Group:
+    """One stored consumer group: the hub's state and entries, as given."""
+
+    __slots__ = ("entries", "state")
+
+    def __init__(self, state: bytes) -> None:
+        self.state = state
+        self.entries: dict[str, bytes] = {}
+
+
 class MemoryEngine:
     """The `Engine` contract in memory. See engine/base.py for the contract."""
 
@@ -58,6 +77,7 @@ class MemoryEngine:
         self._closed = False
         # Outside `_clear`: a reset loses history, never revocations.
         self._revocations = RevocationSet()
+        self._groups: dict[str, _Group] = {}
         self._clear()
 
     def _clear(self) -> None:
@@ -110,7 +130,9 @@ class MemoryEngine:
             self._listener((delivery,))
         return ack
 
-    async def append_many(self, items: Sequence[tuple[str, Event, bytes]]) -> list[Ack]:
+    async def append_many(
+        self, items: Sequence[tuple[str, Event, bytes]], *, dedupe: bool = True
+    ) -> list[Ack]:
         if self._closed:
             raise BusClosed("the engine is closed")
         now = self._clock()
@@ -118,7 +140,7 @@ class MemoryEngine:
         deliveries: list[Delivery] = []
         append = self._append
         for topic, event, _ in items:
-            ack, delivery = append(topic, event, now)
+            ack, delivery = append(topic, event, now, dedupe)
             acks.append(ack)
             if delivery is not None:
                 deliveries.append(delivery)
@@ -126,12 +148,18 @@ class MemoryEngine:
             self._listener(deliveries)
         return acks
 
-    def _append(self, topic: str, event: Event, now: float) -> tuple[Ack, Delivery | None]:
-        """Append one event at `now`: its ack, and its delivery (None: a duplicate)."""
+    def _append(
+        self, topic: str, event: Event, now: float, dedupe: bool = True
+    ) -> tuple[Ack, Delivery | None]:
+        """Append one event at `now`: its ack, and its delivery (None: a duplicate).
+
+        `dedupe=False` (a replay) appends it even if its key is in the window,
+        and remembers it as the key's newest event.
+        """
         window = self._config.dedupe_window
         state = self._topics.get(topic)
         tenant = state.tenant if state is not None else tenant_of(topic)
-        if window > 0:
+        if window > 0 and dedupe:
             found = self._dedupe.lookup(tenant, event.source, event.id)
             if found is not None:
                 original = self._original(found, topic, event, now - window)
@@ -271,6 +299,30 @@ class MemoryEngine:
     async def revocations(self) -> list[Revocation]:
         now = self._clock()
         return [r for r in self._revocations if r.until > now]
+
+    async def groups(self) -> list[StoredGroup]:
+        return [StoredGroup(name, g.state, dict(g.entries)) for name, g in self._groups.items()]
+
+    async def write_groups(self, writes: Sequence[GroupWrite]) -> None:
+        if self._closed:
+            raise BusClosed("the engine is closed")
+        groups = self._groups
+        for write in writes:
+            name = write.group
+            if write.drop:
+                groups.pop(name, None)
+            group = groups.get(name)
+            if write.state is not None:
+                if group is None:
+                    group = groups[name] = _Group(write.state)
+                else:
+                    group.state = write.state
+            if group is None:
+                continue  # no state: nothing is stored
+            entries = group.entries
+            entries.update(write.put)
+            for key in write.delete:
+                entries.pop(key, None)
 
     async def shorten_revocations(self, latest: float) -> int:
         if self._closed:

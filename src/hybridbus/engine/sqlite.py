@@ -3,25 +3,30 @@
 Owns: the asyncio face of the sqlite engine — the writer thread and its group
 commit, the reader thread, the periodic sweep task, and the hand-over of
 results to the event loop. What is stored and how (SQL, retention,
-snapshots) lives in `engine._sqlite_store`; the database layout, its
-versions and opening connections in `engine._sqlite_schema`. Must not block
-the event loop on disk: the loop only enqueues work and awaits futures.
+snapshots) lives in `engine._sqlite_store` (consumer groups in
+`engine._sqlite_groups`); the database layout, its versions and opening
+connections in `engine._sqlite_schema`; the queued request kinds in
+`engine._sqlite_requests`. Must not block the event loop on disk: the loop
+only enqueues work and awaits futures.
 
 Theory of operation. `append` puts `((topic, event, payload), future)` on a
-deque, `append_many` its items and one future, and each wakes the writer
-thread unless it is awake already. The writer takes
-everything waiting (up to `batch_max` events, but never part of one
-`append_many`), appends it in one transaction, commits, and posts one
-callback to the loop, which first calls the listener with the batch's new
-deliveries (in position order), then resolves each request's future with its
-acks. So an ack means "committed" and "the listener has seen it", a burst of
-N concurrent appends costs a handful of fsyncs, not N, and an `append_many`
-is all committed or not at all. `revoke` goes on the
-same deque and is group-committed the same way: consecutive revocations are
-upserted in one transaction, then their futures resolve. `sweep` and `reset`
-are commands on the same deque (there is one writer); `read`, `head`, `topics`
-and `revocations` run on a single reader thread with its own connection, each
-in one read transaction (WAL lets it proceed while the writer commits).
+deque, `append_many` its items and one future, `write_groups` its writes
+and one future, and each wakes the writer thread unless it is awake
+already. The writer takes everything waiting (up to `batch_max` events, a
+group write counting as one, but never part of one request), appends the
+events and applies the group writes in one transaction, commits, and posts
+one callback to the loop, which first calls the listener with the batch's
+new deliveries (in position order), then resolves each request's future, in
+queued order. So an ack means "committed" and "the listener has seen it", a
+burst of N concurrent appends and group writes (a consumer group's acks)
+costs a handful of fsyncs, not N, an `append_many` or `write_groups` is all
+committed or not at all, and a failed transaction fails every request in
+it. `revoke` goes on the same deque and is group-committed the same way:
+consecutive revocations are upserted in one transaction, then their futures
+resolve. `sweep` and `reset` are commands on the same deque (there is one
+writer); `read`, `head`, `topics`, `revocations` and `groups` run on a
+single reader thread with its own connection, each in one read transaction
+(WAL lets it proceed while the writer commits).
 
 There is one shard; positions are the log table's integer primary key and
 are never reused within an epoch.
@@ -52,9 +57,19 @@ from typing import Any, Final
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.core.revocation import Revocation
+from hybridbus.engine import _sqlite_groups as group_store
+from hybridbus.engine import _sqlite_requests as req
 from hybridbus.engine import _sqlite_schema as schema
 from hybridbus.engine import _sqlite_store as store
-from hybridbus.engine.base import Clock, EngineConfig, Listener, TopicInfo, system_clock
+from hybridbus.engine.base import (
+    Clock,
+    EngineConfig,
+    GroupWrite,
+    Listener,
+    StoredGroup,
+    TopicInfo,
+    system_clock,
+)
 from hybridbus.errors import BusClosed, BusError, EngineError, EngineUnavailable, InvalidPosition
 
 __all__ = ["SqliteEngine"]
@@ -64,48 +79,7 @@ log = logging.getLogger(__name__)
 _SYNCHRONOUS: Final = frozenset({"full", "normal"})
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
 
-_Item = tuple[str, Event, bytes]
-# What `append` queues: the item and the future of its ack.
-_Append = tuple[_Item, "asyncio.Future[Ack]"]
-
-
-class _AppendMany:
-    """What `append_many` queues: its items, committed together, and the future of their acks."""
-
-    __slots__ = ("future", "items")
-
-    def __init__(self, items: Sequence[_Item], future: asyncio.Future[list[Ack]]) -> None:
-        self.items = items
-        self.future = future
-
-
-_Appends = list[_Append | _AppendMany]
-
-
-class _Command:
-    """Work for the writer thread other than appends (sweep, reset, stop)."""
-
-    __slots__ = ("fn", "future", "on_loop")
-
-    def __init__(
-        self,
-        fn: Callable[[store.Store], Any] | None,
-        future: asyncio.Future[Any] | None,
-        on_loop: Callable[[Any], None] | None = None,
-    ) -> None:
-        self.fn = fn  # None: stop the writer
-        self.future = future
-        self.on_loop = on_loop  # runs on the loop with the result, before the future resolves
-
-
-class _Revoke:
-    """A revocation for the writer thread; resolves once committed."""
-
-    __slots__ = ("future", "revocation")
-
-    def __init__(self, revocation: Revocation, future: asyncio.Future[None]) -> None:
-        self.revocation = revocation
-        self.future = future
+_Batch = list[req.Append | req.AppendMany | req.GroupWrites]
 
 
 class SqliteEngine:
@@ -138,7 +112,7 @@ class SqliteEngine:
         self._epoch = ""
         self._listener: Listener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: deque[_Append | _AppendMany | _Command | _Revoke] = deque()
+        self._queue: deque[req.Request] = deque()
         self._wake = threading.Event()
         self._writer: threading.Thread | None = None
         self._store: store.Store | None = None
@@ -179,7 +153,7 @@ class SqliteEngine:
         try:
             self._store = await asyncio.wrap_future(ready)
         except BaseException:  # failed to open, or cancelled while opening
-            self._submit(_Command(None, None))
+            self._submit(req.Command(None, None))
             await asyncio.to_thread(self._writer.join)
             self._state = _CLOSED
             raise
@@ -199,7 +173,7 @@ class SqliteEngine:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
-        self._submit(_Command(None, None))
+        self._submit(req.Command(None, None))
         # The writer posted its last callbacks before it exited, and this
         # await resumes through a later loop callback, so every ack of the
         # queued appends has resolved when it returns.
@@ -224,18 +198,21 @@ class SqliteEngine:
         self._submit(((topic, event, payload), future))
         return await future
 
-    async def append_many(self, items: Sequence[tuple[str, Event, bytes]]) -> list[Ack]:
+    async def append_many(
+        self, items: Sequence[tuple[str, Event, bytes]], *, dedupe: bool = True
+    ) -> list[Ack]:
         """Append `items` in order in one transaction (all or none); one ack per item.
 
-        Resolves once committed and delivered. Cancelling the await does not
-        withdraw them: they may still be appended.
+        `dedupe=False` appends each item even if its key is in the dedupe
+        window (a replay). Resolves once committed and delivered. Cancelling
+        the await does not withdraw them: they may still be appended.
         """
         self._check_open()
         if not items:
             return []
         assert self._loop is not None
         future: asyncio.Future[list[Ack]] = self._loop.create_future()
-        self._submit(_AppendMany(items, future))
+        self._submit(req.AppendMany(items, future, dedupe))
         return await future
 
     async def read(self, pattern: str, after: Sequence[int] | None, limit: int) -> Page:
@@ -276,13 +253,32 @@ class SqliteEngine:
         self._check_open()
         assert self._loop is not None
         future: asyncio.Future[None] = self._loop.create_future()
-        self._submit(_Revoke(revocation, future))
+        self._submit(req.Revoke(revocation, future))
         await future
 
     async def revocations(self) -> list[Revocation]:
         """The stored revocations whose `until` is after the clock (on the reader)."""
         found: list[Revocation] = await self._on_reader(store.list_revocations, self._clock())
         return found
+
+    async def groups(self) -> list[StoredGroup]:
+        """Every stored consumer group with its entries, from one snapshot (on the reader)."""
+        found: list[StoredGroup] = await self._on_reader(group_store.list_groups)
+        return found
+
+    async def write_groups(self, writes: Sequence[GroupWrite]) -> None:
+        """Apply `writes` in the next group commit, with the appends queued around them.
+
+        Resolves once committed. Cancelling the await does not withdraw them:
+        they may still be applied.
+        """
+        self._check_open()
+        if not writes:
+            return
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._submit(req.GroupWrites(writes, future))
+        await future
 
     async def shorten_revocations(self, latest: float) -> int:
         """Lower the stored `until`s past `latest` to it (in the writer); return how many."""
@@ -297,7 +293,7 @@ class SqliteEngine:
         if self._crash is not None:
             raise EngineUnavailable("the sqlite writer thread died") from self._crash
 
-    def _submit(self, item: _Append | _AppendMany | _Command | _Revoke) -> None:
+    def _submit(self, item: req.Request) -> None:
         self._queue.append(item)
         # Safe without a lock: the writer clears the flag *before* draining.
         if not self._wake.is_set():
@@ -309,7 +305,7 @@ class SqliteEngine:
         self._check_open()
         assert self._loop is not None
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._submit(_Command(fn, future, on_loop))
+        self._submit(req.Command(fn, future, on_loop))
         return await future
 
     async def _on_reader(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -335,10 +331,10 @@ class SqliteEngine:
     def _settle_batch(
         self,
         deliveries: list[Delivery],
-        batch: _Appends,
+        batch: _Batch,
         outcome: list[Ack] | BaseException,
     ) -> None:
-        """On the loop: tell the listener, then resolve each request's acks."""
+        """On the loop: tell the listener, then resolve each request (in queued order)."""
         if deliveries:
             assert self._listener is not None
             try:
@@ -358,8 +354,11 @@ class SqliteEngine:
                 if not single.done():
                     single.set_result(outcome[index])
                 index += 1
+            elif type(entry) is req.GroupWrites:
+                if not entry.future.done():
+                    entry.future.set_result(None)
             else:
-                assert isinstance(entry, _AppendMany)
+                assert isinstance(entry, req.AppendMany)
                 end = index + len(entry.items)
                 if not entry.future.done():
                     entry.future.set_result(outcome[index:end])
@@ -376,7 +375,9 @@ class SqliteEngine:
             else:
                 future.set_result(None)
 
-    def _settle_command(self, command: _Command, result: Any, error: BaseException | None) -> None:
+    def _settle_command(
+        self, command: req.Command, result: Any, error: BaseException | None
+    ) -> None:
         if error is None and command.on_loop is not None:
             command.on_loop(result)
         future = command.future
@@ -411,15 +412,19 @@ class SqliteEngine:
         queue = self._queue
         batch_max = self._config.batch_max
         while queue:
-            batch: _Appends = []
+            batch: _Batch = []
             events = 0
-            # Whole requests only: an append_many larger than batch_max goes alone.
+            # Whole requests only: an append_many (or write_groups) larger
+            # than batch_max goes alone.
             while queue:
                 head = queue[0]
-                if type(head) is tuple:
+                kind = type(head)
+                if kind is tuple:
                     size = 1
-                elif type(head) is _AppendMany:
-                    size = len(head.items)
+                elif kind is req.GroupWrites:
+                    size = len(head.writes)  # type: ignore[union-attr]
+                elif kind is req.AppendMany:
+                    size = len(head.items)  # type: ignore[union-attr]
                 else:
                     break
                 if batch and events + size > batch_max:
@@ -427,40 +432,47 @@ class SqliteEngine:
                 batch.append(queue.popleft())  # type: ignore[arg-type]
                 events += size
             if batch:
-                self._commit(db, batch, events)
+                self._commit(db, batch)
                 continue
-            revokes: list[_Revoke] = []
-            while queue and len(revokes) < batch_max and type(queue[0]) is _Revoke:
+            revokes: list[req.Revoke] = []
+            while queue and len(revokes) < batch_max and type(queue[0]) is req.Revoke:
                 revokes.append(queue.popleft())  # type: ignore[arg-type]
             if revokes:
                 self._commit_revocations(db, revokes)
                 continue
             command = queue.popleft()
-            assert isinstance(command, _Command)
+            assert isinstance(command, req.Command)
             if command.fn is None:
                 return False
             self._run_command(db, command)
         return True
 
-    def _commit(self, db: store.Store, batch: _Appends, events: int) -> None:
+    def _commit(self, db: store.Store, batch: _Batch) -> None:
         deliveries: list[Delivery] = []
         outcome: list[Ack] | BaseException
-        items: list[_Item] = []
+        items: list[req.Item] = []
+        replays: set[int] = set()  # indexes of the items appended with dedupe off
+        writes: list[Sequence[GroupWrite]] = []
         for entry in batch:
             if type(entry) is tuple:
                 items.append(entry[0])
+            elif type(entry) is req.GroupWrites:
+                writes.append(entry.writes)
             else:
-                items.extend(entry.items)  # type: ignore[union-attr]
+                assert isinstance(entry, req.AppendMany)
+                if not entry.dedupe:
+                    replays.update(range(len(items), len(items) + len(entry.items)))
+                items.extend(entry.items)
         try:
-            outcome, deliveries = db.append(items)
-        except Exception as exc:  # noqa: BLE001 - logged by _Failures, handed to the acks
-            self._failures.failed(_count(events, "event", "append"), exc)
+            outcome, deliveries = db.append(items, replays, writes)
+        except Exception as exc:  # noqa: BLE001 - logged by _Failures, handed to the requests
+            self._failures.failed(_what(len(items), sum(map(len, writes))), exc)
             outcome = exc
         else:
             self._failures.succeeded()
         self._post(self._settle_batch, deliveries, batch, outcome)
 
-    def _commit_revocations(self, db: store.Store, revokes: list[_Revoke]) -> None:
+    def _commit_revocations(self, db: store.Store, revokes: list[req.Revoke]) -> None:
         error: BaseException | None = None
         try:
             db.revoke([item.revocation for item in revokes])
@@ -471,7 +483,7 @@ class SqliteEngine:
             self._failures.succeeded()
         self._post(self._settle_revocations, [item.future for item in revokes], error)
 
-    def _run_command(self, db: store.Store, command: _Command) -> None:
+    def _run_command(self, db: store.Store, command: req.Command) -> None:
         assert command.fn is not None
         try:
             result = command.fn(db)
@@ -562,6 +574,14 @@ _REPEAT: Final = 10.0
 
 def _count(n: int, noun: str, verb: str) -> str:
     return f"{verb} {n} {noun}{'' if n == 1 else 's'}"
+
+
+def _what(events: int, group_writes: int) -> str:
+    """What a failed group commit could not do, for the log."""
+    if not group_writes:
+        return _count(events, "event", "append")
+    done = _count(group_writes, "group write", "apply")
+    return f"{_count(events, 'event', 'append')} and {done}" if events else done
 
 
 def _copy_error(error: BaseException) -> BaseException:

@@ -285,6 +285,7 @@ class Group:
         self._missed = False
         self._kicked = False
         self._ticker: asyncio.Task[None] | None = None
+        self._timed = asyncio.Event()  # set when a timer may have started
         self._burying: list[tuple[Entry, asyncio.Future[None]]] = []
         self._bury_task: asyncio.Task[None] | None = None
         self._termed: set[Entry] = set()
@@ -453,16 +454,23 @@ class Group:
                 self.expired_total += 1
                 continue
             member.give(GroupDelivery(self, state.name, entry, delivery))
+        if core.timers:
+            self._timed.set()  # wake the timer if it sleeps
+        if core.dirty:
+            self.groups.flush_later()
         if not self._live:
             self._read_soon()
 
     async def _tick_forever(self) -> None:
         resolution = 0.01
+        timed = self._timed
         while True:
+            core = self.core
+            if not core.timers:  # nothing to time: sleep until a dispatch pass starts a timer
+                timed.clear()
+                await timed.wait()
             await asyncio.sleep(resolution)
             core = self.core
-            if not core.timers:
-                continue
             dead = core.tick(self._clock())
             if dead:
                 self._bury(dead)

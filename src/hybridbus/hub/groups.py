@@ -183,6 +183,9 @@ class Groups:
         self._wake = asyncio.Event()
         self._next: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        # Changes nobody waits for (handing out, the cursor) are written within
+        # `_WRITE_EVERY` seconds; an entry taken and settled in between never is.
+        self._later: asyncio.TimerHandle | None = None
         self._closed = True
 
     @property
@@ -209,6 +212,8 @@ class Groups:
         if self._closed:
             return
         self._closed = True
+        if self._later is not None:
+            self._later.cancel()
         tasks: list[asyncio.Task[None]] = []
         for group in self._groups.values():
             tasks.extend(group.stop(BusClosed("the bus is closed")))
@@ -334,6 +339,15 @@ class Groups:
         """Write the groups' changes in the next round."""
         self._wake.set()
 
+    def flush_later(self) -> None:
+        """Write the groups' changes within `_WRITE_EVERY` seconds (nobody waits for them)."""
+        if self._later is None and not self._closed:
+            self._later = asyncio.get_running_loop().call_later(_WRITE_EVERY, self._write_later)
+
+    def _write_later(self) -> None:
+        self._later = None
+        self._wake.set()
+
     async def durable(self) -> None:
         """Return once every change made before this call is durable (else raise why not)."""
         if self._closed:
@@ -345,13 +359,8 @@ class Groups:
         await asyncio.shield(future)
 
     async def _write_forever(self) -> None:
-        # Changes nobody waits for (handing out, the cursor) are written within this
-        # many seconds; an entry taken and settled in between is never written at all.
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), _WRITE_EVERY)
-            except TimeoutError:
-                pass
+            await self._wake.wait()
             self._wake.clear()
             try:
                 await self._write_round()
