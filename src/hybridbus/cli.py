@@ -15,6 +15,8 @@ Must not hold server logic: `hybridbus serve` hands over to `hybridbus.serve`.
                     [--secret-file FILE | --private-key FILE --alg RS256|ES256|EdDSA
                      | --config FILE]
     hybridbus key --name N (--tenant T | --admin) [--role R ...]
+    hybridbus groups [--json]                                  (over HTTP: cli_groups.py)
+    hybridbus dlq list|show|replay|purge GROUP ...
 
 The client commands take `--url` (default `$HYBRIDBUS_URL` or
 ws://127.0.0.1:8080/v1/ws) and `--token` (default `$HYBRIDBUS_TOKEN`); their
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from hybridbus import cli_groups
 from hybridbus.errors import InvalidInput
 from hybridbus.server.config import ENV_PREFIX, load_config
 
@@ -53,7 +56,7 @@ environment:
                    (default: none: an anonymous client, if the server lets it in)
   `hybridbus serve` reads {ENV_PREFIX}* settings (docs/configuration.md)"""
 
-# The exit statuses of publish, subscribe and history (client/commands.py returns them).
+# The exit statuses of the client commands (client/commands.py and cli_groups.py return them).
 EXIT_STATUSES = """\
 exit status:
   0    done
@@ -197,6 +200,7 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_token_parser(commands)
     _add_key_parser(commands)
+    cli_groups.add_parsers(commands, client, epilog, _Formatter)
     return root
 
 
@@ -221,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _token(args)
     if args.command == "key":
         return _key(args)
+    if args.command in ("groups", "dlq"):
+        return cli_groups.run(args, parser())
     from hybridbus.client import commands
     from hybridbus.errors import BusError
 

@@ -33,6 +33,7 @@ from hybridbus.core.cors import CorsPolicy
 from hybridbus.errors import BusError
 from hybridbus.gateways.access import HttpAccess
 from hybridbus.gateways.cors import install_cors
+from hybridbus.gateways.groups import GroupsConfig, GroupsGateway
 from hybridbus.gateways.health import HealthGateway
 from hybridbus.gateways.http import HttpConfig, HttpGateway
 from hybridbus.gateways.listener import ListenerConfig, ListenerSite, raise_nofile_limit
@@ -64,6 +65,7 @@ async def create_app(
     cors = CorsPolicy(config.cors_origins)  # a bad pattern fails before the engine opens
     bus = await open_bus(config.engine)
     metrics = Metrics()
+    metrics.watch_groups(bus.groups)
     node = Node(bus, config, metrics, authenticator)
     try:
         await node.start()
@@ -81,12 +83,19 @@ async def create_app(
             hold=access.holding(node.hold),  # SSE streams count and end like connections
             visibility=access.visibility,  # a topic listing shows what the caller may read
         )
+        groups = GroupsGateway(  # consumer groups over HTTP: pull, settle, manage
+            node.groups,
+            access.principal,
+            config=GroupsConfig(body_timeout=config.body_timeout),
+            hold=access.holding(node.hold),  # a waiting fetch counts and ends like a stream
+        )
         app = web.Application()
         app[NODE_KEY] = node
         app[METRICS_KEY] = metrics
         install_cors(app, cors)  # preflights and grants under /v1/
         app.add_routes(WebSocketGateway(node).routes())
         app.add_routes(http.routes())
+        app.add_routes(groups.routes())
         app.add_routes(access.routes())
         app.add_routes(HealthGateway(node, metrics).routes())
     except BaseException:
@@ -95,6 +104,7 @@ async def create_app(
 
     async def close_connections(app: web.Application) -> None:
         http.close()  # ends the SSE streams
+        groups.close()  # ends the waiting fetches
         await node.close_connections()
 
     async def shutdown(app: web.Application) -> None:

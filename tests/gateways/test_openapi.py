@@ -25,7 +25,9 @@ import hybridbus
 from hybridbus.core.permissions import Policy
 from hybridbus.gateways import openapi
 from hybridbus.gateways.access import HttpAccess
+from hybridbus.gateways.groups import GroupsGateway
 from hybridbus.gateways.http import HttpGateway
+from hybridbus.hub.group_guard import GroupGuard
 from hybridbus.hub.guard import Guard
 from hybridbus.serve import create_app
 from hybridbus.server.access import ApiKeys
@@ -68,7 +70,8 @@ async def test_the_document_lists_exactly_the_registered_routes() -> None:
     async with hybridbus.open("memory://") as bus:
         guard = Guard(bus, Policy())
         access = HttpAccess(guard, ApiKeys([]), AnonymousAuthenticator(None))
-        routes = [*HttpGateway(bus, Metrics()).routes(), *access.routes()]
+        groups = GroupsGateway(GroupGuard(guard), access.principal)
+        routes = [*HttpGateway(bus, Metrics()).routes(), *access.routes(), *groups.routes()]
     registered = {
         (route.method, re.sub(r"\{(\w+):[^}]*\}", r"{\1}", route.path))
         for route in routes

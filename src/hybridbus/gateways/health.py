@@ -46,4 +46,5 @@ class HealthGateway:
         return web.json_response(body, status=200 if node.ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
+        await self._metrics.refresh()  # what is computed at a scrape (the groups' lag)
         return web.Response(body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE})

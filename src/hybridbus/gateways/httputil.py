@@ -15,6 +15,7 @@ Status by error (the first row that matches):
     BodyTimeout                   408   the body did not arrive in time
     InvalidInput (any 10xx)       400   topic, pattern, event, position, parameter
     Revoked 403, Unauthorized 401, Forbidden 403, TooManyRevocations 409, LimitExceeded 429
+    UnknownGroup, UnknownDeadLetter 404; GroupConflict, DeliveryGone 409 (consumer groups)
     BusClosed, EngineUnavailable  503   with Retry-After: the server is going away / try later
     EngineError, anything else    500   no details: they stay in the server's log
 """
@@ -36,17 +37,21 @@ from aiohttp.http_exceptions import HttpProcessingError
 from hybridbus.errors import (
     BusClosed,
     BusError,
+    DeliveryGone,
     EngineError,
     EngineUnavailable,
     ErrorCode,
     EventTooLarge,
     Forbidden,
+    GroupConflict,
     InvalidInput,
     LimitExceeded,
     RateLimited,
     Revoked,
     TooManyRevocations,
     Unauthorized,
+    UnknownDeadLetter,
+    UnknownGroup,
     public_message,
 )
 
@@ -142,6 +147,10 @@ _STATUS: Final[tuple[tuple[type[BusError], int], ...]] = (
     (Forbidden, 403),
     (TooManyRevocations, 409),  # a full store, not a rate: waiting a little does not help
     (LimitExceeded, 429),
+    (UnknownGroup, 404),  # or one the caller may not see: its existence is not disclosed
+    (UnknownDeadLetter, 404),
+    (GroupConflict, 409),  # the group exists over another pattern
+    (DeliveryGone, 409),  # settled, or its lease ended and it went on: not the caller's now
     (BusClosed, 503),
     (EngineUnavailable, 503),
 )

@@ -12,6 +12,7 @@ import copy
 from typing import Any, Final
 
 from hybridbus.core.topics import MAX_TOPIC_LENGTH
+from hybridbus.gateways import openapi_groups
 from hybridbus.proto.frames import MAX_HISTORY_LIMIT
 
 __all__ = ["document"]
@@ -197,14 +198,24 @@ _SCHEMAS: Final[dict[str, Any]] = {
 }
 
 _PROBLEM_TEXT: Final = {
-    400: "Bad input: topic, pattern, event, position or parameter (`code` says which).",
+    400: (
+        "Bad input: topic, pattern, event, position, parameter or body, a group's name or "
+        "settings (`code` says which)."
+    ),
+    404: "No such group (1401: or not the caller's tenant's) or dead letter (1404).",
     408: "The request body did not arrive in time.",
     413: "An event (or the body) is too large (code 1004).",
     415: "Not a CloudEvent: the Content-Type is neither structured nor batch, no ce-specversion.",
     401: "No credentials where they are needed, an unknown API key, a bad or expired token.",
     403: "Revoked (1104), or the topic is another tenant's or the rules refuse it (1110).",
-    409: "The tenant holds max_revocations_per_tenant live revocations (1123).",
-    429: "Over the caller's or the tenant's publish rate (1121); see Retry-After.",
+    409: (
+        "The tenant holds max_revocations_per_tenant live revocations (1123); the group exists "
+        "over another pattern (1402); the delivery is no longer held (1403)."
+    ),
+    429: (
+        "Over the caller's or the tenant's publish rate (1121), or a fetch over "
+        "max_connections_per_user (1122); see Retry-After."
+    ),
     500: "The server failed (code 1300-1399); the details are in its log.",
     503: "The log is unavailable or the server is shutting down; see Retry-After.",
 }
@@ -490,16 +501,24 @@ def document() -> dict[str, Any]:
                 "version": "1",
                 "description": (
                     "Publish CloudEvents to topics, read history, presence and topics, and stream "
-                    "topics and patterns as server-sent events. Topics are absolute "
-                    "(tenant first). Errors are application/problem+json. See docs/http.md."
+                    "topics and patterns as server-sent events, pull from consumer groups and "
+                    "manage their dead letters. Topics are absolute (tenant first); group "
+                    "names are relative to the caller's tenant. Errors are "
+                    "application/problem+json. See docs/http.md."
                 ),
             },
-            "paths": _secured({**_paths(), "/v1/revocations": _REVOCATIONS}),
+            "paths": _secured(
+                {
+                    **_paths(),
+                    "/v1/revocations": _REVOCATIONS,
+                    **openapi_groups.paths(_problems),
+                }
+            ),
             "security": _SECURITY,
             "components": {
                 "securitySchemes": _SECURITY_SCHEMES,
-                "schemas": _SCHEMAS,
-                "parameters": _PARAMETERS,
+                "schemas": {**_SCHEMAS, **openapi_groups.SCHEMAS},
+                "parameters": {**_PARAMETERS, **openapi_groups.PARAMETERS},
                 "responses": {f"Problem{s}": _problem_response(s) for s in _PROBLEM_TEXT},
             },
         }

@@ -75,7 +75,7 @@ class GroupGuard:
         if group is None:
             if pattern is None:
                 raise UnknownGroup(f"no group {name!r}; give a pattern to create it")
-            absolute = principal.pattern(pattern)
+            absolute = self._in_tenant(gid, principal.pattern(pattern))
             self.guard.check(principal, "consume", pattern)
             group = await self.groups.ensure(
                 gid.rpartition("/")[2], settings_from(absolute, settings)
@@ -99,11 +99,22 @@ class GroupGuard:
     ) -> GroupInfo:
         """Create the principal's group `name` over `pattern`, or update its settings (`manage`)."""
         gid = self.gid(principal, name)
-        absolute = principal.pattern(pattern)
+        absolute = self._in_tenant(gid, principal.pattern(pattern))
         self.guard.check(principal, "manage", pattern)
         parsed: GroupSettings = settings_from(absolute, settings)
         await self.groups.ensure(gid.rpartition("/")[2], parsed)
         return await self.groups.info(gid)
+
+    @staticmethod
+    def _in_tenant(gid: str, absolute: str) -> str:
+        """`absolute` if it lies in the tenant of group `gid` (an admin could name another)."""
+        tenant = gid.partition("/")[0]
+        if absolute.partition("/")[0] != tenant:
+            raise InvalidSettings(
+                f"group {gid!r} lives in tenant {tenant!r}: its pattern must start with "
+                f"'{tenant}/', not {absolute!r:.140}"
+            )
+        return absolute
 
     def visible(self, principal: Principal) -> list[GroupInfo]:
         """The groups the principal may consume from or manage, by id."""

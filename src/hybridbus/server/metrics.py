@@ -5,8 +5,9 @@ registry of its own (so several nodes in one process, as in tests, do not
 collide), and the cheap ways to count on the delivery path: a latency
 histogram that takes many equal observations at once (`Latency`) and a
 `Tally` of the frames written in one loop turn, recorded once at its end
-instead of once per frame. Must not decide anything: components only count
-through it.
+instead of once per frame; and the consumer groups' figures, read from
+`hub.groups.Groups` when `/metrics` is scraped (`GroupCollector`). Must not
+decide anything: components only count through it.
 """
 
 from __future__ import annotations
@@ -14,13 +15,23 @@ from __future__ import annotations
 import asyncio
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
-from typing import Final
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
-__all__ = ["CONTENT_TYPE", "Latency", "Metrics", "Tally"]
+from hybridbus.core.log import Position
+
+if TYPE_CHECKING:
+    from hybridbus.hub.groups import GroupInfo, Groups
+
+__all__ = ["CONTENT_TYPE", "GroupCollector", "Latency", "Metrics", "Tally", "group_lag"]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -141,6 +152,79 @@ class Tally:
                 observe(max(0.0, now - oldest), count)
 
 
+def group_lag(info: GroupInfo, head: Sequence[int], epoch: str) -> int:
+    """How far the group's cursor is behind `head` (log positions summed over shards).
+
+    0 when the group's position is of another epoch (it starts over in the
+    new one once it reads).
+    """
+    position = Position.parse(info.position)
+    if position.epoch != epoch:
+        return 0
+    return sum(max(0, h - c) for h, c in zip(head, position.positions, strict=False))
+
+
+class GroupCollector:
+    """The consumer groups' gauges and counters, read from the groups at each scrape.
+
+    Labels `tenant` and `group` (the name). `refresh()` (awaited before a
+    scrape) reads the head of the log for the lag; the counters count since
+    the group was loaded (they restart from 0 with the server, as Prometheus
+    counters may).
+    """
+
+    _GAUGES: Final = (
+        ("lag", "Log positions the group's cursor is behind the head of the log."),
+        ("pending", "Events the group took and has not settled."),
+        ("leased", "Pending events handed to a member now."),
+        ("members", "Members of the group."),
+        ("dead_letters", "Dead letters in the group's list."),
+    )
+    _COUNTERS: Final = (
+        ("acked", "Deliveries acked."),
+        ("redelivered", "Deliveries of an event after its first."),
+        ("dead", "Events that became dead letters."),
+    )
+
+    def __init__(self, groups: Groups, registry: CollectorRegistry) -> None:
+        self._groups = groups
+        self._head: tuple[int, ...] = ()
+        registry.register(self)
+
+    async def refresh(self) -> None:
+        """Read the head of the log (for the lag) before a scrape."""
+        self._head = tuple(await self._groups.engine.head())
+
+    def collect(self) -> Iterator[Metric]:
+        infos = self._groups.all()
+        epoch = self._groups.engine.epoch
+        labels = ["tenant", "group"]
+        gauges = {
+            name: GaugeMetricFamily(f"hybridbus_group_{name}", text, labels=labels)
+            for name, text in self._GAUGES
+        }
+        counters = {
+            name: CounterMetricFamily(f"hybridbus_group_{name}", text, labels=labels)
+            for name, text in self._COUNTERS
+        }
+        for info in infos:
+            values = [info.tenant, info.name]
+            head = self._head
+            gauges["lag"].add_metric(values, group_lag(info, head, epoch) if head else 0)
+            gauges["pending"].add_metric(values, info.pending)
+            gauges["leased"].add_metric(values, info.leased)
+            gauges["members"].add_metric(values, len(info.members))
+            gauges["dead_letters"].add_metric(values, info.dead_letters)
+            counters["acked"].add_metric(values, info.acked)
+            counters["redelivered"].add_metric(values, info.redelivered)
+            counters["dead"].add_metric(values, info.dead)
+        yield from gauges.values()
+        yield from counters.values()
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # collected at each scrape: nothing to check at registration
+
+
 class Metrics:
     """The metrics of one node; `render()` is the `/metrics` body."""
 
@@ -183,6 +267,18 @@ class Metrics:
             _LATENCY_BUCKETS,
             r,
         )
+
+        self._groups: GroupCollector | None = None
+
+    def watch_groups(self, groups: Groups) -> None:
+        """Expose the consumer groups' metrics (`GroupCollector`) from now on."""
+        if self._groups is None:
+            self._groups = GroupCollector(groups, self.registry)
+
+    async def refresh(self) -> None:
+        """Read what a scrape computes from (the log's head): await it before `render`."""
+        if self._groups is not None:
+            await self._groups.refresh()
 
     def render(self) -> bytes:
         """The text exposition format of every metric."""
