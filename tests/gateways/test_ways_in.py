@@ -11,6 +11,7 @@ measured from the instant the token lapses.
     property                                  websocket   sse         http
     expiry ends it (< 1 s after exp)          close 4004  1101 event  401 1101
     revocation ends it (< 1 s), each kind     close 4502  1104 event  403 1104
+    ... and its consumer-group memberships    left        —           —
     one per-user count for every way in       counted     counted     not held
     a stalled reader is cut, memory bounded   4001        1201/abort  —
 """
@@ -259,6 +260,23 @@ async def test_revocation_ends_it_within_a_second(way: Way, kind: str) -> None:
             assert ending.said["retriable"] is False
             assert ending.said["reason"] == f"the {kind} was revoked"
         assert await other.alive()
+
+
+@pytest.mark.parametrize("end", ["expiry", "revocation"])
+async def test_expiry_and_revocation_end_a_websockets_group_memberships(end: str) -> None:
+    async with secured() as server, admin(server) as operator:
+        credential = token(jti="t-1", exp=time.time() + (1.5 if end == "expiry" else 300))
+        async with WsClient.open(server.url, token=credential) as client:
+            reply = await client.request("group_join", group="g", pattern="x/#")
+            assert reply["type"] == "reply", reply
+            assert server.node.bus.groups.all()[0].members == [reply["result"]["member"]]
+            if end == "revocation":
+                body = {"kind": "token", "value": "t-1", "tenant": "acme"}
+                response = await operator.post("/v1/revocations", json=body)
+                assert response.status_code == 201, response.text
+            closed = await client.closed()
+        assert closed.code == (EXPIRED if end == "expiry" else REVOKED)["websocket"]
+        await wait_for(lambda: server.node.bus.groups.all()[0].members == [])
 
 
 # -- one count for every way in -------------------------------------------------------------------

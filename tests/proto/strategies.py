@@ -17,6 +17,15 @@ from hybridbus.proto.frames import (
     Disconnect,
     ErrorReply,
     EventPush,
+    GroupAck,
+    GroupEventPush,
+    GroupExtend,
+    GroupJoin,
+    GroupJoinResult,
+    GroupLeave,
+    GroupLeaveResult,
+    GroupNack,
+    GroupTerm,
     History,
     HistoryEvent,
     HistoryResult,
@@ -35,6 +44,7 @@ from hybridbus.proto.frames import (
     Result,
     ServerMessage,
     ServerPing,
+    SettleResult,
     Subscribe,
     SubscribeResult,
     Unsubscribe,
@@ -88,6 +98,30 @@ def commands(codec: WireCodec) -> st.SearchStrategy[ClientMessage]:
         st.builds(Presence, id=ids, topic=texts, watch=st.booleans()),
         st.builds(Ping, id=ids),
         st.builds(Refresh, id=ids, token=texts),
+        st.builds(
+            GroupJoin,
+            id=ids,
+            group=texts,
+            pattern=maybe,
+            settings=st.none() | st.dictionaries(texts, json_values, max_size=3),
+            member=maybe,
+        ),
+        st.builds(GroupLeave, id=ids, group=texts),
+        st.builds(
+            GroupAck, id=ids, group=texts, deliveries=st.lists(texts, min_size=1, max_size=3)
+        ),
+        st.builds(
+            GroupNack,
+            id=ids,
+            group=texts,
+            delivery=texts,
+            delay=st.none() | st.floats(0, 1e9),
+            error=maybe,
+        ),
+        st.builds(
+            GroupExtend, id=ids, group=texts, deliveries=st.lists(texts, min_size=1, max_size=3)
+        ),
+        st.builds(GroupTerm, id=ids, group=texts, delivery=texts, reason=maybe),
         st.just(Pong()),
     )
 
@@ -130,6 +164,9 @@ def results(codec: WireCodec) -> st.SearchStrategy[Result]:
         st.builds(PresenceResult, clients=st.lists(client_infos, max_size=3)),
         st.just(PingResult()),
         st.builds(RefreshResult, expires=st.none() | floats),
+        st.builds(GroupJoinResult, group=texts, member=texts, pattern=texts),
+        st.just(GroupLeaveResult()),
+        st.just(SettleResult()),
     )
 
 
@@ -152,6 +189,16 @@ def server_messages(codec: WireCodec) -> st.SearchStrategy[ServerMessage]:
             offset=ints,
             shard=ints,
             position=ints,
+            event=raw_events(codec),
+        ),
+        st.builds(
+            GroupEventPush,
+            group=texts,
+            delivery=texts,
+            attempt=ints,
+            dedupe=texts,
+            topic=texts,
+            offset=ints,
             event=raw_events(codec),
         ),
         st.builds(Unsubscribed, pattern=texts, code=ints, reason=st.text()),

@@ -27,6 +27,7 @@ from hybridbus.proto.codec import (
 from hybridbus.proto.frames import (
     RESULT_TYPES,
     EventPush,
+    GroupEventPush,
     Ping,
     Pong,
     Publish,
@@ -87,7 +88,7 @@ def test_every_command_has_a_result_type() -> None:
         "presence",
         "ping",
         "refresh",
-    }
+    } | {"group_join", "group_leave", "ack", "nack", "extend", "term"}
 
 
 @codecs
@@ -202,6 +203,36 @@ def test_encode_push_is_exactly_encode_of_the_push_message(
             event=msgspec.Raw(event_bytes),
         )
     )
+
+
+@codecs
+@given(
+    texts=st.tuples(*[st.text(max_size=30)] * 4),
+    numbers=st.tuples(st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1)),
+    event=events,
+)
+def test_encode_group_push_is_exactly_encode_of_the_group_push_message(
+    codec: WireCodec, texts: tuple[str, str, str, str], numbers: tuple[int, int], event: Event
+) -> None:
+    group, delivery_id, dedupe, topic = texts
+    attempt, offset = numbers
+    event_bytes = codec.encode_event(event)
+    encoded = codec.encode_group_push(
+        group, delivery_id, attempt, dedupe, topic, offset, event_bytes
+    )
+    message = GroupEventPush(
+        group=group,
+        delivery=delivery_id,
+        attempt=attempt,
+        dedupe=dedupe,
+        topic=topic,
+        offset=offset,
+        event=msgspec.Raw(event_bytes),
+    )
+    assert encoded == codec.encode(message)
+    decoded = codec.decode_server_message(encoded)
+    assert isinstance(decoded, GroupEventPush)
+    assert codec.decode_event(decoded.event) == event
 
 
 @codecs

@@ -35,9 +35,11 @@ class Calls:
             result: Ack = await append(topic, event, payload)
             return result
 
-        async def counted_many(items: Sequence[tuple[str, Event, bytes]]) -> list[Ack]:
+        async def counted_many(
+            items: Sequence[tuple[str, Event, bytes]], *, dedupe: bool = True
+        ) -> list[Ack]:
             self.batches.append(len(items))
-            result: list[Ack] = await append_many(items)
+            result: list[Ack] = await append_many(items, dedupe=dedupe)
             return result
 
         engine.append, engine.append_many = counted, counted_many

@@ -10,10 +10,14 @@ an explicit `ContinuityLost`. A publish's ack (`PublishResult`) carries
 events in one frame (the server appends them in one commit). Given a
 `TokenProvider` instead of a fixed token, it refreshes the token before it
 expires and reconnects with a fresh one after a 4004 (TOKEN_EXPIRED).
+`c.group(name, pattern, **settings)` joins a consumer group (`async for d in
+g: ...; await d.ack()`, as in-process) and rejoins it as the same member
+after a reconnect.
 Imports `proto` and `core` only, never the server.
 """
 
 from hybridbus.client.connection import Client, ClientConfig, TokenProvider, connect
+from hybridbus.client.groups import ClientDelivery, ClientGroup
 from hybridbus.client.subscription import ClientSubscription
 from hybridbus.errors import ConnectFailed
 from hybridbus.proto.client import HistoryPage, Received
@@ -22,6 +26,8 @@ from hybridbus.proto.frames import PublishResult
 __all__ = [
     "Client",
     "ClientConfig",
+    "ClientDelivery",
+    "ClientGroup",
     "ClientSubscription",
     "ConnectFailed",
     "HistoryPage",

@@ -2,8 +2,10 @@
 
 Owns: the WebSocket, reconnecting with exponential backoff and full jitter
 (`core.backoff`), replaying what a drop interrupted on the next connection
-(resubscribe each subscription from its position; resend in-flight commands
-— a publish with the same event, which the server dedupes by source + id),
+(resubscribe each subscription from its position, `client.subscribing`;
+rejoin each consumer group as the same member, `client.groups`; resend
+in-flight commands — a publish with the same event, which the server dedupes
+by source + id; an ack, which is idempotent),
 request futures with timeouts, write coalescing and the heartbeat timer,
 and sending `refresh` on the connection whose token `client.tokens` renews.
 
@@ -35,7 +37,9 @@ from typing import Any, Literal, TypeVar
 import aiohttp
 
 from hybridbus.client.config import ClientConfig
+from hybridbus.client.groups import ClientGroup, Memberships
 from hybridbus.client.requests import Request, retrieve
+from hybridbus.client.subscribing import Subscriptions
 from hybridbus.client.subscription import ClientSubscription
 from hybridbus.client.tokens import TokenProvider, TokenSource
 from hybridbus.core.event import Event, check_event, event_from_dict
@@ -46,22 +50,23 @@ from hybridbus.proto.client import (
     ClientSession,
     Ended,
     Failed,
+    GroupReceived,
     HistoryPage,
     Received,
     Replied,
 )
 from hybridbus.proto.codec import codec_for
-from hybridbus.proto.codes import CloseCode, reconnect_allowed, retriable
+from hybridbus.proto.codes import CloseCode, reconnect_allowed
 from hybridbus.proto.frames import (
     ClientInfo,
     Connect,
     ConnectResult,
+    GroupJoin,
     PresenceResult,
     PublishResult,
     Refresh,
     RefreshResult,
     Subscribe,
-    SubscribeResult,
 )
 
 __all__ = ["Client", "ClientConfig", "ConnectFailed", "TokenProvider", "connect"]
@@ -91,9 +96,8 @@ class Client:
         self._session: ClientSession | None = None
         self._requests: dict[int, Request] = {}  # by id, on the current session
         self._waiting: list[Request] = []  # for the next connected session
-        self._subs: dict[str, ClientSubscription] = {}
-        self._subscribing: dict[int, ClientSubscription] = {}
-        self._opened: dict[ClientSubscription, asyncio.Future[None]] = {}
+        self._subs = Subscriptions(self)
+        self._groups = Memberships(self, self._request)
         self._ready = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -236,12 +240,28 @@ class Client:
         result: RefreshResult = await self._request(lambda s: s.refresh(fresh))
         return result.expires
 
+    def group(
+        self,
+        name: str,
+        pattern: str | None = None,
+        *,
+        member: str | None = None,
+        **settings: Any,
+    ) -> ClientGroup:
+        """Join consumer group `name`: `async with c.group("billing", "invoices/#") as g`.
+
+        Created over `pattern` with `settings` if it does not exist (see
+        `hybridbus.client.groups` and docs/protocol.md §5.9); rejoined with the
+        same member name after every reconnect.
+        """
+        return ClientGroup(self._groups, name, pattern, member, settings or None)
+
     def subscribe(self, pattern: str, since: Position | str | None = None) -> ClientSubscription:
         """A subscription: `async with c.subscribe(pattern) as sub: async for r in sub`."""
         token = Position.parse(since) if isinstance(since, str) else since
         config = self.config
         return ClientSubscription(
-            pattern, token, config.queue_size, self._open_subscription, self._close_subscription
+            pattern, token, config.queue_size, self._subs.open, self._subs.close
         )
 
     async def _request(self, issue: Callable[[ClientSession], int]) -> Any:
@@ -287,39 +307,6 @@ class Client:
         self._waiting = [r for r in self._waiting if r not in done]
         for id in [id for id, pending in self._requests.items() if pending in done]:
             del self._requests[id]
-
-    async def _open_subscription(self, sub: ClientSubscription) -> None:
-        if sub.pattern in self._subs:
-            raise InvalidInput(f"already subscribed to {sub.pattern!r} on this client")
-        if self._failure is not None:
-            raise self._failure
-        opened = asyncio.get_running_loop().create_future()
-        self._subs[sub.pattern] = sub
-        self._opened[sub] = opened
-        if self._session is not None and self._ready.is_set():
-            self._send_subscribe(self._session, sub)
-        try:
-            async with asyncio.timeout(self.config.request_timeout):
-                await opened
-        except BaseException:
-            self._subs.pop(sub.pattern, None)
-            raise
-        finally:
-            self._opened.pop(sub, None)
-
-    async def _close_subscription(self, sub: ClientSubscription) -> None:
-        if self._subs.get(sub.pattern) is sub:
-            del self._subs[sub.pattern]
-            session = self._session
-            if session is not None and self._ready.is_set() and not session.closed:
-                with contextlib.suppress(RuntimeError):
-                    session.unsubscribe(sub.pattern)
-                    self._kick()
-        sub.end()
-
-    def _send_subscribe(self, session: ClientSession, sub: ClientSubscription) -> None:
-        self._subscribing[session.subscribe(sub.pattern, since=sub.position)] = sub
-        self._kick()
 
     # -- the connection loop ---------------------------------------------------------
 
@@ -429,14 +416,15 @@ class Client:
                 if not request.replay:
                     request.future.cancel()
             self._requests.clear()
-            self._subscribing.clear()
+            self._subs.disconnected()
+            self._groups.disconnected()
 
     def _handle(self, session: ClientSession, event: object) -> bool:
         """Act on one thing the session handed out; True once the connect was answered."""
         if isinstance(event, Received):
-            sub = self._subs.get(event.pattern)
-            if sub is not None:
-                sub.deliver(event)
+            self._subs.received(event)
+        elif isinstance(event, GroupReceived):
+            self._groups.received(event)
         elif isinstance(event, Replied):
             command, result = event.command, event.result
             if isinstance(command, Connect):
@@ -445,7 +433,9 @@ class Client:
                     self._expiry(session, result.expires)
                 return True
             if isinstance(command, Subscribe):
-                self._subscribed(event.id, result)
+                self._subs.subscribed(event.id, result)
+            elif isinstance(command, GroupJoin):
+                self._groups.joined(event.id, result)
             else:
                 request = self._requests.pop(event.id, None)
                 if request is not None and not request.future.done():
@@ -454,19 +444,13 @@ class Client:
                     self._expiry(session, result.expires)
         elif isinstance(event, Failed):
             error = RemoteError(event.code, event.message, event.retriable)
-            sub = self._subscribing.pop(event.id, None)
-            if sub is not None:
-                self._end(sub, error)
+            self._subs.refused(event.id, error)
+            self._groups.refused(event.id, error)
             request = self._requests.pop(event.id, None)
             if request is not None and not request.future.done():
                 request.future.set_exception(error)
         elif isinstance(event, Ended):
-            sub = self._subs.get(event.pattern)
-            if sub is not None:
-                if retriable(event.code) or event.code == 1200:
-                    self._send_subscribe(session, sub)  # from where it got to
-                else:
-                    self._end(sub, RemoteError(event.code, event.reason, False))
+            self._subs.ended(session, event)
         return False
 
     def _connected(self, session: ClientSession) -> None:
@@ -474,8 +458,8 @@ class Client:
         if self.connects > 1:
             log.info("reconnected")
         self._ready.set()
-        for sub in self._subs.values():
-            self._send_subscribe(session, sub)
+        self._subs.connected(session)
+        self._groups.connected(session)
         waiting, self._waiting = self._waiting, []
         for request in waiting:
             if request.future.done():
@@ -486,25 +470,6 @@ class Client:
                 request.future.set_exception(exc)
         self._kick()
 
-    def _subscribed(self, id: int, result: object) -> None:
-        sub = self._subscribing.pop(id, None)
-        if sub is None or not isinstance(result, SubscribeResult):
-            return
-        resumed = sub.position is not None
-        sub.started(Position.parse(result.position))
-        if resumed and not result.recovered:
-            sub.gap("the server could not recover every event since the last one received")
-        opened = self._opened.get(sub)
-        if opened is not None and not opened.done():
-            opened.set_result(None)
-
-    def _end(self, sub: ClientSubscription, error: BusError) -> None:
-        self._subs.pop(sub.pattern, None)
-        opened = self._opened.get(sub)
-        if opened is not None and not opened.done():
-            opened.set_exception(error)
-        sub.end(error)
-
     def _fail_all(self, error: BusError, *, end_quietly: bool = False) -> None:
         """Fail every pending command with `error`; end every subscription (with it)."""
         self._failure = error
@@ -513,12 +478,8 @@ class Client:
                 request.future.set_exception(error)
         self._requests.clear()
         self._waiting.clear()
-        for sub in list(self._subs.values()):
-            if end_quietly:
-                sub.end()
-            else:
-                self._end(sub, error)
-        self._subs.clear()
+        self._subs.fail_all(error, quietly=end_quietly)
+        self._groups.fail_all(error, quietly=end_quietly)
 
     # -- tokens ------------------------------------------------------------------------
 
@@ -544,6 +505,24 @@ class Client:
                 await request.future
         finally:
             self._forget_many([request])
+
+    # -- for the registries (client.subscribing.Link) ---------------------------------
+
+    def live(self) -> ClientSession | None:
+        """The session to send on now (its connect answered); None between connections."""
+        return self._session if self._session is not None and self._ready.is_set() else None
+
+    def kick(self) -> None:
+        """Send what the session queued (coalesced, this loop turn)."""
+        self._kick()
+
+    def failure(self) -> BusError | None:
+        """What ended the client for good, if anything did."""
+        return self._failure
+
+    def request_timeout(self) -> float:
+        """Seconds to wait for an answer."""
+        return self.config.request_timeout
 
     # -- writing -----------------------------------------------------------------------
 

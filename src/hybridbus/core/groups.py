@@ -484,7 +484,7 @@ class GroupCore:
         self._release(entry)
         entry.error = error
         self._dirty[entry.shard, entry.position] = entry
-        if entry.attempts >= self.settings.max_deliveries + 1:
+        if entry.attempts >= self.settings.max_deliveries:
             self._timers.cancel(entry)
             entry.state = WAITING
             entry.due = math.inf

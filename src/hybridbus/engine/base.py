@@ -34,6 +34,8 @@ Contract shared by every engine (the conformance suite in
   is the one way to lower a stored `until`.
 - Consumer groups (`hub.groups`) are stored apart from the log, as opaque
   bytes the hub encodes: per group a `state` and entries under string keys.
+  Names starting with `$` are other registries of the hub kept the same way
+  (`$schemas/<tenant>`, `$webhooks/<tenant>`), never a group's.
   `write_groups` applies its writes in order, each atomically, and is durable
   when it returns (as an append is); `groups` returns what is stored. `reset`
   keeps groups (the hub notices the new epoch); a memory engine starts

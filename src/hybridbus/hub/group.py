@@ -541,10 +541,21 @@ class Group:
 
     # -- dead letters ----------------------------------------------------------------
 
+    def bury_stored(self) -> None:
+        """Append the entries stored dead (a restart came before their dead letters were)."""
+        dead = [e for e in self.core.pending() if e.due == math.inf and e.delivery is not None]
+        for entry in dead:
+            if entry.attempts < self.settings.max_deliveries:
+                self._termed.add(entry)  # only `term` kills before max_deliveries
+        if dead:
+            self._bury(dead)
+
     def _bury(self, entries: list[Entry]) -> asyncio.Future[None]:
         """Append `entries` to the dead letters (in the background); resolved once they are."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
+        # Nobody awaits a burial that a nack or a lease's end started: retrieve its error.
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
         for entry in entries:
             self._burying.append((entry, done))
         if self._bury_task is None:
@@ -573,11 +584,13 @@ class Group:
                 for (entry, done), ack in zip(batch, acks, strict=True):
                     reason = "term" if entry in self._termed else "max_deliveries"
                     self._termed.discard(entry)
+                    original = entry.delivery
+                    assert original is not None
                     dead = DeadLetter(
                         id=f"{ack.shard}.{ack.position}",
                         dlq_topic=ack.topic,
-                        topic=entry.topic,
-                        offset=entry.offset,
+                        topic=original.topic,
+                        offset=original.offset,
                         reason=reason,
                         error=entry.error,
                         attempts=entry.attempts,
@@ -599,19 +612,21 @@ class Group:
                     done.set_exception(BusClosed("the bus is closed"))
 
     def _dead_event(self, entry: Entry, delivery: Delivery) -> tuple[str, Event, bytes]:
+        # `delivery` is the original: for a dead letter replayed into the group,
+        # `entry` is at the copy's place on `$dlq/...`, its delivery the original.
         event = delivery.event
         extensions = dict(event.extensions)
         extensions.update(
             {
                 "dlqgroup": self.name,
-                "dlqtopic": entry.topic.partition("/")[2],
-                "dlqoffset": min(entry.offset, 2**31 - 1),
+                "dlqtopic": delivery.topic.partition("/")[2],
+                "dlqoffset": min(delivery.offset, 2**31 - 1),
                 "dlqreason": "term" if entry in self._termed else "maxdeliveries",
                 "dlqattempts": entry.attempts,
-                "dlqerror": entry.error or "ack_wait passed",
+                "dlqerror": entry.error,  # a lease that ran out says "ack_wait passed"
                 "dlqfirst": _iso(entry.first) if entry.first else "",
                 "dlqlast": _iso(entry.last) if entry.last else "",
             }
         )
         dead = msgspec.structs.replace(event, extensions=extensions)
-        return dead_letter_topic(self.id, entry.topic), dead, encode_msgpack(dead)
+        return dead_letter_topic(self.id, delivery.topic), dead, encode_msgpack(dead)

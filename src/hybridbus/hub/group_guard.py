@@ -7,13 +7,16 @@ add to the rules: `consume` (join a group, fetch, ack / nack / extend /
 term, on the group's pattern) and `manage` (change a group's settings, seek,
 delete, and list / show / replay / purge its dead letters). Creating a group
 by joining it needs `consume` on its pattern; changing an existing group's
-settings needs `manage`. Listing shows the groups whose pattern the caller
-may `consume` or `manage`. Must not know sockets or HTTP.
+settings needs `manage` (joining with the settings it has is no change).
+Listing shows the groups whose pattern the caller may `consume` or `manage`.
+Must not know sockets or HTTP.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
+
+import msgspec
 
 from hybridbus.core.groups import GroupSettings
 from hybridbus.core.identity import Operation
@@ -88,10 +91,12 @@ class GroupGuard:
                     group.name, settings_from(principal.pattern(pattern), settings)
                 )  # raises GroupConflict
             if settings:
-                self.guard.check(principal, "manage", relative)
-                await self.groups.ensure(
-                    group.name, settings_from(group.settings.pattern, settings)
-                )
+                wanted = settings_from(group.settings.pattern, settings)
+                if msgspec.structs.replace(wanted, start=group.settings.start) != group.settings:
+                    # A change: `manage`. The same settings again (a member rejoining as
+                    # it created the group) change nothing and need `consume` only.
+                    self.guard.check(principal, "manage", relative)
+                    await self.groups.ensure(group.name, wanted)
         return group.join(member, listener)
 
     async def create(

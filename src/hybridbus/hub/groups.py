@@ -152,6 +152,12 @@ def _tenant(pattern: str) -> str:
     return tenant
 
 
+def _dead_order(dead: DeadLetter) -> tuple[float, int, int]:
+    """Oldest first: by time, then by the copy's place in the log (ids compare as numbers)."""
+    shard, _, position = dead.id.partition(".")
+    return dead.time, int(position), int(shard)
+
+
 def _undead(delivery: Delivery) -> Delivery:
     """A dead letter's copy as the original: its topic and event without the `dlq*` attributes."""
     event = delivery.event
@@ -202,6 +208,8 @@ class Groups:
             self._write_forever(), name="groups writer"
         )
         for stored in await self.engine.groups():
+            if stored.group.startswith("$"):
+                continue  # another registry's (engine/base.py): not a consumer group
             try:
                 await self._load(stored)
             except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
@@ -275,6 +283,7 @@ class Groups:
                 continue
             entry.delivery = _undead(found) if item.topic.startswith(f"{DLQ_ROOT}/") else found
         self._register(group)
+        group.bury_stored()
 
     async def _between(
         self, pattern: str, floor: Sequence[int], cursor: Sequence[int]
@@ -548,8 +557,9 @@ class Groups:
         entries = sorted(group.core.pending(), key=lambda e: (e.position, e.shard))[:limit]
         return [
             PendingInfo(
-                topic=e.topic,
-                offset=e.offset,
+                # a replayed dead letter's entry is at its copy; show the original
+                topic=e.delivery.topic if e.delivery is not None else e.topic,
+                offset=e.delivery.offset if e.delivery is not None else e.offset,
                 member=e.member if e.state == LEASED else "",
                 attempts=e.attempts,
                 idle=round(now - e.last, 3) if e.last else None,
@@ -603,7 +613,7 @@ class Groups:
     def dead_letters(self, gid: str, after: str = "", limit: int = 100) -> list[DeadLetter]:
         """Up to `limit` dead letters of the group, oldest first, after the one of id `after`."""
         group = self.get(gid)
-        letters = sorted(group.dead.values(), key=lambda d: (d.time, d.id))
+        letters = sorted(group.dead.values(), key=_dead_order)
         if after:
             ids = [d.id for d in letters]
             letters = letters[ids.index(after) + 1 :] if after in ids else []

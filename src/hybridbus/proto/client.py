@@ -4,7 +4,9 @@ Owns: encoding commands with increasing ids, matching each reply to its
 command and decoding its result into the struct that command expects, the
 exactly-once rule for pushes (a push is handed out only if its position lies
 past the last one seen in its shard, per subscription), each subscription's
-resume token, and the client's half of the heartbeat. Must not do I/O, start
+resume token, which consumer groups are joined (their `group_event` pushes
+are handed out as `GroupReceived` while joined), and the client's half of
+the heartbeat. Must not do I/O, start
 tasks or read clocks; reconnecting, backoff and futures belong to the client
 library built on it, which carries `position(pattern)` over to the next
 session as `since`.
@@ -43,6 +45,15 @@ from hybridbus.proto.frames import (
     Disconnect,
     ErrorReply,
     EventPush,
+    GroupAck,
+    GroupEventPush,
+    GroupExtend,
+    GroupJoin,
+    GroupJoinResult,
+    GroupLeave,
+    GroupLeaveResult,
+    GroupNack,
+    GroupTerm,
     History,
     HistoryResult,
     Join,
@@ -59,6 +70,7 @@ from hybridbus.proto.frames import (
     Reply,
     ServerMessage,
     ServerPing,
+    SettleResult,
     Subscribe,
     SubscribeResult,
     Unsubscribe,
@@ -73,6 +85,7 @@ __all__ = [
     "ClientSession",
     "Ended",
     "Failed",
+    "GroupReceived",
     "HistoryItem",
     "HistoryPage",
     "Received",
@@ -110,6 +123,9 @@ ClientResult = (
     | PresenceResult
     | PingResult
     | RefreshResult
+    | GroupJoinResult
+    | GroupLeaveResult
+    | SettleResult
 )
 
 
@@ -147,6 +163,23 @@ class Received:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupReceived:
+    """A delivery of consumer group `group` to this connection's member.
+
+    Settle it by `delivery` (its id) with `ack`, `nack`, `extend` or `term`;
+    unsettled, it comes back to the group after its lease (`ack_wait`).
+    """
+
+    group: str
+    delivery: str
+    attempt: int
+    dedupe: str
+    topic: str
+    offset: int
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
 class Ended:
     """The server ended the subscription to `pattern`; resubscribe from `position`."""
 
@@ -156,7 +189,7 @@ class Ended:
     position: Position
 
 
-ClientEvent = Replied | Failed | Received | Ended | Join | Leave | Disconnect
+ClientEvent = Replied | Failed | Received | GroupReceived | Ended | Join | Leave | Disconnect
 
 
 class _Subscription:
@@ -191,6 +224,8 @@ class ClientSession:
         self._max_frame = config.max_frame_size
         self._pending: dict[int, Command] = {}
         self._subscriptions: dict[str, _Subscription] = {}
+        self._groups: set[str] = set()  # the groups joined (their group_join answered)
+        self._left: dict[str, int] = {}  # group -> the id of its last group_leave
         self._next_id = 1
         self._started = now
         self._heard = now
@@ -283,6 +318,50 @@ class ClientSession:
         """Hand the server a fresh token before the current one expires."""
         return self._command(Refresh(id=self._next_id, token=token))
 
+    def group_join(
+        self,
+        group: str,
+        pattern: str | None = None,
+        *,
+        settings: dict[str, Any] | None = None,
+        member: str | None = None,
+    ) -> int:
+        """Join consumer group `group` (created over `pattern` with `settings` if missing)."""
+        return self._command(
+            GroupJoin(
+                id=self._next_id, group=group, pattern=pattern, settings=settings, member=member
+            )
+        )
+
+    def group_leave(self, group: str) -> int:
+        """Leave `group`; its pushes stop being handed out now."""
+        command_id = self._command(GroupLeave(id=self._next_id, group=group))
+        self._groups.discard(group)
+        self._left[group] = command_id
+        return command_id
+
+    def ack(self, group: str, deliveries: list[str]) -> int:
+        """Ack deliveries of `group` by id (from any connection); answered once durable."""
+        return self._command(GroupAck(id=self._next_id, group=group, deliveries=deliveries))
+
+    def nack(
+        self, group: str, delivery: str, *, delay: float | None = None, error: str | None = None
+    ) -> int:
+        """The delivery failed: it comes back after `delay` s (None: the group's backoff)."""
+        return self._command(
+            GroupNack(id=self._next_id, group=group, delivery=delivery, delay=delay, error=error)
+        )
+
+    def extend(self, group: str, deliveries: list[str]) -> int:
+        """Start the leases of these deliveries over."""
+        return self._command(GroupExtend(id=self._next_id, group=group, deliveries=deliveries))
+
+    def term(self, group: str, delivery: str, *, reason: str | None = None) -> int:
+        """Give up on the delivery now: it goes to the group's dead letters."""
+        return self._command(
+            GroupTerm(id=self._next_id, group=group, delivery=delivery, reason=reason)
+        )
+
     def _command(self, command: Command) -> int:
         if self.state is not State.CONNECTED:
             raise RuntimeError(f"commands wait for the connect reply; the session is {self.state}")
@@ -332,6 +411,18 @@ class ClientSession:
     def _handle(self, message: ServerMessage) -> ClientEvent | None:
         if isinstance(message, EventPush):
             return self._received(message)
+        if isinstance(message, GroupEventPush):
+            if message.group not in self._groups:
+                return None  # in flight while leaving
+            return GroupReceived(
+                message.group,
+                message.delivery,
+                message.attempt,
+                message.dedupe,
+                message.topic,
+                message.offset,
+                self.codec.decode_event(message.event),
+            )
         if isinstance(message, Reply):
             return self._replied(message)
         if isinstance(message, ErrorReply):
@@ -386,6 +477,8 @@ class ClientSession:
                 self._max_frame = decoded.max_frame_size
         elif isinstance(command, Subscribe):
             self._subscriptions[command.pattern] = _Subscription(_parse(decoded.position))
+        elif isinstance(command, GroupJoin) and self._left.get(command.group, 0) < command.id:
+            self._groups.add(command.group)  # (not if a group_leave followed the join)
         elif isinstance(decoded, HistoryResult):
             result = HistoryPage(
                 [

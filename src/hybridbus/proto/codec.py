@@ -2,8 +2,9 @@
 
 Owns: turning frames into messages and messages into frames for each
 subprotocol, the encoding of the events they carry, and the fast path that
-encodes one delivery's push once for all its subscribers. Must not keep any
-connection state (that is `proto.session`), nor do I/O.
+encodes one delivery's push (`event`, `group_event`) once for all its
+subscribers. Must not keep any connection state (that is `proto.session`),
+nor do I/O.
 
     hybridbus.v1.json     text frames; one JSON object per line ("\\n"
                           between messages); events are CloudEvents in the
@@ -87,6 +88,17 @@ class _PushHead(msgspec.Struct, tag_field="type", tag="event"):
     offset: int
     shard: int
     position: int
+
+
+class _GroupPushHead(msgspec.Struct, tag_field="type", tag="group_event"):
+    """`frames.GroupEventPush` without its event (spliced in as for `_PushHead`)."""
+
+    group: str
+    delivery: str
+    attempt: int
+    dedupe: str
+    topic: str
+    offset: int
 
 
 class _PushStart(msgspec.Struct, tag_field="type", tag="event"):
@@ -268,6 +280,26 @@ class WireCodec:
         )
         return self._splice(head, event)
 
+    def encode_group_push(
+        self,
+        group: str,
+        delivery_id: str,
+        attempt: int,
+        dedupe: str,
+        topic: str,
+        offset: int,
+        event: bytes | msgspec.Raw,
+    ) -> bytes:
+        """The encoded `GroupEventPush`: the same bytes as `encode(GroupEventPush(...))`.
+
+        `event` is `encode_event(...)` of the delivery's event, shared with
+        every other push of it (it is copied in, never re-encoded).
+        """
+        head = self._encoder.encode(
+            _GroupPushHead(group, delivery_id, attempt, dedupe, topic, offset)
+        )
+        return self._splice(head, event)
+
     def encode_pushes(
         self, pattern: str, deliveries: Sequence[Delivery], cut: int = 0
     ) -> list[bytes]:
@@ -375,8 +407,8 @@ class _MsgpackCodec(WireCodec):
         return _array_header(len(encoded)) + b"".join(encoded)
 
     def _splice(self, head: bytes, event: bytes | msgspec.Raw) -> bytes:
-        # A map of 6 (fixmap 0x86) becomes a map of 7 with "event" last.
-        return b"".join((b"\x87", head[1:], b"\xa5event", event))
+        # A fixmap of n (0x80 | n, n < 15) becomes one of n + 1 with "event" last.
+        return b"".join((bytes((head[0] + 1,)), head[1:], b"\xa5event", event))
 
 
 JSON: Final[WireCodec] = _JsonCodec(

@@ -23,12 +23,13 @@ option instead of having it ignored); server messages and results allow them
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
 __all__ = [
     "MAX_HISTORY_LIMIT",
+    "MAX_SETTLE_IDS",
     "RESULT_TYPES",
     "ClientInfo",
     "ClientMessage",
@@ -38,6 +39,16 @@ __all__ = [
     "Disconnect",
     "ErrorReply",
     "EventPush",
+    "GroupAck",
+    "GroupCommand",
+    "GroupEventPush",
+    "GroupExtend",
+    "GroupJoin",
+    "GroupJoinResult",
+    "GroupLeave",
+    "GroupLeaveResult",
+    "GroupNack",
+    "GroupTerm",
     "History",
     "HistoryEvent",
     "HistoryResult",
@@ -56,6 +67,7 @@ __all__ = [
     "Result",
     "ServerMessage",
     "ServerPing",
+    "SettleResult",
     "Subscribe",
     "SubscribeResult",
     "Unsubscribe",
@@ -64,6 +76,8 @@ __all__ = [
 ]
 
 MAX_HISTORY_LIMIT: Final = 1000
+# Delivery ids one `ack` / `extend` may carry.
+MAX_SETTLE_IDS: Final = 1000
 
 # Command ids fit a JavaScript number exactly.
 CommandId = Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
@@ -74,6 +88,12 @@ Label = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 TopicText = str
 PositionText = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 Limit = Annotated[int, msgspec.Meta(ge=0, le=MAX_HISTORY_LIMIT)]
+# A group's name is the server's to check too (1006); this only bounds it.
+GroupName = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+DeliveryId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+DeliveryIds = Annotated[list[DeliveryId], msgspec.Meta(min_length=1, max_length=MAX_SETTLE_IDS)]
+Reason = Annotated[str, msgspec.Meta(max_length=1000)]
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
 
 
 # -- client → server -----------------------------------------------------------
@@ -139,7 +159,74 @@ class Refresh(_Command, tag="refresh"):
     token: Token
 
 
-Command = Connect | Subscribe | Unsubscribe | Publish | History | Presence | Ping | Refresh
+class GroupJoin(_Command, tag="group_join"):
+    """Join consumer group `group` (created over `pattern` with `settings` if it does not exist).
+
+    `member` names the member (a reconnecting client gives the name it had);
+    without it the server makes one up. Deliveries come as `group_event` pushes.
+    """
+
+    group: GroupName
+    pattern: TopicText | None = None
+    settings: dict[str, Any] | None = None
+    member: Label | None = None
+
+
+class GroupLeave(_Command, tag="group_leave"):
+    """Leave group `group`: no more deliveries; those held come back after their lease."""
+
+    group: GroupName
+
+
+class GroupAck(_Command, tag="ack"):
+    """The deliveries were handled; answered once that is durable."""
+
+    group: GroupName
+    deliveries: DeliveryIds
+
+
+class GroupNack(_Command, tag="nack"):
+    """The delivery failed: deliver it again after `delay` s (absent: the group's backoff)."""
+
+    group: GroupName
+    delivery: DeliveryId
+    delay: Seconds | None = None
+    error: Reason | None = None
+
+
+class GroupExtend(_Command, tag="extend"):
+    """The handler needs more time: each delivery's lease starts over."""
+
+    group: GroupName
+    deliveries: DeliveryIds
+
+
+class GroupTerm(_Command, tag="term"):
+    """Give up on the delivery now: it goes to the group's dead letters."""
+
+    group: GroupName
+    delivery: DeliveryId
+    reason: Reason | None = None
+
+
+GroupCommand = GroupJoin | GroupLeave | GroupAck | GroupNack | GroupExtend | GroupTerm
+
+Command = (
+    Connect
+    | Subscribe
+    | Unsubscribe
+    | Publish
+    | History
+    | Presence
+    | Ping
+    | Refresh
+    | GroupJoin
+    | GroupLeave
+    | GroupAck
+    | GroupNack
+    | GroupExtend
+    | GroupTerm
+)
 
 
 class Pong(msgspec.Struct, tag_field="type", tag="pong", forbid_unknown_fields=True):
@@ -185,6 +272,23 @@ class EventPush(_Server, tag="event"):
     offset: int
     shard: int
     position: int
+    event: msgspec.Raw
+
+
+class GroupEventPush(_Server, tag="group_event"):
+    """One delivery of a consumer group's event to this connection's member of `group`.
+
+    `delivery` is the id that settles it (`ack`, `nack`, `extend`, `term`,
+    from any connection); `attempt` counts from 1; `dedupe` is the same on
+    every delivery of one event.
+    """
+
+    group: str
+    delivery: str
+    attempt: int
+    dedupe: str
+    topic: str
+    offset: int
     event: msgspec.Raw
 
 
@@ -236,7 +340,15 @@ class Disconnect(_Server, tag="disconnect"):
 
 
 ServerMessage = (
-    Reply | ErrorReply | EventPush | Unsubscribed | Join | Leave | ServerPing | Disconnect
+    Reply
+    | ErrorReply
+    | EventPush
+    | GroupEventPush
+    | Unsubscribed
+    | Join
+    | Leave
+    | ServerPing
+    | Disconnect
 )
 
 
@@ -330,6 +442,22 @@ class RefreshResult(_Result):
     expires: float | None = None
 
 
+class GroupJoinResult(_Result):
+    """The membership: the group's name, the member's name (keep it for a rejoin), its pattern."""
+
+    group: str
+    member: str
+    pattern: str
+
+
+class GroupLeaveResult(_Result):
+    """Nothing: the membership is over."""
+
+
+class SettleResult(_Result):
+    """Nothing: the `ack`, `nack`, `extend` or `term` is done (durable, for `ack`)."""
+
+
 Result = (
     ConnectResult
     | SubscribeResult
@@ -339,6 +467,9 @@ Result = (
     | PresenceResult
     | PingResult
     | RefreshResult
+    | GroupJoinResult
+    | GroupLeaveResult
+    | SettleResult
 )
 
 # The result a successful reply to each command carries.
@@ -351,4 +482,10 @@ RESULT_TYPES: Final[dict[type[Command], type[Result]]] = {
     Presence: PresenceResult,
     Ping: PingResult,
     Refresh: RefreshResult,
+    GroupJoin: GroupJoinResult,
+    GroupLeave: GroupLeaveResult,
+    GroupAck: SettleResult,
+    GroupNack: SettleResult,
+    GroupExtend: SettleResult,
+    GroupTerm: SettleResult,
 }

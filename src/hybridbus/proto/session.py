@@ -2,8 +2,9 @@
 
 Owns: the protocol state of one connection as the server sees it — the
 connect handshake, which commands are allowed when, which ones are in flight,
-which patterns are subscribed, the heartbeat, the outbox with its bound and
-its coalescing into frames, and why the connection was closed. Must not do
+which patterns are subscribed and which consumer groups joined, the
+heartbeat, the outbox with its bound and its coalescing into frames, and why
+the connection was closed. Must not do
 I/O, start tasks, read clocks (time comes in as `now`), or know about the bus:
 the server drives it and executes the commands it hands out.
 
@@ -58,6 +59,8 @@ from hybridbus.proto.frames import (
     ConnectResult,
     Disconnect,
     ErrorReply,
+    GroupJoin,
+    GroupLeave,
     Pong,
     Result,
     ServerPing,
@@ -78,14 +81,15 @@ class SessionConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_pending_bytes: int = 8 << 20  # bytes queued for the peer before SLOW_CONSUMER
     max_in_flight: int = 1000  # commands awaiting their reply
     max_subscriptions: int = 1000  # patterns one connection may subscribe to
+    max_groups: int = 100  # consumer groups one connection may be a member of
 
     def __post_init__(self) -> None:
         if self.ping_interval < 0 or self.connect_timeout <= 0:
             raise ValueError("ping_interval must be >= 0 and connect_timeout > 0")
         if min(self.max_frame_size, self.max_pending_bytes) < 1024:
             raise ValueError("max_frame_size and max_pending_bytes must be >= 1024")
-        if min(self.max_in_flight, self.max_subscriptions) < 1:
-            raise ValueError("max_in_flight and max_subscriptions must be >= 1")
+        if min(self.max_in_flight, self.max_subscriptions, self.max_groups) < 1:
+            raise ValueError("max_in_flight, max_subscriptions and max_groups must be >= 1")
 
 
 class State(Enum):
@@ -193,6 +197,7 @@ class ServerSession:
     # Thousands of idle connections per process: no __dict__ each.
     __slots__ = (
         "_connect_id",
+        "_groups",
         "_heard",
         "_in_flight",
         "_next_ping",
@@ -228,6 +233,8 @@ class ServerSession:
         self._in_flight: dict[int, Command] = {}
         # pattern -> the id of the subscribe that holds it
         self._subscriptions: dict[str, int] = {}
+        # group name (as the client wrote it) -> the id of the group_join that holds it
+        self._groups: dict[str, int] = {}
         self._started = now
         self._heard = now
         self._next_ping = 0.0
@@ -255,6 +262,11 @@ class ServerSession:
     def subscriptions(self) -> frozenset[str]:
         """The patterns this connection subscribes to (including those being set up)."""
         return frozenset(self._subscriptions)
+
+    @property
+    def groups(self) -> frozenset[str]:
+        """The consumer groups this connection is a member of (including joins under way)."""
+        return frozenset(self._groups)
 
     @property
     def deadline(self) -> float | None:
@@ -357,6 +369,21 @@ class ServerSession:
             if command.pattern not in subscriptions:
                 return ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {command.pattern!r}"
             del subscriptions[command.pattern]
+        elif isinstance(command, GroupJoin):
+            # A membership is a subscription to a group: the same codes refuse it.
+            groups = self._groups
+            if command.group in groups:
+                return ErrorCode.ALREADY_SUBSCRIBED, f"already a member of group {command.group!r}"
+            if len(groups) >= config.max_groups:
+                return (
+                    ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                    f"a connection may be a member of {config.max_groups} groups",
+                )
+            groups[command.group] = command.id
+        elif isinstance(command, GroupLeave):
+            if command.group not in self._groups:
+                return ErrorCode.NOT_SUBSCRIBED, f"not a member of group {command.group!r}"
+            del self._groups[command.group]
         return None
 
     # -- outgoing --------------------------------------------------------------
@@ -392,7 +419,8 @@ class ServerSession:
         """Answer command `id` with an error: a `BusError`, an `ErrorCode`, or any exception.
 
         Any exception that is not a `BusError` goes out as INTERNAL_ERROR
-        without its details. A failed subscribe frees its pattern.
+        without its details. A failed subscribe frees its pattern, a failed
+        group_join its group.
         """
         if self.state is State.CLOSED:
             return
@@ -401,6 +429,8 @@ class ServerSession:
         # unsubscribe, a newer subscribe may hold it, and this failure must not free that one.
         if isinstance(command, Subscribe) and self._subscriptions.get(command.pattern) == id:
             del self._subscriptions[command.pattern]
+        elif isinstance(command, GroupJoin) and self._groups.get(command.group) == id:
+            del self._groups[command.group]  # likewise for a failed group_join
         code, text, again = error_fields(error, message)
         self._queue(self._error_reply(id, code, text, again))
 

@@ -1,7 +1,8 @@
 """One client connection: a `ServerSession` driven against the bus, over a `Transport`.
 
-Owns: executing the commands the session hands out (connect, publish,
-history, presence, ping, refresh; subscriptions go to `Subscriptions`), the
+Owns: executing the commands the session hands out (publish, history,
+presence, ping; connect and refresh go to `server.admission`, subscriptions
+to `Subscriptions`, consumer groups to `server.groups.Memberships`), the
 write path (ONE coalesced frame per loop turn, written at once while the
 socket takes it), and the close. Must not parse or encode frames itself (that
 is `proto`), know the socket library (that is the gateway's `Transport`), or
@@ -49,8 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from hybridbus.core.identity import Identity
 from hybridbus.core.log import Delivery, Position, is_exact
-from hybridbus.core.topics import scope_topic
-from hybridbus.errors import AccessError, BusError
+from hybridbus.errors import BusError
 from hybridbus.hub.bus import Prepared
 from hybridbus.hub.guard import Principal
 from hybridbus.proto.codec import Data, WireCodec
@@ -58,7 +58,7 @@ from hybridbus.proto.codes import CloseCode
 from hybridbus.proto.frames import (
     ClientInfo,
     Connect,
-    ConnectResult,
+    GroupCommand,
     History,
     Join,
     Leave,
@@ -69,12 +69,12 @@ from hybridbus.proto.frames import (
     Publish,
     PublishResult,
     Refresh,
-    RefreshResult,
     Subscribe,
     Unsubscribe,
 )
 from hybridbus.proto.session import ServerSession
-from hybridbus.server.auth import close_code
+from hybridbus.server import admission
+from hybridbus.server.groups import Memberships
 from hybridbus.server.history import history_result
 from hybridbus.server.subscriptions import Entry, Origin, Subscriptions
 from hybridbus.server.transport import Transport
@@ -113,6 +113,7 @@ class Connection:
         "_unsent",
         "device_key",
         "finished",
+        "groups",
         "id",
         "identity",
         "info",
@@ -147,6 +148,7 @@ class Connection:
             codec, node.session_config, now=self._loop.time(), phase=phase
         )
         self.subscriptions = Subscriptions(self)
+        self.groups = Memberships(self)
         self._binary = codec.binary
         # The command tasks and pumps it owns; made with the first one (most connections idle).
         self._tasks: set[asyncio.Task[Any]] | None = None
@@ -199,7 +201,7 @@ class Connection:
         for command in session.receive_data(data, self._loop.time()):
             try:
                 if isinstance(command, Connect):
-                    await self._connect(command)
+                    await admission.connect(self, command)
                 elif isinstance(command, Subscribe):
                     self.subscriptions.subscribe(command)
                 elif isinstance(command, Publish):
@@ -213,7 +215,9 @@ class Connection:
                 elif isinstance(command, Ping):
                     session.reply(command.id, PingResult())
                 elif isinstance(command, Refresh):
-                    self.spawn(self._refresh(command))
+                    self.spawn(admission.refresh(self, command))
+                elif isinstance(command, GroupCommand):
+                    self.groups.handle(command)
             except BusError as exc:
                 session.error(command.id, exc)
             except Exception as exc:
@@ -343,38 +347,6 @@ class Connection:
 
     # -- commands ----------------------------------------------------------------
 
-    async def _connect(self, command: Connect) -> None:
-        session = self.session
-        node = self.node
-        try:
-            async with asyncio.timeout(node.session_config.connect_timeout):
-                identity = await node.authenticator.authenticate(command.token, command.device)
-            scope_topic(identity.tenant, "x")  # an authenticator must name a real tenant
-            principal = node.guard.admit(identity)
-            node.admit(self, identity)
-        except AccessError as exc:
-            session.reject(close_code(exc), str(exc))
-            return
-        except Exception:  # TimeoutError included: the client may try again
-            log.exception("authenticating %s failed", self.id)
-            session.reject(CloseCode.SERVER_ERROR, "internal error")
-            return
-        self.identity = identity
-        self.principal = principal
-        self.info = ClientInfo(
-            client=self.id, user=identity.user, device=identity.device, name=command.name
-        )
-        if identity.device is not None:
-            self.device_key = (identity.tenant, identity.user, identity.device)
-        session.accept(
-            ConnectResult(
-                client=self.id,
-                version=node.version,
-                tenant=identity.tenant,
-                expires=identity.expires,
-            )
-        )
-
     def _publish(self, command: Publish) -> None:
         """Check one `publish` now (a refusal is its reply); append it with its loop turn's.
 
@@ -470,35 +442,6 @@ class Connection:
             presence.watch(topic, self)
         self.session.reply(command.id, PresenceResult(clients=presence.clients(topic)))
 
-    async def _refresh(self, command: Refresh) -> None:
-        session = self.session
-        current = self.identity
-        node = self.node
-        try:
-            async with asyncio.timeout(node.session_config.connect_timeout):
-                identity = await node.authenticator.authenticate(
-                    command.token, None if current is None else current.device
-                )
-            principal = node.guard.admit(identity)
-        except AccessError as exc:
-            session.close(close_code(exc), str(exc))
-        except Exception as exc:
-            log.exception("refresh of %s failed", self.id)
-            session.error(command.id, exc)
-        else:
-            same = current is None or (identity.tenant, identity.user, identity.admin) == (
-                current.tenant,
-                current.user,
-                current.admin,
-            )
-            if same:
-                self.identity = identity
-                self.principal = principal  # decisions are made afresh for the new token
-                session.reply(command.id, RefreshResult(expires=identity.expires))
-            else:
-                session.close(CloseCode.FORBIDDEN, "a refresh may not change the tenant or user")
-        self.flush()
-
     # -- writing and closing -------------------------------------------------------
 
     def _write(self, frame: bytes) -> bool:
@@ -548,6 +491,7 @@ class Connection:
         self._closing = True
         self._ready.clear()
         self.subscriptions.close()
+        self.groups.close()
         self.node.presence.unwatch_all(self)
         for task in self._tasks or ():
             task.cancel()
