@@ -29,8 +29,8 @@ from hybridbus.errors import (
     UnknownGroup,
 )
 from hybridbus.hub.bus import Bus
-from hybridbus.hub.group import GroupDelivery, Member
 from hybridbus.hub.groups import settings_from
+from hybridbus.hub.member import GroupDelivery, Member
 
 STEP = 0.01  # fake seconds the clock moves while a test waits for a redelivery
 TOLERANCE = 0.05  # fake seconds a redelivery may come after it was due (timer slots, steps)

@@ -20,7 +20,7 @@ from tests.support import FakeClock, lines_acked_before_kill_9
 
 import hybridbus
 from hybridbus.errors import EngineUnavailable
-from hybridbus.hub.group import GroupDelivery, Member
+from hybridbus.hub.member import GroupDelivery, Member
 
 T0 = 1_800_000_000.0
 SETTINGS: dict[str, object] = {
@@ -199,17 +199,26 @@ async def test_after_kill_9_nothing_acked_comes_back_and_nothing_unacked_is_lost
     acked = {int(line) for line in lines}
     assert len(acked) == len(lines) >= 150  # nothing handled twice before the kill
 
+    # The child acks one delivery at a time and prints it once its ack returned: the
+    # kill may fall between the two, so one event may be acked (durably: it never comes
+    # back) without its line. Every other event comes back or was printed.
     seen: set[int] = set()
     async with hybridbus.open(f"sqlite://{tmp_path}") as bus:
         async with bus.group("billing", "acme/orders/#") as g:
+
+            async def take(wait: float) -> None:
+                batch = await g.fetch(100, wait=wait)
+                for d in batch:
+                    assert d.event.data not in acked, f"acked {d.event.data} came back"
+                    seen.add(d.event.data)
+                await g.ack(*batch)
+
             async with asyncio.timeout(30):
-                while len(acked) + len(seen) < 400:
-                    batch = await g.fetch(100, wait=0.5)
-                    for d in batch:
-                        assert d.event.data not in acked, f"acked {d.event.data} came back"
-                        seen.add(d.event.data)
-                    await g.ack(*batch)
+                while len(acked | seen) < 399:
+                    await take(0.5)
+                await take(1.0)  # the last one, unless it is the one acked without its line
             assert await g.fetch(10, wait=0.2) == []
         info = await bus.groups.info("acme/billing")
-    assert acked | seen == set(range(400)), json.dumps(sorted(set(range(400)) - acked - seen))
+    missing = set(range(400)) - acked - seen
+    assert len(missing) <= 1, json.dumps(sorted(missing))
     assert (info.pending, info.lag, info.dead_letters) == (0, 0, 0)

@@ -57,10 +57,11 @@ from hybridbus.gateways.httputil import (
 )
 from hybridbus.gateways.sse import Hold, hold_nothing
 from hybridbus.gateways.sse_stream import gone
-from hybridbus.hub.group import DeadLetter, GroupDelivery, Member
+from hybridbus.hub.group import DeadLetter
 from hybridbus.hub.group_guard import GroupGuard
 from hybridbus.hub.groups import GroupInfo, PendingInfo
 from hybridbus.hub.guard import Principal
+from hybridbus.hub.member import GroupDelivery, Member
 from hybridbus.server.metrics import group_lag
 
 __all__ = ["GroupsConfig", "GroupsGateway", "PrincipalOf"]

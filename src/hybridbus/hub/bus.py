@@ -24,9 +24,10 @@ from hybridbus.core.topics import tenant_of, validate_pattern, validate_topic
 from hybridbus.core.trie import Trie
 from hybridbus.engine.base import Clock, Engine, TopicInfo, system_clock
 from hybridbus.errors import BusClosed, EventTooLarge, InvalidEvent, InvalidInput
-from hybridbus.hub.group import Member
 from hybridbus.hub.groups import Groups, settings_from
+from hybridbus.hub.member import Member
 from hybridbus.hub.pages import SharedPages
+from hybridbus.hub.schemas import Schemas
 from hybridbus.hub.subscription import Subscription
 
 __all__ = ["Bus", "BusConfig", "EventLike", "History", "Prepared"]
@@ -109,12 +110,15 @@ class Bus:
         )
         # The consumer groups (hub/groups.py): `bus.groups` for operators.
         self.groups = Groups(self, clock)
+        # The event types' JSON Schemas (hub/schemas.py), checked by `prepare`.
+        self.schemas = Schemas(engine, clock)
 
     async def start(self) -> None:
-        """Open the engine, load the consumer groups and start routing appends."""
+        """Open the engine, load the schemas and consumer groups, start routing appends."""
         await self.engine.start(self._route)
         self._closed = False
         try:
+            await self.schemas.start()
             await self.groups.start()
         except BaseException:
             await self.close()
@@ -196,11 +200,20 @@ class Bus:
         return await self.append(batch)
 
     def prepare(self, topic: str, event: EventLike) -> Prepared:
-        """Check `event` for `topic` as `publish` does (same errors); what `append` takes."""
+        """Check `event` for `topic` as `publish` does (same errors); what `append` takes.
+
+        An event whose type has a schema in the topic's tenant must match it
+        (`SchemaViolation`, an `InvalidEvent`, names the path) and gets its
+        `dataschema` (hub/schemas.py).
+        """
         validate_topic(topic)
         checked, payload = _checked(event)
         if checked.tenantid is not None:
             check_tenantid(checked, tenant_of(topic))
+        if self.schemas.active:
+            schemed = self.schemas.check(tenant_of(topic), checked)
+            if schemed is not checked:
+                checked, payload = schemed, encode_msgpack(schemed)
         if len(payload) > self.config.max_event_size:
             raise EventTooLarge(len(payload), self.config.max_event_size)
         return topic, checked, payload

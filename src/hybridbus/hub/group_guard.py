@@ -22,9 +22,10 @@ from hybridbus.core.groups import GroupSettings
 from hybridbus.core.identity import Operation
 from hybridbus.core.permissions import decide
 from hybridbus.errors import InvalidSettings, UnknownGroup
-from hybridbus.hub.group import Group, Listener, Member
+from hybridbus.hub.group import Group
 from hybridbus.hub.groups import GroupInfo, Groups, check_group_name, settings_from
 from hybridbus.hub.guard import Guard, Principal
+from hybridbus.hub.member import Listener, Member
 
 __all__ = ["GroupGuard"]
 

@@ -2,9 +2,8 @@
 
 Owns: every group of a bus by id (`<tenant>/<name>`), creating, joining,
 listing, seeking and deleting them, loading them from the engine at start
-(and resuming each from its cursor with its pending set), the one writer that
-batches every group's changes into one `Engine.write_groups` per round (an
-ack returns once the round holding it is durable), routing the bus's live
+(and resuming each from its cursor with its pending set; the writer of their
+state is `hub.group_store.GroupWriter`), routing the bus's live
 deliveries to the groups whose pattern matches, and the dead letters:
 list, show, replay, purge. Must not know any wire protocol or principal: the
 guard checks who may do what, the gateways speak for the callers.
@@ -33,11 +32,11 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import msgspec
 
 from hybridbus.core.codecs import encode_msgpack
-from hybridbus.core.groups import LEASED, GroupSettings, PendingRecord, entry_key
+from hybridbus.core.groups import LEASED, GroupSettings, PendingRecord
 from hybridbus.core.log import MAX_POSITION, Delivery, Position, is_exact
 from hybridbus.core.topics import tenant_of, validate_pattern
 from hybridbus.core.trie import Trie
-from hybridbus.engine.base import Clock, GroupWrite, StoredGroup
+from hybridbus.engine.base import Clock, StoredGroup
 from hybridbus.errors import (
     BusClosed,
     BusError,
@@ -48,7 +47,9 @@ from hybridbus.errors import (
     UnknownDeadLetter,
     UnknownGroup,
 )
-from hybridbus.hub.group import DLQ_ROOT, DeadLetter, Group, Listener, Member
+from hybridbus.hub.group import DLQ_ROOT, DeadLetter, Group
+from hybridbus.hub.group_store import DEAD, GroupWriter, StoredState
+from hybridbus.hub.member import Listener, Member
 
 if TYPE_CHECKING:
     from hybridbus.hub.bus import Bus
@@ -56,11 +57,8 @@ if TYPE_CHECKING:
 __all__ = ["GroupInfo", "Groups", "PendingInfo", "check_group_name", "settings_from"]
 
 log = logging.getLogger("hybridbus.groups")
-_pack = msgspec.msgpack.Encoder().encode
 
 _NAME: Final = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
-_DEAD: Final = "d"  # key prefix of a dead letter in the store
-_WRITE_EVERY: Final = 0.2  # seconds
 _DLQ_EXTENSIONS: Final = (
     "dlqgroup",
     "dlqtopic",
@@ -71,18 +69,6 @@ _DLQ_EXTENSIONS: Final = (
     "dlqfirst",
     "dlqlast",
 )
-
-
-class _State(msgspec.Struct, kw_only=True):
-    """A group's stored state (`GroupWrite.state`)."""
-
-    settings: GroupSettings
-    epoch: str
-    cursor: tuple[int, ...]
-    created: float
-    # see "Persistence" in core/groups.py
-    floor: tuple[int, ...] = ()
-    settled: tuple[tuple[int, ...], ...] = ()
 
 
 class GroupInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -185,13 +171,9 @@ class Groups:
         self._groups: dict[str, Group] = {}
         self._trie: Trie[Group] = Trie()
         self._routes: dict[str, tuple[Group, ...]] = {}
-        self._dropped: list[str] = []
-        self._wake = asyncio.Event()
-        self._next: asyncio.Future[None] | None = None
-        self._writer: asyncio.Task[None] | None = None
-        # Changes nobody waits for (handing out, the cursor) are written within
-        # `_WRITE_EVERY` seconds; an entry taken and settled in between never is.
-        self._later: asyncio.TimerHandle | None = None
+        # The one writer of every group's state (hub/group_store.py).
+        # The one writer of every group's state (hub/group_store.py).
+        self.writer = GroupWriter(self.engine, self._groups.values)
         self._closed = True
 
     @property
@@ -204,9 +186,7 @@ class Groups:
     async def start(self) -> None:
         """Load every stored group and resume it."""
         self._closed = False
-        self._writer = asyncio.get_running_loop().create_task(
-            self._write_forever(), name="groups writer"
-        )
+        self.writer.start()
         for stored in await self.engine.groups():
             if stored.group.startswith("$"):
                 continue  # another registry's (engine/base.py): not a consumer group
@@ -220,27 +200,19 @@ class Groups:
         if self._closed:
             return
         self._closed = True
-        if self._later is not None:
-            self._later.cancel()
         tasks: list[asyncio.Task[None]] = []
         for group in self._groups.values():
             tasks.extend(group.stop(BusClosed("the bus is closed")))
-        try:
-            await self._write_round()
-        except BusError as exc:
-            log.warning("groups: the last write failed (%s)", exc)
-        if self._writer is not None:
-            tasks.append(self._writer)
-            self._writer.cancel()
+        await self.writer.close()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _load(self, stored: StoredGroup) -> None:
-        state = msgspec.msgpack.decode(stored.state, type=_State)
+        state = msgspec.msgpack.decode(stored.state, type=StoredState)
         engine = self.engine
         group = self._make(stored.group, state.settings, state.epoch, state.cursor, state.created)
         records: list[PendingRecord] = []
         for key, value in stored.entries.items():
-            if key.startswith(_DEAD):
+            if key.startswith(DEAD):
                 dead = msgspec.msgpack.decode(value, type=DeadLetter)
                 group.dead[dead.id] = dead
             else:
@@ -318,7 +290,7 @@ class Groups:
         self._trie.add(group.settings.pattern, group)
         self._routes.clear()
         group.start()
-        self.flush_soon()
+        self.writer.flush_soon()
 
     # -- routing ---------------------------------------------------------------------
 
@@ -341,102 +313,6 @@ class Groups:
             "group %s: the log began a new epoch; starting over from its beginning", group.id
         )
         group.reset(epoch, (0,) * self.engine.shards)
-
-    # -- writing ---------------------------------------------------------------------
-
-    def flush_soon(self) -> None:
-        """Write the groups' changes in the next round."""
-        self._wake.set()
-
-    def flush_later(self) -> None:
-        """Write the groups' changes within `_WRITE_EVERY` seconds (nobody waits for them)."""
-        if self._later is None and not self._closed:
-            self._later = asyncio.get_running_loop().call_later(_WRITE_EVERY, self._write_later)
-
-    def _write_later(self) -> None:
-        self._later = None
-        self._wake.set()
-
-    async def durable(self) -> None:
-        """Return once every change made before this call is durable (else raise why not)."""
-        if self._closed:
-            raise BusClosed("the bus is closed")
-        future = self._next
-        if future is None:
-            future = self._next = asyncio.get_running_loop().create_future()
-        self._wake.set()
-        await asyncio.shield(future)
-
-    async def _write_forever(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self._write_round()
-            except BusError:
-                await asyncio.sleep(0.1)  # the waiters got the error; try again later
-
-    async def _write_round(self) -> None:
-        future, self._next = self._next, None
-        writes = [GroupWrite(group=gid, drop=True) for gid in self._dropped]
-        self._dropped = []
-        failed: list[Group] = []
-        for group in self._groups.values():
-            write = self._write_of(group)
-            if write is not None:
-                writes.append(write)
-                failed.append(group)
-        try:
-            if writes:
-                await self.engine.write_groups(writes)
-        except BusError as exc:
-            for group in failed:
-                group.rewrite = True
-            if future is not None and not future.done():
-                future.set_exception(exc)
-                future.exception()  # retrieved: a round nobody awaited is not an error
-            raise
-        if future is not None and not future.done():
-            future.set_result(None)
-
-    def _write_of(self, group: Group) -> GroupWrite | None:
-        core = group.core
-        changes = core.changes()
-        dead = group.dead_dirty
-        group.dead_dirty = {}
-        if group.rewrite:
-            group.rewrite = False
-            group.state_dirty = False
-            puts = []
-            for e in core.pending():
-                e.stored = True
-                puts.append((entry_key(e.shard, e.position), _pack(e.record())))
-            puts += [(_DEAD + d.id, _pack(d)) for d in group.dead.values()]
-            return GroupWrite(group=group.id, drop=True, state=self._state(group), put=puts)
-        if not (changes.cursor or changes.put or changes.delete or dead or group.state_dirty):
-            return None
-        state = self._state(group) if changes.cursor or group.state_dirty else None
-        group.state_dirty = False
-        put = [(key, _pack(record)) for key, record in changes.put]
-        delete = list(changes.delete)
-        for key, value in dead.items():
-            if value is None:
-                delete.append(_DEAD + key)
-            else:
-                put.append((_DEAD + key, _pack(value)))
-        return GroupWrite(group=group.id, state=state, put=put, delete=delete)
-
-    def _state(self, group: Group) -> bytes:
-        core = group.core
-        state = _State(
-            settings=group.settings,
-            epoch=group.epoch,
-            cursor=tuple(core.cursor),
-            created=group.created,
-            floor=tuple(core.floor),
-            settled=core.settled_positions(),
-        )
-        return _pack(state)
 
     # -- groups ------------------------------------------------------------------------
 
@@ -474,12 +350,12 @@ class Groups:
                 group.settings = wanted
                 group.core.settings = wanted
                 group.state_dirty = True
-                self.flush_soon()
+                self.writer.flush_soon()
             return group
         cursor = await self._start_cursor(settings.start, settings.pattern)
         group = self._make(gid, settings, self.engine.epoch, cursor, self._clock())
         self._register(group)
-        await self.durable()
+        await self.writer.durable()
         return group
 
     async def _start_cursor(self, start: str, pattern: str) -> tuple[int, ...]:
@@ -513,8 +389,8 @@ class Groups:
         await asyncio.gather(
             *group.stop(UnknownGroup(f"group {gid!r} was deleted")), return_exceptions=True
         )
-        self._dropped.append(gid)
-        await self.durable()
+        self.writer.drop(gid)
+        await self.writer.durable()
 
     def all(self, prefix: str = "") -> list[GroupInfo]:
         """Every group whose id starts with `prefix`, by id."""
@@ -590,7 +466,7 @@ class Groups:
             assert time is not None
             cursor = await self._cursor_at(group.settings.pattern, time)
         group.reset(engine.epoch, tuple(cursor))
-        await self.durable()
+        await self.writer.durable()
         return str(Position(engine.epoch, tuple(cursor)))
 
     async def _cursor_at(self, pattern: str, time: float) -> tuple[int, ...]:
@@ -664,12 +540,12 @@ class Groups:
                 key = event.partitionkey if event.partitionkey is not None else original.topic
                 entry = group.core.inject(copy, key, now)
                 entry.delivery = original
-            group.groups.flush_soon()
+            self.writer.flush_soon()
         for dead, _ in found:
             group.dead.pop(dead.id, None)
             group.dead_dirty[dead.id] = None
         group._kick()
-        await self.durable()
+        await self.writer.durable()
         return len(found)
 
     async def purge(self, gid: str, ids: Sequence[str] | None = None) -> int:
@@ -679,7 +555,7 @@ class Groups:
         for dead in chosen:
             group.dead.pop(dead.id, None)
             group.dead_dirty[dead.id] = None
-        await self.durable()
+        await self.writer.durable()
         return len(chosen)
 
     @staticmethod

@@ -30,8 +30,9 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from hybridbus.errors import BusError
-from hybridbus.hub.group import Group, GroupDelivery, Member, parse_delivery_id
+from hybridbus.hub.group import Group
 from hybridbus.hub.guard import Principal
+from hybridbus.hub.member import GroupDelivery, Member, parse_delivery_id
 from hybridbus.proto.frames import (
     GroupAck,
     GroupCommand,

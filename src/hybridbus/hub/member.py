@@ -1,0 +1,196 @@
+"""A member's view of a consumer group: its deliveries, and settling them.
+
+Owns: `Member` (what one consumer of a group holds: a queue of deliveries,
+or a listener that takes each one, `fetch`, iteration, leaving), and
+`GroupDelivery` (one delivery of an event to a member: its id, attempt and
+dedupe key, and `ack` / `nack` / `extend` / `term`), and the delivery id's
+text form (`parse_delivery_id`). Must not decide who gets what or when: the
+running `hub.group.Group` does, and every settling goes through it.
+
+Delivery ids are `<epoch>-<shard>.<position>.<attempt>`: the event's place in
+the log and which delivery of it this is, so any connection can settle it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from hybridbus.core.event import Event
+from hybridbus.core.groups import Entry
+from hybridbus.core.log import MAX_POSITION, Delivery
+from hybridbus.core.topics import tenant_of
+from hybridbus.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from hybridbus.hub.group import Group
+
+__all__ = ["GroupDelivery", "Listener", "Member", "parse_delivery_id"]
+
+_ID: Final = re.compile(r"([A-Za-z0-9_]{1,64})-([0-9]{1,6})\.([0-9]{1,19})\.([0-9]{1,9})")
+
+
+class GroupDelivery:
+    """One delivery of a group's event to a member; settle it with `ack`, `nack`, `extend`, `term`.
+
+    `attempt` counts from 1. `dedupe_key` is the same for every delivery of
+    one event (and of a replay of it): what an idempotent handler remembers.
+    """
+
+    __slots__ = ("_entry", "_group", "attempt", "delivery", "member")
+
+    def __init__(self, group: Group, member: str, entry: Entry, delivery: Delivery) -> None:
+        self._group = group
+        self._entry = entry
+        self.member = member
+        self.delivery = delivery
+        self.attempt = entry.attempts
+
+    @property
+    def id(self) -> str:
+        """The delivery id (`<epoch>-<shard>.<position>.<attempt>`): settles it from anywhere."""
+        entry = self._entry
+        return f"{self._group.epoch}-{entry.shard}.{entry.position}.{self.attempt}"
+
+    @property
+    def event(self) -> Event:
+        """The event."""
+        return self.delivery.event
+
+    @property
+    def topic(self) -> str:
+        """The event's topic (absolute)."""
+        return self.delivery.topic
+
+    @property
+    def dedupe_key(self) -> str:
+        """A key per event (tenant, `source`, `id`), the same on every delivery of it."""
+        event = self.delivery.event
+        raw = "\x1f".join((tenant_of(self.delivery.topic), event.source, event.id))
+        return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+    async def ack(self) -> None:
+        """The event was handled: it is never delivered to this group again. Durable on return."""
+        await self._group.ack_deliveries((self,))
+
+    async def nack(self, delay: float | None = None, error: str = "") -> None:
+        """Handling failed: deliver it again after `delay` seconds (None: the group's backoff)."""
+        await self._group.nack(self.id, delay, error)
+
+    async def extend(self) -> None:
+        """The handler needs more time: the lease starts over (`ack_wait` from now)."""
+        self._group.extend(self.id)
+
+    async def term(self, reason: str = "") -> None:
+        """Give up on the event now: it goes to the dead letters whatever its attempts."""
+        await self._group.term(self.id, reason)
+
+    def __repr__(self) -> str:
+        d = self.delivery
+        return f"<GroupDelivery {d.topic}#{d.offset} attempt={self.attempt}>"
+
+
+Listener = Callable[[GroupDelivery], None]
+
+
+class Member:
+    """A member of a group: `async for d in member` (or `fetch`) yields its deliveries.
+
+    With a `listener`, deliveries go to it instead of the queue (the server
+    pushes them down a connection). `close` leaves the group: deliveries it
+    got but never handed out go back at once; those handed out come back when
+    their lease ends (unless settled).
+    """
+
+    def __init__(self, group: Group, name: str, listener: Listener | None = None) -> None:
+        self.group = group
+        self.name = name
+        self._listener = listener
+        self._queue: deque[GroupDelivery] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self.closed = False
+
+    def give(self, delivery: GroupDelivery) -> None:
+        """Hand `delivery` to this member (the group calls it)."""
+        if self._listener is not None:
+            self._listener(delivery)
+            return
+        self._queue.append(delivery)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def end(self, error: BaseException) -> None:
+        """The group or bus ended: iteration raises `error` once the queue is empty."""
+        self._error = error
+        self.closed = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def fetch(self, limit: int = 100, wait: float | None = None) -> list[GroupDelivery]:
+        """Up to `limit` deliveries: waits up to `wait` seconds (None: forever) for the first."""
+        if not self._queue and not self.closed:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                if wait is None:
+                    await self._waiter
+                else:
+                    await asyncio.wait_for(asyncio.shield(self._waiter), wait)
+            except TimeoutError:
+                pass
+            finally:
+                self._waiter = None
+        if not self._queue and self._error is not None:
+            raise self._error
+        out: list[GroupDelivery] = []
+        queue = self._queue
+        while queue and len(out) < limit:
+            out.append(queue.popleft())
+        return out
+
+    def __aiter__(self) -> Member:
+        return self
+
+    async def __anext__(self) -> GroupDelivery:
+        while True:
+            got = await self.fetch(1)
+            if got:
+                return got[0]
+            if self.closed:
+                raise StopAsyncIteration
+
+    async def ack(self, *deliveries: GroupDelivery) -> None:
+        """Ack many deliveries in one durable write."""
+        await self.group.ack_deliveries(deliveries)
+
+    def close(self) -> None:
+        """Leave the group (see the class docstring)."""
+        if self.closed and self._error is not None:
+            return
+        self.closed = True
+        unsent = list(self._queue)
+        self._queue.clear()
+        self.group.leave(self, unsent)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def __aenter__(self) -> Member:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+def parse_delivery_id(text: str) -> tuple[str, int, int, int]:
+    """(epoch, shard, position, attempt) of a delivery id; `InvalidInput` if malformed."""
+    match = _ID.fullmatch(text) if isinstance(text, str) else None
+    if match is None or int(match.group(3)) > MAX_POSITION:
+        raise InvalidInput(f"not a delivery id: {text!r:.100}")
+    return match.group(1), int(match.group(2)), int(match.group(3)), int(match.group(4))
