@@ -27,12 +27,14 @@ pytest: $(STAMP)
 	$(BIN)/pytest
 
 # The in-process groups (~2 min), then the server beside Centrifugo, NATS, Redis and bare
-# aiohttp (~25 min; benchmarks/peers/install.sh builds or installs the peers first).
+# aiohttp (~25 min; benchmarks/peers/install.sh builds or installs the peers first), then the
+# consumer groups beside Redis Streams (~3 min).
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	sh benchmarks/peers/install.sh
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.run server
+	$(BIN)/python -m benchmarks.run groups
 
 # The embedded default: sqlite in ./hybridbus-data, on 127.0.0.1:8080, with the development
 # settings of examples/dev.toml (a dev JWT secret, anonymous clients in tenant "public").

@@ -1,8 +1,9 @@
 """Run the benchmarks, print a table, write the results as JSON.
 
-    python -m benchmarks.run                 # all but server -> benchmarks/results/latest.json
+    python -m benchmarks.run                 # all but server, groups -> results/latest.json
     python -m benchmarks.run publish fanout  # some groups (writes JSON only with --out)
     python -m benchmarks.run server          # the real server beside its peers (~25 min)
+    python -m benchmarks.run groups          # consumer groups beside Redis Streams (~3 min)
     python -m benchmarks.run server --case latency --case catchup
     python -m benchmarks.run server --profile latency   # py-spy flame graph of hybridbus
     python -m benchmarks.run server --soak-minutes 15
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import codec, fanout, publish, server
+from benchmarks import groups as consumer_groups  # `groups` is main's list of group names
 from benchmarks.harness import (
     RESULTS_DIR,
     Result,
@@ -42,9 +44,11 @@ GROUPS: dict[str, Callable[[Settings, Callable[[str], None]], list[Result]]] = {
     "publish": publish.run,
     "fanout": fanout.run,
     "server": server.run,
+    "groups": consumer_groups.run,
 }
 # `server` takes about 2 minutes on its own (servers and 1,000-10,000 client
-# connections as subprocesses): it runs only when named.
+# connections as subprocesses): it runs only when named, as does `groups` (about 3
+# minutes, with `hybridbus serve` and redis-server subprocesses).
 DEFAULT_GROUPS = ["codec", "publish", "fanout"]
 
 
@@ -122,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         out = RESULTS_DIR / "latest.json"
     if out is None and not args.quick and groups == ["server"] and not args.profile:
         out = RESULTS_DIR / "server.json"
+    if out is None and not args.quick and groups == ["groups"]:
+        out = RESULTS_DIR / "groups.json"
 
     started = datetime.now(UTC)
     load_at_start = load_average()

@@ -8,6 +8,7 @@ loop turns, and when a redelivery arrives is measured in fake seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -535,3 +536,22 @@ async def test_delete_removes_the_group(bus: Bus) -> None:
             await g.fetch(1, wait=1)
     assert bus.groups.all() == []
     assert await bus.engine.groups() == []
+
+
+async def test_concurrent_joins_of_a_new_group_make_one_group(bus: Bus) -> None:
+    # Creating a group awaits the log's head: joins racing into that await must not
+    # each create their own group (every event would then go to every member).
+    async with contextlib.AsyncExitStack() as stack:
+        members = await asyncio.gather(
+            *(
+                stack.enter_async_context(
+                    bus.group("race", "acme/#", member=f"m{i}", ordered=False)
+                )
+                for i in range(4)
+            )
+        )
+        assert len({id(m.group) for m in members}) == 1
+        assert len(bus.groups.all()) == 1
+        await publish(bus, 8)
+        got = [d for m in members for d in await m.fetch(8, wait=0.5)]
+        assert sorted(d.event.data for d in got) == list(range(8))

@@ -353,6 +353,8 @@ class Groups:
                 self.writer.flush_soon()
             return group
         cursor = await self._start_cursor(settings.start, settings.pattern)
+        if gid in self._groups:  # made by a concurrent call while this one awaited the head
+            return await self.ensure(name, settings, update=update)
         group = self._make(gid, settings, self.engine.epoch, cursor, self._clock())
         self._register(group)
         await self.writer.durable()
