@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 import random
 from bisect import bisect_right
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
@@ -104,23 +104,46 @@ class Entry:
         "wheel_slot",
     )
 
-    def __init__(self, record: PendingRecord, delivery: Delivery | None) -> None:
-        self.shard = record.shard
-        self.position = record.position
-        self.topic = record.topic
-        self.offset = record.offset
-        self.key = record.key
-        self.attempts = record.attempts
-        self.due = record.due
-        self.member = record.member
-        self.first = record.first
-        self.last = record.last
-        self.error = record.error
-        self.delivery = delivery
-        self.state = LEASED if record.member else WAITING
+    def __init__(self, delivery: Delivery, key: str, now: float) -> None:
+        """A fresh entry of `delivery`: waiting since `now`, never delivered."""
+        self.shard = delivery.shard
+        self.position = delivery.position
+        self.topic = delivery.topic
+        self.offset = delivery.offset
+        self.key = key
+        self.attempts = 0
+        self.due = now
+        self.member = ""
+        self.first = 0.0
+        self.last = 0.0
+        self.error = ""
+        self.delivery: Delivery | None = delivery
+        self.state = WAITING
         self.stored = False  # a put of it was handed out by `changes`
         self.pinned = False  # always written (not covered by the floor): a replayed dead letter
         self.wheel_slot = -1
+
+    @classmethod
+    def restored(cls, record: PendingRecord) -> Entry:
+        """An entry as a store kept it; its delivery is loaded later."""
+        entry = cls.__new__(cls)
+        entry.shard = record.shard
+        entry.position = record.position
+        entry.topic = record.topic
+        entry.offset = record.offset
+        entry.key = record.key
+        entry.attempts = record.attempts
+        entry.due = record.due
+        entry.member = record.member
+        entry.first = record.first
+        entry.last = record.last
+        entry.error = record.error
+        entry.delivery = None
+        entry.state = LEASED if record.member else WAITING
+        entry.stored = True
+        entry.pinned = False
+        entry.wheel_slot = -1
+        return entry
 
     @property
     def id(self) -> str:
@@ -172,6 +195,10 @@ class Changes(msgspec.Struct, frozen=True):
     settled: tuple[tuple[int, ...], ...] = ()
 
 
+def _by_due(entry: Entry) -> float:
+    return entry.due
+
+
 def _failed(entry: Entry) -> bool:
     """Whether an entry must be written on its own: it failed a delivery (its count matters)."""
     return entry.attempts >= 2 or (entry.attempts >= 1 and entry.state == WAITING)
@@ -195,7 +222,10 @@ class GroupCore:
         self._ready: deque[Entry] = deque()
         # Ordered groups: each key's unsettled entries in log order; only the first is eligible.
         self._keys: dict[str, deque[Entry]] = {}
-        self._timers: Wheel[Entry] = Wheel(RESOLUTION)
+        self._timers: Wheel[Entry] = Wheel(RESOLUTION)  # redelivery waits
+        # Leases, by when they end: every lease lasts `ack_wait`, so the order they
+        # began in is the order they end in (an extended one moves to the end).
+        self._leases: OrderedDict[Entry, None] = OrderedDict()
         self._turn: deque[str] = deque()  # members in round-robin order
         self.leased = 0
         self.redelivered = 0  # deliveries after the first, ever
@@ -216,35 +246,22 @@ class GroupCore:
 
     def take(self, delivery: Delivery, now: float) -> Entry:
         """Add the next matching delivery of the log (in log order) as a WAITING entry."""
-        event = delivery.event
-        key = event.partitionkey if event.partitionkey is not None else delivery.topic
-        record = PendingRecord(
-            shard=delivery.shard,
-            position=delivery.position,
-            topic=delivery.topic,
-            offset=delivery.offset,
-            key=key,
-            attempts=0,
-            due=now,
-        )
-        entry = self._add(record, delivery, now)
-        self._fresh[delivery.shard].append(entry)
-        self.advance(delivery.shard, delivery.position)
+        partitionkey = delivery.event.partitionkey
+        entry = Entry(delivery, delivery.topic if partitionkey is None else partitionkey, now)
+        self._add(entry, now)
+        shard = delivery.shard
+        self._fresh[shard].append(entry)
+        if delivery.position > self.cursor[shard]:
+            self.cursor[shard] = delivery.position
+            self._cursor_moved = True
         return entry
 
     def inject(self, delivery: Delivery, key: str, now: float) -> Entry:
         """Add a delivery from outside the pattern (a replayed dead letter); the cursor stays."""
-        record = PendingRecord(
-            shard=delivery.shard,
-            position=delivery.position,
-            topic=delivery.topic,
-            offset=delivery.offset,
-            key=key,
-            attempts=0,
-            due=now,
-        )
-        entry = self._add(record, delivery, now)
+        entry = Entry(delivery, key, now)
         entry.pinned = True
+        self._dirty[entry.shard, entry.position] = entry
+        self._add(entry, now)
         return entry
 
     def advance(self, shard: int, position: int) -> None:
@@ -266,32 +283,34 @@ class GroupCore:
         stored dead (`due` infinite: its dead letter was being appended) stays
         dead: the edge appends it to the dead letters again and calls `bury`.
         """
-        entry = self._add(record, None, now)
-        entry.stored = True
-        self._dirty.pop((entry.shard, entry.position), None)
+        entry = Entry.restored(record)
+        self._add(entry, now)
         return entry
 
-    def _add(self, record: PendingRecord, delivery: Delivery | None, now: float) -> Entry:
-        entry = Entry(record, delivery)
+    def _add(self, entry: Entry, now: float) -> None:
         self.entries[entry.shard, entry.position] = entry
-        self._dirty[entry.shard, entry.position] = entry
         if entry.state == LEASED:
             self.leased += 1
             member = self.members.get(entry.member)
             if member is None:  # a ghost: held until the lease ends
                 member = self.members[entry.member] = MemberState(entry.member)
             member.held.add(entry)
-            self._timers.schedule(entry, entry.due)
+            leases = self._leases
+            if leases and next(reversed(leases)).due > entry.due:  # restored out of order
+                ordered = sorted([*leases, entry], key=_by_due)
+                leases.clear()
+                leases.update(dict.fromkeys(ordered))
+            else:
+                leases[entry] = None
         if self.settings.ordered:
             queue = self._keys.get(entry.key)
             if queue is None:
                 queue = self._keys[entry.key] = deque()
             queue.append(entry)
             if len(queue) > 1:
-                return entry  # waits for the earlier entries of its key
+                return  # waits for the earlier entries of its key
         if entry.state == WAITING:
             self._wait(entry, entry.due, now)
-        return entry
 
     def _wait(self, entry: Entry, due: float, now: float) -> None:
         entry.state = WAITING
@@ -330,6 +349,10 @@ class GroupCore:
         settings = self.settings
         per_member = settings.member_in_flight
         members = self.members
+        entries = self.entries
+        dirty = self._dirty
+        leases = self._leases
+        due = now + settings.ack_wait
         while ready and turn and self.leased < settings.max_in_flight:
             for _ in range(len(turn)):
                 name = turn[0]
@@ -343,22 +366,24 @@ class GroupCore:
             if (
                 entry.state != WAITING
                 or entry.due > now  # given up (term) while it was ready
-                or self.entries.get((entry.shard, entry.position)) is not entry
+                or entries.get((entry.shard, entry.position)) is not entry
             ):
                 continue
             entry.state = LEASED
             entry.member = name
-            entry.attempts += 1
-            if entry.attempts > 1:
+            attempts = entry.attempts = entry.attempts + 1
+            if attempts > 1:
                 self.redelivered += 1
+                dirty[entry.shard, entry.position] = entry
+            elif entry.stored:
+                dirty[entry.shard, entry.position] = entry
             if not entry.first:
                 entry.first = now
             entry.last = now
-            entry.due = now + settings.ack_wait
-            self._timers.schedule(entry, entry.due)
+            entry.due = due
+            leases[entry] = None
             member.held.add(entry)
             self.leased += 1
-            self._dirty[entry.shard, entry.position] = entry
             out.append((member, entry))
         return out
 
@@ -370,8 +395,7 @@ class GroupCore:
         entry.attempts -= 1
         if entry.attempts == 0:
             entry.first = 0.0
-        self._timers.cancel(entry)
-        self._dirty[entry.shard, entry.position] = entry
+        self._mark(entry)
         self._wait(entry, now, now)
 
     @property
@@ -394,8 +418,8 @@ class GroupCore:
         if entry.state != LEASED:
             raise ValueError("only a leased entry can be extended")
         entry.due = now + self.settings.ack_wait
-        self._timers.schedule(entry, entry.due)
-        self._dirty[entry.shard, entry.position] = entry
+        self._leases.move_to_end(entry)
+        self._mark(entry)
 
     def nack(self, entry: Entry, now: float, delay: float | None, error: str) -> bool:
         """The delivery failed: release it to come back later; True if it is now dead instead.
@@ -408,14 +432,12 @@ class GroupCore:
         entry.error = error
         self._dirty[entry.shard, entry.position] = entry
         if entry.attempts >= self.settings.max_deliveries:
-            self._timers.cancel(entry)
             entry.state = WAITING
             entry.due = math.inf
             return True
         wait = (
             delay if delay is not None else self.settings.redelivery.wait(entry.attempts, self._rng)
         )
-        self._timers.cancel(entry)
         self._wait(entry, now + wait, now)
         return False
 
@@ -423,7 +445,8 @@ class GroupCore:
         """Give up on the entry now: it is to be buried (a dead letter) whatever its attempts."""
         if entry.state == LEASED:
             self._release(entry)
-        self._timers.cancel(entry)
+        else:
+            self._timers.cancel(entry)
         entry.state = WAITING
         entry.due = math.inf
         entry.error = error
@@ -436,18 +459,22 @@ class GroupCore:
     def tick(self, now: float) -> list[Entry]:
         """Handle the leases and waits that ended by `now`; return the entries now dead."""
         dead: list[Entry] = []
+        leases = self._leases
+        ended: list[Entry] = []
+        for entry in leases:
+            if entry.due > now:
+                break
+            ended.append(entry)
+        for entry in ended:
+            if self.nack(entry, now, None, "ack_wait passed"):
+                dead.append(entry)
         due = self._timers.due(now)
         if len(due) > 1:  # the wheel's order is a set's: make it the log's (reproducible)
             due.sort(key=_log_order)
         for entry in due:
             if self.entries.get((entry.shard, entry.position)) is not entry:
                 continue
-            if entry.state == LEASED:
-                if entry.due > now:  # extended within the timer's resolution
-                    self._timers.schedule(entry, entry.due)
-                elif self.nack(entry, now, None, "ack_wait passed"):
-                    dead.append(entry)
-            elif entry.due <= now and self._eligible(entry):
+            if entry.due <= now and self._eligible(entry):
                 self._ready.append(entry)
             elif entry.due > now:
                 self._timers.schedule(entry, entry.due)
@@ -456,7 +483,12 @@ class GroupCore:
     @property
     def timers(self) -> int:
         """How many leases and waits are running."""
-        return len(self._timers)
+        return len(self._timers) + len(self._leases)
+
+    def _mark(self, entry: Entry) -> None:
+        """Note the entry for `changes` if a store must hear of it."""
+        if entry.stored or entry.pinned or _failed(entry):
+            self._dirty[entry.shard, entry.position] = entry
 
     def _eligible(self, entry: Entry) -> bool:
         if not self.settings.ordered:
@@ -465,6 +497,7 @@ class GroupCore:
         return queue is not None and queue[0] is entry
 
     def _release(self, entry: Entry) -> None:
+        del self._leases[entry]
         member = self.members.get(entry.member)
         if member is not None:
             member.held.discard(entry)
@@ -480,7 +513,8 @@ class GroupCore:
         del self.entries[ident]
         if entry.state == LEASED:
             self._release(entry)
-        self._timers.cancel(entry)
+        elif entry.wheel_slot >= 0:
+            self._timers.cancel(entry)
         entry.state = WAITING
         if entry.stored:
             self._dirty[ident] = None
