@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
+from hybridbus.client.inbox import Inbox
 from hybridbus.client.subscribing import Link
 from hybridbus.core.event import Event
 from hybridbus.errors import BusError, InvalidInput
@@ -93,7 +93,7 @@ class ClientDelivery:
         return f"<ClientDelivery {self.topic}#{self.offset} attempt={self.attempt}>"
 
 
-class ClientGroup:
+class ClientGroup(Inbox[ClientDelivery]):
     """A membership of a consumer group: `async for d in g`, or `await g.fetch(n, wait)`.
 
     `member` is the member's name and `pattern` the group's (relative), once
@@ -109,57 +109,29 @@ class ClientGroup:
         member: str | None,
         settings: dict[str, Any] | None,
     ) -> None:
+        super().__init__()
         self.name = name
         self.pattern = pattern
         self.member = member
         self.settings = settings
         self._registry = registry
-        self._queue: deque[ClientDelivery] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._error: BusError | None = None
-        self._ended = False
 
     # -- fed by the registry -----------------------------------------------------------
 
     def deliver(self, received: GroupReceived) -> None:
         if not self._ended:
-            self._queue.append(ClientDelivery(self, received))
-            self._wake()
+            self._put(ClientDelivery(self, received))
 
     def joined(self, result: GroupJoinResult) -> None:
         self.member = result.member
         self.pattern = result.pattern
-
-    def end(self, error: BusError | None = None) -> None:
-        """No more deliveries; iteration raises `error` once the queue is empty (or stops)."""
-        if not self._ended:
-            self._ended = True
-            self._error = error
-            self._wake()
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     # -- the application's side ----------------------------------------------------------
 
     async def fetch(self, limit: int = 100, wait: float | None = None) -> list[ClientDelivery]:
         """Up to `limit` deliveries: waits up to `wait` seconds (None: forever) for the first."""
         if not self._queue and not self._ended:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                if wait is None:
-                    await self._waiter
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(self._waiter), wait)
-            finally:
-                self._waiter = None
+            await self._wait(wait)
         if not self._queue and self._error is not None:
             raise self._error
         out: list[ClientDelivery] = []

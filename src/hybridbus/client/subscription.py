@@ -8,13 +8,12 @@ the ending error at the end). Must not do I/O: the connection feeds it.
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
+from hybridbus.client.inbox import Inbox
 from hybridbus.core.log import Position
-from hybridbus.errors import BusError, ContinuityLost, SubscriberTooSlow
+from hybridbus.errors import ContinuityLost, SubscriberTooSlow
 from hybridbus.proto.client import Received
 
 __all__ = ["ClientSubscription"]
@@ -22,7 +21,7 @@ __all__ = ["ClientSubscription"]
 _Gap = ContinuityLost
 
 
-class ClientSubscription:
+class ClientSubscription(Inbox[Received | ContinuityLost]):
     """Deliveries of one pattern: `async for received in sub`.
 
     `position` is the resume token after the last delivery received from the
@@ -39,16 +38,13 @@ class ClientSubscription:
         opener: Callable[[ClientSubscription], Awaitable[None]],
         closer: Callable[[ClientSubscription], Awaitable[None]],
     ) -> None:
+        super().__init__()
         self.pattern = pattern
         self.position: Position | None = since
         self.recovered = True
         self._maxsize = maxsize
         self._opener = opener
         self._closer = closer
-        self._queue: deque[Received | ContinuityLost] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._error: BusError | None = None
-        self._ended = False
 
     # -- fed by the connection ---------------------------------------------------
 
@@ -64,36 +60,17 @@ class ClientSubscription:
             )
             return
         self.position = received.token
-        self._queue.append(received)
-        self._wake()
+        self._put(received)
 
     def gap(self, reason: str) -> None:
         """Continuity was lost here: the iterator raises `ContinuityLost` at this point."""
         self.recovered = False
-        self._queue.append(_Gap(reason))
-        self._wake()
+        self._put(_Gap(reason))
 
     def started(self, position: Position) -> None:
         """The server confirmed the subscription as of `position` (when nothing came yet)."""
         if self.position is None or self.position.epoch != position.epoch:
             self.position = position
-
-    def end(self, error: BusError | None = None) -> None:
-        """No more deliveries; iteration raises `error` once the queue is empty (or stops)."""
-        if self._ended:
-            return
-        self._ended = True
-        self._error = error
-        self._wake()
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     # -- the application's side --------------------------------------------------
 
@@ -111,12 +88,7 @@ class ClientSubscription:
                 if self._error is not None:
                     raise self._error
                 raise StopAsyncIteration
-            # Waits as long as nothing is published; `end` always wakes it.
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._wait()  # as long as nothing is published; `end` always wakes it
 
     async def __aenter__(self) -> ClientSubscription:
         await self._opener(self)
