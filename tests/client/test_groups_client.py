@@ -191,3 +191,17 @@ async def test_a_server_restart_resumes_the_membership_with_its_pending_set(
     finally:
         await g.__aexit__(None, None, None)
         await c.close()
+
+
+async def test_a_deleted_group_ends_the_iteration_with_its_code() -> None:
+    async with (
+        running_server() as server,
+        hybridbus.client.connect(server.url, config=FAST) as c,
+        c.group("billing", "invoices/#", ack_wait=5) as g,
+    ):
+        await server.node.bus.groups.delete("acme/billing")
+        with pytest.raises(RemoteError) as caught:
+            async with asyncio.timeout(5):
+                async for _ in g:
+                    pass
+        assert caught.value.code == 1401

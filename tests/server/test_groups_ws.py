@@ -309,3 +309,14 @@ async def test_group_pushes_in_msgpack() -> None:
         assert push["event"]["data"] == {"n": "m9"}
         reply = await c.request("ack", group="billing", deliveries=[push["delivery"]])
         assert reply["type"] == "reply"
+
+
+async def test_a_deleted_group_ends_the_membership_with_group_left() -> None:
+    async with running_server() as server, WsClient.open(server.url) as c:
+        await join(c, settings=SHORT)
+        await server.node.bus.groups.delete("acme/billing")
+        left = await c.push("group_left")
+        assert (left["group"], left["code"]) == ("billing", 1401)
+        # The membership is over: leaving it now is "not a member" (1014), joining works again.
+        assert await error_code(c, "group_leave", group="billing") == 1014
+        await join(c, settings=SHORT)

@@ -50,6 +50,7 @@ from hybridbus.proto.client import (
     ClientSession,
     Ended,
     Failed,
+    GroupEnded,
     GroupReceived,
     HistoryPage,
     Received,
@@ -425,6 +426,8 @@ class Client:
             self._subs.received(event)
         elif isinstance(event, GroupReceived):
             self._groups.received(event)
+        elif isinstance(event, GroupEnded):
+            self._groups.ended(event)
         elif isinstance(event, Replied):
             command, result = event.command, event.result
             if isinstance(command, Connect):

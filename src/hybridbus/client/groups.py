@@ -39,8 +39,8 @@ from typing import Any
 from hybridbus.client.inbox import Inbox
 from hybridbus.client.subscribing import Link
 from hybridbus.core.event import Event
-from hybridbus.errors import BusError, InvalidInput
-from hybridbus.proto.client import ClientSession, GroupReceived
+from hybridbus.errors import BusError, InvalidInput, RemoteError
+from hybridbus.proto.client import ClientSession, GroupEnded, GroupReceived
 from hybridbus.proto.frames import MAX_SETTLE_IDS, GroupJoinResult
 
 __all__ = ["ClientDelivery", "ClientGroup", "Memberships"]
@@ -270,6 +270,12 @@ class Memberships:
         group = self._joining.pop(id, None)
         if group is not None:
             self._end(group, error)
+
+    def ended(self, event: GroupEnded) -> None:
+        """The server ended the membership of `event.group`: it ends with that error."""
+        group = self._groups.get(event.group)
+        if group is not None:
+            self._end(group, RemoteError(event.code, event.reason, False))
 
     def fail_all(self, error: BusError, *, quietly: bool = False) -> None:
         """The client ended: every membership ends (with `error`, unless `quietly`)."""

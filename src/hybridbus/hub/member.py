@@ -114,6 +114,8 @@ class Member:
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self.closed = False
+        # Told when the group or the bus ends the member (`end`), e.g. to tell a client.
+        self.on_end: Callable[[BaseException], None] | None = None
 
     def give(self, delivery: GroupDelivery) -> None:
         """Hand `delivery` to this member (the group calls it)."""
@@ -132,6 +134,8 @@ class Member:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self.on_end is not None:
+            self.on_end(error)
 
     async def fetch(self, limit: int = 100, wait: float | None = None) -> list[GroupDelivery]:
         """Up to `limit` deliveries: waits up to `wait` seconds (None: forever) for the first."""

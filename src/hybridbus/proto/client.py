@@ -52,6 +52,7 @@ from hybridbus.proto.frames import (
     GroupJoinResult,
     GroupLeave,
     GroupLeaveResult,
+    GroupLeft,
     GroupNack,
     GroupTerm,
     History,
@@ -85,6 +86,7 @@ __all__ = [
     "ClientSession",
     "Ended",
     "Failed",
+    "GroupEnded",
     "GroupReceived",
     "HistoryItem",
     "HistoryPage",
@@ -189,7 +191,18 @@ class Ended:
     position: Position
 
 
-ClientEvent = Replied | Failed | Received | GroupReceived | Ended | Join | Leave | Disconnect
+@dataclass(frozen=True, slots=True)
+class GroupEnded:
+    """The server ended the membership of `group` (e.g. 1401: it was deleted)."""
+
+    group: str
+    code: int
+    reason: str
+
+
+ClientEvent = (
+    Replied | Failed | Received | GroupReceived | Ended | GroupEnded | Join | Leave | Disconnect
+)
 
 
 class _Subscription:
@@ -432,6 +445,11 @@ class ClientSession:
             if self.state is State.CONNECTED:
                 self._outbox.add(self._pong)
             return None
+        if isinstance(message, GroupLeft):
+            if message.group not in self._groups:
+                return None
+            self._groups.discard(message.group)
+            return GroupEnded(message.group, message.code, message.reason)
         if isinstance(message, Unsubscribed):
             sub = self._subscriptions.pop(message.pattern, None)
             if sub is None:

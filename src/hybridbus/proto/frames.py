@@ -47,6 +47,7 @@ __all__ = [
     "GroupJoinResult",
     "GroupLeave",
     "GroupLeaveResult",
+    "GroupLeft",
     "GroupNack",
     "GroupTerm",
     "History",
@@ -292,6 +293,18 @@ class GroupEventPush(_Server, tag="group_event"):
     event: msgspec.Raw
 
 
+class GroupLeft(_Server, tag="group_left"):
+    """The server ended the connection's membership of `group` (an `ErrorCode` says why).
+
+    E.g. 1401 when the group was deleted. What the member held and did not
+    settle comes back to the group when its lease ends.
+    """
+
+    group: str
+    code: int
+    reason: str
+
+
 class Unsubscribed(_Server, tag="unsubscribed"):
     """The server ended the subscription to `pattern` (an `ErrorCode` says why).
 
@@ -344,6 +357,7 @@ ServerMessage = (
     | ErrorReply
     | EventPush
     | GroupEventPush
+    | GroupLeft
     | Unsubscribed
     | Join
     | Leave

@@ -61,6 +61,7 @@ from hybridbus.proto.frames import (
     ErrorReply,
     GroupJoin,
     GroupLeave,
+    GroupLeft,
     Pong,
     Result,
     ServerPing,
@@ -465,6 +466,14 @@ class ServerSession:
         del self._subscriptions[pattern]
         code, text, _ = error_fields(error, reason)
         self._queue(self.codec.encode(Unsubscribed(pattern=pattern, code=code, reason=text)))
+
+    def end_group(self, group: str, error: BaseException | ErrorCode, reason: str) -> None:
+        """Tell the client the server ended its membership of `group` (e.g. it was deleted)."""
+        if self.state is not State.CONNECTED or group not in self._groups:
+            return
+        del self._groups[group]
+        code, text, _ = error_fields(error, reason)
+        self._queue(self.codec.encode(GroupLeft(group=group, code=code, reason=text)))
 
     def data_to_send(self) -> bytes | None:
         """ONE frame of what was queued since the last call, or None.

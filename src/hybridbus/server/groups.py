@@ -149,6 +149,7 @@ class Memberships:
             connection.flush()
             return
         entry.member = member
+        member.on_end = lambda error: self._ended(entry, error)
         if self._closed:
             _quit(entry)
             return
@@ -169,6 +170,15 @@ class Memberships:
             for delivery in held:
                 self._push(entry, delivery)
         connection.flush()
+
+    def _ended(self, entry: _Entry, error: BaseException) -> None:
+        """The group or the bus ended the membership: tell the client (`group_left`)."""
+        if self._entries.get(entry.name) is not entry:
+            return
+        del self._entries[entry.name]
+        if entry.answered:
+            self._connection.session.end_group(entry.name, error, str(error))
+            self._connection.flush()
 
     def _leave(self, command: GroupLeave) -> None:
         entry = self._entries.pop(command.group, None)
