@@ -4,6 +4,9 @@
     python -m benchmarks.run publish fanout  # some groups (writes JSON only with --out)
     python -m benchmarks.run server          # the real server beside its peers (~25 min)
     python -m benchmarks.run groups          # consumer groups beside Redis Streams (~3 min)
+    python -m benchmarks.run webhooks        # inbound webhooks beside a bare verifier (~1 min)
+    python -m benchmarks.run schemas         # an event's JSON Schema check, per event (~10 s)
+    python -m benchmarks.run webhooks_out    # outbound deliveries/s to a local receiver (~20 s)
     python -m benchmarks.run server --case latency --case catchup
     python -m benchmarks.run server --profile latency   # py-spy flame graph of hybridbus
     python -m benchmarks.run server --soak-minutes 15
@@ -25,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import codec, fanout, publish, server
+from benchmarks import codec, fanout, publish, schemas, server, webhooks, webhooks_out
 from benchmarks import groups as consumer_groups  # `groups` is main's list of group names
 from benchmarks.harness import (
     RESULTS_DIR,
@@ -45,6 +48,9 @@ GROUPS: dict[str, Callable[[Settings, Callable[[str], None]], list[Result]]] = {
     "fanout": fanout.run,
     "server": server.run,
     "groups": consumer_groups.run,
+    "webhooks": webhooks.run,  # only when named: hybridbus serve and a peer as subprocesses
+    "schemas": schemas.run,  # validation per event with and without a schema (~10 s)
+    "webhooks_out": webhooks_out.run,  # outbound deliveries/s; a receiver as a subprocess
 }
 # `server` takes about 2 minutes on its own (servers and 1,000-10,000 client
 # connections as subprocesses): it runs only when named, as does `groups` (about 3

@@ -253,7 +253,8 @@ def commands() -> dict[str, argparse.ArgumentParser]:
 def test_every_argument_of_every_command_has_help() -> None:
     found = commands()
     assert set(found) == {
-        "serve", "publish", "subscribe", "history", "token", "key", "groups", "dlq",
+        "serve", "publish", "subscribe", "history", "token", "key", "groups", "dlq", "schemas",
+        "webhooks",
     }  # fmt: skip
     for name, command in found.items():
         for action in command._actions:

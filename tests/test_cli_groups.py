@@ -21,7 +21,7 @@ import pytest
 from tests.servers import Server, event, running_server
 
 from hybridbus.cli import parser
-from hybridbus.cli_groups import http_base
+from hybridbus.cli_http import http_base
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -17,6 +17,8 @@ Must not hold server logic: `hybridbus serve` hands over to `hybridbus.serve`.
     hybridbus key --name N (--tenant T | --admin) [--role R ...]
     hybridbus groups [--json]                                  (over HTTP: cli_groups.py)
     hybridbus dlq list|show|replay|purge GROUP ...
+    hybridbus schemas list|show|register|test|mode ...        (over HTTP: cli_schemas.py)
+    hybridbus webhooks list|show|create|delete|enable|disable|replay|attempts   (cli_webhooks.py)
 
 The client commands take `--url` (default `$HYBRIDBUS_URL` or
 ws://127.0.0.1:8080/v1/ws) and `--token` (default `$HYBRIDBUS_TOKEN`); their
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from hybridbus import cli_groups
+from hybridbus import cli_groups, cli_schemas, cli_webhooks
 from hybridbus.errors import InvalidInput
 from hybridbus.server.config import ENV_PREFIX, load_config
 
@@ -201,6 +203,8 @@ def parser() -> argparse.ArgumentParser:
     _add_token_parser(commands)
     _add_key_parser(commands)
     cli_groups.add_parsers(commands, client, epilog, _Formatter)
+    cli_schemas.add_parsers(commands, client, epilog, _Formatter)
+    cli_webhooks.add_parsers(commands, client, epilog, _Formatter)
     return root
 
 
@@ -227,6 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _key(args)
     if args.command in ("groups", "dlq"):
         return cli_groups.run(args, parser())
+    if args.command == "schemas":
+        return cli_schemas.run(args)
+    if args.command == "webhooks":
+        return cli_webhooks.run(args)
     from hybridbus.client import commands
     from hybridbus.errors import BusError
 

@@ -23,43 +23,15 @@ API is at the same host and port as the WebSocket endpoint (`ws://h:p/v1/ws`
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
-from typing import Any, Final
-from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import quote, urlencode
 
-from hybridbus.errors import ErrorCode
+# The HTTP client of the commands over the HTTP API (shared with cli_schemas, cli_webhooks).
+from hybridbus.cli_http import OK, Api, Failed, http_base, print_json, table
 
-__all__ = ["add_parsers", "http_base", "run"]
-
-OK: Final = 0
-FAILED: Final = 1
-UNREACHABLE: Final = 3
-_TIMEOUT: Final = 30.0
-_SCHEMES: Final = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
-
-
-class _Failed(Exception):
-    """The request failed; `status` is the exit status to return."""
-
-    def __init__(self, message: str, status: int = FAILED) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def http_base(url: str) -> str:
-    """The HTTP API's base URL for a `--url` (the WebSocket endpoint, or an HTTP URL)."""
-    parts = urlsplit(url)
-    scheme = _SCHEMES.get(parts.scheme.lower())
-    if scheme is None or not parts.netloc:
-        raise _Failed(f"--url {url!r} is not a ws://, wss://, http:// or https:// URL", 2)
-    path = parts.path.rstrip("/")
-    if path.endswith("/v1/ws"):
-        path = path[: -len("/v1/ws")]
-    return urlunsplit((scheme, parts.netloc, path, "", ""))
+__all__ = ["add_parsers", "run"]
 
 
 def add_parsers(
@@ -153,19 +125,19 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "dlq" and args.action == "list" and not 1 <= args.limit <= 1000:
         parser.exit(2, f"hybridbus {command}: --limit is 1 to 1000\n")
     try:
-        api = _Api(http_base(args.url), args.token)
+        api = Api(http_base(args.url), args.token)
         if args.command == "groups":
             _groups(api, args.json)
         elif args.action == "list":
             _list(api, args.group, args.after, args.limit, args.json)
         elif args.action == "show":
-            _print(api.call("GET", _path(args.group, "dead-letters", args.id)), indent=2)
+            print_json(api.call("GET", _path(args.group, "dead-letters", args.id)), indent=2)
         else:
             body: dict[str, Any] = {"all": True} if args.all else {"ids": args.ids}
             if args.action == "replay":
                 body["to"] = args.to
-            _print(api.call("POST", _path(args.group, "dead-letters", args.action), body))
-    except _Failed as exc:
+            print_json(api.call("POST", _path(args.group, "dead-letters", args.action), body))
+    except Failed as exc:
         print(f"hybridbus {command}: {exc}", file=sys.stderr)
         return exc.status
     except KeyboardInterrupt:
@@ -180,73 +152,14 @@ def _path(group: str, *rest: str) -> str:
     return "/v1/groups/" + "/".join(quote(part, safe="") for part in (group, *rest))
 
 
-class _Api:
-    """Requests to the HTTP API: JSON in, JSON out, problems as `_Failed`."""
-
-    def __init__(self, base: str, token: str | None) -> None:
-        self.base = base
-        self.headers = {"Accept": "application/json"}
-        if token:
-            self.headers["Authorization"] = f"Bearer {token}"
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        headers = dict(self.headers)
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(self.base + path, data, headers, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=_TIMEOUT) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            raise _Failed(_problem(exc)) from None
-        except urllib.error.URLError as exc:
-            raise _Failed(
-                f"cannot connect to {self.base}: {exc.reason} (is the server running there? "
-                "point --url or $HYBRIDBUS_URL at it)",
-                UNREACHABLE,
-            ) from None
-        except (OSError, TimeoutError) as exc:
-            raise _Failed(f"{self.base}: {exc}") from None
-        return json.loads(raw) if raw else None
-
-
-def _problem(error: urllib.error.HTTPError) -> str:
-    """`1401 UNKNOWN_GROUP: detail` from a problem+json answer, else the HTTP status."""
-    try:
-        problem = json.loads(error.read())
-        code = int(problem["code"])
-        detail = str(problem["detail"])
-    except (ValueError, KeyError, TypeError, OSError):
-        return f"HTTP {error.code} {error.reason}"
-    try:
-        name = ErrorCode(code).name
-    except ValueError:
-        name = "ERROR"
-    return f"{code} {name}: {detail}"
-
-
 # -- the output ------------------------------------------------------------------------
 
 
-def _print(value: Any, indent: int | None = None) -> None:
-    sys.stdout.write(json.dumps(value, indent=indent, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
-
-
-def _table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        sys.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
-        sys.stdout.write("\n")
-    sys.stdout.flush()
-
-
-def _groups(api: _Api, as_json: bool) -> None:
+def _groups(api: Api, as_json: bool) -> None:
     groups = api.call("GET", "/v1/groups")["groups"]
     if as_json:
         for group in groups:
-            _print(group)
+            print_json(group)
         return
     fields = ("pattern", "members", "pending", "leased", "lag", "dead_letters", "redelivered")
     header = ["GROUP", *(f.upper().replace("_", "-") for f in fields)]
@@ -254,16 +167,16 @@ def _groups(api: _Api, as_json: bool) -> None:
         [g["name"]] + [str(len(g[f])) if f == "members" else str(g[f]) for f in fields]
         for g in groups
     ]
-    _table(header, rows)
+    table(header, rows)
 
 
-def _list(api: _Api, group: str, after: str | None, limit: int, as_json: bool) -> None:
+def _list(api: Api, group: str, after: str | None, limit: int, as_json: bool) -> None:
     query = {"limit": str(limit), **({"after": after} if after else {})}
     page = api.call("GET", _path(group, "dead-letters") + "?" + urlencode(query))
     letters = page["dead_letters"]
     if as_json:
         for letter in letters:
-            _print(letter)
+            print_json(letter)
     else:
         header = ["ID", "TOPIC", "OFFSET", "REASON", "ATTEMPTS", "TIME", "ERROR"]
         rows = [
@@ -278,7 +191,7 @@ def _list(api: _Api, group: str, after: str | None, limit: int, as_json: bool) -
             ]
             for d in letters
         ]
-        _table(header, rows)
+        table(header, rows)
     if page["more"] and letters:
         print(f"(more: --after {letters[-1]['id']})", file=sys.stderr)
 

@@ -7,11 +7,15 @@ every layer can raise from here.
     BusError                        code      retriable
     ├── InvalidInput                1000-1099 no: the same request fails again
     │   ├── InvalidEvent            1001      (names the attribute)
+    │   │   └── SchemaViolation     1007      the data fails its type's schema (names the
+    │   │                                     JSON path: `data.items[2].qty`)
     │   ├── InvalidTopic            1002
     │   ├── InvalidPattern          1003
     │   ├── EventTooLarge           1004
     │   ├── InvalidPosition         1005
     │   ├── InvalidSettings         1006      (a group's settings; names the field)
+    │   ├── InvalidSchema           1008      not a usable JSON Schema, type name, mode or
+    │   │                                     version (docs/schemas.md)
     │   └── ProtocolError           1010-1099 (per instance; the wire protocol)
     │         1010 MALFORMED_MESSAGE      no: the connection is closed
     │         1011 UNKNOWN_COMMAND        no
@@ -26,8 +30,13 @@ every layer can raise from here.
     │   │   ├── TokenInvalid        1102      no: bad signature, algorithm, claims
     │   │   │   └── TokenLifetimeExceeded 1105  no: `exp` too far from `iat` or now
     │   │   ├── UnknownKey          1103      no: the token's `kid` is not configured
-    │   │   └── Revoked             1104      no: the token, session or user is revoked
+    │   │   ├── Revoked             1104      no: the token, session or user is revoked
+    │   │   └── WebhookRefused      1130      no: an inbound webhook's signature is
+    │   │       │                             missing or matches no key of its endpoint
+    │   │       └── TimestampOutOfWindow 1131 no: its signed timestamp is outside the
+    │   │                                     endpoint's replay window (a replay, a clock)
     │   ├── Forbidden               1110      no: the rules do not allow this operation
+    │   ├── UnknownEndpoint         1132      no: no inbound webhook endpoint of that name
     │   └── LimitExceeded           1120-1129
     │       ├── RateLimited         1121      yes: after `retry_after` seconds
     │       ├── TooManyConnections  1122      yes: once another connection closes
@@ -39,6 +48,10 @@ every layer can raise from here.
     ├── Disconnected                1220      client: the server closed for good
     │   └── ConnectFailed           1220      client: the first connection failed
     ├── RemoteError                 (the server's code) client: a command failed
+    ├── SchemaError                 1500-1599 the schema registry (docs/schemas.md)
+    │   ├── UnknownSchema           1501      no: no schema of that type (or version)
+    │   └── SchemaIncompatible      1502      no: the new version breaks the type's
+    │                                         compatibility mode (names the path)
     ├── GroupError                  1400-1499 consumer groups (docs/groups.md)
     │   ├── UnknownGroup            1401      no: no group of that name in the tenant
     │   ├── GroupConflict           1402      no: the group exists with another pattern
@@ -61,7 +74,8 @@ client should do: 1000-1099 fix the request (1000-1009 the data, 1010-1099 the
 wire-protocol command carrying it, see `hybridbus.proto` and docs/protocol.md);
 1100-1199 get other credentials or permissions (or slow down: 1120-1129);
 1200-1299 the subscription is over (resubscribe if retriable); 1300-1399 the
-server side failed; 1400-1499 a consumer group refused the request.
+server side failed; 1400-1499 a consumer group refused the request; 1500-1599
+the schema registry refused the request.
 """
 
 from __future__ import annotations
@@ -91,6 +105,7 @@ __all__ = [
     "InvalidInput",
     "InvalidPattern",
     "InvalidPosition",
+    "InvalidSchema",
     "InvalidSettings",
     "InvalidTopic",
     "LimitExceeded",
@@ -98,8 +113,12 @@ __all__ = [
     "RateLimited",
     "RemoteError",
     "Revoked",
+    "SchemaError",
+    "SchemaIncompatible",
+    "SchemaViolation",
     "SubscriberTooSlow",
     "SubscriptionEnded",
+    "TimestampOutOfWindow",
     "TokenExpired",
     "TokenInvalid",
     "TokenLifetimeExceeded",
@@ -107,8 +126,11 @@ __all__ = [
     "TooManyRevocations",
     "Unauthorized",
     "UnknownDeadLetter",
+    "UnknownEndpoint",
     "UnknownGroup",
     "UnknownKey",
+    "UnknownSchema",
+    "WebhookRefused",
     "public_message",
 ]
 
@@ -123,6 +145,8 @@ class ErrorCode(IntEnum):
     EVENT_TOO_LARGE = 1004
     INVALID_POSITION = 1005
     INVALID_SETTINGS = 1006
+    SCHEMA_VIOLATION = 1007
+    INVALID_SCHEMA = 1008
     # 1010-1099: the wire protocol (hybridbus.proto, docs/protocol.md).
     MALFORMED_MESSAGE = 1010
     UNKNOWN_COMMAND = 1011
@@ -143,6 +167,10 @@ class ErrorCode(IntEnum):
     RATE_LIMITED = 1121
     TOO_MANY_CONNECTIONS = 1122
     TOO_MANY_REVOCATIONS = 1123
+    # 1130-1139: inbound webhooks (docs/webhooks.md).
+    SIGNATURE_INVALID = 1130
+    TIMESTAMP_OUT_OF_WINDOW = 1131
+    UNKNOWN_ENDPOINT = 1132
     SUBSCRIPTION_ENDED = 1200
     SUBSCRIBER_TOO_SLOW = 1201
     CONTINUITY_LOST = 1202
@@ -160,6 +188,10 @@ class ErrorCode(IntEnum):
     GROUP_CONFLICT = 1402
     DELIVERY_GONE = 1403
     UNKNOWN_DEAD_LETTER = 1404
+    # 1500-1599: the schema registry (docs/schemas.md).
+    SCHEMA_ERROR = 1500
+    UNKNOWN_SCHEMA = 1501
+    SCHEMA_INCOMPATIBLE = 1502
 
 
 class BusError(Exception):
@@ -183,6 +215,21 @@ class InvalidEvent(InvalidInput):
     def __init__(self, message: str, attribute: str | None = None) -> None:
         super().__init__(message)
         self.attribute = attribute
+
+
+class SchemaViolation(InvalidEvent):
+    """An event's data does not match the schema registered for its type.
+
+    `path` names where, as `data.items[2].qty` (`data` itself: the whole
+    value); `uri` is the schema version's URI (docs/schemas.md).
+    """
+
+    code = ErrorCode.SCHEMA_VIOLATION
+
+    def __init__(self, message: str, path: str = "data", uri: str | None = None) -> None:
+        super().__init__(message, "data")
+        self.path = path
+        self.uri = uri
 
 
 class InvalidTopic(InvalidInput):
@@ -218,6 +265,12 @@ class InvalidSettings(InvalidInput):
     """A consumer group's settings are not valid (the message names the field)."""
 
     code = ErrorCode.INVALID_SETTINGS
+
+
+class InvalidSchema(InvalidInput):
+    """Not a usable JSON Schema (Draft 2020-12), type name, mode or version (names which)."""
+
+    code = ErrorCode.INVALID_SCHEMA
 
 
 class ProtocolError(InvalidInput):
@@ -280,6 +333,27 @@ class Revoked(Unauthorized):
     """The token, its session or its user has been revoked."""
 
     code = ErrorCode.REVOKED
+
+
+class WebhookRefused(Unauthorized):
+    """An inbound webhook failed its endpoint's check: no valid signature (its body is dropped).
+
+    The message says which check failed; it never quotes a secret.
+    """
+
+    code = ErrorCode.SIGNATURE_INVALID
+
+
+class TimestampOutOfWindow(WebhookRefused):
+    """An inbound webhook's signed timestamp is outside its endpoint's window (default ±5 min)."""
+
+    code = ErrorCode.TIMESTAMP_OUT_OF_WINDOW
+
+
+class UnknownEndpoint(AccessError):
+    """No inbound webhook endpoint of that name (in that tenant, or one the caller may see)."""
+
+    code = ErrorCode.UNKNOWN_ENDPOINT
 
 
 class Forbidden(AccessError):
@@ -415,6 +489,33 @@ class UnknownDeadLetter(GroupError):
     """No dead letter of that id in the group."""
 
     code = ErrorCode.UNKNOWN_DEAD_LETTER
+
+
+class SchemaError(BusError):
+    """The schema registry refused a request (docs/schemas.md)."""
+
+    code = ErrorCode.SCHEMA_ERROR
+
+
+class UnknownSchema(SchemaError):
+    """No schema is registered for that type in the tenant (or not that version)."""
+
+    code = ErrorCode.UNKNOWN_SCHEMA
+
+
+class SchemaIncompatible(SchemaError):
+    """A new schema version breaks its type's compatibility mode.
+
+    `path` is where, in the schema, as a JSON pointer (`#/properties/qty`);
+    `kinds` the differences found there (`TYPE_NARROWED`, ...).
+    """
+
+    code = ErrorCode.SCHEMA_INCOMPATIBLE
+
+    def __init__(self, message: str, path: str = "#", kinds: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.path = path
+        self.kinds = kinds
 
 
 class EngineError(BusError):

@@ -37,7 +37,11 @@ from hybridbus.gateways.groups import GroupsConfig, GroupsGateway
 from hybridbus.gateways.health import HealthGateway
 from hybridbus.gateways.http import HttpConfig, HttpGateway
 from hybridbus.gateways.listener import ListenerConfig, ListenerSite, raise_nofile_limit
+from hybridbus.gateways.schemas import SchemasConfig, SchemasGateway
 from hybridbus.gateways.sse import SseConfig
+from hybridbus.gateways.webhook_endpoints import WebhookAdmin, WebhookEndpoints
+from hybridbus.gateways.webhooks import WebhooksConfig, WebhooksGateway
+from hybridbus.gateways.webhooks_out import WebhooksOutGateway
 from hybridbus.gateways.websocket import WebSocketGateway
 from hybridbus.server.access import ApiKeys
 from hybridbus.server.auth import Authenticator
@@ -45,6 +49,7 @@ from hybridbus.server.config import ServerConfig
 from hybridbus.server.logs import configure_logging
 from hybridbus.server.metrics import Metrics
 from hybridbus.server.node import Node
+from hybridbus.server.webhooks_out import Outbound
 
 __all__ = ["METRICS_KEY", "NODE_KEY", "create_app", "run", "serve"]
 
@@ -67,6 +72,9 @@ async def create_app(
     metrics = Metrics()
     metrics.watch_groups(bus.groups)
     node = Node(bus, config, metrics, authenticator)
+    outbound = Outbound(  # outbound webhooks: a consumer group and a sender each
+        bus, config.outbound_webhooks, allow_private=config.webhook_allow_private
+    )
     try:
         await node.start()
         access = HttpAccess(node.guard, ApiKeys(config.api_keys), node.authenticator)
@@ -89,6 +97,17 @@ async def create_app(
             config=GroupsConfig(body_timeout=config.body_timeout),
             hold=access.holding(node.hold),  # a waiting fetch counts and ends like a stream
         )
+        await outbound.start()
+        endpoints = WebhookEndpoints(bus.engine, config.webhooks)  # inbound webhooks
+        await endpoints.start()
+        webhooks = WebhooksGateway(
+            endpoints,
+            node.guard,
+            metrics,
+            WebhooksConfig(
+                body_timeout=config.body_timeout, audit_failures=config.webhook_audit_failures
+            ),
+        )
         app = web.Application()
         app[NODE_KEY] = node
         app[METRICS_KEY] = metrics
@@ -96,9 +115,24 @@ async def create_app(
         app.add_routes(WebSocketGateway(node).routes())
         app.add_routes(http.routes())
         app.add_routes(groups.routes())
+        schemas = SchemasGateway(  # the event types' JSON Schemas (docs/schemas.md)
+            bus.schemas,
+            node.guard,
+            access.principal,
+            config=SchemasConfig(body_timeout=config.body_timeout),
+        )
+        app.add_routes(schemas.routes())
         app.add_routes(access.routes())
+        app.add_routes(webhooks.routes())
+        app.add_routes(WebhookAdmin(endpoints, node.guard, access.principal).routes())
+        app.add_routes(
+            WebhooksOutGateway(
+                outbound, node.guard, access.principal, body_timeout=config.body_timeout
+            ).routes()
+        )
         app.add_routes(HealthGateway(node, metrics).routes())
     except BaseException:
+        await outbound.close()
         await node.shutdown()
         raise
 
@@ -106,8 +140,10 @@ async def create_app(
         http.close()  # ends the SSE streams
         groups.close()  # ends the waiting fetches
         await node.close_connections()
+        await webhooks.close()  # the audit events of failed checks being appended
 
     async def shutdown(app: web.Application) -> None:
+        await outbound.close()  # the senders, before the bus closes
         await node.shutdown()
 
     app.on_shutdown.append(close_connections)

@@ -200,8 +200,10 @@ async def test_a_deleted_group_ends_the_iteration_with_its_code() -> None:
         c.group("billing", "invoices/#", ack_wait=5) as g,
     ):
         await server.node.bus.groups.delete("acme/billing")
+        async def drain() -> None:
+            async for _ in g:
+                pass
+
         with pytest.raises(RemoteError) as caught:
-            async with asyncio.timeout(5):
-                async for _ in g:
-                    pass
+            await asyncio.wait_for(drain(), 5)
         assert caught.value.code == 1401

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,10 @@ def vary(headers: Any) -> set[str]:
 
 
 def concrete(path: str) -> str:
-    """A path of a route, its `{topic}` filled in."""
+    """A path of a route, its `{topic}` and other `{name}` parts filled in."""
     head, _, tail = path.partition("{topic")
-    return head + "acme/docs/1" + tail.partition("}")[2] if _ else path
+    path = head + "acme/docs/1" + tail.partition("}")[2] if _ else path
+    return re.sub(r"\{[^}]*\}", "x", path)
 
 
 def v1_routes(server: Server) -> list[tuple[str, str]]:

@@ -27,6 +27,10 @@ from hybridbus.gateways import openapi
 from hybridbus.gateways.access import HttpAccess
 from hybridbus.gateways.groups import GroupsGateway
 from hybridbus.gateways.http import HttpGateway
+from hybridbus.gateways.schemas import SchemasGateway
+from hybridbus.gateways.webhook_endpoints import WebhookAdmin, WebhookEndpoints
+from hybridbus.gateways.webhooks import WebhooksGateway
+from hybridbus.gateways.webhooks_out import WebhooksOutGateway
 from hybridbus.hub.group_guard import GroupGuard
 from hybridbus.hub.guard import Guard
 from hybridbus.serve import create_app
@@ -34,6 +38,7 @@ from hybridbus.server.access import ApiKeys
 from hybridbus.server.auth import AnonymousAuthenticator
 from hybridbus.server.config import ServerConfig
 from hybridbus.server.metrics import Metrics
+from hybridbus.server.webhooks_out import Outbound
 
 pytest.importorskip("schemathesis", reason="schemathesis is a test extra")
 
@@ -72,6 +77,11 @@ async def test_the_document_lists_exactly_the_registered_routes() -> None:
         access = HttpAccess(guard, ApiKeys([]), AnonymousAuthenticator(None))
         groups = GroupsGateway(GroupGuard(guard), access.principal)
         routes = [*HttpGateway(bus, Metrics()).routes(), *access.routes(), *groups.routes()]
+        endpoints = WebhookEndpoints(bus.engine)
+        routes += WebhooksGateway(endpoints, guard, Metrics()).routes()
+        routes += WebhookAdmin(endpoints, guard, access.principal).routes()
+        routes += SchemasGateway(bus.schemas, guard, access.principal).routes()
+        routes += WebhooksOutGateway(Outbound(bus), guard, access.principal).routes()
     registered = {
         (route.method, re.sub(r"\{(\w+):[^}]*\}", r"{\1}", route.path))
         for route in routes

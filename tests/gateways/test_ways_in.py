@@ -14,12 +14,21 @@ measured from the instant the token lapses.
     ... and its consumer-group memberships    left        —           —
     one per-user count for every way in       counted     counted     not held
     a stalled reader is cut, memory bounded   4001        1201/abort  —
+
+Ways in that take a request body — an HTTP publish and an inbound webhook
+(`POST /v1/webhooks/...`, signed, no token) — share their limits:
+
+    property                                  http        webhook
+    a body over the limit                     413 1004    413 1004
+    a body slower than body_timeout           408         408
+    over the rate                             429 1121 + Retry-After (both)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import time
 import uuid
@@ -319,6 +328,86 @@ async def test_a_client_that_leaves_frees_its_slot_within_seconds(way: Way) -> N
         await wait_for(lambda: server.sample("hybridbus_connections", transport=way) == 0, 3.0)
         async with opened(way, server, token()) as again:
             assert await again.alive()
+
+
+# -- the limits of the ways that take a body -------------------------------------------------------
+
+Bodied = Literal["http", "webhook"]
+BODIED: tuple[Bodied, ...] = ("http", "webhook")
+
+
+@contextlib.asynccontextmanager
+async def bodied(way: Bodied, **settings: Any) -> AsyncIterator[tuple[Server, str, Any]]:
+    """A server whose `way` is limited to 1 request/s (burst 1) and 4 KiB (webhook) bodies.
+
+    Yields the server, the path to POST to, and `sign(body) -> headers`.
+    """
+    from hybridbus.core.webhook_routes import Endpoint
+    from hybridbus.core.webhooks import new_secret, signing_key, standard_headers
+
+    secret = new_secret()
+    hook = Endpoint(name="in", tenant="acme", secrets=[secret], rate=1.0, max_body_size=4096)
+    if way == "http":
+        settings.update(publish_rate=1.0, publish_burst=1.0)
+
+        def sign(body: bytes) -> dict[str, str]:
+            return {"content-type": "application/cloudevents+json"}
+
+        path = "/v1/topics/acme/x/events"
+    else:
+
+        def sign(body: bytes) -> dict[str, str]:
+            msg_id, now = uuid.uuid4().hex, int(time.time())
+            headers = standard_headers(msg_id, now, body, [signing_key(secret)])
+            return {**headers, "content-type": "application/json"}
+
+        path = "/v1/webhooks/acme/in"
+    async with running_server(webhooks=[hook], **settings) as server:
+        yield server, path, sign
+
+
+async def raw_post(port: int, path: str, headers: dict[str, str], length: int, sent: bytes) -> str:
+    """POST announcing `length` bytes of body, send `sent` only; the status line and body read."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        request = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n{head}\r\n"
+        writer.write(request.encode() + sent)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            return (await reader.read(65536)).decode(errors="replace")
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("way", BODIED)
+async def test_a_body_over_the_limit_is_413(way: Bodied) -> None:
+    async with bodied(way) as (server, path, sign):
+        answer = await raw_post(server.port, path, sign(b""), 9 << 20, b"")  # http's: 8 MiB
+        assert answer.startswith("HTTP/1.1 413"), answer
+        assert '"code":1004' in answer and PROBLEM in answer
+
+
+@pytest.mark.parametrize("way", BODIED)
+async def test_a_body_slower_than_the_body_timeout_is_408(way: Bodied) -> None:
+    async with bodied(way, body_timeout=0.5) as (server, path, sign):
+        started = time.monotonic()
+        answer = await raw_post(server.port, path, sign(b"{}"), 100, b"{")
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert PROBLEM in answer and 0.4 < time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("way", BODIED)
+async def test_over_the_rate_is_429_with_retry_after(way: Bodied) -> None:
+    async with bodied(way) as (server, path, sign), httpx.AsyncClient(base_url=server.http) as c:
+        statuses = []
+        for n in range(2):
+            body = json.dumps(event(f"e{n}")).encode()
+            response = await c.post(path, content=body, headers=sign(body))
+            statuses.append(response.status_code)
+        assert statuses[0] in (200, 201) and statuses[1] == 429, response.text
+        assert response.json()["code"] == ErrorCode.RATE_LIMITED
+        assert response.headers["Retry-After"] == "1"
 
 
 # -- stalled readers ----------------------------------------------------------------------------

@@ -24,23 +24,32 @@ class Redelivery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
     `schedule`, when given, lists the waits after failure 1, 2, ... (the last
     one repeats); otherwise the wait after failure n is uniform in
-    [0, min(max, base * factor**(n - 1))].
+    [0, min(max, base * factor**(n - 1))]. `jitter` (0 to 1, schedules only)
+    spreads each scheduled wait w uniformly over [w * (1 - jitter), w * (1 +
+    jitter)], from the group's random source, so that events failed together
+    do not all come back in the same instant (the backoff has full jitter).
     """
 
     base: float = 1.0
     factor: float = 2.0
     max: float = 60.0
     schedule: tuple[float, ...] = ()
+    jitter: float = 0.0
 
     def __post_init__(self) -> None:
         Backoff(base=self.base, factor=self.factor, cap=self.max)  # raises ValueError
         if any(not (math.isfinite(w) and w >= 0) for w in self.schedule):
             raise ValueError("every wait of a redelivery schedule is a number >= 0")
+        if not (math.isfinite(self.jitter) and 0 <= self.jitter <= 1):
+            raise ValueError(f"redelivery.jitter is a fraction from 0 to 1, not {self.jitter}")
 
     def wait(self, failures: int, rng: random.Random) -> float:
         """The wait after failed delivery number `failures` (1 for the first)."""
         if self.schedule:
-            return self.schedule[min(failures, len(self.schedule)) - 1]
+            wait = self.schedule[min(failures, len(self.schedule)) - 1]
+            if self.jitter:
+                wait *= 1.0 + self.jitter * (2.0 * rng.random() - 1.0)
+            return wait
         backoff = Backoff(base=self.base, factor=self.factor, cap=self.max)
         return backoff.delay(failures - 1, rng)
 

@@ -82,6 +82,10 @@ def _add_preflight_routes(app: web.Application, policy: CorsPolicy) -> None:
     adds) would wrap every handler in coroutine frames living as long as it —
     a WebSocket's whole life.
     """
+    # One path may be several resources (routes of one path registered apart): the
+    # first of them answers every preflight of the path, with the methods of them all.
+    first: dict[str, web.Resource] = {}
+    methods: dict[str, set[str]] = {}
     for resource in app.router.resources():
         if not isinstance(resource, web.Resource):  # static files, sub-apps: none here
             continue
@@ -89,10 +93,13 @@ def _add_preflight_routes(app: web.Application, policy: CorsPolicy) -> None:
         path = info.get("path") or info.get("formatter") or ""
         if not path.startswith(PREFIX):
             continue
-        methods = frozenset(route.method for route in resource)
-        if not methods or hdrs.METH_OPTIONS in methods or hdrs.METH_ANY in methods:
+        first.setdefault(path, resource)
+        methods.setdefault(path, set()).update(route.method for route in resource)
+    for path, resource in first.items():
+        taken = frozenset(methods[path])
+        if not taken or hdrs.METH_OPTIONS in taken or hdrs.METH_ANY in taken:
             continue  # a route taking OPTIONS (or any method) answers it itself
-        resource.add_route(hdrs.METH_OPTIONS, _preflight_handler(policy, methods))
+        resource.add_route(hdrs.METH_OPTIONS, _preflight_handler(policy, taken))
 
 
 def install_cors(app: web.Application, policy: CorsPolicy) -> None:

@@ -2,7 +2,7 @@
 
 Owns: turning any error into an RFC 9457 `application/problem+json` response
 (`type`, `title`, `status`, `detail`, plus hybridbus's `code`, `retriable` and,
-when known, `attribute`, `parameter` or `index`), the guard every handler runs
+when known, `attribute`, `parameter`, `path` or `index`), the guard every handler runs
 in (so that no request, however malformed, makes a handler fail), reading a
 bounded request body, parsing query parameters (a `+` in them is a plus, not a
 space), and the authorization hook.
@@ -16,6 +16,8 @@ Status by error (the first row that matches):
     InvalidInput (any 10xx)       400   topic, pattern, event, position, parameter
     Revoked 403, Unauthorized 401, Forbidden 403, TooManyRevocations 409, LimitExceeded 429
     UnknownGroup, UnknownDeadLetter 404; GroupConflict, DeliveryGone 409 (consumer groups)
+    UnknownSchema 404; SchemaIncompatible 409 (the schema registry)
+    UnknownEndpoint               404   an inbound webhook endpoint (WebhookRefused: 401 above)
     BusClosed, EngineUnavailable  503   with Retry-After: the server is going away / try later
     EngineError, anything else    500   no details: they stay in the server's log
 """
@@ -48,10 +50,13 @@ from hybridbus.errors import (
     LimitExceeded,
     RateLimited,
     Revoked,
+    SchemaIncompatible,
     TooManyRevocations,
     Unauthorized,
     UnknownDeadLetter,
+    UnknownEndpoint,
     UnknownGroup,
+    UnknownSchema,
     public_message,
 )
 
@@ -149,8 +154,11 @@ _STATUS: Final[tuple[tuple[type[BusError], int], ...]] = (
     (LimitExceeded, 429),
     (UnknownGroup, 404),  # or one the caller may not see: its existence is not disclosed
     (UnknownDeadLetter, 404),
+    (UnknownEndpoint, 404),  # an inbound webhook endpoint: the URL is wrong
     (GroupConflict, 409),  # the group exists over another pattern
     (DeliveryGone, 409),  # settled, or its lease ended and it went on: not the caller's now
+    (UnknownSchema, 404),
+    (SchemaIncompatible, 409),  # the type's compatibility mode refuses the new version
     (BusClosed, 503),
     (EngineUnavailable, 503),
 )
@@ -205,7 +213,7 @@ def problem(error: BusError | None, **members: Any) -> web.Response:
         "code": code,
         "retriable": retriable,
     }
-    for member in ("attribute", "parameter"):
+    for member in ("attribute", "parameter", "path"):
         value = getattr(error, member, None)
         if value is not None:
             body[member] = value

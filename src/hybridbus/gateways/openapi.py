@@ -12,7 +12,12 @@ import copy
 from typing import Any, Final
 
 from hybridbus.core.topics import MAX_TOPIC_LENGTH
-from hybridbus.gateways import openapi_groups
+from hybridbus.gateways import (
+    openapi_groups,
+    openapi_schemas,
+    openapi_webhooks,
+    openapi_webhooks_out,
+)
 from hybridbus.proto.frames import MAX_HISTORY_LIMIT
 
 __all__ = ["document"]
@@ -202,7 +207,10 @@ _PROBLEM_TEXT: Final = {
         "Bad input: topic, pattern, event, position, parameter or body, a group's name or "
         "settings (`code` says which)."
     ),
-    404: "No such group (1401: or not the caller's tenant's) or dead letter (1404).",
+    404: (
+        "No such group (1401: or not the caller's tenant's) or dead letter (1404), no schema "
+        "of that type or version (1501)."
+    ),
     408: "The request body did not arrive in time.",
     413: "An event (or the body) is too large (code 1004).",
     415: "Not a CloudEvent: the Content-Type is neither structured nor batch, no ce-specversion.",
@@ -210,7 +218,8 @@ _PROBLEM_TEXT: Final = {
     403: "Revoked (1104), or the topic is another tenant's or the rules refuse it (1110).",
     409: (
         "The tenant holds max_revocations_per_tenant live revocations (1123); the group exists "
-        "over another pattern (1402); the delivery is no longer held (1403)."
+        "over another pattern (1402); the delivery is no longer held (1403); the type's "
+        "compatibility mode refuses the new schema (1502, `path` names where)."
     ),
     429: (
         "Over the caller's or the tenant's publish rate (1121), or a fetch over "
@@ -512,13 +521,28 @@ def document() -> dict[str, Any]:
                     **_paths(),
                     "/v1/revocations": _REVOCATIONS,
                     **openapi_groups.paths(_problems),
+                    **openapi_schemas.paths(_problems),
+                    **openapi_webhooks.paths(_problems),
+                    **openapi_webhooks_out.paths(_problems),
                 }
             ),
             "security": _SECURITY,
             "components": {
                 "securitySchemes": _SECURITY_SCHEMES,
-                "schemas": {**_SCHEMAS, **openapi_groups.SCHEMAS},
-                "parameters": {**_PARAMETERS, **openapi_groups.PARAMETERS},
+                "schemas": {
+                    **_SCHEMAS,
+                    **openapi_groups.SCHEMAS,
+                    **openapi_schemas.SCHEMAS,
+                    **openapi_webhooks.SCHEMAS,
+                    **openapi_webhooks_out.SCHEMAS,
+                },
+                "parameters": {
+                    **_PARAMETERS,
+                    **openapi_groups.PARAMETERS,
+                    **openapi_schemas.PARAMETERS,
+                    **openapi_webhooks.PARAMETERS,
+                    **openapi_webhooks_out.PARAMETERS,
+                },
                 "responses": {f"Problem{s}": _problem_response(s) for s in _PROBLEM_TEXT},
             },
         }

@@ -4,7 +4,8 @@ Owns: a running group (`Group`) around its pure `core.groups.GroupCore`:
 reading the log past the group's cursor (pages while behind, the bus's live
 deliveries once caught up), the dispatch pass (once per loop turn), the
 timer that ends leases and waits, settling by delivery id (`ack`, `nack`,
-`extend`, `term`), appending the dead to `$dlq/...` and its dead-letter list.
+`extend`, `term`), appending the dead to `$dlq/...` and its dead-letter list
+(then calling its `on_dead` hook, if set, with each `DeadLetter`).
 A member's view (`Member`, `GroupDelivery`) is `hub.member`. Must not write the engine's
 group store itself (`hub.groups.Groups` batches every group's changes into
 one write) nor know any wire protocol.
@@ -28,7 +29,7 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
@@ -112,6 +113,8 @@ class Group:
         self.dead_total = 0
         self.expired_total = 0
         self.acked_total = 0
+        # Called with each dead letter once it is listed (outbound webhooks announce it).
+        self.on_dead: Callable[[DeadLetter], None] | None = None
         self._clock = clock
         self._live = False
         self._reading: asyncio.Task[None] | None = None
@@ -438,6 +441,11 @@ class Group:
                     self.core.bury(entry, now)
                     if not done.done():
                         done.set_result(None)
+                    if self.on_dead is not None:
+                        try:
+                            self.on_dead(dead)
+                        except Exception:  # a hook's failure must not stop the burials
+                            log.exception("group %s: the on_dead hook failed", self.id)
                 self._kick()
         finally:
             self._bury_task = None

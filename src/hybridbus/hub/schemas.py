@@ -29,7 +29,7 @@ from typing import Any, Final
 import jsonschema_rs
 import msgspec
 
-from hybridbus.core.event import Event
+from hybridbus.core.event import MAX_DEPTH, Event, nests_too_deep
 from hybridbus.core.schemas import (
     Mode,
     SchemaVersion,
@@ -56,6 +56,7 @@ __all__ = ["STORE_PREFIX", "Schemas", "TestResult", "TypeInfo", "compile_schema"
 STORE_PREFIX: Final = "$schemas/"  # + tenant: a registry's name in the group store
 _DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
 _MESSAGE: Final = 500  # characters of a validator's message kept in a refusal
+_DEEPEST: Final = 2 * MAX_DEPTH  # levels of objects and arrays a schema may nest
 
 
 class TypeInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -126,18 +127,26 @@ def compile_schema(schema: Any) -> jsonschema_rs.Validator:
     """A Draft 2020-12 validator for `schema`; `InvalidSchema` (naming where) if it is none."""
     if not isinstance(schema, dict | bool):
         raise InvalidSchema(f"a schema is a JSON object or a boolean, not {type(schema).__name__}")
+    if nests_too_deep(schema, _DEEPEST):  # the validator's stack would not hold it
+        raise InvalidSchema(f"a schema nests objects and arrays at most {_DEEPEST} levels deep")
     if isinstance(schema, dict):
         declared = schema.get("$schema", _DRAFT)
         if not isinstance(declared, str) or declared.rstrip("#") != _DRAFT:
             raise InvalidSchema(f"only JSON Schema Draft 2020-12 ({_DRAFT}), not {declared!r:.100}")
     try:
         jsonschema_rs.meta.validate(schema)
-        return jsonschema_rs.Draft202012Validator(schema, offline=True, validate_formats=False)
     except jsonschema_rs.ValidationError as exc:
         where = "/".join(str(p) for p in exc.instance_path)
         raise InvalidSchema(f"not a valid JSON Schema at #/{where}: {exc.message:.300}") from None
-    except (ValueError, TypeError, jsonschema_rs.ReferencingError) as exc:
-        raise InvalidSchema(f"not a usable JSON Schema: {str(exc).splitlines()[0]:.300}") from None
+    except (ValueError, TypeError) as exc:
+        raise InvalidSchema(f"not a valid JSON Schema: {str(exc).splitlines()[0]:.300}") from None
+    try:
+        return jsonschema_rs.Draft202012Validator(schema, offline=True, validate_formats=False)
+    except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "retriev" in first.lower():  # a `$ref` outside the schema: nothing is ever fetched
+            first += " (every $ref must resolve inside the schema)"
+        raise InvalidSchema(f"not a usable JSON Schema: {first:.400}") from None
 
 
 def _check_tenant(tenant: str) -> str:
@@ -196,6 +205,8 @@ class Schemas:
         """`event` if its type has no schema in `tenant`; else checked, with `dataschema` set.
 
         Raises `SchemaViolation` naming the failing path (module docstring).
+        `event` is one `Bus.prepare` checked, its data no deeper than
+        `MAX_DEPTH` (far deeper data would exhaust the validator's stack).
         """
         known = self._types.get((tenant, event.type))
         if known is None or known.latest is None:
@@ -239,7 +250,13 @@ class Schemas:
         """Check `data` against version `version` (default: the latest) of `type`; no publish."""
         known = self._known(tenant, type)
         compiled = self._version(known, type, "latest" if version is None else version)
-        failure = self._failure(compiled, data)
+        if nests_too_deep(data):  # as `prepare` refuses it; the validator's stack would not hold
+            failure: tuple[str, str] | None = (
+                "data",
+                f"nests arrays and objects more than {MAX_DEPTH} levels deep",
+            )
+        else:
+            failure = self._failure(compiled, data)
         uri, number = compiled.version.uri, compiled.version.version
         if failure is None:
             return TestResult(valid=True, version=number, uri=uri)

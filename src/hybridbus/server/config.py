@@ -18,6 +18,8 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from hybridbus.core.cors import ORIGIN_PATTERN
+from hybridbus.core.webhook_routes import Endpoint
+from hybridbus.core.webhooks_out import Subscription
 from hybridbus.errors import InvalidInput
 
 __all__ = ["ENV_PREFIX", "OTHER_VARIABLES", "ServerConfig", "load_config"]
@@ -101,6 +103,16 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # POST /v1/revocations by a tenant's callers, per tenant: revocations/s (0: unlimited), burst.
     revoke_rate: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     revoke_burst: Annotated[float, msgspec.Meta(ge=0)] = 100.0
+    # Inbound webhook endpoints ([[webhooks]] tables, docs/webhooks.md): fixed by this file;
+    # more are made over the HTTP API. Failed checks of one endpoint within 10 s before an
+    # audit event.
+    webhooks: list[Endpoint] = msgspec.field(default_factory=list)
+    webhook_audit_failures: Annotated[int, msgspec.Meta(ge=0)] = 20
+    # Outbound webhooks ([[outbound_webhooks]] tables, docs/webhooks.md "Outbound"): fixed by
+    # this file; more are made over the HTTP API. Private targets (loopback, link-local,
+    # private, ... addresses: SSRF) are refused unless webhook_allow_private is true.
+    outbound_webhooks: list[Subscription] = msgspec.field(default_factory=list)
+    webhook_allow_private: bool = False
     # Seconds to flush outboxes and close connections on SIGTERM/SIGINT.
     shutdown_timeout: Seconds = 10.0
     log_level: str = "info"

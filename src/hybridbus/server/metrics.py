@@ -261,6 +261,12 @@ class Metrics:
         self.disconnects = Counter(
             "hybridbus_disconnects", "Connections closed, by close code.", ["code"], registry=r
         )
+        self.webhook_refused = Counter(
+            "hybridbus_webhook_refused",
+            "Inbound webhooks refused before publishing, by endpoint ('' if unknown) and code.",
+            ["endpoint", "code"],
+            registry=r,
+        )
         self.latency = Latency(
             "hybridbus_publish_deliver_seconds",
             "Time from append to the write of a delivery to a client.",
