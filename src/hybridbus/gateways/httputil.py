@@ -59,6 +59,7 @@ from hybridbus.errors import (
     UnknownSchema,
     public_message,
 )
+from hybridbus.hub.guard import Principal
 
 __all__ = [
     "JSON_CONTENT_TYPE",
@@ -121,6 +122,18 @@ class BadParameter(InvalidInput):
     def __init__(self, message: str, parameter: str) -> None:
         super().__init__(message)
         self.parameter = parameter
+
+
+def tenant_and_name(principal: Principal, name: str, what: str) -> tuple[str, str]:
+    """(tenant, name) of a per-tenant thing the principal names (an admin: `<tenant>/<name>`)."""
+    if principal.identity.admin:
+        tenant, sep, rest = name.partition("/")
+        if not sep or not tenant or not rest:
+            raise BadParameter(
+                f"an admin names {what} '<tenant>/<name>', not {name!r:.140}", "name"
+            )
+        return tenant, rest
+    return principal.tenant, name
 
 
 class UnsupportedMediaType(InvalidInput):

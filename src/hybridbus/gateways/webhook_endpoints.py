@@ -39,12 +39,17 @@ from typing import Any, Final, Literal
 import msgspec
 from aiohttp import web
 
-from hybridbus.core.permissions import decide
 from hybridbus.core.ratelimit import TokenBucket
 from hybridbus.core.webhook_routes import Endpoint, Route
 from hybridbus.engine.base import Engine, GroupWrite
 from hybridbus.errors import Forbidden, InvalidInput, UnknownEndpoint
-from hybridbus.gateways.httputil import BadParameter, guarded, json_response, read_body
+from hybridbus.gateways.httputil import (
+    BadParameter,
+    guarded,
+    json_response,
+    read_body,
+    tenant_and_name,
+)
 from hybridbus.hub.guard import Guard, Principal
 
 __all__ = ["REGISTRY_PREFIX", "Registered", "WebhookAdmin", "WebhookEndpoints"]
@@ -187,29 +192,11 @@ class WebhookAdmin:
             web.delete(one, guarded(self.delete)),
         ]
 
-    def _where(self, principal: Principal, name: str) -> tuple[str, str]:
-        """(tenant, name) of the principal's `name` (an admin's is `<tenant>/<name>`)."""
-        if principal.identity.admin:
-            tenant, sep, rest = name.partition("/")
-            if not sep or not tenant or not rest:
-                raise BadParameter(
-                    f"an admin names an endpoint '<tenant>/<name>', not {name!r:.140}", "name"
-                )
-            return tenant, rest
-        return principal.tenant, name
-
-    def _may(self, principal: Principal, pattern: str) -> bool:
-        identity = principal.identity
-        return (
-            identity.admin
-            or decide(self._guard.policy, identity, "manage", pattern, self._guard.now()).allowed
-        )
-
     def _managed(self, principal: Principal, name: str) -> Registered:
         """The principal's endpoint `name` if it may manage it; else 404 (not disclosed)."""
-        tenant, short = self._where(principal, name)
+        tenant, short = tenant_and_name(principal, name, "an endpoint")
         found = self._endpoints.get(tenant, short)
-        if not self._may(principal, found.pattern):
+        if not self._guard.may(principal, "manage", found.pattern):
             raise UnknownEndpoint(f"no webhook endpoint {short!r:.140} in tenant {tenant!r:.140}")
         return found
 
@@ -220,7 +207,7 @@ class WebhookAdmin:
         shown = [
             view(found, principal.relative(found.endpoint.full_name))
             for found in self._endpoints.all(tenant)
-            if self._may(principal, found.pattern)
+            if self._guard.may(principal, "manage", found.pattern)
         ]
         return json_response({"endpoints": shown})
 
@@ -234,7 +221,7 @@ class WebhookAdmin:
         """Create (201) or replace (200) an endpoint from the JSON body (every field but name)."""
         principal = await self._principal(request)
         name = request.match_info["name"]
-        tenant, short = self._where(principal, name)
+        tenant, short = tenant_and_name(principal, name, "an endpoint")
         raw = await read_body(request, _MAX_BODY, 10.0)
         try:
             fields = msgspec.json.decode(raw)

@@ -36,7 +36,6 @@ from typing import Annotated, Any, Final
 import msgspec
 from aiohttp import web
 
-from hybridbus.core.permissions import decide
 from hybridbus.core.webhooks import new_secret
 from hybridbus.core.webhooks_out import Subscription, group_name, signing_keys, subscription_from
 from hybridbus.errors import InvalidSettings, UnknownGroup
@@ -46,6 +45,7 @@ from hybridbus.gateways.httputil import (
     json_response,
     query_int,
     read_body,
+    tenant_and_name,
 )
 from hybridbus.hub.guard import Guard, Principal
 from hybridbus.server.webhooks_out import Outbound, Registered
@@ -116,31 +116,11 @@ class WebhooksOutGateway:
 
     # -- who and which -----------------------------------------------------------------
 
-    @staticmethod
-    def _where(principal: Principal, name: str) -> tuple[str, str]:
-        """(tenant, name) of the principal's `name` (an admin's is `<tenant>/<name>`)."""
-        if principal.identity.admin:
-            tenant, sep, rest = name.partition("/")
-            if not sep or not tenant or not rest:
-                raise BadParameter(
-                    f"an admin names an outbound webhook '<tenant>/<name>', not {name!r:.140}",
-                    "name",
-                )
-            return tenant, rest
-        return principal.tenant, name
-
-    def _may(self, principal: Principal, pattern: str) -> bool:
-        identity = principal.identity
-        return (
-            identity.admin
-            or decide(self._guard.policy, identity, "manage", pattern, self._guard.now()).allowed
-        )
-
     def _managed(self, principal: Principal, name: str) -> Registered:
         """The principal's subscription `name` if it may manage it; else 404 (not disclosed)."""
-        tenant, short = self._where(principal, name)
+        tenant, short = tenant_and_name(principal, name, "an outbound webhook")
         found = self._outbound.get(tenant, short)
-        if not self._may(principal, found.sub.pattern):
+        if not self._guard.may(principal, "manage", found.sub.pattern):
             raise UnknownGroup(f"no outbound webhook {short!r:.140} in tenant {tenant!r:.140}")
         return found
 
@@ -166,7 +146,7 @@ class WebhooksOutGateway:
         shown = [
             view(found, principal.relative(found.sub.full_name))
             for found in self._outbound.all(tenant)
-            if self._may(principal, found.sub.pattern)
+            if self._guard.may(principal, "manage", found.sub.pattern)
         ]
         return json_response({"webhooks": shown})
 
@@ -192,7 +172,7 @@ class WebhooksOutGateway:
         """Create (201) or replace (200) a subscription from the JSON body (module docstring)."""
         principal = await self._principal(request)
         name = request.match_info["name"]
-        tenant, short = self._where(principal, name)
+        tenant, short = tenant_and_name(principal, name, "an outbound webhook")
         fields = await self._json(request)
         if not isinstance(fields, dict):
             raise BadParameter("the body must be a JSON object", "body")

@@ -14,13 +14,12 @@ Must not know sockets or HTTP.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
 from hybridbus.core.groups import GroupSettings
 from hybridbus.core.identity import Operation
-from hybridbus.core.permissions import decide
 from hybridbus.errors import InvalidSettings, UnknownGroup
 from hybridbus.hub.group import Group
 from hybridbus.hub.groups import GroupInfo, Groups, check_group_name, settings_from
@@ -128,15 +127,8 @@ class GroupGuard:
         out = []
         for info in self.groups.all(prefix):
             relative = principal.relative(info.settings.pattern)
-            if self._may(principal, "consume", relative) or self._may(
+            if self.guard.may(principal, "consume", relative) or self.guard.may(
                 principal, "manage", relative
             ):
                 out.append(info)
         return out
-
-    def _may(self, principal: Principal, operation: Literal["consume", "manage"], rel: str) -> bool:
-        """Like `Guard.check`, but a refusal is no denial (nothing counted or cached)."""
-        identity = principal.identity
-        if identity.admin:
-            return True
-        return decide(self.guard.policy, identity, operation, rel, self.guard.now()).allowed

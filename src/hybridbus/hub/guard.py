@@ -302,13 +302,20 @@ class Guard:
         It may if it may `subscribe` to it or read its `history`. A hidden topic
         is filtered out, not refused: no denial is counted, nothing is cached.
         """
+        return self.may(principal, "subscribe", relative) or self.may(
+            principal, "history", relative
+        )
+
+    def may(self, principal: Principal, operation: Operation, relative: str) -> bool:
+        """Whether `principal` may do `operation` on `relative`, as `check` decides.
+
+        For listings and lookups that hide what is refused: a refusal here is
+        no denial (nothing is counted, audited or cached).
+        """
         identity = principal.identity
-        if identity.admin:
-            return True
-        now, policy = self._clock(), self.policy
         return (
-            decide(policy, identity, "subscribe", relative, now).allowed
-            or decide(policy, identity, "history", relative, now).allowed
+            identity.admin
+            or decide(self.policy, identity, operation, relative, self._clock()).allowed
         )
 
     def check(self, principal: Principal, operation: Operation, relative: str) -> None:
