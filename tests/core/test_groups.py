@@ -433,3 +433,27 @@ def test_settings_decode_from_a_dict_with_defaults() -> None:
         msgspec.convert({"pattern": "acme/#", "ack_wiat": 1}, GroupSettings)
     with pytest.raises(msgspec.ValidationError, match="max_deliveries"):
         msgspec.convert({"pattern": "acme/#", "max_deliveries": 0}, GroupSettings)
+
+
+def test_a_herd_of_ended_leases_is_spread_over_ticks() -> None:
+    from hybridbus.core.groups import TICK_LIMIT
+
+    count = 2 * TICK_LIMIT + 100
+    group = core(
+        ordered=False,
+        ack_wait=5.0,
+        max_pending=count,
+        max_in_flight=count,
+        member_in_flight=count,
+        redelivery=Redelivery(schedule=(0.0,)),
+    )
+    fill(group, count)
+    group.join("m")
+    assert len(group.dispatch(now=T0)) == count
+    # Every lease ends at 5 s: each tick takes at most TICK_LIMIT of them, oldest first.
+    sizes = []
+    for _ in range(4):
+        before = group.leased
+        group.tick(now=T0 + 10.0)
+        sizes.append(before - group.leased)
+    assert sizes == [TICK_LIMIT, TICK_LIMIT, 100, 0]

@@ -74,6 +74,9 @@ WAITING: Final = 0
 LEASED: Final = 1
 # Timers are kept to this many seconds (a lease or a wait may end this much late).
 RESOLUTION: Final = 0.01
+# The most leases and the most waits one `tick` ends: a herd of them is spread over
+# passes (the rest come next pass, oldest first) instead of stalling the loop in one.
+TICK_LIMIT: Final = 5_000
 # The most positions settled above the floor kept in the state (see `changes`).
 MAX_SETTLED: Final = 2048
 
@@ -457,18 +460,21 @@ class GroupCore:
         self._settle(entry, now)
 
     def tick(self, now: float) -> list[Entry]:
-        """Handle the leases and waits that ended by `now`; return the entries now dead."""
+        """Handle the leases and waits that ended by `now`; return the entries now dead.
+
+        At most `TICK_LIMIT` leases and `TICK_LIMIT` waits a call: the rest next call.
+        """
         dead: list[Entry] = []
         leases = self._leases
         ended: list[Entry] = []
         for entry in leases:
-            if entry.due > now:
+            if entry.due > now or len(ended) == TICK_LIMIT:
                 break
             ended.append(entry)
         for entry in ended:
             if self.nack(entry, now, None, "ack_wait passed"):
                 dead.append(entry)
-        due = self._timers.due(now)
+        due = self._timers.due(now, TICK_LIMIT)
         if len(due) > 1:  # the wheel's order is a set's: make it the log's (reproducible)
             due.sort(key=_log_order)
         for entry in due:
