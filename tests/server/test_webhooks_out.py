@@ -354,7 +354,9 @@ async def test_timeouts_and_slow_answers(bus: Bus, clock: FakeClock) -> None:
         await until(lambda: log.total == 2)
         late = log.last()[0]
         assert (late.outcome, late.status, late.error) == ("timeout", 0, "timeout (1 s)")
-        assert 1.0 <= late.latency < 5.0
+        # The attempt is cut at the subscription's timeout (1 s), not when the peer answers (30 s).
+        assert late.latency >= 1.0, late.latency
+        assert late.latency < 2.0, late.latency
         group = bus.groups.get("acme/webhook.billing")
         await until(lambda: any(e.error == "timeout (1 s)" for e in group.core.pending()))
 

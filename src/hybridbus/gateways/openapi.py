@@ -18,27 +18,16 @@ from hybridbus.gateways import (
     openapi_webhooks,
     openapi_webhooks_out,
 )
+from hybridbus.gateways.openapi_parts import json_answer, ref
 from hybridbus.proto.frames import MAX_HISTORY_LIMIT
 
 __all__ = ["document"]
 
-_REF: Final = "#/components/"
 _PROBLEM: Final = "application/problem+json"
 
 
-def _ref(kind: str, name: str) -> dict[str, str]:
-    return {"$ref": f"{_REF}{kind}/{name}"}
-
-
 def _problems(*statuses: int) -> dict[str, Any]:
-    return {str(status): _ref("responses", f"Problem{status}") for status in statuses}
-
-
-def _json(schema: str, description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": _ref("schemas", schema)}},
-    }
+    return {str(status): ref("responses", f"Problem{status}") for status in statuses}
 
 
 _TEXT: Final = {"type": "string", "minLength": 1}
@@ -83,7 +72,7 @@ _SCHEMAS: Final[dict[str, Any]] = {
     "Batch": {
         "type": "array",
         "description": "The CloudEvents JSON batch format.",
-        "items": _ref("schemas", "CloudEvent"),
+        "items": ref("schemas", "CloudEvent"),
     },
     "Ack": {
         "type": "object",
@@ -114,7 +103,7 @@ _SCHEMAS: Final[dict[str, Any]] = {
     "Acks": {
         "type": "object",
         "required": ["acks"],
-        "properties": {"acks": {"type": "array", "items": _ref("schemas", "Ack")}},
+        "properties": {"acks": {"type": "array", "items": ref("schemas", "Ack")}},
     },
     "HistoryEvent": {
         "type": "object",
@@ -124,14 +113,14 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "offset": {"type": "integer", "minimum": 1},
             "shard": {"type": "integer", "minimum": 0},
             "position": {"type": "integer", "minimum": 1},
-            "event": _ref("schemas", "CloudEvent"),
+            "event": ref("schemas", "CloudEvent"),
         },
     },
     "History": {
         "type": "object",
         "required": ["events", "position", "more", "exact"],
         "properties": {
-            "events": {"type": "array", "items": _ref("schemas", "HistoryEvent")},
+            "events": {"type": "array", "items": ref("schemas", "HistoryEvent")},
             "position": {
                 "type": "string",
                 "description": "the resume token to continue from, as `since`",
@@ -159,7 +148,7 @@ _SCHEMAS: Final[dict[str, Any]] = {
         "required": ["topic", "clients"],
         "properties": {
             "topic": {"type": "string"},
-            "clients": {"type": "array", "items": _ref("schemas", "ClientInfo")},
+            "clients": {"type": "array", "items": ref("schemas", "ClientInfo")},
         },
     },
     "Topics": {
@@ -233,7 +222,7 @@ _PROBLEM_TEXT: Final = {
 def _problem_response(status: int) -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": _PROBLEM_TEXT[status],
-        "content": {_PROBLEM: {"schema": _ref("schemas", "Problem")}},
+        "content": {_PROBLEM: {"schema": ref("schemas", "Problem")}},
     }
     if status == 400:
         # aiohttp answers requests it cannot parse itself, before any route:
@@ -353,7 +342,7 @@ _PARAMETERS: Final[dict[str, Any]] = {
     ),
 }
 
-_HISTORY_PARAMETERS: Final = [_ref("parameters", "since"), _ref("parameters", "limit")]
+_HISTORY_PARAMETERS: Final = [ref("parameters", "since"), ref("parameters", "limit")]
 _CE_HEADERS: Final = [
     {"name": f"ce-{name}", "in": "header", "required": False, "schema": {"type": "string"}}
     for name in ("specversion", "id", "source", "type", "subject", "time")
@@ -361,7 +350,7 @@ _CE_HEADERS: Final = [
 
 
 def _paths() -> dict[str, Any]:
-    topic = _ref("parameters", "topic")
+    topic = ref("parameters", "topic")
     return {
         "/v1/topics/{topic}/events": {
             "parameters": [topic],
@@ -378,8 +367,8 @@ def _paths() -> dict[str, Any]:
                 "requestBody": {
                     "required": True,
                     "content": {
-                        "application/cloudevents+json": {"schema": _ref("schemas", "CloudEvent")},
-                        "application/cloudevents-batch+json": {"schema": _ref("schemas", "Batch")},
+                        "application/cloudevents+json": {"schema": ref("schemas", "CloudEvent")},
+                        "application/cloudevents-batch+json": {"schema": ref("schemas", "Batch")},
                         "application/octet-stream": {
                             "schema": {"type": "string", "format": "binary"}
                         },
@@ -387,8 +376,10 @@ def _paths() -> dict[str, Any]:
                     },
                 },
                 "responses": {
-                    "201": _json("Acks", "Published: one ack per event, in order."),
-                    "200": _json("Acks", "Every event was a duplicate: acks of the originals."),
+                    "201": json_answer("Acks", "Published: one ack per event, in order."),
+                    "200": json_answer(
+                        "Acks", "Every event was a duplicate: acks of the originals."
+                    ),
                     **_problems(400, 408, 413, 415, 500, 503),
                 },
             },
@@ -397,7 +388,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "Retained events of one topic, oldest first",
                 "parameters": _HISTORY_PARAMETERS,
                 "responses": {
-                    "200": _json("History", "A page of history."),
+                    "200": json_answer("History", "A page of history."),
                     **_problems(400, 500, 503),
                 },
             },
@@ -408,7 +399,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "presence",
                 "summary": "The clients subscribed to a topic",
                 "responses": {
-                    "200": _json("Presence", "Who is there (an empty list if nobody)."),
+                    "200": json_answer("Presence", "Who is there (an empty list if nobody)."),
                     **_problems(400, 500),
                 },
             },
@@ -435,7 +426,7 @@ def _paths() -> dict[str, Any]:
                     ),
                 ],
                 "responses": {
-                    "200": _json("Topics", "A page of topics."),
+                    "200": json_answer("Topics", "A page of topics."),
                     **_problems(400, 500, 503),
                 },
             },
@@ -444,9 +435,9 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "operationId": "history",
                 "summary": "Retained events of a topic or pattern, oldest first",
-                "parameters": [_ref("parameters", "pattern"), *_HISTORY_PARAMETERS],
+                "parameters": [ref("parameters", "pattern"), *_HISTORY_PARAMETERS],
                 "responses": {
-                    "200": _json("History", "A page of history."),
+                    "200": json_answer("History", "A page of history."),
                     **_problems(400, 500, 503),
                 },
             },
@@ -461,8 +452,8 @@ def _paths() -> dict[str, Any]:
                     "plus keep-alive comments. Resume with Last-Event-ID. See docs/http.md."
                 ),
                 "parameters": [
-                    _ref("parameters", "pattern"),
-                    _ref("parameters", "since"),
+                    ref("parameters", "pattern"),
+                    ref("parameters", "since"),
                     _query(
                         "envelope",
                         "Send {topic, offset, shard, position, event} instead of the bare event.",

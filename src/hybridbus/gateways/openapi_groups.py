@@ -11,19 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
+from hybridbus.gateways.openapi_parts import STRING, json_answer, json_body, ref
+
 __all__ = ["PARAMETERS", "SCHEMAS", "paths"]
-
-_REF: Final = "#/components/"
-
-
-def _ref(kind: str, name: str) -> dict[str, str]:
-    return {"$ref": f"{_REF}{kind}/{name}"}
 
 
 _NUMBER: Final = {"type": "number"}
 _COUNT: Final = {"type": "integer", "minimum": 0}
-_STRING: Final = {"type": "string"}
-_IDS: Final = {"type": "array", "items": _STRING}
+_IDS: Final = {"type": "array", "items": STRING}
 _PAGE: Final = {"type": "integer", "minimum": 0, "maximum": 1000, "default": 100}
 
 _SETTINGS: Final = {
@@ -53,13 +48,13 @@ _SETTINGS: Final = {
 }
 
 _GROUP_FIELDS: Final[dict[str, Any]] = {
-    "name": {**_STRING, "description": "the group's name (an admin's: <tenant>/<name>)"},
-    "tenant": _STRING,
-    "pattern": {**_STRING, "description": "the absolute pattern it consumes"},
-    "settings": _ref("schemas", "GroupSettings"),
-    "position": {**_STRING, "description": "the group's cursor, as a resume token"},
+    "name": {**STRING, "description": "the group's name (an admin's: <tenant>/<name>)"},
+    "tenant": STRING,
+    "pattern": {**STRING, "description": "the absolute pattern it consumes"},
+    "settings": ref("schemas", "GroupSettings"),
+    "position": {**STRING, "description": "the group's cursor, as a resume token"},
     "created": _NUMBER,
-    "members": {"type": "array", "items": _STRING},
+    "members": {"type": "array", "items": STRING},
     "pending": {**_COUNT, "description": "events taken and not settled"},
     "leased": {**_COUNT, "description": "pending events handed to a member now"},
     "lag": {**_COUNT, "description": "log positions behind the head (an upper bound)"},
@@ -71,12 +66,12 @@ _GROUP_FIELDS: Final[dict[str, Any]] = {
 }
 
 _DEAD: Final[dict[str, Any]] = {
-    "id": _STRING,
-    "dlq_topic": {**_STRING, "description": "where its copy is: $dlq/<tenant>/<group>/…"},
-    "topic": {**_STRING, "description": "the original topic"},
+    "id": STRING,
+    "dlq_topic": {**STRING, "description": "where its copy is: $dlq/<tenant>/<group>/…"},
+    "topic": {**STRING, "description": "the original topic"},
     "offset": _COUNT,
-    "reason": {**_STRING, "description": "max_deliveries or term"},
-    "error": _STRING,
+    "reason": {**STRING, "description": "max_deliveries or term"},
+    "error": STRING,
     "attempts": _COUNT,
     "first": _NUMBER,
     "last": _NUMBER,
@@ -89,7 +84,7 @@ SCHEMAS: Final[dict[str, Any]] = {
     "Groups": {
         "type": "object",
         "required": ["groups"],
-        "properties": {"groups": {"type": "array", "items": _ref("schemas", "Group")}},
+        "properties": {"groups": {"type": "array", "items": ref("schemas", "Group")}},
     },
     "GroupDetail": {
         "type": "object",
@@ -103,13 +98,13 @@ SCHEMAS: Final[dict[str, Any]] = {
                     "type": "object",
                     "required": ["topic", "offset", "member", "attempts", "idle", "due", "error"],
                     "properties": {
-                        "topic": _STRING,
+                        "topic": STRING,
                         "offset": _COUNT,
-                        "member": {**_STRING, "description": "who holds it ('' if waiting)"},
+                        "member": {**STRING, "description": "who holds it ('' if waiting)"},
                         "attempts": _COUNT,
                         "idle": {"type": ["number", "null"], "description": "s since delivered"},
                         "due": {"type": ["number", "null"], "description": "lease or wait end"},
-                        "error": _STRING,
+                        "error": STRING,
                     },
                 },
             },
@@ -119,27 +114,27 @@ SCHEMAS: Final[dict[str, Any]] = {
         "type": "object",
         "required": ["id", "attempt", "dedupe", "topic", "offset", "shard", "position", "event"],
         "properties": {
-            "id": {**_STRING, "description": "settle it by this id: ack, nack, extend, term"},
+            "id": {**STRING, "description": "settle it by this id: ack, nack, extend, term"},
             "attempt": {"type": "integer", "minimum": 1},
-            "dedupe": {**_STRING, "description": "the same on every delivery of one event"},
-            "topic": _STRING,
+            "dedupe": {**STRING, "description": "the same on every delivery of one event"},
+            "topic": STRING,
             "offset": {"type": "integer", "minimum": 1},
             "shard": _COUNT,
             "position": {"type": "integer", "minimum": 1},
-            "event": _ref("schemas", "CloudEvent"),
+            "event": ref("schemas", "CloudEvent"),
         },
     },
     "Deliveries": {
         "type": "object",
         "required": ["deliveries"],
-        "properties": {"deliveries": {"type": "array", "items": _ref("schemas", "Delivery")}},
+        "properties": {"deliveries": {"type": "array", "items": ref("schemas", "Delivery")}},
     },
     "DeadLetter": {"type": "object", "required": list(_DEAD), "properties": _DEAD},
     "DeadLetters": {
         "type": "object",
         "required": ["dead_letters", "more"],
         "properties": {
-            "dead_letters": {"type": "array", "items": _ref("schemas", "DeadLetter")},
+            "dead_letters": {"type": "array", "items": ref("schemas", "DeadLetter")},
             "more": {"type": "boolean", "description": "more follow: page with `after`"},
         },
     },
@@ -166,24 +161,6 @@ PARAMETERS: Final[dict[str, Any]] = {
 }
 
 
-def _body(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    schema: dict[str, Any] = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": properties,
-    }
-    if required:
-        schema["required"] = list(required)
-    return {"required": False, "content": {"application/json": {"schema": schema}}}
-
-
-def _json(schema: str, description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": _ref("schemas", schema)}},
-    }
-
-
 def _counted(name: str, description: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -199,6 +176,11 @@ def _counted(name: str, description: str) -> dict[str, Any]:
     }
 
 
+def _body(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The groups' request bodies may be left out (every field has a default)."""
+    return json_body(properties, required, optional=True)
+
+
 _DONE: Final = {"204": {"description": "Done."}}
 _CHOOSE: Final = {
     "ids": {**_IDS, "minItems": 1, "description": "these dead letters"},
@@ -208,7 +190,7 @@ _CHOOSE: Final = {
 
 def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     """The `/v1/groups` paths; `problems(*statuses)` makes their problem responses."""
-    group = _ref("parameters", "group")
+    group = ref("parameters", "group")
     body_problems = problems(400, 404, 408, 413, 500, 503)
     settle = {**_DONE, **body_problems, **problems(409)}
     return {
@@ -216,7 +198,10 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
             "get": {
                 "operationId": "groups",
                 "summary": "The groups the caller may consume from or manage",
-                "responses": {"200": _json("Groups", "The groups, by name."), **problems(500, 503)},
+                "responses": {
+                    "200": json_answer("Groups", "The groups, by name."),
+                    **problems(500, 503),
+                },
             },
         },
         "/v1/groups/{group}": {
@@ -226,12 +211,12 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                 "summary": "Create a group over an absolute pattern, or change its settings",
                 "description": "Needs `manage` on the pattern. A group's pattern never changes.",
                 "requestBody": {
-                    **_body({"pattern": _STRING, "settings": _SETTINGS}, ("pattern",)),
+                    **_body({"pattern": STRING, "settings": _SETTINGS}, ("pattern",)),
                     "required": True,
                 },
                 "responses": {
-                    "201": _json("Group", "Created (Location: the group)."),
-                    "200": _json("Group", "It existed: its settings are now these."),
+                    "201": json_answer("Group", "Created (Location: the group)."),
+                    "200": json_answer("Group", "It existed: its settings are now these."),
                     **problems(400, 408, 409, 413, 500, 503),
                 },
             },
@@ -247,7 +232,7 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                     }
                 ],
                 "responses": {
-                    "200": _json("GroupDetail", "The group."),
+                    "200": json_answer("GroupDetail", "The group."),
                     **problems(400, 404, 500, 503),
                 },
             },
@@ -264,7 +249,7 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                 "summary": "Move the group to a position or a time (replay); pending is dropped",
                 "requestBody": _body(
                     {
-                        "position": {**_STRING, "description": "a resume token"},
+                        "position": {**STRING, "description": "a resume token"},
                         "time": {**_NUMBER, "minimum": 0, "description": "Unix seconds"},
                     }
                 ),
@@ -276,7 +261,7 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                                 "schema": {
                                     "type": "object",
                                     "required": ["position"],
-                                    "properties": {"position": _STRING},
+                                    "properties": {"position": STRING},
                                 }
                             }
                         },
@@ -298,11 +283,13 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                     {
                         "max": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1},
                         "wait": {"type": "number", "minimum": 0, "maximum": 30, "default": 0},
-                        "member": {**_STRING, "pattern": "^[A-Za-z0-9_.\\-]{1,128}$"},
+                        "member": {**STRING, "pattern": "^[A-Za-z0-9_.\\-]{1,128}$"},
                     }
                 ),
                 "responses": {
-                    "200": _json("Deliveries", "The deliveries (an empty list after `wait`)."),
+                    "200": json_answer(
+                        "Deliveries", "The deliveries (an empty list after `wait`)."
+                    ),
                     **body_problems,
                     **problems(429),
                 },
@@ -324,7 +311,7 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                 "summary": "A delivery failed: back after `delay` (default: the backoff), or dead",
                 "requestBody": _body(
                     {
-                        "id": _STRING,
+                        "id": STRING,
                         "delay": {"type": "number", "minimum": 0},
                         "error": {"type": "string", "maxLength": 1000},
                     },
@@ -348,7 +335,7 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                 "operationId": "term",
                 "summary": "Give up on a delivery: it becomes a dead letter now",
                 "requestBody": _body(
-                    {"id": _STRING, "reason": {"type": "string", "maxLength": 1000}}, ("id",)
+                    {"id": STRING, "reason": {"type": "string", "maxLength": 1000}}, ("id",)
                 ),
                 "responses": settle,
             },
@@ -363,7 +350,7 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                         "name": "after",
                         "in": "query",
                         "description": "Only those after this id: the last of the previous page.",
-                        "schema": _STRING,
+                        "schema": STRING,
                     },
                     {
                         "name": "limit",
@@ -373,13 +360,13 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                     },
                 ],
                 "responses": {
-                    "200": _json("DeadLetters", "A page of dead letters."),
+                    "200": json_answer("DeadLetters", "A page of dead letters."),
                     **problems(400, 404, 500, 503),
                 },
             },
         },
         "/v1/groups/{group}/dead-letters/{id}": {
-            "parameters": [group, _ref("parameters", "deadLetter")],
+            "parameters": [group, ref("parameters", "deadLetter")],
             "get": {
                 "operationId": "deadLetter",
                 "summary": "A dead letter and its event as on $dlq/... (null once removed)",
@@ -392,10 +379,10 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                                     "type": "object",
                                     "required": ["dead_letter", "event"],
                                     "properties": {
-                                        "dead_letter": _ref("schemas", "DeadLetter"),
+                                        "dead_letter": ref("schemas", "DeadLetter"),
                                         "event": {
                                             "oneOf": [
-                                                _ref("schemas", "CloudEvent"),
+                                                ref("schemas", "CloudEvent"),
                                                 {"type": "null"},
                                             ]
                                         },

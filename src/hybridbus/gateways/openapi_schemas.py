@@ -11,16 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
+from hybridbus.gateways.openapi_parts import STRING, json_answer, json_body, ref
+
 __all__ = ["PARAMETERS", "SCHEMAS", "paths"]
 
-_REF: Final = "#/components/"
 
-
-def _ref(kind: str, name: str) -> dict[str, str]:
-    return {"$ref": f"{_REF}{kind}/{name}"}
-
-
-_STRING: Final = {"type": "string"}
 _MODE: Final = {"type": "string", "enum": ["backward", "forward", "full", "none"]}
 _VERSION_NUMBER: Final = {"type": "integer", "minimum": 1}
 _JSON_SCHEMA: Final = {
@@ -33,9 +28,9 @@ SCHEMAS: Final[dict[str, Any]] = {
         "type": "object",
         "required": ["name", "tenant", "type", "mode", "latest", "uri"],
         "properties": {
-            "name": {**_STRING, "description": "the type (an admin's: <tenant>/<type>)"},
-            "tenant": _STRING,
-            "type": _STRING,
+            "name": {**STRING, "description": "the type (an admin's: <tenant>/<type>)"},
+            "tenant": STRING,
+            "type": STRING,
             "mode": _MODE,
             "latest": {"type": "integer", "minimum": 0, "description": "0: no version yet"},
             "uri": {"type": ["string", "null"], "description": "the latest version's URI"},
@@ -44,11 +39,11 @@ SCHEMAS: Final[dict[str, Any]] = {
     "SchemaTypes": {
         "type": "object",
         "required": ["schemas"],
-        "properties": {"schemas": {"type": "array", "items": _ref("schemas", "SchemaType")}},
+        "properties": {"schemas": {"type": "array", "items": ref("schemas", "SchemaType")}},
     },
     "SchemaTypeDetail": {
         "allOf": [
-            _ref("schemas", "SchemaType"),
+            ref("schemas", "SchemaType"),
             {
                 "type": "object",
                 "required": ["versions"],
@@ -60,7 +55,7 @@ SCHEMAS: Final[dict[str, Any]] = {
                             "required": ["version", "uri", "registered"],
                             "properties": {
                                 "version": _VERSION_NUMBER,
-                                "uri": _STRING,
+                                "uri": STRING,
                                 "registered": {"type": "number"},
                             },
                         },
@@ -73,10 +68,10 @@ SCHEMAS: Final[dict[str, Any]] = {
         "type": "object",
         "required": ["tenant", "type", "version", "uri", "registered", "schema"],
         "properties": {
-            "tenant": _STRING,
-            "type": _STRING,
+            "tenant": STRING,
+            "type": STRING,
             "version": _VERSION_NUMBER,
-            "uri": {**_STRING, "description": "what accepted events get as `dataschema`"},
+            "uri": {**STRING, "description": "what accepted events get as `dataschema`"},
             "registered": {"type": "number", "description": "Unix seconds"},
             "schema": _JSON_SCHEMA,
         },
@@ -87,7 +82,7 @@ SCHEMAS: Final[dict[str, Any]] = {
         "properties": {
             "valid": {"type": "boolean"},
             "version": _VERSION_NUMBER,
-            "uri": _STRING,
+            "uri": STRING,
             "path": {"type": ["string", "null"], "description": "where: data.items[2].qty"},
             "error": {"type": ["string", "null"]},
         },
@@ -115,34 +110,16 @@ PARAMETERS: Final[dict[str, Any]] = {
 }
 
 
-def _body(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    schema: dict[str, Any] = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": properties,
-    }
-    if required:
-        schema["required"] = list(required)
-    return {"required": True, "content": {"application/json": {"schema": schema}}}
-
-
-def _json(schema: str, description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": _ref("schemas", schema)}},
-    }
-
-
 def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     """The `/v1/schemas` paths; `problems(*statuses)` makes their problem responses."""
-    event_type = _ref("parameters", "eventType")
+    event_type = ref("parameters", "eventType")
     return {
         "/v1/schemas": {
             "get": {
                 "operationId": "schemaTypes",
                 "summary": "The event types with schemas in the caller's tenant",
                 "responses": {
-                    "200": _json("SchemaTypes", "The types, by name."),
+                    "200": json_answer("SchemaTypes", "The types, by name."),
                     **problems(500, 503),
                 },
             },
@@ -153,7 +130,7 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                 "operationId": "schemaType",
                 "summary": "A type's compatibility mode and versions",
                 "responses": {
-                    "200": _json("SchemaTypeDetail", "The type."),
+                    "200": json_answer("SchemaTypeDetail", "The type."),
                     **problems(400, 404, 500, 503),
                 },
             },
@@ -165,21 +142,21 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                     "under the type's mode (409 names the incompatible path); a schema equal "
                     "to a registered version registers nothing (200)."
                 ),
-                "requestBody": _body({"schema": _JSON_SCHEMA}, ("schema",)),
+                "requestBody": json_body({"schema": _JSON_SCHEMA}, ("schema",)),
                 "responses": {
-                    "201": _json("SchemaVersion", "Registered (Location: the version)."),
-                    "200": _json("SchemaVersion", "Already registered: that version."),
+                    "201": json_answer("SchemaVersion", "Registered (Location: the version)."),
+                    "200": json_answer("SchemaVersion", "Already registered: that version."),
                     **problems(400, 408, 409, 413, 500, 503),
                 },
             },
         },
         "/v1/schemas/{type}/{version}": {
-            "parameters": [event_type, _ref("parameters", "schemaVersion")],
+            "parameters": [event_type, ref("parameters", "schemaVersion")],
             "get": {
                 "operationId": "schemaVersion",
                 "summary": "One version of a type's schema",
                 "responses": {
-                    "200": _json("SchemaVersion", "The version."),
+                    "200": json_answer("SchemaVersion", "The version."),
                     **problems(400, 404, 500, 503),
                 },
             },
@@ -190,9 +167,9 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                 "operationId": "schemaMode",
                 "summary": "Set the type's compatibility mode",
                 "description": "Needs `manage` on `$schemas/<type>`; before or after version 1.",
-                "requestBody": _body({"mode": _MODE}, ("mode",)),
+                "requestBody": json_body({"mode": _MODE}, ("mode",)),
                 "responses": {
-                    "200": _json("SchemaType", "The type, with its mode."),
+                    "200": json_answer("SchemaType", "The type, with its mode."),
                     **problems(400, 408, 413, 500, 503),
                 },
             },
@@ -203,7 +180,7 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                 "operationId": "testSchema",
                 "summary": "Check sample data (or an event's) against the type's schema",
                 "description": "Publishes nothing. Give `data` or `event`, and maybe `version`.",
-                "requestBody": _body(
+                "requestBody": json_body(
                     {
                         "data": {"description": "the data to check (any JSON)"},
                         "event": {"type": "object", "description": "a CloudEvent"},
@@ -214,7 +191,7 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                     }
                 ),
                 "responses": {
-                    "200": _json("SchemaTest", "What the check found (valid or where not)."),
+                    "200": json_answer("SchemaTest", "What the check found (valid or where not)."),
                     **problems(400, 404, 408, 413, 500, 503),
                 },
             },

@@ -12,16 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
+from hybridbus.gateways.openapi_parts import STRING, ref
+
 __all__ = ["PARAMETERS", "SCHEMAS", "paths"]
 
-_REF: Final = "#/components/"
 
-
-def _ref(kind: str, name: str) -> dict[str, str]:
-    return {"$ref": f"{_REF}{kind}/{name}"}
-
-
-_STRING: Final = {"type": "string"}
 _TEXT: Final = {"type": ["string", "null"]}
 _NAME: Final = {"type": "string", "pattern": "^[A-Za-z0-9_.\\-]{1,128}$"}
 
@@ -31,13 +26,13 @@ _HMAC: Final[dict[str, Any]] = {
     "required": ["header"],
     "additionalProperties": False,
     "properties": {
-        "header": {**_STRING, "description": "the signature's header, e.g. X-Hub-Signature-256"},
+        "header": {**STRING, "description": "the signature's header, e.g. X-Hub-Signature-256"},
         "algorithm": {"enum": ["sha1", "sha256", "sha512"], "default": "sha256"},
         "encoding": {"enum": ["hex", "base64"], "default": "hex"},
-        "prefix": {**_STRING, "description": "before the digest, e.g. sha256="},
+        "prefix": {**STRING, "description": "before the digest, e.g. sha256="},
         "timestamp_header": _TEXT,
         "id_header": _TEXT,
-        "signed": {**_STRING, "description": "{body}, {timestamp}.{body}, v0:{timestamp}:{body}"},
+        "signed": {**STRING, "description": "{body}, {timestamp}.{body}, v0:{timestamp}:{body}"},
     },
 }
 
@@ -45,30 +40,30 @@ _RULE: Final[dict[str, Any]] = {
     "scheme": {"enum": ["standard", "hmac"], "default": "standard"},
     "hmac": _HMAC,
     "tolerance": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400, "default": 300},
-    "topic": {**_STRING, "description": "a template relative to the tenant: {type}, {subject}…"},
+    "topic": {**STRING, "description": "a template relative to the tenant: {type}, {subject}…"},
     "type": {**_TEXT, "description": "a JSONPath ($.type) or header:<Name>"},
-    "default_type": _STRING,
+    "default_type": STRING,
     "subject": _TEXT,
     "default_subject": _TEXT,
     "id": {**_TEXT, "description": "default: the webhook-id header"},
-    "values": {"type": "object", "additionalProperties": _STRING},
+    "values": {"type": "object", "additionalProperties": STRING},
     "max_body_size": {"type": "integer", "minimum": 1024, "maximum": 64 << 20},
     "rate": {"type": "number", "minimum": 0, "description": "requests/s; 0: unlimited"},
     "burst": {"type": "number", "minimum": 0},
 }
 
 _SHOWN: Final[dict[str, Any]] = {
-    "name": {**_STRING, "description": "the endpoint's name (an admin's: <tenant>/<name>)"},
-    "tenant": _STRING,
+    "name": {**STRING, "description": "the endpoint's name (an admin's: <tenant>/<name>)"},
+    "tenant": STRING,
     **_RULE,
     "keys": {
         "type": "array",
-        "items": _STRING,
+        "items": STRING,
         "description": "each key as its kind and fingerprint (whsec:1a2b3c4d), never the key",
     },
     "origin": {"enum": ["config", "api"]},
-    "url": {**_STRING, "description": "where the platform POSTs: /v1/webhooks/<tenant>/<name>"},
-    "pattern": {**_STRING, "description": "the absolute pattern its topics fall under"},
+    "url": {**STRING, "description": "where the platform POSTs: /v1/webhooks/<tenant>/<name>"},
+    "pattern": {**STRING, "description": "the absolute pattern its topics fall under"},
 }
 
 SCHEMAS: Final[dict[str, Any]] = {
@@ -80,20 +75,20 @@ SCHEMAS: Final[dict[str, Any]] = {
     "WebhookEndpoints": {
         "type": "object",
         "required": ["endpoints"],
-        "properties": {"endpoints": {"type": "array", "items": _ref("schemas", "WebhookEndpoint")}},
+        "properties": {"endpoints": {"type": "array", "items": ref("schemas", "WebhookEndpoint")}},
     },
     "WebhookAck": {
         "type": "object",
         "required": ["id", "topic", "offset", "shard", "position", "epoch", "duplicate", "token"],
         "properties": {
-            "id": {**_STRING, "description": "the event's id (webhook-id by default)"},
-            "topic": _STRING,
+            "id": {**STRING, "description": "the event's id (webhook-id by default)"},
+            "topic": STRING,
             "offset": {"type": "integer", "minimum": 1},
             "shard": {"type": "integer", "minimum": 0},
             "position": {"type": "integer", "minimum": 1},
-            "epoch": _STRING,
+            "epoch": STRING,
             "duplicate": {"type": "boolean", "description": "a retry of a webhook appended before"},
-            "token": _STRING,
+            "token": STRING,
         },
     },
 }
@@ -128,7 +123,7 @@ PARAMETERS: Final[dict[str, Any]] = {
 
 def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     """The `/v1/webhooks` paths; `problems(*statuses)` makes their problem responses."""
-    name = _ref("parameters", "webhookName")
+    name = ref("parameters", "webhookName")
     put_body = {
         "required": True,
         "content": {
@@ -142,7 +137,7 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                             "type": "array",
                             "minItems": 1,
                             "maxItems": 10,
-                            "items": {**_STRING, "minLength": 1},
+                            "items": {**STRING, "minLength": 1},
                             "description": "whsec_… / whpk_… keys (scheme standard), or HMAC "
                             "secrets (scheme hmac); several during a rotation",
                         },
@@ -152,12 +147,12 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
             }
         },
     }
-    shown = {"content": {"application/json": {"schema": _ref("schemas", "WebhookEndpoint")}}}
+    shown = {"content": {"application/json": {"schema": ref("schemas", "WebhookEndpoint")}}}
     return {
         "/v1/webhooks/{tenant}/{endpoint}": {
             "parameters": [
-                _ref("parameters", "webhookTenant"),
-                _ref("parameters", "webhookEndpoint"),
+                ref("parameters", "webhookTenant"),
+                ref("parameters", "webhookEndpoint"),
             ],
             "post": {
                 "operationId": "receiveWebhook",
@@ -176,7 +171,7 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "Appended (or a duplicate of one appended before).",
-                        "content": {"application/json": {"schema": _ref("schemas", "WebhookAck")}},
+                        "content": {"application/json": {"schema": ref("schemas", "WebhookAck")}},
                     },
                     **problems(400, 404, 408, 413, 429, 500, 503),
                 },
@@ -190,7 +185,7 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                     "200": {
                         "description": "The endpoints, without their secrets.",
                         "content": {
-                            "application/json": {"schema": _ref("schemas", "WebhookEndpoints")}
+                            "application/json": {"schema": ref("schemas", "WebhookEndpoints")}
                         },
                     },
                     **problems(500),

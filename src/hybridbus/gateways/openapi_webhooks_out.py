@@ -11,22 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
+from hybridbus.gateways.openapi_parts import STRING, ref
+
 __all__ = ["PARAMETERS", "SCHEMAS", "paths"]
 
-_REF: Final = "#/components/"
 
-
-def _ref(kind: str, name: str) -> dict[str, str]:
-    return {"$ref": f"{_REF}{kind}/{name}"}
-
-
-_STRING: Final = {"type": "string"}
 _NUMBER: Final = {"type": "number", "minimum": 0}
 _COUNT: Final = {"type": "integer", "minimum": 0}
 
 _FIELDS: Final[dict[str, Any]] = {
-    "pattern": {**_STRING, "description": "the events to send, relative to the tenant"},
-    "url": {**_STRING, "format": "uri", "description": "http(s); private targets refused (SSRF)"},
+    "pattern": {**STRING, "description": "the events to send, relative to the tenant"},
+    "url": {**STRING, "format": "uri", "description": "http(s); private targets refused (SSRF)"},
     "mode": {"enum": ["binary", "structured"], "default": "binary"},
     "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 300, "default": 15},
     "concurrency": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 8},
@@ -43,7 +38,7 @@ _FIELDS: Final[dict[str, Any]] = {
     },
     "jitter": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.1},
     "max_deliveries": {"type": "integer", "minimum": 1, "maximum": 100, "default": 8},
-    "start": {**_STRING, "default": "latest", "description": "latest, earliest or a token"},
+    "start": {**STRING, "default": "latest", "description": "latest, earliest or a token"},
 }
 
 SCHEMAS: Final[dict[str, Any]] = {
@@ -51,24 +46,24 @@ SCHEMAS: Final[dict[str, Any]] = {
         "type": "object",
         "required": ["name", "tenant", "pattern", "url", "keys", "origin", "group", "enabled"],
         "properties": {
-            "name": _STRING,
-            "tenant": _STRING,
+            "name": STRING,
+            "tenant": STRING,
             **_FIELDS,
             "keys": {
                 "type": "array",
-                "items": _STRING,
+                "items": STRING,
                 "description": "each secret as its key id (whsec:1a2b3c4d), never the secret",
             },
             "secrets": {
                 "type": "array",
-                "items": _STRING,
+                "items": STRING,
                 "description": "only in the answer that made them: the secrets the server made",
             },
             "origin": {"enum": ["config", "api"]},
-            "group": {**_STRING, "description": "the consumer group it runs as: webhook.<name>"},
-            "disabled_reason": _STRING,
+            "group": {**STRING, "description": "the consumer group it runs as: webhook.<name>"},
+            "disabled_reason": STRING,
             "attempts": {**_COUNT, "description": "attempts since the server started"},
-            "position": _STRING,
+            "position": STRING,
             "pending": _COUNT,
             "leased": _COUNT,
             "lag": _COUNT,
@@ -78,7 +73,7 @@ SCHEMAS: Final[dict[str, Any]] = {
     "OutboundWebhooks": {
         "type": "object",
         "required": ["webhooks"],
-        "properties": {"webhooks": {"type": "array", "items": _ref("schemas", "OutboundWebhook")}},
+        "properties": {"webhooks": {"type": "array", "items": ref("schemas", "OutboundWebhook")}},
     },
     "DeliveryAttempts": {
         "type": "object",
@@ -91,16 +86,16 @@ SCHEMAS: Final[dict[str, Any]] = {
                     "type": "object",
                     "properties": {
                         "time": _NUMBER,
-                        "event_id": _STRING,
-                        "topic": _STRING,
+                        "event_id": STRING,
+                        "topic": STRING,
                         "attempt": _COUNT,
                         "outcome": {
                             "enum": ["delivered", "failed", "gone", "timeout", "error", "refused"]
                         },
                         "status": {**_COUNT, "description": "0: no HTTP answer"},
                         "latency": _NUMBER,
-                        "body": {**_STRING, "description": "the answer's first 1 KB"},
-                        "error": _STRING,
+                        "body": {**STRING, "description": "the answer's first 1 KB"},
+                        "error": STRING,
                     },
                 },
             },
@@ -124,8 +119,8 @@ PARAMETERS: Final[dict[str, Any]] = {
 
 def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     """The `/v1/webhooks/outbound` paths; `problems(*statuses)` makes their problem responses."""
-    name = _ref("parameters", "outboundName")
-    shown = {"content": {"application/json": {"schema": _ref("schemas", "OutboundWebhook")}}}
+    name = ref("parameters", "outboundName")
+    shown = {"content": {"application/json": {"schema": ref("schemas", "OutboundWebhook")}}}
 
     def changed(operation: str, summary: str) -> dict[str, Any]:
         return {
@@ -154,7 +149,7 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                             "type": "array",
                             "minItems": 1,
                             "maxItems": 2,
-                            "items": _STRING,
+                            "items": STRING,
                             "description": (
                                 'whsec_/whsk_ keys, "new" (one is made and shown once) or the '
                                 "id of a current key to keep; default: one new (create), the "
@@ -175,7 +170,7 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                     "200": {
                         "description": "The subscriptions, by name.",
                         "content": {
-                            "application/json": {"schema": _ref("schemas", "OutboundWebhooks")}
+                            "application/json": {"schema": ref("schemas", "OutboundWebhooks")}
                         },
                     },
                     **problems(401, 403, 500),
@@ -229,7 +224,7 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                             "schema": {
                                 "type": "object",
                                 "additionalProperties": False,
-                                "properties": {"position": _STRING, "time": _NUMBER},
+                                "properties": {"position": STRING, "time": _NUMBER},
                             }
                         }
                     },
@@ -239,7 +234,7 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                         "description": "The group's new position.",
                         "content": {
                             "application/json": {
-                                "schema": {"type": "object", "properties": {"position": _STRING}}
+                                "schema": {"type": "object", "properties": {"position": STRING}}
                             }
                         },
                     },
@@ -263,7 +258,7 @@ def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
                     "200": {
                         "description": "Attempts.",
                         "content": {
-                            "application/json": {"schema": _ref("schemas", "DeliveryAttempts")}
+                            "application/json": {"schema": ref("schemas", "DeliveryAttempts")}
                         },
                     },
                     **problems(400, 401, 403, 404, 500),
