@@ -48,9 +48,10 @@ from hybridbus.server.access import new_api_key
 
 pytestmark = pytest.mark.timeout(60)
 
-Way = Literal["websocket", "sse", "http"]
+Way = Literal["websocket", "sse", "http", "fetch"]
 HELD: tuple[Way, ...] = ("websocket", "sse")  # the ways that hold a stream open
-WAYS: tuple[Way, ...] = (*HELD, "http")
+# "fetch": a consumer group's HTTP pull, waiting for deliveries (docs/http.md §10)
+WAYS: tuple[Way, ...] = (*HELD, "http", "fetch")
 
 SECRET = "a-test-secret-of-at-least-32-bytes-long!"
 ADMIN_KEY, ADMIN_HASH = new_api_key()
@@ -58,8 +59,8 @@ CLOUDEVENT = {"content-type": "application/cloudevents+json"}
 PROBLEM = "application/problem+json"
 
 # What each way answers when its token lapses or is revoked: a close code, or an error code.
-EXPIRED: dict[Way, int] = {"websocket": 4004, "sse": 1101, "http": 1101}
-REVOKED: dict[Way, int] = {"websocket": 4502, "sse": 1104, "http": 1104}
+EXPIRED: dict[Way, int] = {"websocket": 4004, "sse": 1101, "http": 1101, "fetch": 1101}
+REVOKED: dict[Way, int] = {"websocket": 4502, "sse": 1104, "http": 1104, "fetch": 1104}
 
 
 def token(sub: str = "alice", **claims: Any) -> str:
@@ -182,6 +183,25 @@ class HeldRequests(Held):
         return Ending(response.json()["code"], at, response.json())
 
 
+class HeldFetch(Held):
+    """A group fetch waiting for deliveries (none come): the server must end it."""
+
+    def __init__(self, client: httpx.AsyncClient, waiting: asyncio.Task[httpx.Response]) -> None:
+        self.client = client
+        self.waiting = waiting
+
+    async def alive(self) -> bool:
+        response = await self.client.post("/v1/groups/held/fetch", json={"wait": 0})
+        return response.status_code == 200 and not self.waiting.done()
+
+    async def ending(self, seconds: float) -> Ending:
+        async with asyncio.timeout(seconds):
+            response = await self.waiting
+        at = time.time()
+        assert response.headers["content-type"].startswith(PROBLEM), response.text
+        return Ending(response.json()["code"], at, response.json())
+
+
 @contextlib.asynccontextmanager
 async def opened(way: Way, server: Server, credential: str) -> AsyncIterator[Held]:
     """A client of `way` presenting `credential`, accepted and started."""
@@ -203,6 +223,20 @@ async def opened(way: Way, server: Server, credential: str) -> AsyncIterator[Hel
             sse = SseReader(next_line)
             await sse.events(1, "subscribed")
             yield HeldStream(server, sse)
+    elif way == "fetch":
+        headers = {"Authorization": f"Bearer {credential}"}
+        async with httpx.AsyncClient(base_url=server.http, timeout=30.0, headers=headers) as client:
+            made = await client.put("/v1/groups/held", json={"pattern": "acme/x"})
+            assert made.status_code in (200, 201), made.text
+            waiting = asyncio.create_task(
+                client.post("/v1/groups/held/fetch", json={"max": 10, "wait": 25})
+            )
+            await asyncio.sleep(0.2)  # the fetch is waiting
+            try:
+                yield HeldFetch(client, waiting)
+            finally:
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
     else:
         headers = {"Authorization": f"Bearer {credential}"}
         async with httpx.AsyncClient(base_url=server.http, timeout=5.0, headers=headers) as client:
