@@ -3,17 +3,22 @@
 ONE suite, parametrized over the ways a client reaches the server — a
 WebSocket connection (the `websockets` library), an SSE stream (httpx, as an
 EventSource reads it; a raw socket for the stalled reader) and, where the
-property applies, plain HTTP requests — each against the real application
+property applies, plain HTTP requests and a consumer group's waiting HTTP
+fetch ("fetch") — each against the real application
 on a loopback port (`tests.servers.running_server`). Tokens are real HS256
 JWTs with exact (fractional) `exp` claims, so "< 1 s after expiry" is
 measured from the instant the token lapses.
 
-    property                                  websocket   sse         http
-    expiry ends it (< 1 s after exp)          close 4004  1101 event  401 1101
-    revocation ends it (< 1 s), each kind     close 4502  1104 event  403 1104
-    ... and its consumer-group memberships    left        —           —
-    one per-user count for every way in       counted     counted     not held
-    a stalled reader is cut, memory bounded   4001        1201/abort  —
+    property                                  websocket   sse         http      fetch
+    expiry ends it (< 1 s after exp)          close 4004  1101 event  401 1101  401 1101
+    revocation ends it (< 1 s), each kind     close 4502  1104 event  403 1104  403 1104
+    ... and its consumer-group memberships    left        —           —         —
+    one per-user count for every way in       counted     counted     not held  (1)
+    a stalled reader is cut, memory bounded   4001        1201/abort  —         (2)
+
+(1) a waiting fetch counts as one of the user's connections:
+tests/gateways/test_groups_http.py. (2) an answer is at most `max` (1,000)
+deliveries; deliveries an unwritable answer held go back to the group.
 
 Ways in that take a request body — an HTTP publish and an inbound webhook
 (`POST /v1/webhooks/...`, signed, no token) — share their limits:
