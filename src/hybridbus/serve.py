@@ -73,7 +73,10 @@ async def create_app(
     metrics.watch_groups(bus.groups)
     node = Node(bus, config, metrics, authenticator)
     outbound = Outbound(  # outbound webhooks: a consumer group and a sender each
-        bus, config.outbound_webhooks, allow_private=config.webhook_allow_private
+        bus,
+        config.outbound_webhooks,
+        allow_private=config.webhook_allow_private,
+        on_attempt=metrics.webhook_attempt,
     )
     try:
         await node.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,22 @@ async def test_a_410_over_http_disables_and_the_api_says_why() -> None:
                 shown = await disabled()
             assert shown["disabled_reason"] == "the receiver answered 410 Gone"
             assert shown["pending"] == 1
+            # Every attempt is counted, by subscription and outcome, with its answer's time.
+            text = (await c.get("/metrics")).text
+            counted = re.search(
+                r"^hybridbus_webhook_attempts_total"
+                r'\{outcome="gone",subscription="([^"]+)"\} (\S+)$',
+                text,
+                re.MULTILINE,
+            )
+            assert counted is not None, text
+            assert counted[1].endswith("/gone") and float(counted[2]) == 1.0
+            timed = re.search(
+                r'^hybridbus_webhook_attempt_seconds_count\{subscription="[^"]+/gone"\} (\S+)$',
+                text,
+                re.MULTILINE,
+            )
+            assert timed is not None and float(timed[1]) == 1.0
 
 
 async def test_refusals_ssrf_fields_and_other_tenants() -> None:

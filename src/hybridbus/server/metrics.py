@@ -18,7 +18,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -38,6 +38,10 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 # Publish → deliver latency buckets, seconds: 100 µs … 5 s.
 _LATENCY_BUCKETS: Final = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+)  # fmt: skip
+# An outbound webhook's answer, seconds: 5 ms … 15 s (the default timeout) and beyond.
+_WEBHOOK_BUCKETS: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0,
 )  # fmt: skip
 
 
@@ -267,6 +271,19 @@ class Metrics:
             ["endpoint", "code"],
             registry=r,
         )
+        self.webhook_attempts = Counter(
+            "hybridbus_webhook_attempts",
+            "Outbound webhook delivery attempts, by subscription (tenant/name) and outcome.",
+            ["subscription", "outcome"],
+            registry=r,
+        )
+        self.webhook_seconds = Histogram(
+            "hybridbus_webhook_attempt_seconds",
+            "Time from sending an outbound webhook to its answer (or failure), by subscription.",
+            ["subscription"],
+            buckets=_WEBHOOK_BUCKETS,
+            registry=r,
+        )
         self.latency = Latency(
             "hybridbus_publish_deliver_seconds",
             "Time from append to the write of a delivery to a client.",
@@ -275,6 +292,11 @@ class Metrics:
         )
 
         self._groups: GroupCollector | None = None
+
+    def webhook_attempt(self, subscription: str, outcome: str, seconds: float) -> None:
+        """Count one outbound webhook attempt (`server.webhooks_out.Outbound`'s `on_attempt`)."""
+        self.webhook_attempts.labels(subscription, outcome).inc()
+        self.webhook_seconds.labels(subscription).observe(seconds)
 
     def watch_groups(self, groups: Groups) -> None:
         """Expose the consumer groups' metrics (`GroupCollector`) from now on."""

@@ -48,12 +48,14 @@ from hybridbus.errors import BusClosed, DeliveryGone, EngineError, InvalidSettin
 from hybridbus.hub.group import Group
 from hybridbus.hub.member import GroupDelivery, Member
 
-__all__ = ["GuardedResolver", "Lookup", "RefusedAddress", "Sender"]
+__all__ = ["GuardedResolver", "Lookup", "OnAttempt", "RefusedAddress", "Sender"]
 
 log = logging.getLogger("hybridbus.webhooks")
 
 # host, port -> the addresses it resolves to (tests inject a stub; no traffic).
 Lookup = Callable[[str, int], Awaitable[list[str]]]
+# Told of every attempt: the subscription (`tenant/name`), its outcome, seconds to the answer.
+OnAttempt = Callable[[str, str, float], None]
 MEMBER: Final = "sender"  # the member's name in the subscription's group
 
 
@@ -124,8 +126,10 @@ class Sender:
         *,
         allow_private: bool,
         on_gone: Callable[[Subscription], None],
+        on_attempt: OnAttempt | None = None,
     ) -> None:
         self.sub = sub
+        self._on_attempt = on_attempt
         self._keys = keys
         self._group = group
         self._session = session
@@ -225,6 +229,7 @@ class Sender:
                 kind, error = "error", f"connection: {exc.os_error or exc}"
         except (aiohttp.ClientError, OSError) as exc:
             kind, error = "error", f"connection: {type(exc).__name__}: {exc}"
+        latency = time.monotonic() - started
         self._attempts.add(
             Attempt(
                 time=time.time(),
@@ -233,11 +238,13 @@ class Sender:
                 attempt=d.attempt,
                 outcome=kind,
                 status=status,
-                latency=round(time.monotonic() - started, 6),
+                latency=round(latency, 6),
                 body=body.decode(errors="replace"),
                 error=error[:1000],
             )
         )
+        if self._on_attempt is not None:
+            self._on_attempt(sub.full_name, kind, latency)
         try:
             if kind == "delivered":
                 await d.ack()

@@ -52,7 +52,7 @@ from hybridbus.errors import (
     UnknownGroup,
 )
 from hybridbus.hub.group import DeadLetter, Group
-from hybridbus.server.webhook_sender import GuardedResolver, Lookup, Sender
+from hybridbus.server.webhook_sender import GuardedResolver, Lookup, OnAttempt, Sender
 
 if TYPE_CHECKING:
     from hybridbus.hub.bus import Bus
@@ -98,8 +98,10 @@ class Outbound:
         *,
         allow_private: bool = False,
         lookup: Lookup | None = None,
+        on_attempt: OnAttempt | None = None,
     ) -> None:
         self.bus = bus
+        self._on_attempt = on_attempt
         self.allow_private = allow_private
         self._lookup = lookup
         self._subs: dict[str, Registered] = {}
@@ -280,6 +282,7 @@ class Outbound:
                 registered.attempts,
                 allow_private=self.allow_private,
                 on_gone=self._gone,
+                on_attempt=self._on_attempt,
             )
             registered.sender = sender
             sender.start()
