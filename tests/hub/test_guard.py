@@ -730,3 +730,34 @@ async def test_visible_is_subscribe_or_history_and_never_a_refusal(hub: Hub) -> 
     assert guard.visible(alice, "users/alice/#") and not guard.visible(alice, "docs/#")
     # Hidden topics are filtered, not refused: no denial was counted (none audited).
     assert await hub.audits("acme", "denials") == []
+
+
+async def test_a_revocation_made_on_another_node_applies_here_at_once(hub: Hub) -> None:
+    """Two guards over one bus stand for two nodes sharing an engine (Redis): the `revoke`
+    audit event carries the revocation to every node; the node that made it applies it once."""
+    here, there = hub.guard(), hub.guard()
+    await here.start()
+    await there.start()
+    heard_here: list[Revocation] = []
+    heard_there: list[Revocation] = []
+    here.on_revoke(heard_here.append)
+    there.on_revoke(heard_there.append)
+    there.admit(ALICE)
+    made = await here.revoke(here.admit(ADMIN), revocation("user", "alice", hub.clock))
+    await settle()
+    assert heard_here == [made] and heard_there == [made]
+    with pytest.raises(Revoked):
+        there.admit(ALICE)
+    # An audit event without a revocation in it (an admin may publish anything there) is
+    # passed over, and the next real one still applies.
+    await hub.bus.publish("$audit/acme/revoke", ev())
+    await hub.bus.publish("$audit/acme/revoke", {**ev(), "data": {"kind": "nope"}})
+    bob = Identity(tenant="acme", user="bob")
+    there.admit(bob)
+    await here.revoke(here.admit(ADMIN), revocation("user", "bob", hub.clock))
+    await settle()
+    with pytest.raises(Revoked):
+        there.admit(bob)
+    assert len(heard_there) == 2 and len(heard_here) == 2
+    await here.close()
+    await there.close()

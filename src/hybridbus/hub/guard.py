@@ -48,6 +48,7 @@ the request or refusal it records goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -71,6 +72,7 @@ from hybridbus.core.topics import (
     validate_topic,
 )
 from hybridbus.errors import (
+    BusClosed,
     BusError,
     EngineError,
     EngineUnavailable,
@@ -180,6 +182,9 @@ class Guard:
         self._source = f"/hybridbus/{node}"
         self._revocations = RevocationSet()
         self._listeners: list[Callable[[Revocation], None]] = []
+        # Ids of the `revoke` audit events this guard appended (its follower skips them).
+        self._announced: set[str] = set()
+        self._follower: asyncio.Task[None] | None = None
         limits = self.limits
         self._tenants = (
             KeyedBuckets(limits.tenant_rate, limits.tenant_burst or limits.tenant_rate)
@@ -210,7 +215,68 @@ class Guard:
                 shortened,
                 self.limits.revocation_horizon,
             )
+        # Follow the revocations other nodes make from the head on, then load the stored ones:
+        # one made in between is applied twice, which changes nothing.
+        since = Position(engine.epoch, await engine.head())
         self._revocations.extend(await engine.revocations())
+        self._follower = asyncio.get_running_loop().create_task(
+            self._follow_revocations(since), name="guard: revocations of other nodes"
+        )
+
+    async def close(self) -> None:
+        """Stop following other nodes' revocations (before the bus closes)."""
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+
+    async def _follow_revocations(self, since: Position) -> None:
+        """Apply every `revoke` audit event another node appends, as it is appended.
+
+        The audit event is written ahead of the stored revocation and carries
+        it, so every node sharing the engine (Redis) hears of a revocation as
+        fast as of any event, and one whose store then failed is applied too
+        (it fails closed). After a lost subscription (a full queue, a new
+        epoch) the stored revocations are loaded again, then followed from there.
+        """
+        pattern = f"{AUDIT_ROOT}/+/revoke"
+        engine = self.bus.engine
+        token: Position | None = since
+        while True:
+            try:
+                if token is None:
+                    token = Position(engine.epoch, await engine.head())
+                    self._revocations.extend(await engine.revocations())
+                async with self.bus.subscribe(pattern, since=token) as sub:
+                    token = None
+                    async for delivery in sub:
+                        self._heard(delivery.event)
+            except BusClosed:
+                return
+            except BusError as exc:
+                log.warning("following revocations: %s; loading them again in 1 s", exc)
+                token = None
+                await asyncio.sleep(1.0)
+
+    def _heard(self, event: Event) -> None:
+        """A `revoke` audit event: apply the revocation it carries (unless this node made it)."""
+        if event.id in self._announced:
+            self._announced.discard(event.id)
+            return
+        try:
+            revocation = msgspec.convert(event.data, Revocation)
+        except (msgspec.ValidationError, ValueError, TypeError) as exc:
+            log.warning("a revoke audit event %s carries no revocation: %s", event.id, exc)
+            return
+        self._apply(self._revocations.add(revocation))
+
+    def _apply(self, revocation: Revocation) -> None:
+        for listener in self._listeners:
+            try:
+                listener(revocation)
+            except Exception:
+                log.exception("a revocation listener failed")
 
     # -- principals ----------------------------------------------------------------
 
@@ -258,18 +324,22 @@ class Guard:
         if not admin:
             self._admit_revocation(revocation, now)
         # Write-ahead: no revocation without its audit event; raises if it cannot be appended.
-        await self._audit_first(
-            revocation.tenant,
-            "revoke",
-            {**msgspec.to_builtins(revocation), "by": _who(by.identity)},
-        )
+        # The event is also how other nodes hear of it (`_follow_revocations`), not this one.
+        announced = secrets.token_hex(12)
+        self._announced.add(announced)
+        try:
+            await self._audit_first(
+                revocation.tenant,
+                "revoke",
+                {**msgspec.to_builtins(revocation), "by": _who(by.identity)},
+                id=announced,
+            )
+        except BaseException:
+            self._announced.discard(announced)
+            raise
         await self.bus.engine.revoke(revocation)
         revocations.add(revocation)
-        for listener in self._listeners:
-            try:
-                listener(revocation)
-            except Exception:
-                log.exception("a revocation listener failed")
+        self._apply(revocation)
         return revocation
 
     def _admit_revocation(self, revocation: Revocation, now: float) -> None:
@@ -475,24 +545,28 @@ class Guard:
             principal.tenant, "key.use", {"key": name, "by": _who(principal.identity)}
         )
 
-    async def audit(self, tenant: str, kind: str, data: dict[str, Any]) -> None:
+    async def audit(
+        self, tenant: str, kind: str, data: dict[str, Any], *, id: str | None = None
+    ) -> None:
         """Append an audit event on `$audit/<tenant>/<kind>`, or raise the bus's error."""
         topic = validate_topic(f"{AUDIT_ROOT}/{tenant}/{kind}")
         event = Event(
-            id=secrets.token_hex(12),
+            id=id or secrets.token_hex(12),
             source=self._source,
             type=f"io.hybridbus.audit.{kind}",
             data=data,
         )
         await self.bus.publish(topic, event)
 
-    async def _audit_first(self, tenant: str, kind: str, data: dict[str, Any]) -> None:
+    async def _audit_first(
+        self, tenant: str, kind: str, data: dict[str, Any], *, id: str | None = None
+    ) -> None:
         """A mandatory audit event, before its operation: the operation is refused if it fails.
 
         An engine failure (a full disk) raises `EngineUnavailable` naming the audit.
         """
         try:
-            await self.audit(tenant, kind, data)
+            await self.audit(tenant, kind, data, id=id)
         except EngineError as exc:
             refused = f"the {kind} audit event could not be appended, so the operation was refused"
             raise EngineUnavailable(f"{refused}: {exc}") from exc

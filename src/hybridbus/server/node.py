@@ -487,6 +487,7 @@ class Node:
         try:
             async with asyncio.timeout(left):
                 await self.guard.drain_audits()  # in flight: appended, not dropped as closed
+                await self.guard.close()
                 await self.bus.close()
         except TimeoutError:
             log.exception("the engine did not close within %.1f s", left)
