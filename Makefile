@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: test lint typecheck imports pytest bench serve clean
+.PHONY: test lint typecheck imports pytest bench serve services clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ bench: $(STAMP)
 # settings of examples/dev.toml (a dev JWT secret, anonymous clients in tenant "public").
 serve: $(STAMP)
 	$(BIN)/hybridbus serve --config examples/dev.toml
+
+# The real servers the tests start (Redis, Valkey, RabbitMQ, Mosquitto, PostgreSQL, etcd, NATS,
+# Kafka): apt-get (as root, or with sudo) and Kafka's jars from Maven; quick when installed.
+services:
+	bash scripts/install-services.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -13,6 +13,9 @@ from hybridbus.app import open_engine
 from hybridbus.core.log import Delivery
 from hybridbus.engine.base import Engine, EngineConfig
 
+# Real servers (redis_server, kafka, ...) for every test dir: tests/services/.
+pytest_plugins = ["tests.services"]
+
 ENGINE_KINDS = ["memory", "sqlite"]
 
 

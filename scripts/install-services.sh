@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs the real servers the test suite starts on free loopback ports (tests/services/):
+# Redis 7, Valkey 8 (bookworm-backports), RabbitMQ, Mosquitto, PostgreSQL 15, etcd, NATS and
+# kcat from Debian's packages, and Kafka 4.4.0's jars from Maven Central into
+# ${HYBRIDBUS_SERVICES_DIR:-$HOME/.cache/hybridbus/services}/kafka/libs.
+#
+# Idempotent: what is installed is left alone, so a second run takes well under a second.
+# Needs root (or sudo) for apt-get; Debian bookworm (CI) is what it is written for. The
+# packages' own services are never started (a policy-rc.d refuses them during the install):
+# the tests start every server themselves, as the user running them.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+services_dir=${HYBRIDBUS_SERVICES_DIR:-$HOME/.cache/hybridbus/services}
+pg_bin=/usr/lib/postgresql/15/bin
+
+sudo=()
+[ "$(id -u)" -eq 0 ] || sudo=(sudo)
+
+have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+
+need=()
+need_backports=()
+have redis-server || need+=(redis-server)
+have redis-cli || need+=(redis-tools)
+have valkey-server || need_backports+=(valkey-server)
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
+have mosquitto || need+=(mosquitto)
+have mosquitto_pub || need+=(mosquitto-clients)
+[ -x "$pg_bin/postgres" ] || need+=(postgresql-15)
+have etcd || need+=(etcd-server)
+have nats-server || need+=(nats-server)
+have kcat || need+=(kcat)
+have java || need+=(default-jre-headless)
+have mvn || need+=(maven)
+
+if [ ${#need[@]} -gt 0 ] || [ ${#need_backports[@]} -gt 0 ]; then
+  echo "install-services: apt-get install ${need[*]} ${need_backports[*]}"
+  if [ ${#sudo[@]} -gt 0 ] && ! command -v sudo >/dev/null; then
+    echo "install-services: not root and no sudo: install those as root, then run me again" >&2
+    exit 1
+  fi
+  if [ ${#need_backports[@]} -gt 0 ] && ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' \
+      | "${sudo[@]}" tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null
+  fi
+  # Packages must not start their own daemons (ports 5672, 1883, 6379, 5432, 2379 ...).
+  made_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+    "${sudo[@]}" chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  trap '[ -z "$made_policy" ] || "${sudo[@]}" rm -f /usr/sbin/policy-rc.d' EXIT
+  "${sudo[@]}" apt-get update -qq
+  apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends)
+  [ ${#need[@]} -eq 0 ] || "${apt[@]}" "${need[@]}"
+  [ ${#need_backports[@]} -eq 0 ] || "${apt[@]}" -t bookworm-backports "${need_backports[@]}"
+fi
+
+# Kafka: the broker's jars (no bin/, no config/: tests/services.py writes server.properties).
+libs="$services_dir/kafka/libs"
+if [ ! -f "$libs/.complete-4.4.0" ]; then
+  echo "install-services: Kafka 4.4.0 jars -> $libs"
+  mkdir -p "$services_dir/kafka"
+  rm -rf "$libs"
+  mvn -B -q -Dstyle.color=never -f kafka/pom.xml dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$libs"
+  cp kafka/log4j2.properties "$services_dir/kafka/log4j2.properties"
+  touch "$libs/.complete-4.4.0"
+fi
+cp -u kafka/log4j2.properties "$services_dir/kafka/log4j2.properties"
