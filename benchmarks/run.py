@@ -7,6 +7,8 @@
     python -m benchmarks.run webhooks        # inbound webhooks beside a bare verifier (~1 min)
     python -m benchmarks.run schemas         # an event's JSON Schema check, per event (~10 s)
     python -m benchmarks.run webhooks_out    # outbound deliveries/s to a local receiver (~20 s)
+    python -m benchmarks.run bridges         # MQTT both ways, the PostgreSQL sink, beside peers
+    python -m benchmarks.run redis           # the Redis engine beside raw XADD (~1 min)
     python -m benchmarks.run server --case latency --case catchup
     python -m benchmarks.run server --profile latency   # py-spy flame graph of hybridbus
     python -m benchmarks.run server --soak-minutes 15
@@ -28,7 +30,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import codec, fanout, publish, schemas, server, webhooks, webhooks_out
+from benchmarks import (
+    bridges,
+    codec,
+    fanout,
+    publish,
+    redis_engine,
+    schemas,
+    server,
+    webhooks,
+    webhooks_out,
+)
 from benchmarks import groups as consumer_groups  # `groups` is main's list of group names
 from benchmarks.harness import (
     RESULTS_DIR,
@@ -51,6 +63,8 @@ GROUPS: dict[str, Callable[[Settings, Callable[[str], None]], list[Result]]] = {
     "webhooks": webhooks.run,  # only when named: hybridbus serve and a peer as subprocesses
     "schemas": schemas.run,  # validation per event with and without a schema (~10 s)
     "webhooks_out": webhooks_out.run,  # outbound deliveries/s; a receiver as a subprocess
+    "bridges": bridges.run,  # MQTT in/out, the PostgreSQL sink; mosquitto and postgres run
+    "redis": redis_engine.run,  # the Redis engine beside raw XADD; a redis-server subprocess
 }
 # `server` takes about 2 minutes on its own (servers and 1,000-10,000 client
 # connections as subprocesses): it runs only when named, as does `groups` (about 3

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from tests.support import FakeClock, MakeEngine, Opened
@@ -16,7 +17,20 @@ from hybridbus.engine.base import Engine, EngineConfig
 # Real servers (redis_server, kafka, ...) for every test dir: tests/services/.
 pytest_plugins = ["tests.services"]
 
-ENGINE_KINDS = ["memory", "sqlite"]
+if TYPE_CHECKING:  # imported lazily: pytest_plugins must load tests.services first
+    from tests.services import RedisCluster, RedisServer
+
+ENGINE_KINDS = ["memory", "sqlite", "redis", "redis+cluster"]
+# The Redis kinds run the engine conformance suite (tests/engine/test_conformance*.py);
+# other tests taking `engine_kind` build memory or sqlite URLs themselves.
+_EMBEDDED = ["memory", "sqlite"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine_kind" in metafunc.fixturenames:
+        conformance = metafunc.module.__name__.rpartition(".")[2].startswith("test_conformance")
+        kinds = ENGINE_KINDS if conformance else _EMBEDDED
+        metafunc.parametrize("engine_kind", kinds, indirect=True)
 
 
 @pytest.fixture
@@ -24,9 +38,52 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=ENGINE_KINDS)
-def engine_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+@pytest.fixture(scope="session")
+def shared_redis() -> Iterator[RedisServer]:
+    """One redis-server for the session; each test's engines use their own key prefix."""
+    from tests.services import RedisServer
+
+    yield from _shared_service(RedisServer)
+
+
+@pytest.fixture(scope="session")
+def shared_redis_cluster() -> Iterator[RedisCluster]:
+    """One 3-master Redis Cluster for the session, shared the same way."""
+    from tests.services import RedisCluster
+
+    yield from _shared_service(RedisCluster)
+
+
+def _shared_service(cls: Any) -> Iterator[Any]:
+    from tests.services import require
+
+    require(*cls.binaries)
+    service = cls()
+    try:
+        service.start()
+        yield service
+    finally:
+        service.close()
+
+
+@pytest.fixture
+def engine_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The engine kind (an engine URL scheme) a test runs on.
+
+    For the Redis kinds, `open_engine(kind, path)` opens `redis:///<path>`: the
+    server named by $HYBRIDBUS_REDIS_URL, set here, with `path` as the key prefix,
+    so the same path reopens the same data and every test has its own.
+    """
+    kind = str(request.param)
+    if kind == "redis":
+        server: RedisServer = request.getfixturevalue("shared_redis")
+        monkeypatch.setenv("HYBRIDBUS_REDIS_URL", server.url)
+    elif kind == "redis+cluster":
+        cluster: RedisCluster = request.getfixturevalue("shared_redis_cluster")
+        monkeypatch.setenv(
+            "HYBRIDBUS_REDIS_URL", cluster.url.replace("redis://", "redis+cluster://")
+        )
+    return kind
 
 
 @pytest.fixture

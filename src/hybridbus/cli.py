@@ -5,7 +5,7 @@ Owns: argument parsing and turning flags into a `ServerConfig` (flags >
 Must not hold server logic: `hybridbus serve` hands over to `hybridbus.serve`.
 
     hybridbus serve [--config FILE] [--engine URL] [--host H] [--port P]
-                    [--anonymous-tenant T]
+                    [--anonymous-tenant T] [--workers N]               (N > 1: workers.py)
     hybridbus publish TOPIC --data JSON|@file|- [--type T] [--source S] [--id ID]
     hybridbus subscribe PATTERN [--since TOKEN] [--count N]     (JSON lines)
     hybridbus history TOPIC|PATTERN [--since TOKEN] [--limit N]  (JSON lines)
@@ -16,6 +16,9 @@ Must not hold server logic: `hybridbus serve` hands over to `hybridbus.serve`.
                      | --config FILE]
     hybridbus key --name N (--tenant T | --admin) [--role R ...]
     hybridbus groups [--json]                                  (over HTTP: cli_groups.py)
+    hybridbus nodes [--json]                                   (over HTTP: cli_nodes.py)
+    hybridbus bridge CONFIG [--engine URL] [--only NAME]    (the bridges alone: cli_bridges.py)
+    hybridbus bridges [--json]                                 (over HTTP: cli_bridges.py)
     hybridbus dlq list|show|replay|purge GROUP ...
     hybridbus schemas list|show|register|test|mode ...        (over HTTP: cli_schemas.py)
     hybridbus webhooks list|show|create|delete|enable|disable|replay|attempts   (cli_webhooks.py)
@@ -29,13 +32,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from hybridbus import cli_groups, cli_schemas, cli_webhooks
+from hybridbus import cli_bridges, cli_groups, cli_nodes, cli_schemas, cli_webhooks
 from hybridbus.errors import InvalidInput
 from hybridbus.server.config import ENV_PREFIX, load_config
 
@@ -108,6 +112,13 @@ def parser() -> argparse.ArgumentParser:
         "--anonymous-tenant",
         metavar="T",
         help="let clients without a token connect, in tenant T",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="N server processes on one port (SO_REUSEPORT), each a node; needs a shared "
+        "engine (redis://...), not sqlite (docs/scale-out.md)",
     )
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument(
@@ -203,6 +214,8 @@ def parser() -> argparse.ArgumentParser:
     _add_token_parser(commands)
     _add_key_parser(commands)
     cli_groups.add_parsers(commands, client, epilog, _Formatter)
+    cli_nodes.add_parser(commands, client, epilog, _Formatter)
+    cli_bridges.add_parsers(commands, client, epilog, _Formatter)
     cli_schemas.add_parsers(commands, client, epilog, _Formatter)
     cli_webhooks.add_parsers(commands, client, epilog, _Formatter)
     return root
@@ -210,6 +223,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     if args.command == "serve":
         flags = {
@@ -217,11 +231,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "host": args.host,
             "port": args.port,
             "anonymous_tenant": args.anonymous_tenant,
+            "workers": args.workers,
         }
         try:
             config = load_config(args.config, os.environ, flags)
         except InvalidInput as exc:
             parser().exit(2, f"hybridbus serve: {exc}\n")
+        if config.workers > 1:  # a supervisor of `hybridbus serve` processes
+            from hybridbus.workers import supervise
+
+            return supervise(config, argv)
         from hybridbus.serve import run  # aiohttp and the engines load only to serve
 
         return run(config)
@@ -231,6 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _key(args)
     if args.command in ("groups", "dlq"):
         return cli_groups.run(args, parser())
+    if args.command == "nodes":
+        return cli_nodes.run(args)
+    if args.command == "bridge":
+        return cli_bridges.run_standalone(args)
+    if args.command == "bridges":
+        return cli_bridges.run(args)
     if args.command == "schemas":
         return cli_schemas.run(args)
     if args.command == "webhooks":

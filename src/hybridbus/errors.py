@@ -57,13 +57,18 @@ every layer can raise from here.
     │   ├── GroupConflict           1402      no: the group exists with another pattern
     │   ├── DeliveryGone            1403      no: the delivery is no longer held (settled,
     │   │                                     or its lease ended and it went on)
-    │   └── UnknownDeadLetter       1404      no: no dead letter of that id
+    │   ├── UnknownDeadLetter       1404      no: no dead letter of that id
+    │   └── NotCoordinator          1405      yes: another node coordinates the group now;
+    │                                         `node` names it, `url` is where to go (HTTP
+    │                                         307 Location, the WebSocket error's `url`)
     └── EngineError                 1300-1399
         ├── EngineUnavailable       1301      yes: try again later
         │   ├── EngineLocked        1303      yes: another process holds the data
         │   │                                 directory (names its pid and the path)
-        │   └── EngineReadOnly      1304      yes: the data directory or database is
-        │                                     not writable (names the path)
+        │   ├── EngineReadOnly      1304      yes: the data directory or database is
+        │   │                                 not writable (names the path)
+        │   └── RegistryUnavailable 1310      yes: the node registry (Redis, etcd) cannot
+        │                                     be reached; the node keeps serving
         └── EngineCorrupt           1302      no: the stored log cannot be read
     (no class)                      1399      INTERNAL_ERROR, wire only: an
                                               unexpected failure; the details
@@ -109,8 +114,10 @@ __all__ = [
     "InvalidSettings",
     "InvalidTopic",
     "LimitExceeded",
+    "NotCoordinator",
     "ProtocolError",
     "RateLimited",
+    "RegistryUnavailable",
     "RemoteError",
     "Revoked",
     "SchemaError",
@@ -181,6 +188,7 @@ class ErrorCode(IntEnum):
     ENGINE_CORRUPT = 1302
     ENGINE_LOCKED = 1303
     ENGINE_READ_ONLY = 1304
+    REGISTRY_UNAVAILABLE = 1310  # the node registry (docs/scale-out.md)
     INTERNAL_ERROR = 1399
     # 1400-1499: consumer groups (docs/groups.md).
     GROUP_ERROR = 1400
@@ -188,6 +196,7 @@ class ErrorCode(IntEnum):
     GROUP_CONFLICT = 1402
     DELIVERY_GONE = 1403
     UNKNOWN_DEAD_LETTER = 1404
+    NOT_COORDINATOR = 1405  # another node holds the group's lease (docs/groups.md)
     # 1500-1599: the schema registry (docs/schemas.md).
     SCHEMA_ERROR = 1500
     UNKNOWN_SCHEMA = 1501
@@ -449,10 +458,15 @@ class ConnectFailed(Disconnected):
 class RemoteError(BusError):
     """The server answered a command with an error; `code` is the server's code."""
 
-    def __init__(self, code: int, message: str, retriable: bool) -> None:
+    def __init__(
+        self, code: int, message: str, retriable: bool, node: str = "", url: str = ""
+    ) -> None:
         super().__init__(message)
         self.code = code  # type: ignore[assignment]  # the server's code, maybe one we don't know
         self.retriable = retriable
+        # NOT_COORDINATOR (1405): the node coordinating the group, and where it listens.
+        self.node = node
+        self.url = url
 
 
 class BusClosed(BusError):
@@ -489,6 +503,27 @@ class UnknownDeadLetter(GroupError):
     """No dead letter of that id in the group."""
 
     code = ErrorCode.UNKNOWN_DEAD_LETTER
+
+
+class NotCoordinator(GroupError):
+    """Another node coordinates the group (holds its lease): ask that one (docs/groups.md).
+
+    `node` is the holder's node id ("" if none is known: try again), `url`
+    its HTTP base URL from the node registry ("" if it is not registered).
+    From an engine's `write_groups`, `groups` names the groups whose fence
+    was stale: nothing of the call was written.
+    """
+
+    code = ErrorCode.NOT_COORDINATOR
+    retriable = True
+
+    def __init__(
+        self, message: str, node: str = "", url: str = "", groups: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.node = node
+        self.url = url
+        self.groups = groups
 
 
 class SchemaError(BusError):
@@ -567,6 +602,16 @@ class EngineReadOnly(EngineUnavailable):
         return type(self), (self.path, self.detail)  # copies and pickles rebuild the message
 
 
+class RegistryUnavailable(EngineUnavailable):
+    """The node registry (Redis or etcd: `server.registry`) cannot be reached now.
+
+    Only `/v1/nodes` fails with it (HTTP 503); the node keeps serving and
+    retries its heartbeat with backoff.
+    """
+
+    code = ErrorCode.REGISTRY_UNAVAILABLE
+
+
 class EngineCorrupt(EngineError):
     """Stored data could not be decoded."""
 
@@ -578,6 +623,8 @@ def public_message(error: BusError) -> str:
 
     Every way in (WebSocket error replies, HTTP problems, SSE endings) answers with this.
     """
+    if isinstance(error, RegistryUnavailable):
+        return "the node registry cannot be reached now; try again later"
     if isinstance(error, EngineUnavailable):
         return "the log cannot serve now; try again later"
     if isinstance(error, EngineError):

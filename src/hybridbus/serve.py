@@ -8,7 +8,8 @@ the listener with its header timeouts (`gateways/listener.py`), `reuse_port`
 from the config, SIGTERM/SIGINT -> graceful shutdown -> exit 0, structured
 logs. Must not hold protocol, bus or gateway logic.
 
-Shutdown order (aiohttp's runner cleanup): stop listening; end the SSE
+Shutdown order (aiohttp's runner cleanup): stop listening; remove this
+node from the node registry (`server/registry.py`); end the SSE
 streams and close every WebSocket connection with 4000 after flushing it
 (`on_shutdown`); let HTTP requests finish within `shutdown_timeout`; close
 the bus, which commits the engine (`on_cleanup`).
@@ -29,14 +30,17 @@ from typing import Any, Final
 from aiohttp import web
 
 from hybridbus.app import open as open_bus
+from hybridbus.bridges.registry import Bridges
 from hybridbus.core.cors import CorsPolicy
 from hybridbus.errors import BusError
 from hybridbus.gateways.access import HttpAccess
+from hybridbus.gateways.bridges import BridgesGateway
 from hybridbus.gateways.cors import install_cors
 from hybridbus.gateways.groups import GroupsConfig, GroupsGateway
 from hybridbus.gateways.health import HealthGateway
 from hybridbus.gateways.http import HttpConfig, HttpGateway
 from hybridbus.gateways.listener import ListenerConfig, ListenerSite, raise_nofile_limit
+from hybridbus.gateways.nodes import NodesGateway
 from hybridbus.gateways.schemas import SchemasConfig, SchemasGateway
 from hybridbus.gateways.sse import SseConfig
 from hybridbus.gateways.webhook_endpoints import WebhookAdmin, WebhookEndpoints
@@ -46,17 +50,20 @@ from hybridbus.gateways.websocket import WebSocketGateway
 from hybridbus.server.access import ApiKeys
 from hybridbus.server.auth import Authenticator
 from hybridbus.server.config import ServerConfig
+from hybridbus.server.groups import locator
 from hybridbus.server.logs import configure_logging
 from hybridbus.server.metrics import Metrics
-from hybridbus.server.node import Node
+from hybridbus.server.node import SERVER_VERSION, Node
+from hybridbus.server.registry import Registry, registry_of
 from hybridbus.server.webhooks_out import Outbound
 
-__all__ = ["METRICS_KEY", "NODE_KEY", "create_app", "run", "serve"]
+__all__ = ["METRICS_KEY", "NODE_KEY", "REGISTRY_KEY", "create_app", "run", "serve"]
 
 log = logging.getLogger("hybridbus.serve")
 
 NODE_KEY: Final = web.AppKey("hybridbus.node", Node)
 METRICS_KEY: Final = web.AppKey("hybridbus.metrics", Metrics)
+REGISTRY_KEY: Final = web.AppKey("hybridbus.registry", Registry)
 
 
 async def create_app(
@@ -68,7 +75,13 @@ async def create_app(
     and closes the bus.
     """
     cors = CorsPolicy(config.cors_origins)  # a bad pattern fails before the engine opens
+    # The node registry (server/registry.py): this node's entry under a heartbeat lease.
+    registry = registry_of(config, lambda: node.connections, SERVER_VERSION)
     bus = await open_bus(config.engine)
+    # One node coordinates each consumer group on a shared engine (docs/groups.md).
+    coordination = bus.groups.coordination
+    coordination.node, coordination.ttl = registry.id, config.group_lease_ttl
+    coordination.locate = locator(registry)
     metrics = Metrics()
     metrics.watch_groups(bus.groups)
     node = Node(bus, config, metrics, authenticator)
@@ -78,8 +91,11 @@ async def create_app(
         allow_private=config.webhook_allow_private,
         on_attempt=metrics.webhook_attempt,
     )
+    bridges = Bridges(bus, config.bridges)  # [[bridges]]: MQTT, PostgreSQL, ... (docs/bridges.md)
+    bridges.expose(metrics.registry)
     try:
         await node.start()
+        await registry.start()  # registers in the background: never waits for the store
         access = HttpAccess(node.guard, ApiKeys(config.api_keys), node.authenticator)
         http = HttpGateway(
             bus,
@@ -101,6 +117,7 @@ async def create_app(
             hold=access.holding(node.hold),  # a waiting fetch counts and ends like a stream
         )
         await outbound.start()
+        await bridges.start()
         endpoints = WebhookEndpoints(bus.engine, config.webhooks)  # inbound webhooks
         await endpoints.start()
         webhooks = WebhooksGateway(
@@ -114,6 +131,7 @@ async def create_app(
         app = web.Application()
         app[NODE_KEY] = node
         app[METRICS_KEY] = metrics
+        app[REGISTRY_KEY] = registry
         install_cors(app, cors)  # preflights and grants under /v1/
         app.add_routes(WebSocketGateway(node).routes())
         app.add_routes(http.routes())
@@ -134,18 +152,24 @@ async def create_app(
             ).routes()
         )
         app.add_routes(HealthGateway(node, metrics).routes())
+        app.add_routes(NodesGateway(registry, access.principal).routes())
+        app.add_routes(BridgesGateway(bridges, node.guard, access.principal).routes())
     except BaseException:
+        await registry.close()
+        await bridges.close()
         await outbound.close()
         await node.shutdown()
         raise
 
     async def close_connections(app: web.Application) -> None:
+        await registry.close()  # deregistered at once: no one is sent here any more
         http.close()  # ends the SSE streams
         groups.close()  # ends the waiting fetches
         await node.close_connections()
         await webhooks.close()  # the audit events of failed checks being appended
 
     async def shutdown(app: web.Application) -> None:
+        await bridges.close()  # before the bus closes: what is unconfirmed comes again
         await outbound.close()  # the senders, before the bus closes
         await node.shutdown()
 
@@ -179,6 +203,7 @@ async def serve(
             "listening",
             extra={"addresses": addresses, "engine": config.engine, "pid": os.getpid()},
         )
+        app[REGISTRY_KEY].listening(runner.addresses)
         if listening is not None:
             listening(addresses)
         for number in signals:

@@ -200,6 +200,7 @@ async def test_a_deleted_group_ends_the_iteration_with_its_code() -> None:
         c.group("billing", "invoices/#", ack_wait=5) as g,
     ):
         await server.node.bus.groups.delete("acme/billing")
+
         async def drain() -> None:
             async for _ in g:
                 pass
@@ -207,3 +208,29 @@ async def test_a_deleted_group_ends_the_iteration_with_its_code() -> None:
         with pytest.raises(RemoteError) as caught:
             await asyncio.wait_for(drain(), 5)
         assert caught.value.code == 1401
+
+
+async def test_acks_of_one_loop_turn_go_out_as_one_command() -> None:
+    # 20 handler tasks each ack their delivery at once: one `ack` command of 20 ids,
+    # so a server that lets a connection have 5 commands unanswered answers them all
+    # (20 commands would get 1016 TOO_MANY_COMMANDS). Each ack still returns once durable.
+    async with (
+        running_server(max_in_flight=5) as server,
+        hybridbus.client.connect(server.url, config=FAST) as c,
+        c.group("turn", "t/#", ordered=False) as g,
+    ):
+        for first in range(0, 20, 4):  # a publish_many is a command per event
+            await c.publish_many("t/1", [event(f"e{n}") for n in range(first, first + 4)])
+        got: list[ClientDelivery] = []
+        while len(got) < 20:
+            got += await g.fetch(20 - len(got), wait=5)
+        await asyncio.gather(*(d.ack() for d in got))
+        info = await server.node.bus.groups.info("acme/turn")
+        assert (info.pending, info.acked) == (0, 20)
+        # And acks of other loop turns are commands of their own, answered as before.
+        await c.publish("t/1", event("late"))
+        [late] = await g.fetch(1, wait=5)
+        await g.ack(late)
+        await g.ack(late)  # again: a no-op
+        info = await server.node.bus.groups.info("acme/turn")
+        assert (info.pending, info.acked) == (0, 21)

@@ -57,6 +57,27 @@ def test_take_advances_the_cursor_and_dispatch_is_round_robin() -> None:
     assert group.leased == 6 and group.room == group.settings.max_pending - 6
 
 
+@pytest.mark.parametrize("ordered", [True, False])
+def test_take_many_is_take_of_each_delivery_past_the_cursor(ordered: bool) -> None:
+    page = [
+        delivery(p, topic=f"acme/{p % 3}", key="k" if p % 4 == 0 else None) for p in range(1, 30)
+    ]
+    one, many = core(ordered=ordered), core(ordered=ordered)
+    for d in page[:5]:  # taken already (a live delivery before the page): skipped by both
+        one.take(d, T0)
+    many.take_many(page[:5], T0)
+    for d in page:
+        if d.position > one.cursor[0]:
+            one.take(d, T0)
+    assert many.take_many(page, T0) == len(page) - 5
+    assert many.cursor == one.cursor == [29]
+    for group in (one, many):
+        for name in ("a", "b"):
+            group.join(name)
+    assert handed(many.dispatch(T0)) == handed(one.dispatch(T0))
+    assert many.changes() == one.changes()
+
+
 def test_room_limits_what_is_taken() -> None:
     group = core(max_pending=3)
     fill(group, 3)

@@ -193,6 +193,22 @@ class GroupMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.leases)
     @rule(data=st.data())
+    def ack_many(self, data: st.DataObject) -> None:
+        """Several deliveries acked at once (one `ack` of many), some maybe twice or late."""
+        positions = data.draw(
+            st.lists(st.sampled_from(sorted(self.leases)), min_size=1, max_size=6)
+        )
+        entries = [self.core.lookup(0, p) for p in positions]
+        pairs = list(zip(positions, entries, strict=True))
+        expected = {p for p, e in pairs if e is not None and p not in self.dead}
+        acked = [e for p, e in pairs if p in expected]
+        assert self.core.ack_many(acked, self.now) == len(expected)
+        for position in expected:
+            self.acked.add(position)
+            self.leases.pop(position, None)
+
+    @precondition(lambda self: self.leases)
+    @rule(data=st.data())
     def late_ack(self, data: st.DataObject) -> None:
         """A handler finishes after its lease ran out: the ack still settles the entry."""
         position = data.draw(st.sampled_from(sorted(self.leases)))

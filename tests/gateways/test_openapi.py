@@ -22,11 +22,14 @@ from hypothesis import HealthCheck, settings
 from tests.gateways.support import serving
 
 import hybridbus
+from hybridbus.bridges.registry import Bridges
 from hybridbus.core.permissions import Policy
 from hybridbus.gateways import openapi
 from hybridbus.gateways.access import HttpAccess
+from hybridbus.gateways.bridges import BridgesGateway
 from hybridbus.gateways.groups import GroupsGateway
 from hybridbus.gateways.http import HttpGateway
+from hybridbus.gateways.nodes import NodesGateway
 from hybridbus.gateways.schemas import SchemasGateway
 from hybridbus.gateways.webhook_endpoints import WebhookAdmin, WebhookEndpoints
 from hybridbus.gateways.webhooks import WebhooksGateway
@@ -38,6 +41,7 @@ from hybridbus.server.access import ApiKeys
 from hybridbus.server.auth import AnonymousAuthenticator
 from hybridbus.server.config import ServerConfig
 from hybridbus.server.metrics import Metrics
+from hybridbus.server.registry import LocalStore, Registry
 from hybridbus.server.webhooks_out import Outbound
 
 pytest.importorskip("schemathesis", reason="schemathesis is a test extra")
@@ -82,6 +86,9 @@ async def test_the_document_lists_exactly_the_registered_routes() -> None:
         routes += WebhookAdmin(endpoints, guard, access.principal).routes()
         routes += SchemasGateway(bus.schemas, guard, access.principal).routes()
         routes += WebhooksOutGateway(Outbound(bus), guard, access.principal).routes()
+        registry = Registry(LocalStore(), ServerConfig())
+        routes += NodesGateway(registry, access.principal).routes()
+        routes += BridgesGateway(Bridges(bus, []), guard, access.principal).routes()
     registered = {
         (route.method, re.sub(r"\{(\w+):[^}]*\}", r"{\1}", route.path))
         for route in routes

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from tests.support import FakeClock
 
 import hybridbus
@@ -31,7 +34,7 @@ from hybridbus.errors import (
 )
 from hybridbus.hub.bus import Bus
 from hybridbus.hub.groups import settings_from
-from hybridbus.hub.member import GroupDelivery, Member
+from hybridbus.hub.member import GroupDelivery, Member, parse_delivery_id
 
 STEP = 0.01  # fake seconds the clock moves while a test waits for a redelivery
 TOLERANCE = 0.05  # fake seconds a redelivery may come after it was due (timer slots, steps)
@@ -555,3 +558,96 @@ async def test_concurrent_joins_of_a_new_group_make_one_group(bus: Bus) -> None:
         await publish(bus, 8)
         got = [d for m in members for d in await m.fetch(8, wait=0.5)]
         assert sorted(d.event.data for d in got) == list(range(8))
+
+
+# -- delivery ids --------------------------------------------------------------------
+
+
+async def test_an_ack_with_a_malformed_id_acks_none_of_its_ids(bus: Bus) -> None:
+    async with bus.group("billing", "acme/orders/#") as g:
+        await publish(bus, 1)
+        (d,) = await take(g, 1)
+        group = g.group
+        first, rest = d.id.split("-")
+        for bad in (
+            d.id + "x",
+            f"{first}-{rest.replace('.', '..', 1)}",
+            f"{first}-{rest[:-1]}\u0661",  # a digit, but not an ASCII one
+            f"{first}-1.{2**63}.1",  # past MAX_POSITION
+            f"{first}!-{rest}",
+            7,
+        ):
+            with pytest.raises(InvalidInput):
+                await group.ack([d.id, bad])  # type: ignore[list-item]
+            info = await bus.groups.info("acme/billing")
+            assert info.pending == 1 and info.acked == 0, bad
+        await group.ack([d.id, "other_epoch-0.1.1"])  # another epoch's id: no error, no ack
+        info = await bus.groups.info("acme/billing")
+        assert info.pending == 0 and info.acked == 1
+
+_ID_RULE = re.compile(r"([A-Za-z0-9_]{1,64})-([0-9]{1,6})\.([0-9]{1,19})\.([0-9]{1,9})")
+
+
+def _by_the_rule(text: str) -> tuple[str, int, int, int] | None:
+    """The documented form of a delivery id, as a regular expression."""
+    match = _ID_RULE.fullmatch(text)
+    if match is None or int(match.group(3)) > 2**63 - 1:
+        return None
+    return match.group(1), int(match.group(2)), int(match.group(3)), int(match.group(4))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hk2x-0.44.1",
+        "a_b_9-123456.9223372036854775807.999999999",
+        "___-0.0.0",
+        "e" * 64 + "-1.2.3",
+        "e" * 65 + "-1.2.3",
+        "-1.2.3",
+        "e-1234567.2.3",
+        "e-1.9223372036854775808.3",
+        "e-1.2.1234567890",
+        "e-1.2",
+        "e-1.2.3.4",
+        "e-1..3",
+        "e-.1.3",
+        "e-1.2.",
+        "e-1-2.3.4",
+        "e-f-1.2.3",
+        "e.1-2.3",
+        "é-1.2.3",
+        "e-\u0661.2.3",  # an Arabic-Indic digit: a digit, not an ASCII one
+        "e-1.².3",
+        "e-1.2.3 ",
+        " e-1.2.3",
+        "e-+1.2.3",
+        "e-1_0.2.3",
+        "e!-1.2.3",
+        "x",
+        "",
+    ],
+)
+def test_delivery_ids_are_read_as_documented(text: str) -> None:
+    expected = _by_the_rule(text)
+    if expected is None:
+        with pytest.raises(InvalidInput):
+            parse_delivery_id(text)
+    else:
+        assert parse_delivery_id(text) == expected
+
+
+@given(st.text(alphabet="ab_9-.0\u0661 é", max_size=30))
+def test_any_text_is_read_as_the_rule_reads_it(text: str) -> None:
+    expected = _by_the_rule(text)
+    try:
+        got = parse_delivery_id(text)
+    except InvalidInput:
+        assert expected is None
+    else:
+        assert got == expected
+
+
+def test_a_delivery_id_that_is_no_text_is_refused() -> None:
+    with pytest.raises(InvalidInput):
+        parse_delivery_id(7)  # type: ignore[arg-type]

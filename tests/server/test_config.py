@@ -69,6 +69,8 @@ def test_the_variables_that_are_not_settings_are_allowed_and_documented() -> Non
         "HYBRIDBUS_TOKEN": "eyJ.x.y",  # their --token
         "HYBRIDBUS_REQUIRE_SERVICES": "1",  # the test suite
         "HYBRIDBUS_REQUIRE_BROWSER": "1",
+        "HYBRIDBUS_SERVICES_DIR": "/tmp/services",  # make services
+        "HYBRIDBUS_REDIS_URL": "redis://127.0.0.1:1/0",  # the Redis of redis:///name
     }
     assert load_config(env={**others, "HYBRIDBUS_PORT": "9000"}).port == 9000
     assert set(others) == set(OTHER_VARIABLES)

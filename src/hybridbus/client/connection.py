@@ -89,6 +89,7 @@ class Client:
             raise InvalidInput(f"unknown subprotocol {config.subprotocol!r}")
         self.url = url
         self.config = config
+        self._token = token
         self._codec = codec
         self._rng = random.Random()
         self._tokens = TokenSource(token, config, self._rng, url)
@@ -98,7 +99,9 @@ class Client:
         self._requests: dict[int, Request] = {}  # by id, on the current session
         self._waiting: list[Request] = []  # for the next connected session
         self._subs = Subscriptions(self)
-        self._groups = Memberships(self, self._request)
+        self._groups = Memberships(self, self._request, self._follow)
+        # Connections to other nodes, for memberships of groups they coordinate (by URL).
+        self._siblings: dict[str, tuple[Client, asyncio.Future[None]]] = {}
         self._ready = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -144,6 +147,9 @@ class Client:
         self._closed = True
         # One by one: stopping the runner stops the refresher, which may flush.
         await _cancel(self._runner)
+        for sibling, opening in self._siblings.values():
+            opening.cancel()
+            await sibling.close()
         await self._tokens.close()
         await _cancel(self._flusher)
         if self._ws is not None:
@@ -264,6 +270,26 @@ class Client:
         return ClientSubscription(
             pattern, token, config.queue_size, self._subs.open, self._subs.close
         )
+
+    async def _follow(self, url: str) -> Memberships:
+        """The memberships of this client's connection to `url` (another node), opened once.
+
+        Same token (or provider) and settings; its groups come back here when
+        their coordinator moves (`client.groups`). Raises why it cannot connect.
+        """
+        if url == self.url:
+            return self._groups
+        if self._closed:
+            raise Disconnected(1000, "the client is closed")
+        found = self._siblings.get(url)
+        if found is None or found[0].failure() is not None or found[0]._closed:
+            client = Client(url, self._token, self.config)
+            client._groups = Memberships(client, client._request, self._follow, self._groups)
+            opening = asyncio.ensure_future(client.start())
+            opening.add_done_callback(lambda f: f.cancelled() or f.exception())
+            found = self._siblings[url] = (client, opening)
+        await asyncio.shield(found[1])
+        return found[0]._groups
 
     async def _request(self, issue: Callable[[ClientSession], int]) -> Any:
         return (await self._request_many([issue]))[0]
@@ -446,7 +472,7 @@ class Client:
                 if isinstance(command, Refresh) and isinstance(result, RefreshResult):
                     self._expiry(session, result.expires)
         elif isinstance(event, Failed):
-            error = RemoteError(event.code, event.message, event.retriable)
+            error = RemoteError(event.code, event.message, event.retriable, event.node, event.url)
             self._subs.refused(event.id, error)
             self._groups.refused(event.id, error)
             request = self._requests.pop(event.id, None)

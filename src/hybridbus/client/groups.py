@@ -26,6 +26,14 @@ member or another, as a new attempt with the same `dedupe_key`. A `nack`,
 
 Flow control is the group's: the server pushes a member at most
 `member_in_flight` unsettled deliveries, so the queue here stays that small.
+
+Many nodes (docs/groups.md). A `group_join` refused with NOT_COORDINATOR
+(1405) names the node coordinating the group and its `url`: the membership
+follows it — onto the client's connection to that URL, opened with the same
+credentials (or reused) — and its settling commands go there from then on.
+A membership ended with 1405 (the coordinator moved) joins again through
+the client's own connection, which lands on the new coordinator or is sent
+on to it. The application's `ClientGroup` stays the same object throughout.
 """
 
 from __future__ import annotations
@@ -34,12 +42,12 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 from hybridbus.client.inbox import Inbox
 from hybridbus.client.subscribing import Link
 from hybridbus.core.event import Event
-from hybridbus.errors import BusError, InvalidInput, RemoteError
+from hybridbus.errors import BusError, ErrorCode, InvalidInput, RemoteError
 from hybridbus.proto.client import ClientSession, GroupEnded, GroupReceived
 from hybridbus.proto.frames import MAX_SETTLE_IDS, GroupJoinResult
 
@@ -47,6 +55,9 @@ __all__ = ["ClientDelivery", "ClientGroup", "Memberships"]
 
 Issue = Callable[[ClientSession], int]
 Requester = Callable[[Issue], Awaitable[Any]]
+# The memberships of the client's connection to a node's WebSocket URL (opened if need be).
+Follow = Callable[[str], Awaitable["Memberships"]]
+_MAX_HOPS: Final = 8  # redirects in a row before a membership gives up
 
 
 class ClientDelivery:
@@ -115,6 +126,11 @@ class ClientGroup(Inbox[ClientDelivery]):
         self.member = member
         self.settings = settings
         self._registry = registry
+        self.opening: asyncio.Future[None] | None = None  # `open` waits for the first join
+        self.hops = 0  # redirects since the last join that was answered
+        self._acks: list[str] = []  # ids asked to be acked in this loop turn
+        self._acked: asyncio.Future[None] | None = None  # settles with their answers
+        self._sending: set[asyncio.Future[list[Any]]] = set()  # held until answered
 
     # -- fed by the registry -----------------------------------------------------------
 
@@ -125,6 +141,10 @@ class ClientGroup(Inbox[ClientDelivery]):
     def joined(self, result: GroupJoinResult) -> None:
         self.member = result.member
         self.pattern = result.pattern
+        self.hops = 0
+        opening = self.opening
+        if opening is not None and not opening.done():
+            opening.set_result(None)
 
     # -- the application's side ----------------------------------------------------------
 
@@ -152,10 +172,53 @@ class ClientGroup(Inbox[ClientDelivery]):
                 raise StopAsyncIteration
 
     async def ack(self, *deliveries: ClientDelivery) -> None:
-        """Ack many deliveries (of this group) in as few commands as the limit allows."""
-        ids = [d.id for d in deliveries]
-        for start in range(0, len(ids), MAX_SETTLE_IDS):
-            await self.request(_acking(self.name, ids[start : start + MAX_SETTLE_IDS]))
+        """Ack deliveries (of this group); returns once the server made the acks durable.
+
+        Every ack of this group asked for in one loop turn (`d.ack()` of many
+        handler tasks, `g.ack(*batch)`) goes out together, in as few `ack`
+        commands as the limit allows (`MAX_SETTLE_IDS` ids each).
+        """
+        if not deliveries:
+            return
+        self._acks.extend(d.id for d in deliveries)
+        done = self._acked
+        if done is None:
+            loop = asyncio.get_running_loop()
+            done = self._acked = loop.create_future()
+            loop.call_soon(self._send_acks)
+        # Shielded: one caller's cancellation must not withdraw the others' acks.
+        await asyncio.shield(done)
+
+    def _send_acks(self) -> None:
+        """Send the acks of this loop turn; their future settles with the answers."""
+        ids, done = self._acks, self._acked
+        self._acks, self._acked = [], None
+        assert done is not None
+        name = self.name
+        sending = asyncio.ensure_future(
+            asyncio.gather(
+                *(
+                    self.request(_acking(name, ids[start : start + MAX_SETTLE_IDS]))
+                    for start in range(0, len(ids), MAX_SETTLE_IDS)
+                )
+            )
+        )
+        self._sending.add(sending)
+
+        def answered(task: asyncio.Future[list[Any]]) -> None:
+            self._sending.discard(task)
+            if done.done():
+                return
+            if task.cancelled():
+                done.cancel()
+            elif (error := task.exception()) is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(None)
+
+        sending.add_done_callback(answered)
+        # A future nobody awaits any more (every caller was cancelled) must not log its error.
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def request(self, issue: Issue) -> Any:
         """Send a settling command through the client (again after a drop); its result."""
@@ -182,15 +245,27 @@ def _acking(name: str, ids: list[str]) -> Issue:
 
 
 class Memberships:
-    """The client's consumer groups across its connections (see the module docstring)."""
+    """The client's consumer groups across its connections (see the module docstring).
 
-    def __init__(self, link: Link, request: Requester) -> None:
+    `follow` opens (or reuses) the client's connection to another node and
+    gives its memberships; `home` is the client's own (None: this is it).
+    """
+
+    def __init__(
+        self,
+        link: Link,
+        request: Requester,
+        follow: Follow | None = None,
+        home: Memberships | None = None,
+    ) -> None:
         self._link = link
         self.request = request
+        self._follow = follow
+        self._home = home or self
         self._groups: dict[str, ClientGroup] = {}
         self._joining: dict[int, ClientGroup] = {}  # by the id of their group_join
         self._sent: set[ClientGroup] = set()  # a group_join went out on this session
-        self._opened: dict[ClientGroup, asyncio.Future[None]] = {}
+        self._moving: set[asyncio.Task[None]] = set()
 
     async def open(self, group: ClientGroup) -> None:
         """Join; return once the server confirmed it (or raise its refusal)."""
@@ -199,21 +274,24 @@ class Memberships:
         failure = self._link.failure()
         if failure is not None:
             raise failure
-        opened = asyncio.get_running_loop().create_future()
-        self._groups[group.name] = group
-        self._opened[group] = opened
-        session = self._link.live()
-        if session is not None:
-            self._send(session, group)
+        opened = group.opening = asyncio.get_running_loop().create_future()
+        self.adopt(group)
         try:
             async with asyncio.timeout(self._link.request_timeout()):
                 await opened
         except BaseException:
-            if self._groups.get(group.name) is group:
-                self._leave(group)
+            group._registry.close(group)
             raise
         finally:
-            self._opened.pop(group, None)
+            group.opening = None
+
+    def adopt(self, group: ClientGroup) -> None:
+        """Make `group` a membership of this connection: join at once if connected."""
+        group._registry = self
+        self._groups[group.name] = group
+        session = self._link.live()
+        if session is not None:
+            self._send(session, group)
 
     def close(self, group: ClientGroup) -> None:
         """Leave the group (without waiting for the answer); its iteration stops."""
@@ -261,24 +339,64 @@ class Memberships:
         if group is None or not isinstance(result, GroupJoinResult):
             return
         group.joined(result)
-        opened = self._opened.get(group)
-        if opened is not None and not opened.done():
-            opened.set_result(None)
 
     def refused(self, id: int, error: BusError) -> None:
-        """Command `id` was refused: if it was a group_join, that membership ends."""
+        """Command `id` was refused: if it was a group_join, that membership ends (or moves)."""
         group = self._joining.pop(id, None)
-        if group is not None:
+        if group is None:
+            return
+        url = getattr(error, "url", "")
+        if error.code == ErrorCode.NOT_COORDINATOR and url and self._follow is not None:
+            self._move(group, url, error)
+        else:
             self._end(group, error)
 
     def ended(self, event: GroupEnded) -> None:
-        """The server ended the membership of `event.group`: it ends with that error."""
+        """The server ended the membership of `event.group`: it ends with that error (or moves)."""
         group = self._groups.get(event.group)
-        if group is not None:
-            self._end(group, RemoteError(event.code, event.reason, False))
+        if group is None:
+            return
+        error = RemoteError(event.code, event.reason, False)
+        if event.code == ErrorCode.NOT_COORDINATOR:
+            self._sent.discard(group)  # the server ended it: nothing to leave
+            self._move(group, "", error)  # joins again through the client's own connection
+        else:
+            self._end(group, error)
+
+    def _move(self, group: ClientGroup, url: str, error: BusError) -> None:
+        """Take `group` to the connection to `url` ("": the client's own) and join there."""
+        if self._groups.get(group.name) is group:
+            del self._groups[group.name]
+        self._sent.discard(group)
+        group.hops += 1
+        if group.hops > _MAX_HOPS:
+            group.end(error)
+            self._fail_opening(group, error)
+            return
+        task = asyncio.get_running_loop().create_task(self._moved(group, url, error))
+        self._moving.add(task)
+        task.add_done_callback(self._moving.discard)
+
+    async def _moved(self, group: ClientGroup, url: str, error: BusError) -> None:
+        if group.hops > 1:  # the coordinator is moving: give its lease time to settle
+            await asyncio.sleep(min(0.05 * 2**group.hops, 2.0))
+        try:
+            target = await self._follow(url) if url and self._follow else self._home
+        except BusError as exc:
+            group.end(exc)
+            self._fail_opening(group, exc)
+            return
+        if group.ended:
+            return  # left meanwhile
+        if target._groups.get(group.name) not in (None, group):
+            group.end(error)  # (the application joined it again meanwhile)
+            return
+        target.adopt(group)
 
     def fail_all(self, error: BusError, *, quietly: bool = False) -> None:
         """The client ended: every membership ends (with `error`, unless `quietly`)."""
+        for task in self._moving:
+            task.cancel()
         for group in list(self._groups.values()):
             if quietly:
                 group.end()
@@ -289,7 +407,11 @@ class Memberships:
     def _end(self, group: ClientGroup, error: BusError) -> None:
         if self._groups.get(group.name) is group:
             del self._groups[group.name]
-        opened = self._opened.get(group)
-        if opened is not None and not opened.done():
-            opened.set_exception(error)
+        self._fail_opening(group, error)
         group.end(error)
+
+    @staticmethod
+    def _fail_opening(group: ClientGroup, error: BusError) -> None:
+        opening = group.opening
+        if opening is not None and not opening.done():
+            opening.set_exception(error)

@@ -4,7 +4,8 @@ Owns: `GroupSettings` (a group's pattern and how it hands out events, with
 their validation), `Redelivery` (the wait after a failed delivery: an
 explicit schedule, or exponential backoff with full jitter from
 `core.backoff`), `PendingRecord` (an entry as stored) and the key it is
-stored under. Must not do I/O; `core.groups` is the state machine using them.
+stored under, and `Changes` (what a store must write since the last time).
+Must not do I/O; `core.groups` is the state machine using them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import msgspec
 
 from hybridbus.core.backoff import Backoff
 
-__all__ = ["GroupSettings", "PendingRecord", "Redelivery", "entry_key"]
+__all__ = ["Changes", "GroupSettings", "PendingRecord", "Redelivery", "entry_key"]
 
 
 class Redelivery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -103,3 +104,17 @@ class PendingRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
 def entry_key(shard: int, position: int) -> str:
     """The key of a pending entry in a store (`GroupWrite`): unique per log position."""
     return f"{shard}.{position}"
+
+
+class Changes(msgspec.Struct, frozen=True):
+    """What to persist since the last `GroupCore.changes()`.
+
+    `cursor`, `floor` and `settled` are None / empty when unchanged (then the
+    stored ones still hold); see "Persistence" in `core.groups`.
+    """
+
+    cursor: tuple[int, ...] | None
+    put: list[tuple[str, PendingRecord]]
+    delete: list[str]
+    floor: tuple[int, ...] | None = None
+    settled: tuple[tuple[int, ...], ...] = ()

@@ -1,24 +1,26 @@
 """Consumer groups as a pure state machine: which member gets which event, and when it comes back.
 
-Owns: a group's settings (`GroupSettings`, `Redelivery`), its pending entries
-(events taken from the log and not yet settled), per-key order, members and
-their in-flight limits, leases, redelivery waits, the step to a dead letter
-after `max_deliveries`, and the changes a store must persist (`Changes`).
+Owns: what happens to a group's pending entries (events taken from the log
+and not yet settled; the `Entry` itself is `core.group_entry`, the settings
+and stored forms `core.group_settings`): per-key order, members and their
+in-flight limits, leases, redelivery waits, the step to a dead letter after
+`max_deliveries`, and which changes a store must persist (`Changes`).
 Must not do I/O, read a clock or sleep: every method that depends on time
 takes `now`, and randomness comes from the `random.Random` it is given, so a
 schedule is reproducible from a seed.
 
 Theory of operation. The edge (`hub.groups`) reads the log past the group's
-cursor and hands each matching delivery to `take`, in log order, while
-`room` allows. An entry is WAITING (due at `due`) or LEASED (to a member,
-until `due`). `dispatch` hands every WAITING entry that is due and
-*eligible* to a member with room: in an ordered group an entry is eligible
-only while no earlier entry of its key (`partitionkey`, else the topic) is
-unsettled, so a key's events are handled one at a time, in log order; in an
-unordered group every entry is. A lease ends with `ack` (the entry is
-settled and leaves), `nack` (it waits `delay` or the redelivery wait, then
-comes back), `extend` (the lease starts over) or `term` (dead at once). A
-lease that runs out counts as a failure, as a nack does, once `tick` sees it.
+cursor and hands each matching delivery to `take` (a page at once to
+`take_many`), in log order, while `room` allows. An entry (`core.group_entry`)
+is WAITING (due at `due`) or LEASED (to a member, until `due`). `dispatch`
+hands every WAITING entry that is due and *eligible* to a member with room:
+in an ordered group an entry is eligible only while no earlier entry of its
+key (`partitionkey`, else the topic) is unsettled, so a key's events are
+handled one at a time, in log order; in an unordered group every entry is. A
+lease ends with `ack` (the entry is settled and leaves; `ack_many` for
+several), `nack` (it waits `delay` or the redelivery wait, then comes back),
+`extend` (the lease starts over) or `term` (dead at once). A lease that runs
+out counts as a failure, as a nack does, once `tick` sees it.
 After `max_deliveries` failed deliveries an entry is dead: `tick` / `nack`
 return it, and the edge appends it to the dead letters and calls `bury`.
 
@@ -51,9 +53,14 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
-import msgspec
-
-from hybridbus.core.group_settings import GroupSettings, PendingRecord, Redelivery, entry_key
+from hybridbus.core.group_entry import LEASED, WAITING, Entry, MemberState
+from hybridbus.core.group_settings import (
+    Changes,
+    GroupSettings,
+    PendingRecord,
+    Redelivery,
+    entry_key,
+)
 from hybridbus.core.log import Delivery
 from hybridbus.core.wheel import Wheel
 
@@ -70,8 +77,6 @@ __all__ = [
     "entry_key",
 ]
 
-WAITING: Final = 0
-LEASED: Final = 1
 # Timers are kept to this many seconds (a lease or a wait may end this much late).
 RESOLUTION: Final = 0.01
 # The most leases and the most waits one `tick` ends: a herd of them is spread over
@@ -83,119 +88,6 @@ MAX_SETTLED: Final = 2048
 
 def _log_order(entry: Entry) -> tuple[int, int]:
     return entry.position, entry.shard
-
-
-class Entry:
-    """A pending event: where it is in the log, its delivery if loaded, and its lease state."""
-
-    __slots__ = (
-        "attempts",
-        "delivery",
-        "due",
-        "error",
-        "first",
-        "key",
-        "last",
-        "member",
-        "offset",
-        "pinned",
-        "position",
-        "shard",
-        "state",
-        "stored",
-        "topic",
-        "wheel_slot",
-    )
-
-    def __init__(self, delivery: Delivery, key: str, now: float) -> None:
-        """A fresh entry of `delivery`: waiting since `now`, never delivered."""
-        self.shard = delivery.shard
-        self.position = delivery.position
-        self.topic = delivery.topic
-        self.offset = delivery.offset
-        self.key = key
-        self.attempts = 0
-        self.due = now
-        self.member = ""
-        self.first = 0.0
-        self.last = 0.0
-        self.error = ""
-        self.delivery: Delivery | None = delivery
-        self.state = WAITING
-        self.stored = False  # a put of it was handed out by `changes`
-        self.pinned = False  # always written (not covered by the floor): a replayed dead letter
-        self.wheel_slot = -1
-
-    @classmethod
-    def restored(cls, record: PendingRecord) -> Entry:
-        """An entry as a store kept it; its delivery is loaded later."""
-        entry = cls.__new__(cls)
-        entry.shard = record.shard
-        entry.position = record.position
-        entry.topic = record.topic
-        entry.offset = record.offset
-        entry.key = record.key
-        entry.attempts = record.attempts
-        entry.due = record.due
-        entry.member = record.member
-        entry.first = record.first
-        entry.last = record.last
-        entry.error = record.error
-        entry.delivery = None
-        entry.state = LEASED if record.member else WAITING
-        entry.stored = True
-        entry.pinned = False
-        entry.wheel_slot = -1
-        return entry
-
-    @property
-    def id(self) -> str:
-        """The entry's key (`entry_key`)."""
-        return entry_key(self.shard, self.position)
-
-    def record(self) -> PendingRecord:
-        """What a store keeps of this entry."""
-        return PendingRecord(
-            shard=self.shard,
-            position=self.position,
-            topic=self.topic,
-            offset=self.offset,
-            key=self.key,
-            attempts=self.attempts,
-            due=self.due,
-            member=self.member if self.state == LEASED else "",
-            first=self.first,
-            last=self.last,
-            error=self.error,
-        )
-
-    def __repr__(self) -> str:
-        state = "leased" if self.state == LEASED else "waiting"
-        return f"<Entry {self.topic}#{self.offset} {state} attempts={self.attempts}>"
-
-
-class MemberState:
-    """A member of a group: its name and the entries it holds."""
-
-    __slots__ = ("held", "name")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.held: set[Entry] = set()
-
-
-class Changes(msgspec.Struct, frozen=True):
-    """What to persist since the last `GroupCore.changes()`.
-
-    `cursor`, `floor` and `settled` are None / empty when unchanged (then the
-    stored ones still hold); see "Persistence" in the module docstring.
-    """
-
-    cursor: tuple[int, ...] | None
-    put: list[tuple[str, PendingRecord]]
-    delete: list[str]
-    floor: tuple[int, ...] | None = None
-    settled: tuple[tuple[int, ...], ...] = ()
 
 
 def _by_due(entry: Entry) -> float:
@@ -258,6 +150,44 @@ class GroupCore:
             self.cursor[shard] = delivery.position
             self._cursor_moved = True
         return entry
+
+    def take_many(self, deliveries: Iterable[Delivery], now: float) -> int:
+        """`take` of each delivery past the cursor (a page of the log, read for `room`).
+
+        Those at or before the cursor are skipped (taken already); returns how
+        many were taken. (What `take` and `_add` do for a fresh entry, inline:
+        this runs once per event.)
+        """
+        cursor = self.cursor
+        fresh = self._fresh
+        entries = self.entries
+        ready = self._ready
+        keys = self._keys if self.settings.ordered else None
+        taken = 0
+        for delivery in deliveries:
+            shard = delivery.shard
+            position = delivery.position
+            if position <= cursor[shard]:
+                continue
+            partitionkey = delivery.event.partitionkey
+            key = delivery.topic if partitionkey is None else partitionkey
+            entry = Entry(delivery, key, now)
+            entries[shard, position] = entry
+            if keys is None:
+                ready.append(entry)  # fresh: WAITING, due now
+            else:
+                queue = keys.get(key)
+                if queue is None:
+                    queue = keys[key] = deque()
+                queue.append(entry)
+                if len(queue) == 1:
+                    ready.append(entry)  # else it waits for the earlier entries of its key
+            fresh[shard].append(entry)
+            cursor[shard] = position
+            taken += 1
+        if taken:
+            self._cursor_moved = True
+        return taken
 
     def inject(self, delivery: Delivery, key: str, now: float) -> Entry:
         """Add a delivery from outside the pattern (a replayed dead letter); the cursor stays."""
@@ -345,10 +275,16 @@ class GroupCore:
             del self.members[name]
 
     def dispatch(self, now: float) -> list[tuple[MemberState, Entry]]:
-        """Lease every eligible due entry to a member with room, round-robin; what was leased."""
+        """Lease every eligible due entry to a member with room, round-robin; what was leased.
+
+        Round-robin by entry: the members with room, in turn order, get one
+        entry each per round, and the next pass starts after the last one served.
+        """
         out: list[tuple[MemberState, Entry]] = []
         ready = self._ready
         turn = self._turn
+        if not ready or not turn:
+            return out
         settings = self.settings
         per_member = settings.member_in_flight
         members = self.members
@@ -356,38 +292,51 @@ class GroupCore:
         dirty = self._dirty
         leases = self._leases
         due = now + settings.ack_wait
-        while ready and turn and self.leased < settings.max_in_flight:
-            for _ in range(len(turn)):
-                name = turn[0]
-                turn.rotate(-1)
-                member = members[name]
-                if len(member.held) < per_member:
-                    break
-            else:
+        budget = settings.max_in_flight - self.leased
+        last = ""
+        while ready and budget > 0:
+            open_ = [m for m in map(members.__getitem__, turn) if len(m.held) < per_member]
+            if not open_:
                 break  # every member is full
-            entry = ready.popleft()
-            if (
-                entry.state != WAITING
-                or entry.due > now  # given up (term) while it was ready
-                or entries.get((entry.shard, entry.position)) is not entry
-            ):
-                continue
-            entry.state = LEASED
-            entry.member = name
-            attempts = entry.attempts = entry.attempts + 1
-            if attempts > 1:
-                self.redelivered += 1
-                dirty[entry.shard, entry.position] = entry
-            elif entry.stored:
-                dirty[entry.shard, entry.position] = entry
-            if not entry.first:
-                entry.first = now
-            entry.last = now
-            entry.due = due
-            leases[entry] = None
-            member.held.add(entry)
-            self.leased += 1
-            out.append((member, entry))
+            # Rounds that leave every open member with room: no member fills up before the last.
+            rounds = max(1, min(min(per_member - len(m.held) for m in open_), budget // len(open_)))
+            for _ in range(rounds):
+                for member in open_:
+                    while ready:
+                        entry = ready.popleft()
+                        if (
+                            entry.state == WAITING
+                            and entry.due <= now  # else: given up (term) while it was ready
+                            and entries.get((entry.shard, entry.position)) is entry
+                        ):
+                            break
+                    else:
+                        break  # nothing (valid) left
+                    name = last = member.name
+                    entry.state = LEASED
+                    entry.member = name
+                    attempts = entry.attempts = entry.attempts + 1
+                    if attempts > 1:
+                        self.redelivered += 1
+                        dirty[entry.shard, entry.position] = entry
+                    elif entry.stored:
+                        dirty[entry.shard, entry.position] = entry
+                    if not entry.first:
+                        entry.first = now
+                    entry.last = now
+                    entry.due = due
+                    leases[entry] = None
+                    member.held.add(entry)
+                    out.append((member, entry))
+                    budget -= 1
+                    if not budget or not ready:
+                        break
+                else:
+                    continue
+                break
+        self.leased += len(out)
+        if last:
+            turn.rotate(-(turn.index(last) + 1))  # the next pass starts after the last served
         return out
 
     def release(self, entry: Entry, now: float) -> None:
@@ -415,6 +364,47 @@ class GroupCore:
     def ack(self, entry: Entry, now: float) -> None:
         """The entry was handled: it leaves the group (its key's next entry becomes eligible)."""
         self._settle(entry, now)
+
+    def ack_many(self, acked: Iterable[Entry], now: float) -> int:
+        """`ack` of each entry (those settled already are skipped); how many it settled.
+
+        A leased entry of an unordered group, never written on its own, the
+        common case, is settled inline (what `_settle` and `_release` do).
+        """
+        entries = self.entries
+        leases = self._leases
+        members = self.members
+        dirty = self._dirty
+        floor = self.floor
+        settled = self._settled
+        simple = not self.settings.ordered
+        count = 0
+        for entry in acked:
+            ident = (entry.shard, entry.position)
+            if entries.get(ident) is not entry:
+                continue  # settled already, or a stale entry of an earlier life of this place
+            count += 1
+            if not (simple and entry.state == LEASED and not entry.stored and not entry.pinned):
+                self._settle(entry, now)
+                continue
+            del entries[ident]
+            del leases[entry]
+            name = entry.member
+            member = members.get(name)
+            if member is not None:
+                held = member.held
+                held.discard(entry)
+                if not held and name not in self._turn:
+                    del members[name]  # a member that left, or a ghost
+            self.leased -= 1
+            entry.member = ""
+            entry.state = WAITING
+            if dirty:
+                dirty.pop(ident, None)
+            if entry.position > floor[entry.shard]:
+                settled[entry.shard].append(entry.position)
+                self._cursor_moved = True
+        return count
 
     def extend(self, entry: Entry, now: float) -> None:
         """Start the entry's lease over (the handler needs more time)."""

@@ -40,7 +40,19 @@ Contract shared by every engine (the conformance suite in
   when it returns (as an append is); `groups` returns what is stored. `reset`
   keeps groups (the hub notices the new epoch); a memory engine starts
   with none.
+- A `GroupWrite` with a `fence` is for an engine with `Leases` only; the
+  others ignore it (their one node coordinates every group).
 - No method blocks the event loop on disk or network.
+
+Leases (optional, `Leases`): an engine that many nodes share (Redis) lets
+one node at a time coordinate each consumer group, as Kafka's group
+coordinator does. A lease is a name with a holder, a fence and a time to
+live: `claim` takes a free one (or renews the caller's), and every
+`write_groups` of a group carries the fence of the lease its writer holds;
+the engine refuses, in the same atomic step as the write, a write whose
+fence is not the lease's current one (the writer lost it: paused past the
+ttl, cut off), raising `NotCoordinator` naming those groups. Fences of a
+name only grow, so a stale writer can never match a later holder's.
 """
 
 from __future__ import annotations
@@ -60,6 +72,7 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "GroupWrite",
+    "Leases",
     "Listener",
     "StoredGroup",
     "TopicInfo",
@@ -85,8 +98,12 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     # sqlite only: "full" fsyncs every commit (survives power loss); "normal"
     # survives a crash of the process but not of the machine.
     synchronous: str = "full"
-    # sqlite only: the most appends committed in one transaction.
+    # sqlite: the most appends committed in one transaction; redis: the most
+    # appends one script call of a shard's writer takes.
     batch_max: int = 4096
+    # redis only: how many shards (streams) the log has; fixed for the life of
+    # the data (an engine refuses to open a log written with another count).
+    shards: int = 1
 
 
 class TopicInfo(msgspec.Struct, frozen=True):
@@ -107,7 +124,8 @@ class GroupWrite(msgspec.Struct, frozen=True, kw_only=True):
     `state` (create the group or replace its state; None: unchanged), `put`
     (insert or replace entries), `delete` (remove entries; absent keys are
     ignored). A write to a group that has no state and sets none stores
-    nothing.
+    nothing. `fence` (engines with `Leases`): the fence of the writer's lease
+    on the group; the write is refused unless it is the lease's current one.
     """
 
     group: str
@@ -115,6 +133,7 @@ class GroupWrite(msgspec.Struct, frozen=True, kw_only=True):
     put: Sequence[tuple[str, bytes]] = ()
     delete: Sequence[str] = ()
     drop: bool = False
+    fence: int | None = None
 
 
 class StoredGroup(msgspec.Struct, frozen=True):
@@ -250,4 +269,38 @@ class Engine(Protocol):
         Durable when it returns, as `revoke` is. What a node calls when it starts,
         so that no revocation outlives the longest token lifetime it accepts.
         """
+        ...
+
+
+@runtime_checkable
+class Leases(Protocol):
+    """An engine's coordination leases (see the module docstring); Redis has them.
+
+    Names are group ids (`<tenant>/<name>`); holders are node ids. Every
+    method raises `EngineUnavailable` when the engine cannot be reached.
+    """
+
+    async def claim(
+        self, name: str, holder: str, ttl: float, fence: int = 0
+    ) -> tuple[bool, str, int]:
+        """Take the lease `name` for `holder` for `ttl` seconds, or renew it; atomic.
+
+        `fence` 0: take it if nobody holds it, or if `holder` does (a node of
+        that id that restarted) — with a new fence. `fence` > 0: renew it if
+        `holder` holds it with that fence; a lapsed lease is not taken again
+        (its holder must load the group afresh). Returns (held, holder, fence):
+        whether the caller holds it now, and who does (holder "" if nobody).
+        """
+        ...
+
+    async def release(self, name: str, holder: str, fence: int) -> None:
+        """Give the lease up at once, if `holder` still holds it with `fence`."""
+        ...
+
+    async def holder(self, name: str) -> str | None:
+        """Who holds the lease `name` now (None: nobody)."""
+        ...
+
+    async def group(self, name: str) -> StoredGroup | None:
+        """The stored group `name` as it is now (what a node that just claimed it loads)."""
         ...

@@ -33,6 +33,13 @@ settled. A fetch waiting for deliveries is held like an SSE stream (`hold`):
 it counts as one of the caller's connections, and ends at the caller's
 revocation or token expiry with that problem. It notices a client that
 leaves within `_SWEEP` seconds (at once with aiohttp's `handler_cancellation`).
+
+Many nodes. A route naming a group that another node coordinates
+(`NotCoordinator`, docs/groups.md "Many nodes") answers 307 with `Location`
+on that node (the same path and query; 307 keeps the method and body) and
+the problem as its body; 503 (retriable) when no node is known to hold it
+now. The listing answers on any node: the groups other nodes coordinate
+with their stored, approximate figures (`Groups.listing`).
 """
 
 from __future__ import annotations
@@ -46,11 +53,13 @@ from aiohttp import web
 
 from hybridbus.core.codecs import encode_json
 from hybridbus.core.topics import tenant_of, validate_pattern
-from hybridbus.errors import AccessError, Forbidden, UnknownGroup
+from hybridbus.errors import AccessError, Forbidden, NotCoordinator, UnknownGroup
 from hybridbus.gateways.httputil import (
     BadParameter,
+    Handler,
     guarded,
     json_response,
+    problem,
     query_int,
     query_text,
     read_body,
@@ -181,21 +190,22 @@ class GroupsGateway:
         """Every consumer-group route; each answers errors as problem+json."""
         group = "/v1/groups/{group}"
         dead = f"{group}/dead-letters"
+        at = _redirected  # to the node that coordinates the group
         return [
             web.get("/v1/groups", guarded(self.groups), allow_head=False),
-            web.put(group, guarded(self.put)),
-            web.get(group, guarded(self.get), allow_head=False),
-            web.delete(group, guarded(self.delete)),
-            web.post(f"{group}/seek", guarded(self.seek)),
-            web.post(f"{group}/fetch", guarded(self.fetch)),
-            web.post(f"{group}/ack", guarded(self.ack)),
-            web.post(f"{group}/nack", guarded(self.nack)),
-            web.post(f"{group}/extend", guarded(self.extend)),
-            web.post(f"{group}/term", guarded(self.term)),
-            web.get(dead, guarded(self.dead_letters), allow_head=False),
-            web.post(f"{dead}/replay", guarded(self.replay)),
-            web.post(f"{dead}/purge", guarded(self.purge)),
-            web.get(f"{dead}/{{id}}", guarded(self.dead_letter), allow_head=False),
+            web.put(group, guarded(at(self.put))),
+            web.get(group, guarded(at(self.get)), allow_head=False),
+            web.delete(group, guarded(at(self.delete))),
+            web.post(f"{group}/seek", guarded(at(self.seek))),
+            web.post(f"{group}/fetch", guarded(at(self.fetch))),
+            web.post(f"{group}/ack", guarded(at(self.ack))),
+            web.post(f"{group}/nack", guarded(at(self.nack))),
+            web.post(f"{group}/extend", guarded(at(self.extend))),
+            web.post(f"{group}/term", guarded(at(self.term))),
+            web.get(dead, guarded(at(self.dead_letters)), allow_head=False),
+            web.post(f"{dead}/replay", guarded(at(self.replay))),
+            web.post(f"{dead}/purge", guarded(at(self.purge))),
+            web.get(f"{dead}/{{id}}", guarded(at(self.dead_letter)), allow_head=False),
         ]
 
     def close(self) -> None:
@@ -246,9 +256,15 @@ class GroupsGateway:
     async def _seen(self, principal: Principal, name: str) -> GroupInfo:
         """The principal's group `name` if it may consume from or manage it (else 403 / 404)."""
         gid = self._guard.gid(principal, name)
-        self._groups.get(gid)  # UnknownGroup
-        for info in self._guard.visible(principal):
-            if info.id == gid:
+        try:
+            await self._groups.acquire(gid)  # UnknownGroup
+        except NotCoordinator:
+            # Redirected only if the caller may see it (else 403, as here).
+            if any(info.id == gid for info in await self._guard.visible(principal)):
+                raise
+            raise Forbidden(f"no rule allows consume or manage on group {name!r:.140}") from None
+        for info in self._groups.all(gid):
+            if info.id == gid and self._guard.may_see(principal, info):
                 return info
         raise Forbidden(f"no rule allows consume or manage on group {name!r:.140}")
 
@@ -257,7 +273,7 @@ class GroupsGateway:
     async def groups(self, request: web.Request) -> web.Response:
         """The groups the caller may consume from or manage, by id, with their counts."""
         principal = await self._principal(request)
-        infos = self._guard.visible(principal)
+        infos = await self._guard.visible(principal)
         head = await self._groups.engine.head()
         epoch = self._groups.engine.epoch
         groups = [self._group_json(principal, i, group_lag(i, head, epoch)) for i in infos]
@@ -289,7 +305,7 @@ class GroupsGateway:
         elif not pattern.startswith(principal.prefix):
             raise Forbidden(f"{pattern!r} is outside tenant {principal.tenant!r}")
         try:
-            self._groups.get(gid)
+            await self._groups.acquire(gid)
             created = False
         except UnknownGroup:
             created = True
@@ -306,14 +322,14 @@ class GroupsGateway:
     async def delete(self, request: web.Request) -> web.Response:
         """Delete the group (its members end; its events stay in the log). 204."""
         principal = await self._principal(request)
-        group = self._guard.get(principal, request.match_info["group"], "manage")
+        group = await self._guard.reach(principal, request.match_info["group"], "manage")
         await self._groups.delete(group.id)
         return web.Response(status=204)
 
     async def seek(self, request: web.Request) -> web.Response:
         """Move the group to `position` (a resume token) or `time` (Unix seconds)."""
         principal = await self._principal(request)
-        group = self._guard.get(principal, request.match_info["group"], "manage")
+        group = await self._guard.reach(principal, request.match_info["group"], "manage")
         asked = await self._body(request, _SeekBody)
         position = await self._groups.seek(group.id, position=asked.position, time=asked.time)
         return json_response({"position": position})
@@ -383,7 +399,7 @@ class GroupsGateway:
     async def ack(self, request: web.Request) -> web.Response:
         """Settle deliveries by id (`ids`); durable on the answer. Unknown or settled ids: no-op."""
         principal = await self._principal(request)
-        group = self._guard.get(principal, request.match_info["group"], "consume")
+        group = await self._guard.reach(principal, request.match_info["group"], "consume")
         asked = await self._body(request, _IdsBody)
         await group.ack(self._ids(asked.ids))
         return web.Response(status=204)
@@ -391,7 +407,7 @@ class GroupsGateway:
     async def nack(self, request: web.Request) -> web.Response:
         """Delivery `id` failed: it comes back after `delay` s (default: the backoff), or dies."""
         principal = await self._principal(request)
-        group = self._guard.get(principal, request.match_info["group"], "consume")
+        group = await self._guard.reach(principal, request.match_info["group"], "consume")
         asked = await self._body(request, _NackBody)
         await group.nack(asked.id, asked.delay, asked.error)
         return web.Response(status=204)
@@ -399,7 +415,7 @@ class GroupsGateway:
     async def extend(self, request: web.Request) -> web.Response:
         """Start the leases of `ids` over (`ack_wait` from now); 409 at the first not held."""
         principal = await self._principal(request)
-        group = self._guard.get(principal, request.match_info["group"], "consume")
+        group = await self._guard.reach(principal, request.match_info["group"], "consume")
         asked = await self._body(request, _IdsBody)
         for delivery_id in self._ids(asked.ids):
             group.extend(delivery_id)
@@ -408,7 +424,7 @@ class GroupsGateway:
     async def term(self, request: web.Request) -> web.Response:
         """Give up on delivery `id`: it is a dead letter when this answers."""
         principal = await self._principal(request)
-        group = self._guard.get(principal, request.match_info["group"], "consume")
+        group = await self._guard.reach(principal, request.match_info["group"], "consume")
         asked = await self._body(request, _TermBody)
         await group.term(asked.id, asked.reason)
         return web.Response(status=204)
@@ -420,14 +436,14 @@ class GroupsGateway:
         after = query_text(request, "after") or ""
         limit = query_int(request, "limit", 100, 1, _MAX_LIST)
         principal = await self._principal(request)
-        group = self._guard.get(principal, request.match_info["group"], "manage")
+        group = await self._guard.reach(principal, request.match_info["group"], "manage")
         letters = self._groups.dead_letters(group.id, after, limit + 1)
         return json_response({"dead_letters": letters[:limit], "more": len(letters) > limit})
 
     async def dead_letter(self, request: web.Request) -> web.Response:
         """One dead letter and its event as on `$dlq/...` (null once retention removed it)."""
         principal = await self._principal(request)
-        group = self._guard.get(principal, request.match_info["group"], "manage")
+        group = await self._guard.reach(principal, request.match_info["group"], "manage")
         dead, copy = await self._groups.dead_letter(group.id, request.match_info["id"])
         event = None if copy is None else msgspec.Raw(encode_json(copy.event))
         answer: dict[str, DeadLetter | msgspec.Raw | None] = {"dead_letter": dead, "event": event}
@@ -436,7 +452,7 @@ class GroupsGateway:
     async def replay(self, request: web.Request) -> web.Response:
         """Replay dead letters (`ids`, or `all`) to their topic or into the group."""
         principal = await self._principal(request)
-        group = self._guard.get(principal, request.match_info["group"], "manage")
+        group = await self._guard.reach(principal, request.match_info["group"], "manage")
         asked = await self._body(request, _ReplayBody)
         count = await self._groups.replay(group.id, self._chosen(asked), asked.to)
         return json_response({"replayed": count})
@@ -444,7 +460,7 @@ class GroupsGateway:
     async def purge(self, request: web.Request) -> web.Response:
         """Remove dead letters (`ids`, or `all`) from the list."""
         principal = await self._principal(request)
-        group = self._guard.get(principal, request.match_info["group"], "manage")
+        group = await self._guard.reach(principal, request.match_info["group"], "manage")
         asked = await self._body(request, _ChooseBody)
         count = await self._groups.purge(group.id, self._chosen(asked))
         return json_response({"purged": count})
@@ -458,3 +474,21 @@ class GroupsGateway:
         if not asked.ids:
             raise BadParameter("ids is empty: give at least one, or all: true", "body")
         return self._ids(asked.ids)
+
+
+def _redirected(handler: Handler) -> Handler:
+    """`handler`, answering `NotCoordinator` with 307 to the coordinating node when known."""
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except NotCoordinator as exc:
+            if not exc.url:
+                raise  # nobody known: 503, retriable
+            response = problem(exc, status=307, node=exc.node)
+            response.set_status(307)
+            response.headers.pop("Retry-After", None)
+            response.headers["Location"] = exc.url + request.rel_url.raw_path_qs
+            return response
+
+    return redirect

@@ -48,6 +48,7 @@ from hybridbus.errors import (
     GroupConflict,
     InvalidInput,
     LimitExceeded,
+    NotCoordinator,
     RateLimited,
     Revoked,
     SchemaIncompatible,
@@ -170,6 +171,7 @@ _STATUS: Final[tuple[tuple[type[BusError], int], ...]] = (
     (UnknownEndpoint, 404),  # an inbound webhook endpoint: the URL is wrong
     (GroupConflict, 409),  # the group exists over another pattern
     (DeliveryGone, 409),  # settled, or its lease ended and it went on: not the caller's now
+    (NotCoordinator, 503),  # no node known to coordinate the group (else the routes answer 307)
     (UnknownSchema, 404),
     (SchemaIncompatible, 409),  # the type's compatibility mode refuses the new version
     (BusClosed, 503),

@@ -13,7 +13,9 @@ from typing import Any, Final
 
 from hybridbus.core.topics import MAX_TOPIC_LENGTH
 from hybridbus.gateways import (
+    openapi_bridges,
     openapi_groups,
+    openapi_nodes,
     openapi_schemas,
     openapi_webhooks,
     openapi_webhooks_out,
@@ -215,7 +217,10 @@ _PROBLEM_TEXT: Final = {
         "max_connections_per_user (1122); see Retry-After."
     ),
     500: "The server failed (code 1300-1399); the details are in its log.",
-    503: "The log is unavailable or the server is shutting down; see Retry-After.",
+    503: (
+        "The log is unavailable or the server is shutting down; the node registry cannot be "
+        "reached (1310, /v1/nodes); see Retry-After."
+    ),
 }
 
 
@@ -515,6 +520,8 @@ def document() -> dict[str, Any]:
                     **openapi_schemas.paths(_problems),
                     **openapi_webhooks.paths(_problems),
                     **openapi_webhooks_out.paths(_problems),
+                    **openapi_nodes.paths(_problems),
+                    **openapi_bridges.paths(_problems),
                 }
             ),
             "security": _SECURITY,
@@ -526,6 +533,8 @@ def document() -> dict[str, Any]:
                     **openapi_schemas.SCHEMAS,
                     **openapi_webhooks.SCHEMAS,
                     **openapi_webhooks_out.SCHEMAS,
+                    **openapi_nodes.SCHEMAS,
+                    **openapi_bridges.SCHEMAS,
                 },
                 "parameters": {
                     **_PARAMETERS,
@@ -533,6 +542,8 @@ def document() -> dict[str, Any]:
                     **openapi_schemas.PARAMETERS,
                     **openapi_webhooks.PARAMETERS,
                     **openapi_webhooks_out.PARAMETERS,
+                    **openapi_nodes.PARAMETERS,
+                    **openapi_bridges.PARAMETERS,
                 },
                 "responses": {f"Problem{s}": _problem_response(s) for s in _PROBLEM_TEXT},
             },

@@ -38,9 +38,9 @@ import msgspec
 from hybridbus.core.codecs import encode_msgpack
 from hybridbus.core.event import Event
 from hybridbus.core.groups import LEASED, Entry, GroupCore, GroupSettings
-from hybridbus.core.log import Delivery
+from hybridbus.core.log import MAX_POSITION, Delivery
 from hybridbus.engine.base import Clock
-from hybridbus.errors import BusClosed, DeliveryGone, EngineError, InvalidInput
+from hybridbus.errors import BusClosed, DeliveryGone, EngineError, InvalidInput, NotCoordinator
 from hybridbus.hub.member import GroupDelivery, Listener, Member, parse_delivery_id
 
 if TYPE_CHECKING:
@@ -115,6 +115,10 @@ class Group:
         self.acked_total = 0
         # Called with each dead letter once it is listed (outbound webhooks announce it).
         self.on_dead: Callable[[DeadLetter], None] | None = None
+        # With leases (hub.group_leases): the fence of this node's lease on the group,
+        # and why this node stopped coordinating it, once it did.
+        self.fence: int | None = None
+        self.lost: NotCoordinator | None = None
         self._clock = clock
         self._live = False
         self._reading: asyncio.Task[None] | None = None
@@ -159,12 +163,17 @@ class Group:
         self._live = False
         self._kick()
 
+    @property
+    def caught_up(self) -> bool:
+        """True while the group takes the bus's live deliveries (it is not reading a backlog)."""
+        return self._live
+
     # -- members ---------------------------------------------------------------
 
     def join(self, name: str | None = None, listener: Listener | None = None) -> Member:
         """A new member (a name is made up if none is given; a taken name is replaced)."""
         if self._closed:
-            raise BusClosed("the bus is closed")
+            raise self.lost or BusClosed("the bus is closed")
         if name is None:
             self._seq += 1
             name = f"m{self._seq}-{random.getrandbits(32):08x}"
@@ -183,9 +192,12 @@ class Group:
             now = self._clock()
             core = self.core
             for d in unsent:
-                _, shard, position, attempt = parse_delivery_id(d.id)
-                entry = core.lookup(shard, position)
-                if entry is not None and entry.state == LEASED and entry.attempts == attempt:
+                entry = d._entry
+                if (
+                    core.lookup(entry.shard, entry.position) is entry
+                    and entry.state == LEASED
+                    and entry.attempts == d.attempt
+                ):
                     core.release(entry, now)
             core.leave(member.name)
             self._kick()
@@ -237,9 +249,7 @@ class Group:
                     self.groups.new_epoch(self, page.epoch)
                     return
                 now = self._clock()
-                for delivery in page.deliveries:
-                    if delivery.position > core.cursor[delivery.shard]:
-                        core.take(delivery, now)
+                core.take_many(page.deliveries, now)
                 core.skip_to(page.positions)
                 self._kick()
                 if page.more:
@@ -280,17 +290,31 @@ class Group:
         core = self.core
         now = self._clock()
         members = self.members
+        # Each member gets what this pass leased it at once (on a connection: one push of many).
+        handed: dict[str, list[GroupDelivery]] = {}
         for state, entry in core.dispatch(now):
             delivery = entry.delivery
-            member = members.get(state.name)
-            if delivery is None or member is None:  # not loaded (cannot happen) or gone
+            name = state.name
+            if delivery is None or name not in members:  # not loaded (cannot happen) or gone
                 core.release(entry, now)
                 continue
-            if delivery.expired(now):
+            if delivery.expires is not None and delivery.expired(now):
                 core.ack(entry, now)
                 self.expired_total += 1
                 continue
-            member.give(GroupDelivery(self, state.name, entry, delivery))
+            batch = handed.get(name)
+            if batch is None:
+                batch = handed[name] = []
+            batch.append(GroupDelivery(self, name, entry, delivery))
+        for name, batch in handed.items():
+            member = members.get(name)
+            if member is not None:
+                member.give_many(batch)
+            else:  # a listener made it leave meanwhile: the leases were never seen
+                for d in batch:
+                    entry = d._entry
+                    if entry.state == LEASED and entry.member == name:
+                        core.release(entry, now)
         if core.timers:
             self._timed.set()  # wake the timer if it sleeps
         if core.dirty:
@@ -324,30 +348,64 @@ class Group:
 
     async def ack(self, ids: Sequence[str]) -> None:
         """Settle these deliveries; returns once durable (unknown or settled ids: no-op)."""
-        now = self._clock()
+        self.ack_ids(ids)
+        await self.durable()
+
+    def ack_ids(self, ids: Sequence[str]) -> None:
+        """Settle these deliveries now (`durable` says when it is written).
+
+        Every id is read first: a malformed one refuses them all (`InvalidInput`).
+        """
         core = self.core
+        entries = core.entries
+        epoch = self.epoch
+        prefix = epoch + "-"
+        cut = len(prefix)
+        found: list[Entry] = []
         for delivery_id in ids:
-            entry = self._entry(delivery_id, leased=False)
+            # This epoch's ids (all of them, but after a reset): the epoch needs no reading.
+            if isinstance(delivery_id, str) and delivery_id.startswith(prefix):
+                parts = delivery_id[cut:].split(".")
+                if len(parts) == 3:
+                    shard, position, attempt = parts
+                    if (
+                        len(shard) <= 6
+                        and len(position) <= 19
+                        and len(attempt) <= 9
+                        and shard.isdigit()  # (False when empty)
+                        and position.isdigit()
+                        and attempt.isdigit()
+                        and delivery_id.isascii()
+                    ):
+                        at = int(position)
+                        if at <= MAX_POSITION:
+                            entry = entries.get((int(shard), at))
+                            if entry is not None:
+                                found.append(entry)
+                            continue
+            of, shard_, at, _ = parse_delivery_id(delivery_id)  # raises if malformed
+            entry = entries.get((shard_, at)) if of == epoch else None
             if entry is not None:
-                core.ack(entry, now)
-                self.acked_total += 1
+                found.append(entry)
+        self.acked_total += core.ack_many(found, self._clock())
         self._kick()
+
+    async def durable(self) -> None:
+        """Return once every change made to the group so far is durable.
+
+        `NotCoordinator` if this node lost the group meanwhile: its changes were not written.
+        """
+        if self.lost is not None:
+            raise self.lost
         await self.groups.writer.durable()
+        if self.lost is not None:
+            raise self.lost
 
     async def ack_deliveries(self, deliveries: Iterable[GroupDelivery]) -> None:
         """`ack` for deliveries of this process (no ids to parse)."""
-        now = self._clock()
-        core = self.core
-        entries = core.entries
-        acked = 0
-        for d in deliveries:
-            entry = d._entry
-            if entries.get((entry.shard, entry.position)) is entry:
-                core.ack(entry, now)
-                acked += 1
-        self.acked_total += acked
+        self.acked_total += self.core.ack_many([d._entry for d in deliveries], self._clock())
         self._kick()
-        await self.groups.writer.durable()
+        await self.durable()
 
     async def nack(self, delivery_id: str, delay: float | None, error: str) -> None:
         """The delivery failed: it comes back after `delay` (None: the backoff), or dies."""
@@ -358,7 +416,7 @@ class Group:
         if self.core.nack(entry, self._clock(), delay, error[:1000]):
             self._bury([entry])
         self._kick()
-        await self.groups.writer.durable()
+        await self.durable()
 
     def extend(self, delivery_id: str) -> None:
         """Start the delivery's lease over."""
@@ -374,7 +432,7 @@ class Group:
         self.core.term(entry, reason[:1000])
         self._termed.add(entry)
         await self._bury([entry])
-        await self.groups.writer.durable()
+        await self.durable()
 
     # -- dead letters ----------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import msgspec
 
 from hybridbus.core.groups import GroupSettings
 from hybridbus.core.identity import Operation
-from hybridbus.errors import InvalidSettings, UnknownGroup
+from hybridbus.errors import InvalidSettings, NotCoordinator, UnknownGroup
 from hybridbus.hub.group import Group
 from hybridbus.hub.groups import GroupInfo, Groups, check_group_name, settings_from
 from hybridbus.hub.guard import Guard, Principal
@@ -63,6 +63,31 @@ class GroupGuard:
         self.guard.check(principal, operation, principal.relative(group.settings.pattern))
         return group
 
+    async def reach(self, principal: Principal, name: str, operation: Operation) -> Group:
+        """`get`, claiming and loading the group here if no other node coordinates it.
+
+        `NotCoordinator` (naming the node) if another does: only once the
+        principal may do `operation` on the group's stored pattern, so that
+        another tenant learns nothing of it.
+        """
+        gid = self.gid(principal, name)
+        try:
+            group = await self.groups.acquire(gid)
+        except NotCoordinator:
+            self._check_stored(principal, gid, operation, await self.groups.listing(gid))
+            raise
+        self.guard.check(principal, operation, principal.relative(group.settings.pattern))
+        return group
+
+    def _check_stored(
+        self, principal: Principal, gid: str, operation: Operation, found: list[GroupInfo]
+    ) -> None:
+        for info in found:
+            if info.id == gid:
+                self.guard.check(principal, operation, principal.relative(info.settings.pattern))
+                return
+        raise UnknownGroup(f"no group {gid!r}")
+
     async def join(
         self,
         principal: Principal,
@@ -74,7 +99,13 @@ class GroupGuard:
     ) -> Member:
         """Join the principal's group `name` (created over `pattern` if it does not exist)."""
         gid = self.gid(principal, name)
-        group = self.groups._groups.get(gid)
+        try:
+            group: Group | None = await self.groups.acquire(gid)
+        except UnknownGroup:
+            group = None
+        except NotCoordinator:
+            self._check_stored(principal, gid, "consume", await self.groups.listing(gid))
+            raise
         if group is None:
             if pattern is None:
                 raise UnknownGroup(f"no group {name!r}; give a pattern to create it")
@@ -121,14 +152,18 @@ class GroupGuard:
             )
         return absolute
 
-    def visible(self, principal: Principal) -> list[GroupInfo]:
-        """The groups the principal may consume from or manage, by id."""
+    async def visible(self, principal: Principal) -> list[GroupInfo]:
+        """The groups the principal may consume from or manage, by id (`Groups.listing`)."""
         prefix = "" if principal.identity.admin else principal.tenant + "/"
         out = []
-        for info in self.groups.all(prefix):
-            relative = principal.relative(info.settings.pattern)
-            if self.guard.may(principal, "consume", relative) or self.guard.may(
-                principal, "manage", relative
-            ):
+        for info in await self.groups.listing(prefix):
+            if self.may_see(principal, info):
                 out.append(info)
         return out
+
+    def may_see(self, principal: Principal, info: GroupInfo) -> bool:
+        """True if the principal may consume from or manage the group of `info`."""
+        relative = principal.relative(info.settings.pattern)
+        return self.guard.may(principal, "consume", relative) or self.guard.may(
+            principal, "manage", relative
+        )

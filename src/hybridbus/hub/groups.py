@@ -17,6 +17,15 @@ Epochs. A group stores the epoch its cursor belongs to. When the log begins
 a new epoch (history lost: `reset`, a memory engine's restart), the group's
 pending entries and cursor mean nothing: it starts over at the beginning of
 the new epoch, keeping its settings and dead letters.
+
+Many nodes. On an engine with leases (Redis: `engine.base.Leases`) one node
+at a time coordinates each group (`hub.group_leases.Coordination`): none is
+loaded at start; the first operation that reaches a group on a node claims
+its lease there and loads it fresh from the engine (`acquire`, `ensure`),
+and a node that does not hold it answers `NotCoordinator` naming the one that
+does. A lease lost (taken over after this node paused, its writes fenced off)
+drops the group here: its members end with `NotCoordinator`. Without leases
+(memory, sqlite) this node coordinates every group, loaded at start.
 """
 
 from __future__ import annotations
@@ -26,29 +35,39 @@ import logging
 import math
 import random
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 
 from hybridbus.core.codecs import encode_msgpack
-from hybridbus.core.groups import LEASED, GroupSettings, PendingRecord
-from hybridbus.core.log import MAX_POSITION, Delivery, Position, is_exact
+from hybridbus.core.groups import LEASED, GroupSettings
+from hybridbus.core.log import Delivery, Position, is_exact
 from hybridbus.core.topics import tenant_of, validate_pattern
 from hybridbus.core.trie import Trie
 from hybridbus.engine.base import Clock, StoredGroup
 from hybridbus.errors import (
     BusClosed,
-    BusError,
     EngineCorrupt,
     GroupConflict,
     InvalidPattern,
     InvalidSettings,
+    NotCoordinator,
     UnknownDeadLetter,
     UnknownGroup,
 )
-from hybridbus.hub.group import DLQ_ROOT, DeadLetter, Group
-from hybridbus.hub.group_store import DEAD, GroupWriter, StoredState
+from hybridbus.hub.group import DeadLetter, Group
+from hybridbus.hub.group_leases import Coordination
+from hybridbus.hub.group_store import (
+    DEAD,
+    GroupWriter,
+    StoredState,
+    cursor_at,
+    read_one,
+    restore,
+    start_cursor,
+    undead,
+)
 from hybridbus.hub.member import Listener, Member
 
 if TYPE_CHECKING:
@@ -59,16 +78,6 @@ __all__ = ["GroupInfo", "Groups", "PendingInfo", "check_group_name", "settings_f
 log = logging.getLogger("hybridbus.groups")
 
 _NAME: Final = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
-_DLQ_EXTENSIONS: Final = (
-    "dlqgroup",
-    "dlqtopic",
-    "dlqoffset",
-    "dlqreason",
-    "dlqattempts",
-    "dlqerror",
-    "dlqfirst",
-    "dlqlast",
-)
 
 
 class GroupInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -144,22 +153,6 @@ def _dead_order(dead: DeadLetter) -> tuple[float, int, int]:
     return dead.time, int(position), int(shard)
 
 
-def _undead(delivery: Delivery) -> Delivery:
-    """A dead letter's copy as the original: its topic and event without the `dlq*` attributes."""
-    event = delivery.event
-    ext = event.extensions
-    tenant = delivery.topic.split("/", 2)[1]
-    topic = f"{tenant}/{ext.get('dlqtopic', '')}"
-    offset = ext.get("dlqoffset", delivery.offset)
-    extensions = {k: v for k, v in ext.items() if k not in _DLQ_EXTENSIONS}
-    return msgspec.structs.replace(
-        delivery,
-        topic=topic,
-        offset=int(offset),
-        event=msgspec.structs.replace(event, extensions=extensions),
-    )
-
-
 class Groups:
     """The consumer groups of one bus (see the module docstring)."""
 
@@ -172,8 +165,11 @@ class Groups:
         self._trie: Trie[Group] = Trie()
         self._routes: dict[str, tuple[Group, ...]] = {}
         # The one writer of every group's state (hub/group_store.py).
-        # The one writer of every group's state (hub/group_store.py).
-        self.writer = GroupWriter(self.engine, self._groups.values)
+        self.writer = GroupWriter(self.engine, self._groups.values, self._fenced)
+        # Which groups this node coordinates, with an engine that has leases.
+        self.coordination = Coordination(self.engine)
+        self.coordination.on_lost = self._lost
+        self._stopping: set[asyncio.Future[Any]] = set()
         self._closed = True
 
     @property
@@ -187,13 +183,19 @@ class Groups:
         """Load every stored group and resume it."""
         self._closed = False
         self.writer.start()
+        self.coordination.start()
+        if self.coordination.enabled:
+            return  # each is loaded where it is first used (see the module docstring)
         for stored in await self.engine.groups():
             if stored.group.startswith("$"):
                 continue  # another registry's (engine/base.py): not a consumer group
-            try:
-                await self._load(stored)
-            except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-                raise EngineCorrupt(f"group {stored.group!r} cannot be read: {exc}") from exc
+            await self._restore(stored, None)
+
+    async def _restore(self, stored: StoredGroup, fence: int | None) -> Group:
+        try:
+            return await restore(self, stored, fence)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            raise EngineCorrupt(f"group {stored.group!r} cannot be read: {exc}") from exc
 
     async def close(self) -> None:
         """End every member (`BusClosed`), write what is left, stop."""
@@ -204,88 +206,21 @@ class Groups:
         for group in self._groups.values():
             tasks.extend(group.stop(BusClosed("the bus is closed")))
         await self.writer.close()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.coordination.close()  # the leases go at once: another node may take them
+        await asyncio.gather(*tasks, *self._stopping, return_exceptions=True)
 
-    async def _load(self, stored: StoredGroup) -> None:
-        state = msgspec.msgpack.decode(stored.state, type=StoredState)
-        engine = self.engine
-        group = self._make(stored.group, state.settings, state.epoch, state.cursor, state.created)
-        records: list[PendingRecord] = []
-        for key, value in stored.entries.items():
-            if key.startswith(DEAD):
-                dead = msgspec.msgpack.decode(value, type=DeadLetter)
-                group.dead[dead.id] = dead
-            else:
-                records.append(msgspec.msgpack.decode(value, type=PendingRecord))
-        group.state_dirty = False
-        if state.epoch != engine.epoch or len(state.cursor) != engine.shards:
-            group.reset(engine.epoch, (0,) * engine.shards)
-            self._register(group)
-            return
-        floor = state.floor or state.cursor
-        core = group.core
-        core.load_state(floor, state.settled)
-        # The pending set: the entries written on their own, and every event of the
-        # pattern between floor and cursor not settled — restored in log order.
-        pending: list[tuple[int, int, PendingRecord | Delivery]] = [
-            (r.position, r.shard, r) for r in records
-        ]
-        written = {(r.shard, r.position) for r in records}
-        settled = [set(s) for s in state.settled] or [set() for _ in floor]
-        async for delivery in self._between(state.settings.pattern, floor, state.cursor):
-            ident = (delivery.shard, delivery.position)
-            if ident not in written and delivery.position not in settled[delivery.shard]:
-                pending.append((delivery.position, delivery.shard, delivery))
-        pending.sort(key=lambda p: (p[0], p[1]))
-        now = self._clock()
-        for _, _, item in pending:
-            if isinstance(item, Delivery):
-                core.take(item, now)
-                continue
-            found = await self._read_one(item.topic, item.shard, item.position)
-            entry = core.restore(item, now)
-            if found is None:  # retention removed it while it was pending
-                log.warning(
-                    "group %s: pending %s#%s is gone from the log",
-                    group.id,
-                    item.topic,
-                    item.offset,
-                )
-                core.ack(entry, now)
-                continue
-            entry.delivery = _undead(found) if item.topic.startswith(f"{DLQ_ROOT}/") else found
-        self._register(group)
-        group.bury_stored()
+    def now(self) -> float:
+        """The groups' clock."""
+        return self._clock()
 
-    async def _between(
-        self, pattern: str, floor: Sequence[int], cursor: Sequence[int]
-    ) -> AsyncIterator[Delivery]:
-        """The deliveries of `pattern` past `floor` and up to `cursor` (per shard), in log order."""
-        after = list(floor)
-        while any(a < c for a, c in zip(after, cursor, strict=True)):
-            page = await self.engine.read(pattern, after, 1000)
-            for delivery in page.deliveries:
-                if delivery.position <= cursor[delivery.shard]:
-                    yield delivery
-            if not page.more:
-                return
-            after = list(page.positions)
-
-    async def _read_one(self, topic: str, shard: int, position: int) -> Delivery | None:
-        after = [MAX_POSITION] * self.engine.shards
-        after[shard] = position - 1
-        page = await self.engine.read(topic, after, 1)
-        for delivery in page.deliveries:
-            if delivery.shard == shard and delivery.position == position:
-                return delivery
-        return None
-
-    def _make(
+    def make(
         self, gid: str, settings: GroupSettings, epoch: str, cursor: tuple[int, ...], created: float
     ) -> Group:
+        """A group, not yet running (`register` starts it)."""
         return Group(self, gid, settings, epoch, cursor, created, self._clock, self._rng)
 
-    def _register(self, group: Group) -> None:
+    def register(self, group: Group) -> None:
+        """Start `group` and route the bus's deliveries to it."""
         self._groups[group.id] = group
         self._trie.add(group.settings.pattern, group)
         self._routes.clear()
@@ -317,11 +252,63 @@ class Groups:
     # -- groups ------------------------------------------------------------------------
 
     def get(self, gid: str) -> Group:
-        """The group `gid` (`<tenant>/<name>`); `UnknownGroup` if there is none."""
+        """The group `gid` (`<tenant>/<name>`) as loaded here; `UnknownGroup` if it is not.
+
+        With leases, a group this node does not coordinate is not loaded: `acquire` it.
+        """
         group = self._groups.get(gid)
         if group is None:
             raise UnknownGroup(f"no group {gid!r}")
         return group
+
+    async def acquire(self, gid: str) -> Group:
+        """The group `gid`, claimed and loaded here if another node does not coordinate it.
+
+        `UnknownGroup` if there is none; `NotCoordinator` (naming the node)
+        if another node holds its lease.
+        """
+        group = self._groups.get(gid)
+        if group is not None or not self.coordination.enabled:
+            return group if group is not None else self.get(gid)
+        if self._closed:
+            raise BusClosed("the bus is closed")
+        found = await self._claimed(gid, None)
+        if found is None:
+            raise UnknownGroup(f"no group {gid!r}")
+        return found
+
+    async def _claimed(self, gid: str, create: GroupSettings | None) -> Group | None:
+        """Claim `gid`'s lease and load it fresh from the engine, or create it with `create`.
+
+        None when it is not stored and `create` is None (the lease is given up again).
+        """
+        coordination = self.coordination
+        assert coordination.engine is not None
+        async with coordination.lock(gid):
+            group = self._groups.get(gid)
+            if group is not None:
+                return group
+            fence = await coordination.claim(gid)
+            try:
+                stored = await coordination.engine.group(gid)
+                if stored is not None:
+                    return await self._restore(stored, fence)
+                if create is None:
+                    await coordination.release(gid)
+                    return None
+                group = await self._create(gid, create)
+                group.fence = fence
+                self.register(group)
+            except BaseException:
+                if gid not in self._groups:
+                    await coordination.release(gid)
+                raise
+        await self.writer.durable()
+        return group
+
+    async def _create(self, gid: str, settings: GroupSettings) -> Group:
+        cursor = await start_cursor(self.engine, settings.start)
+        return self.make(gid, settings, self.engine.epoch, cursor, self._clock())
 
     async def ensure(self, name: str, settings: GroupSettings, *, update: bool = True) -> Group:
         """The group `name` of the pattern's tenant, created with `settings` if there is none.
@@ -336,6 +323,8 @@ class Groups:
         check_group_name(name)
         gid = f"{_tenant(settings.pattern)}/{name}"
         group = self._groups.get(gid)
+        if group is None and self.coordination.enabled:
+            group = await self._claimed(gid, settings)  # loaded, or created with `settings`
         if group is not None:
             if group.settings.pattern != settings.pattern:
                 raise GroupConflict(
@@ -352,29 +341,12 @@ class Groups:
                 group.state_dirty = True
                 self.writer.flush_soon()
             return group
-        cursor = await self._start_cursor(settings.start, settings.pattern)
+        group = await self._create(gid, settings)
         if gid in self._groups:  # made by a concurrent call while this one awaited the head
             return await self.ensure(name, settings, update=update)
-        group = self._make(gid, settings, self.engine.epoch, cursor, self._clock())
-        self._register(group)
+        self.register(group)
         await self.writer.durable()
         return group
-
-    async def _start_cursor(self, start: str, pattern: str) -> tuple[int, ...]:
-        engine = self.engine
-        if start == "earliest":
-            return (0,) * engine.shards
-        if start == "latest":
-            return tuple(await engine.head())
-        try:
-            token = Position.parse(start)
-        except BusError:
-            raise InvalidSettings(
-                f"a group starts at 'earliest', 'latest' or a position token, not {start!r:.100}"
-            ) from None
-        if not is_exact(token, engine.epoch, engine.shards):
-            return (0,) * engine.shards
-        return token.positions
 
     def join(self, gid: str, member: str | None = None, listener: Listener | None = None) -> Member:
         """A new member of group `gid` (named `member`, or a made-up name)."""
@@ -384,21 +356,76 @@ class Groups:
 
     async def delete(self, gid: str) -> None:
         """Delete the group, its state and its dead-letter list (their events stay in the log)."""
-        group = self.get(gid)
-        del self._groups[gid]
-        self._trie.remove(group.settings.pattern, group)
-        self._routes.clear()
+        group = await self.acquire(gid)
+        self._unregister(group)
         await asyncio.gather(
             *group.stop(UnknownGroup(f"group {gid!r} was deleted")), return_exceptions=True
         )
-        self.writer.drop(gid)
+        self.writer.drop(gid, group.fence)
         await self.writer.durable()
+        await self.coordination.release(gid)
+
+    def _unregister(self, group: Group) -> None:
+        del self._groups[group.id]
+        self._trie.remove(group.settings.pattern, group)
+        self._routes.clear()
+
+    def _lost(self, gid: str, holder: str) -> None:
+        """This node no longer holds `gid`'s lease: drop it here; its members end (module doc)."""
+        group = self._groups.get(gid)
+        if group is None:
+            return
+        self._unregister(group)
+        self.coordination.forget(gid)
+        if holder:
+            message = f"node {holder} coordinates group {gid!r} now: join it there"
+        else:
+            message = f"this node no longer coordinates group {gid!r}: join it again"
+        group.lost = NotCoordinator(message, node=holder)
+        task = asyncio.gather(*group.stop(group.lost), return_exceptions=True)
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    def _fenced(self, stale: set[str]) -> None:
+        """The engine refused writes of `stale` groups: another node took their leases."""
+        for gid in stale:
+            log.warning("group %s: its writes were fenced off: another node coordinates it", gid)
+            self._lost(gid, "")
 
     def all(self, prefix: str = "") -> list[GroupInfo]:
         """Every group whose id starts with `prefix`, by id."""
         return [
             self._info(g, None) for gid, g in sorted(self._groups.items()) if gid.startswith(prefix)
         ]
+
+    async def listing(self, prefix: str = "") -> list[GroupInfo]:
+        """`all`, and with leases also the groups other nodes coordinate, as stored.
+
+        Those stored figures are approximate: `members` is empty, `pending`
+        counts the entries stored one by one, the counters since load are 0.
+        """
+        infos = self.all(prefix)
+        if not self.coordination.enabled:
+            return infos
+        here = {info.id for info in infos}
+        for stored in await self.engine.groups():
+            gid = stored.group
+            if gid.startswith("$") or gid in here or not gid.startswith(prefix):
+                continue
+            try:
+                state = msgspec.msgpack.decode(stored.state, type=StoredState)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            dead = sum(key.startswith(DEAD) for key in stored.entries)
+            tenant, _, name = gid.partition("/")
+            position = str(Position(state.epoch, state.cursor))
+            infos.append(
+                GroupInfo(id=gid, tenant=tenant, name=name, settings=state.settings,
+                          position=position, created=state.created, members=[],
+                          pending=len(stored.entries) - dead, leased=0, lag=0, dead_letters=dead,
+                          redelivered=0, acked=0, dead=0, expired=0)
+            )  # fmt: skip
+        return sorted(infos, key=lambda info: info.id)
 
     async def info(self, gid: str) -> GroupInfo:
         """What is known of group `gid` now (see `GroupInfo`)."""
@@ -466,25 +493,10 @@ class Groups:
                 cursor = (0,) * engine.shards
         else:
             assert time is not None
-            cursor = await self._cursor_at(group.settings.pattern, time)
+            cursor = await cursor_at(self.engine, group.settings.pattern, time)
         group.reset(engine.epoch, tuple(cursor))
         await self.writer.durable()
         return str(Position(engine.epoch, tuple(cursor)))
-
-    async def _cursor_at(self, pattern: str, time: float) -> tuple[int, ...]:
-        """The cursor just before the first event of `pattern` appended at or after `time`."""
-        engine = self.engine
-        after: list[int] = [0] * engine.shards
-        while True:
-            page = await engine.read(pattern, after, 1000)
-            for delivery in page.deliveries:
-                if delivery.time >= time:
-                    after[delivery.shard] = delivery.position - 1
-                    return tuple(after)
-                after[delivery.shard] = delivery.position
-            if not page.more:
-                return tuple(page.positions)
-            after = list(page.positions)
 
     # -- dead letters --------------------------------------------------------------------
 
@@ -504,7 +516,7 @@ class Groups:
         if dead is None:
             raise UnknownDeadLetter(f"group {gid!r} has no dead letter {dead_id!r:.100}")
         shard, _, position = dead.id.partition(".")
-        return dead, await self._read_one(dead.dlq_topic, int(shard), int(position))
+        return dead, await read_one(self.engine, dead.dlq_topic, int(shard), int(position))
 
     async def replay(
         self, gid: str, ids: Sequence[str] | None = None, to: Literal["topic", "group"] = "topic"
@@ -530,14 +542,14 @@ class Groups:
             return 0
         if to == "topic":
             batch = [
-                (_undead(copy).topic, _undead(copy).event, encode_msgpack(_undead(copy).event))
+                (undead(copy).topic, undead(copy).event, encode_msgpack(undead(copy).event))
                 for _, copy in found
             ]
             await self.bus.append(batch, dedupe=False)
         else:
             now = self._clock()
             for _, copy in found:
-                original = _undead(copy)
+                original = undead(copy)
                 event = original.event
                 key = event.partitionkey if event.partitionkey is not None else original.topic
                 entry = group.core.inject(copy, key, now)

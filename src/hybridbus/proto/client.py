@@ -142,13 +142,18 @@ class Replied:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """Command `id` was refused with an `ErrorCode` (`retriable`: it may succeed later)."""
+    """Command `id` was refused with an `ErrorCode` (`retriable`: it may succeed later).
+
+    `node` and `url` come with NOT_COORDINATOR (1405): where the group's coordinator is.
+    """
 
     id: int
     command: Command
     code: int
     message: str
     retriable: bool
+    node: str = ""
+    url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,12 +169,13 @@ class Received:
     token: Position
 
 
-@dataclass(frozen=True, slots=True)
-class GroupReceived:
+class GroupReceived(msgspec.Struct, frozen=True):
     """A delivery of consumer group `group` to this connection's member.
 
     Settle it by `delivery` (its id) with `ack`, `nack`, `extend` or `term`;
     unsettled, it comes back to the group after its lease (`ack_wait`).
+    A struct, not a dataclass like the others: one is made per delivery, and
+    a struct is made ten times faster.
     """
 
     group: str
@@ -440,7 +446,15 @@ class ClientSession:
             return self._replied(message)
         if isinstance(message, ErrorReply):
             command = self._answered(message.id)
-            return Failed(message.id, command, message.code, message.message, message.retriable)
+            return Failed(
+                message.id,
+                command,
+                message.code,
+                message.message,
+                message.retriable,
+                message.node or "",
+                message.url or "",
+            )
         if isinstance(message, ServerPing):
             if self.state is State.CONNECTED:
                 self._outbox.add(self._pong)

@@ -62,6 +62,8 @@ RETRIABLE_ERRORS: Final = frozenset(
         ErrorCode.ENGINE_UNAVAILABLE,
         ErrorCode.ENGINE_LOCKED,
         ErrorCode.ENGINE_READ_ONLY,
+        ErrorCode.REGISTRY_UNAVAILABLE,
+        ErrorCode.NOT_COORDINATOR,  # at the node the error names (`url`), or again later
     }
 )
 

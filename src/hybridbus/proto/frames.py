@@ -252,12 +252,18 @@ class Reply(_Server, tag="reply"):
 
 
 class ErrorReply(_Server, tag="error"):
-    """The failure answer to command `id`: an `ErrorCode` and a message for humans."""
+    """The failure answer to command `id`: an `ErrorCode` and a message for humans.
+
+    NOT_COORDINATOR (1405) also names the node coordinating the group
+    (`node`) and its WebSocket URL (`url`, absent if the registry does not know it).
+    """
 
     id: int
     code: int
     message: str
     retriable: bool
+    node: str | None = None
+    url: str | None = None
 
 
 class EventPush(_Server, tag="event"):

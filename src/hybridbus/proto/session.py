@@ -49,7 +49,7 @@ from typing import Final
 
 import msgspec
 
-from hybridbus.errors import BusError, ErrorCode, ProtocolError, public_message
+from hybridbus.errors import BusError, ErrorCode, NotCoordinator, ProtocolError, public_message
 from hybridbus.proto.codec import Data, WireCodec
 from hybridbus.proto.codes import CloseCode, reconnect_allowed, retriable
 from hybridbus.proto.frames import (
@@ -433,6 +433,17 @@ class ServerSession:
         elif isinstance(command, GroupJoin) and self._groups.get(command.group) == id:
             del self._groups[command.group]  # likewise for a failed group_join
         code, text, again = error_fields(error, message)
+        if isinstance(error, NotCoordinator):  # where the group's coordinator is (§5.9)
+            reply = ErrorReply(
+                id=id,
+                code=code,
+                message=text,
+                retriable=again,
+                node=error.node or None,
+                url=error.url or None,
+            )
+            self._queue(self.codec.encode(reply))
+            return
         self._queue(self._error_reply(id, code, text, again))
 
     def push(self, encoded: bytes) -> None:

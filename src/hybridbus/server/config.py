@@ -17,6 +17,7 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
+from hybridbus.bridges.settings import AnyBridge
 from hybridbus.core.cors import ORIGIN_PATTERN
 from hybridbus.core.webhook_routes import Endpoint
 from hybridbus.core.webhooks_out import Subscription
@@ -33,12 +34,16 @@ OTHER_VARIABLES: Final = (
     "HYBRIDBUS_TOKEN",
     "HYBRIDBUS_REQUIRE_SERVICES",
     "HYBRIDBUS_REQUIRE_BROWSER",
+    "HYBRIDBUS_SERVICES_DIR",
+    "HYBRIDBUS_REDIS_URL",
 )
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Bytes = Annotated[int, msgspec.Meta(ge=1024)]
 OriginPattern = Annotated[str, msgspec.Meta(pattern=ORIGIN_PATTERN)]
 MAX_LIFETIME: Final = 10 * 366 * 86400.0  # the most `max_token_lifetime` may be: ten years
+# The node registry's URL: empty (follow the engine), "local", or a store's URL.
+REGISTRY_PATTERN: Final = r"^(|local|(rediss?(\+cluster)?|etcds?)://\S+)$"
 
 
 class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -49,6 +54,21 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     engine: str = "sqlite://./hybridbus-data"
     # Several processes may share the port (one per core) once the engine is shared.
     reuse_port: bool = False
+    # `hybridbus serve --workers N`: N processes on one port (SO_REUSEPORT), one node each;
+    # only with a shared engine (docs/scale-out.md, "Many nodes").
+    workers: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
+    # -- the node registry (docs/scale-out.md, "Node registry") --
+    # Where nodes register: "" follows the engine (its Redis for a Redis engine, else
+    # "local": this node only), "local", "redis://host:port/db?prefix=p" (rediss://,
+    # redis+cluster://), or "etcd://host:port[,host:port...][/key/prefix/]" (etcds://: https).
+    registry: Annotated[str, msgspec.Meta(pattern=REGISTRY_PATTERN)] = ""
+    # Seconds a node's entry lives without a heartbeat (sent every third of it).
+    registry_ttl: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 10.0
+    # This node's id in the registry (default: <hostname>-<pid>, and -w<i> for worker i).
+    node_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")] | None = None
+    # Seconds a node's lease on a consumer group lives unrenewed (renewed every third of
+    # it): one node coordinates each group on a shared engine (docs/groups.md, "Many nodes").
+    group_lease_ttl: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 10.0
     # Seconds an HTTP connection has to send a request's line and headers (from being
     # accepted, or from the end of its previous response), and a request body.
     header_timeout: Seconds = 10.0
@@ -113,6 +133,10 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # private, ... addresses: SSRF) are refused unless webhook_allow_private is true.
     outbound_webhooks: list[Subscription] = msgspec.field(default_factory=list)
     webhook_allow_private: bool = False
+    # Bridges ([[bridges]] tables, one per bridge: `kind` mqtt|postgres|..., `direction`
+    # in|out; docs/bridges.md): started with `hybridbus serve`, or alone by
+    # `hybridbus bridge CONFIG`.
+    bridges: list[AnyBridge] = msgspec.field(default_factory=list)
     # Seconds to flush outboxes and close connections on SIGTERM/SIGINT.
     shutdown_timeout: Seconds = 10.0
     log_level: str = "info"

@@ -2,9 +2,10 @@
 
 Owns: joining a group for a client (`group_join`: through the node's
 `GroupGuard`, which checks `consume` / `manage` and creates a missing group),
-one member per joined group whose listener turns each `GroupDelivery` into a
-`group_event` push (the event's encoding shared with every other push of it,
-its topic relative to the tenant) queued on the connection, leaving
+one member per joined group whose listener turns the `GroupDelivery`s of each
+dispatch pass into `group_event` pushes queued on the connection at once (the
+event's encoding shared with subscribers' pushes of it while the group is
+caught up, its topic relative to the tenant), leaving
 (`group_leave`, also while the join is under way), settling deliveries by id
 (`ack`, `nack`, `extend`, `term` — from any connection, a member or not, with
 `consume` on the group's pattern), and ending every membership when the
@@ -21,18 +22,26 @@ are bounded by it; the outbox's bound (SLOW_CONSUMER) applies as to any push.
 Joining with settings equal to the group's (its `start` aside) is no change
 of settings (`GroupGuard.join`): it needs `consume` only, so a client that
 rejoins after a reconnect with the settings it created the group with is let in.
+
+Many nodes (docs/groups.md). A join or a settling command for a group this
+node does not coordinate is refused with NOT_COORDINATOR (1405), the error
+naming the node that does (`node`) and its WebSocket URL (`url`, from the
+node registry); a membership whose group this node stops coordinating ends
+with `group_left` 1405 (join again: here or where the answer sends you).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+import math
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from hybridbus.errors import BusError
+from hybridbus.errors import BusError, NotCoordinator, UnknownGroup
 from hybridbus.hub.group import Group
 from hybridbus.hub.guard import Principal
-from hybridbus.hub.member import GroupDelivery, Member, parse_delivery_id
+from hybridbus.hub.member import GroupDelivery, Member
 from hybridbus.proto.frames import (
     GroupAck,
     GroupCommand,
@@ -42,13 +51,17 @@ from hybridbus.proto.frames import (
     GroupLeave,
     GroupLeaveResult,
     GroupNack,
+    GroupTerm,
     SettleResult,
 )
 
+GroupSettle = GroupAck | GroupNack | GroupExtend | GroupTerm
+
 if TYPE_CHECKING:
     from hybridbus.server.connection import Connection
+    from hybridbus.server.registry import Registry
 
-__all__ = ["Memberships"]
+__all__ = ["Memberships", "for_websocket", "locator"]
 
 log = logging.getLogger("hybridbus.server")
 
@@ -86,17 +99,34 @@ class Memberships:
             self._join(command)
         elif isinstance(command, GroupLeave):
             self._leave(command)
-        elif isinstance(command, GroupAck):
+        else:
             group = self._group(command.group)
-            for delivery_id in command.deliveries:
-                parse_delivery_id(delivery_id)  # a malformed id refuses them all
-            self._settle(command.id, group.ack(command.deliveries))
+            if group is None:  # not loaded here: claim it, or answer where it is
+                self._connection.spawn(self._settle_elsewhere(command))
+            else:
+                self._settle_in(group, command)
+
+    async def _settle_elsewhere(self, command: GroupSettle) -> None:
+        connection = self._connection
+        try:
+            group = await connection.node.groups.reach(
+                connection.admitted, command.group, "consume"
+            )
+            self._settle_in(group, command)
+        except Exception as exc:
+            if not isinstance(exc, BusError):
+                log.exception("settling a delivery of %s failed", connection.id)
+            connection.session.error(command.id, for_websocket(exc))
+            connection.flush()
+
+    def _settle_in(self, group: Group, command: GroupSettle) -> None:
+        if isinstance(command, GroupAck):
+            group.ack_ids(command.deliveries)  # a malformed id refuses them all
+            self._settle(command.id, group.durable())
         elif isinstance(command, GroupNack):
-            group = self._group(command.group)
             nack = group.nack(command.delivery, command.delay, command.error or "")
             self._settle(command.id, nack)
         elif isinstance(command, GroupExtend):
-            group = self._group(command.group)
             failure: BusError | None = None
             for delivery_id in command.deliveries:
                 try:
@@ -107,7 +137,6 @@ class Memberships:
                 raise failure
             self._connection.session.reply(command.id, SettleResult())
         else:  # GroupTerm
-            group = self._group(command.group)
             self._settle(command.id, group.term(command.delivery, command.reason or ""))
 
     def close(self) -> None:
@@ -141,7 +170,7 @@ class Memberships:
         except Exception as exc:
             if not isinstance(exc, BusError):
                 log.exception("group_join of %s failed", connection.id)
-            session.error(command.id, exc)
+            session.error(command.id, for_websocket(exc))
             if self._entries.get(entry.name) is entry:
                 del self._entries[entry.name]
             if entry.leave is not None:
@@ -167,8 +196,8 @@ class Memberships:
             session.reply(entry.leave, GroupLeaveResult())
         else:
             held, entry.held = entry.held, []
-            for delivery in held:
-                self._push(entry, delivery)
+            if held:
+                self._push(entry, held)
         connection.flush()
 
     def _ended(self, entry: _Entry, error: BaseException) -> None:
@@ -191,38 +220,63 @@ class Memberships:
 
     # -- pushing -------------------------------------------------------------------------
 
-    def _give(self, entry: _Entry, delivery: GroupDelivery) -> None:
-        """The member's listener: push `delivery` (the group calls it in its dispatch pass)."""
+    def _give(self, entry: _Entry, deliveries: list[GroupDelivery]) -> None:
+        """The member's listener: push `deliveries` (the group calls it in its dispatch pass)."""
         if self._closed:
-            return  # the member is leaving: the delivery comes back after its lease
+            return  # the member is leaving: the deliveries come back after their lease
         if not entry.answered or entry.leave is not None:
-            entry.held.append(delivery)
+            entry.held += deliveries
             return
-        self._push(entry, delivery)
+        self._push(entry, deliveries)
         self._connection.flush()
 
-    def _push(self, entry: _Entry, delivery: GroupDelivery) -> None:
+    def _push(self, entry: _Entry, deliveries: list[GroupDelivery]) -> None:
+        """Queue the `group_event` pushes of `deliveries`, in order, at once.
+
+        A caught-up group's events were just pushed to subscribers too: their
+        encoding comes from the node's encode-once cache. A group reading a
+        backlog shares with nobody: its events are encoded here, sparing the
+        cache's bookkeeping (on a miss, about half as much again as the encoding).
+        """
         connection = self._connection
         session = connection.session
         codec = session.codec
-        d = delivery.delivery
-        encoded = codec.encode_group_push(
-            entry.name,
-            delivery.id,
-            delivery.attempt,
-            delivery.dedupe_key,
-            connection.admitted.relative(d.topic),
-            d.offset,
-            connection.node.pushes.event_bytes(codec, d),
-        )
-        session.push(encoded)
-        connection.pushed(1, d.time)
+        encode = codec.encode_group_push
+        member = entry.member
+        shared = member is None or member.group.caught_up
+        event_bytes = connection.node.pushes.event_bytes
+        encode_event = codec.encode_event
+        cut = len(connection.admitted.prefix)
+        name = entry.name
+        encoded = []
+        for delivery in deliveries:
+            d = delivery.delivery
+            encoded.append(
+                encode(
+                    name,
+                    delivery.id,
+                    delivery.attempt,
+                    delivery.dedupe_key,
+                    d.topic[cut:],
+                    d.offset,
+                    event_bytes(codec, d) if shared else encode_event(d.event),
+                )
+            )
+        session.push_many(encoded)
+        connection.pushed(len(deliveries), min(d.delivery.time for d in deliveries))
 
     # -- settling ------------------------------------------------------------------------
 
-    def _group(self, name: str) -> Group:
+    def _group(self, name: str) -> Group | None:
+        """The group if loaded here (None: not loaded, and another node may coordinate it)."""
         connection = self._connection
-        return connection.node.groups.get(connection.admitted, name, "consume")
+        guard = connection.node.groups
+        try:
+            return guard.get(connection.admitted, name, "consume")
+        except UnknownGroup:
+            if not guard.groups.coordination.enabled:
+                raise
+            return None
 
     def _settle(self, id: int, settling: Awaitable[None]) -> None:
         self._connection.spawn(self._run_settle(id, settling))
@@ -239,6 +293,40 @@ class Memberships:
         else:
             session.reply(id, SettleResult())
         connection.flush()
+
+
+def locator(registry: Registry) -> Callable[[str], Awaitable[str]]:
+    """Node id -> its HTTP base URL (`http://host:port`, "" if not registered), from `registry`.
+
+    The first address a node listens on; one on every interface (0.0.0.0,
+    ::) is reached by the node's hostname. The listing is read at most once
+    a second.
+    """
+    cache: dict[str, str] = {}
+    read_at = [-math.inf]
+
+    async def locate(node_id: str) -> str:
+        now = time.monotonic()
+        if node_id not in cache and now - read_at[0] >= 1.0:
+            read_at[0] = now
+            cache.clear()
+            for node in await registry.nodes():
+                if node.addresses:
+                    host, _, port = node.addresses[0].rpartition(":")
+                    if host in ("0.0.0.0", "[::]", ""):
+                        host = node.hostname
+                    cache[node.id] = f"http://{host}:{port}"
+        return cache.get(node_id, "")
+
+    return locate
+
+
+def for_websocket(error: BaseException) -> BaseException:
+    """`error` as a WebSocket client needs it: NOT_COORDINATOR's `url` is the node's WebSocket."""
+    if isinstance(error, NotCoordinator) and error.url.startswith("http"):
+        url = "ws" + error.url[4:] + "/v1/ws"  # http -> ws, https -> wss
+        return NotCoordinator(str(error), node=error.node, url=url)
+    return error
 
 
 def _quit(entry: _Entry) -> None:

@@ -1,0 +1,93 @@
+"""The Redis engine's writers: queues of requests, each taken a batch at a time by one task.
+
+Owns: the request kinds the engine queues (`Append` for a shard's writer,
+`Write` for the engine-wide writer of revocations and consumer groups), the
+`Queue` whose task hands batches to a flush function in queued order, and
+how batches are cut. Must not talk to Redis: the engine's flush functions do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hybridbus.core.event import Event
+from hybridbus.engine import _redis_io as rio
+from hybridbus.errors import BusClosed
+
+__all__ = ["Append", "Queue", "Step", "Write", "take_writes"]
+
+log = logging.getLogger("hybridbus.engine.redis")
+
+# What a shard's APPEND script answered for one item: duplicate, topic, offset, position.
+Step = tuple[bool, str, int, int]
+
+
+class Append:
+    __slots__ = ("dedupe", "future", "items")
+
+    def __init__(self, items: Sequence[tuple[str, Event, bytes]], dedupe: bool) -> None:
+        self.items = items
+        self.dedupe = dedupe
+        self.future: asyncio.Future[tuple[str, list[Step]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+
+class Write:
+    """A revocation or group write for the engine-wide writer."""
+
+    __slots__ = ("future", "kind", "payload")
+
+    def __init__(self, kind: str, payload: Any) -> None:
+        self.kind = kind
+        self.payload = payload
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class Queue:
+    """Requests taken by one task, a batch at a time, in queued order."""
+
+    def __init__(self, name: str, flush: Callable[[list[Any]], Any], take: Callable[..., Any]):
+        self.items: deque[Any] = deque()
+        self._wake = asyncio.Event()
+        self._flush = flush
+        self._take = take
+        self._task = asyncio.create_task(self._run(), name=name)
+
+    def put(self, item: Any) -> None:
+        self.items.append(item)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.items:
+                batch = self._take(self.items)
+                try:
+                    await self._flush(batch)
+                except Exception as exc:  # the task's boundary: fail the batch, go on
+                    log.exception("the redis writer failed")
+                    for request in batch:
+                        if not request.future.done():
+                            request.future.set_exception(rio.wrap(exc, "write failed"))
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        while self.items:
+            future = self.items.popleft().future
+            if not future.done():
+                future.set_exception(BusClosed("the redis engine closed"))
+
+
+def take_writes(queue: deque[Write]) -> list[Write]:
+    """The next run of writes of one kind (revocations, or group writes)."""
+    batch = [queue.popleft()]
+    while queue and queue[0].kind == batch[0].kind and len(batch) < 1024:
+        batch.append(queue.popleft())
+    return batch
