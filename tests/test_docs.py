@@ -6,7 +6,10 @@ run in document order (README.md, then docs/*.md by name) from a temporary
 working directory that has the repository's `examples/` in it, with the
 virtualenv's `hybridbus` first on PATH, `HYBRIDBUS_URL` pointed at the server,
 no other `HYBRIDBUS_*` variable, and `127.0.0.1:8080` in the block rewritten to
-the server's address. By language:
+the server's address. The addresses the scale-out pages name are real too: a
+redis-server and an etcd (`tests/services`) stand at `127.0.0.1:6379` and
+`127.0.0.1:2379`, and `127.0.0.1:8081` / `:8082` (`--port 8081`) are free
+ports, all rewritten in the block like the server's. By language:
 
 - `sh`, `bash`, `shell`, `console`: run by bash with `set -eo pipefail`, so a
   failing command fails its block (a line that is meant to fail says so:
@@ -135,9 +138,36 @@ class Served:
     port: int
     workdir: Path
     env: dict[str, str]
+    # Other documented ports -> where they are here (Redis, etcd, more servers' ports).
+    ports: dict[int, int]
 
     def rewrite(self, code: str) -> str:
-        return code.replace(DOCUMENTED_ADDRESS, f"127.0.0.1:{self.port}")
+        code = code.replace(DOCUMENTED_ADDRESS, f"127.0.0.1:{self.port}")
+        for documented, actual in self.ports.items():
+            code = code.replace(f"127.0.0.1:{documented}", f"127.0.0.1:{actual}")
+            code = code.replace(f"--port {documented}", f"--port {actual}")
+        return code
+
+
+@pytest.fixture(scope="module")
+def documented_services() -> Iterator[dict[int, int]]:
+    """A Redis for `127.0.0.1:6379`, an etcd for `:2379`, free ports for `:8081` and `:8082`."""
+    from tests.services import EtcdServer, RedisServer
+    from tests.services.base import free_port, which
+
+    if not (which("redis-server") and which("etcd")):
+        yield {}  # the blocks naming them skip (fail under HYBRIDBUS_REQUIRE_SERVICES=1)
+        return
+    redis, etcd = RedisServer(), EtcdServer()
+    redis.start()
+    try:
+        etcd.start()
+        try:
+            yield {6379: redis.port, 2379: etcd.port, 8081: free_port(), 8082: free_port()}
+        finally:
+            etcd.stop()
+    finally:
+        redis.stop()
 
 
 def _clean_environment() -> dict[str, str]:
@@ -156,7 +186,9 @@ def _listening_port(log: Path) -> int | None:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(
+    tmp_path_factory: pytest.TempPathFactory, documented_services: dict[int, int]
+) -> Iterator[Served]:
     base = tmp_path_factory.mktemp("docs")
     data, work = base / "server", base / "work"
     data.mkdir()
@@ -188,7 +220,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                 "CURL_HOME": str(base),
             }
         )
-        yield Served(port, work, env)
+        yield Served(port, work, env, documented_services)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -367,6 +399,10 @@ def test_every_block_is_run_or_marked_as_not_run() -> None:
 def test_the_block_runs_as_written(block: Block, served: Served) -> None:
     if block.marker == "not run":
         pytest.skip(f"{block.where}: not run: {block.why}")
+    if any(f"127.0.0.1:{port}" in block.code for port in (6379, 2379)) and not served.ports:
+        from tests.services.base import require
+
+        require("redis-server", "etcd")
     runner = RUNNERS.get(block.lang)
     if runner is None:
         pytest.fail(f"{block.where}: ```{block.lang} blocks cannot be run: mark it", pytrace=False)
