@@ -82,38 +82,37 @@ def _ce() -> dict[str, str]:
 async def test_members_on_two_nodes_get_each_event_once(
     redis_server: Callable[..., RedisServer],
 ) -> None:
-    """The Python client on the node that does not coordinate follows the 1405 to the one that does."""
+    """The Python client on a node that does not coordinate follows the 1405 to the coordinator."""
     engine = redis_server().url
     total = 40
     async with (
         nodes(engine, "n1", "n2") as (one, two),
         connect(one.url) as first,
         connect(two.url) as second,
+        first.group("g", "a/#", **SETTINGS) as g1,
+        second.group("g", "a/#", **SETTINGS) as g2,
     ):
-        async with (
-            first.group("g", "a/#", **SETTINGS) as g1,
-            second.group("g", "a/#", **SETTINGS) as g2,
-        ):
-            info = await one.node.groups.groups.info("acme/g")
-            assert sorted(info.members) == sorted([g1.member, g2.member])
-            with pytest.raises(UnknownGroup):
-                two.node.groups.groups.get("acme/g")  # never loaded on n2
-            for n in range(total):
-                await (first if n % 2 else second).publish(f"a/{n}", {"id": f"e{n}", "source": "/t", "type": "t"})
-            seen: dict[str, list[str]] = {"g1": [], "g2": []}
+        info = await one.node.groups.groups.info("acme/g")
+        assert sorted(info.members) == sorted([g1.member, g2.member])
+        with pytest.raises(UnknownGroup):
+            two.node.groups.groups.get("acme/g")  # never loaded on n2
+        for n in range(total):
+            event = {"id": f"e{n}", "source": "/t", "type": "t"}
+            await (first if n % 2 else second).publish(f"a/{n}", event)
+        seen: dict[str, list[str]] = {"g1": [], "g2": []}
 
-            async def consume(name: str, group: ClientGroup) -> None:
-                async for d in group:
-                    seen[name].append(d.event.id)
-                    await d.ack()
+        async def consume(name: str, group: ClientGroup) -> None:
+            async for d in group:
+                seen[name].append(d.event.id)
+                await d.ack()
 
-            tasks = [asyncio.create_task(consume("g1", g1)), asyncio.create_task(consume("g2", g2))]
-            async with asyncio.timeout(20):
-                while len(seen["g1"]) + len(seen["g2"]) < total:
-                    await asyncio.sleep(0.05)
-            await asyncio.sleep(0.3)  # nothing more comes
-            for task in tasks:
-                task.cancel()
-            everything = seen["g1"] + seen["g2"]
-            assert sorted(everything) == sorted(f"e{n}" for n in range(total))
-            assert seen["g1"] and seen["g2"]  # both members took part
+        tasks = [asyncio.create_task(consume("g1", g1)), asyncio.create_task(consume("g2", g2))]
+        async with asyncio.timeout(20):
+            while len(seen["g1"]) + len(seen["g2"]) < total:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # nothing more comes
+        for task in tasks:
+            task.cancel()
+        everything = seen["g1"] + seen["g2"]
+        assert sorted(everything) == sorted(f"e{n}" for n in range(total))
+        assert seen["g1"] and seen["g2"]  # both members took part

@@ -38,7 +38,14 @@ from hybridbus.core.backoff import Backoff
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Position
 from hybridbus.core.topics import tenant_of
-from hybridbus.errors import BusClosed, BusError, DeliveryGone, EngineError, InvalidInput
+from hybridbus.errors import (
+    BusClosed,
+    BusError,
+    DeliveryGone,
+    EngineError,
+    InvalidInput,
+    NotCoordinator,
+)
 from hybridbus.hub.group import Group
 from hybridbus.hub.member import GroupDelivery, Member
 
@@ -268,9 +275,16 @@ class OutBridge(Bridge[S]):
         return True
 
     async def prepare(self) -> None:
-        self.group = await self.bus.groups.ensure(
-            group_name(self.name), self.settings.group_settings()
-        )
+        with contextlib.suppress(NotCoordinator):  # another node runs it: `session` claims again
+            await self._claim()
+
+    async def _claim(self) -> Group:
+        """The group, claimed on this node (docs/groups.md "Many nodes"; else `NotCoordinator`)."""
+        if self.group is None or self.group.lost is not None:
+            self.group = await self.bus.groups.ensure(
+                group_name(self.name), self.settings.group_settings()
+            )
+        return self.group
 
     def group_id(self) -> str | None:
         assert self.settings.pattern is not None
@@ -305,8 +319,7 @@ class OutBridge(Bridge[S]):
         """True once `connection` is broken."""
 
     async def session(self) -> None:
-        group = self.group
-        assert group is not None
+        group = await self._claim()
         async with self.connect() as connection:
             self.running()
             member = group.join(MEMBER)

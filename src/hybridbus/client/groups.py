@@ -57,7 +57,7 @@ Issue = Callable[[ClientSession], int]
 Requester = Callable[[Issue], Awaitable[Any]]
 # The memberships of the client's connection to a node's WebSocket URL (opened if need be).
 Follow = Callable[[str], Awaitable["Memberships"]]
-_MAX_HOPS: Final = 8  # redirects in a row before a membership gives up
+_MAX_WAIT: Final = 2.0  # seconds between two joins of a membership whose coordinator moves
 
 
 class ClientDelivery:
@@ -265,7 +265,7 @@ class Memberships:
         self._groups: dict[str, ClientGroup] = {}
         self._joining: dict[int, ClientGroup] = {}  # by the id of their group_join
         self._sent: set[ClientGroup] = set()  # a group_join went out on this session
-        self._moving: set[asyncio.Task[None]] = set()
+        self._moving: dict[asyncio.Task[None], ClientGroup] = {}  # memberships on their way
 
     async def open(self, group: ClientGroup) -> None:
         """Join; return once the server confirmed it (or raise its refusal)."""
@@ -324,9 +324,19 @@ class Memberships:
             self._send(session, group)
 
     def disconnected(self) -> None:
-        """The connection ended: joins in flight are sent again on the next one."""
+        """The connection ended: joins in flight are sent again on the next one.
+
+        On a connection to another node (a coordinator), the memberships go
+        back to the client's own connection: that node may be gone for good,
+        and its groups taken over elsewhere once their leases run out.
+        """
         self._joining.clear()
         self._sent.clear()
+        if self._home is not self:
+            why = "the connection to the group's coordinator ended"
+            lost = RemoteError(ErrorCode.NOT_COORDINATOR, why, True)
+            for group in list(self._groups.values()):
+                self._move(group, "", lost)
 
     def received(self, event: GroupReceived) -> None:
         group = self._groups.get(event.group)
@@ -369,19 +379,16 @@ class Memberships:
             del self._groups[group.name]
         self._sent.discard(group)
         group.hops += 1
-        if group.hops > _MAX_HOPS:
-            group.end(error)
-            self._fail_opening(group, error)
-            return
         task = asyncio.get_running_loop().create_task(self._moved(group, url, error))
-        self._moving.add(task)
-        task.add_done_callback(self._moving.discard)
+        self._moving[task] = group
+        task.add_done_callback(lambda done: self._moving.pop(done, None))
 
     async def _moved(self, group: ClientGroup, url: str, error: BusError) -> None:
-        if group.hops > 1:  # the coordinator is moving: give its lease time to settle
-            await asyncio.sleep(min(0.05 * 2**group.hops, 2.0))
+        if group.hops > 1:  # the coordinator is moving: give its lease time to run out
+            await asyncio.sleep(min(0.05 * 2**group.hops, _MAX_WAIT))
+        home = self._home
         try:
-            target = await self._follow(url) if url and self._follow else self._home
+            target = await self._follow(url) if url and self._follow else home
         except BusError as exc:
             group.end(exc)
             self._fail_opening(group, exc)
@@ -391,13 +398,17 @@ class Memberships:
         if target._groups.get(group.name) not in (None, group):
             group.end(error)  # (the application joined it again meanwhile)
             return
+        if target is not home and target._link.live() is None:
+            home._move(group, "", error)  # that node is not reachable now: ask again later
+            return
         target.adopt(group)
 
     def fail_all(self, error: BusError, *, quietly: bool = False) -> None:
         """The client ended: every membership ends (with `error`, unless `quietly`)."""
-        for task in self._moving:
+        moving, self._moving = self._moving, {}
+        for task in moving:
             task.cancel()
-        for group in list(self._groups.values()):
+        for group in [*self._groups.values(), *moving.values()]:
             if quietly:
                 group.end()
             else:

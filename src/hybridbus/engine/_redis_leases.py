@@ -1,24 +1,55 @@
 """The Redis engine's coordination leases (`engine.base.Leases`): one node per consumer group.
 
 Owns: `claim`, `release`, `holder` and the fresh read of one group (`group`)
-as a mixin of `engine.redis.RedisEngine`, and reading a group write's
-stale-fence answer (`stale_fences`). The Lua scripts and the key layout
-(the leases beside the groups, in their Cluster slot) are
+as a mixin of `engine.redis.RedisEngine`, the lease scripts, and reading a
+group write's stale-fence answer (`stale_fences`). The key layout (the
+leases beside the groups, in their Cluster slot) and the group scripts are
 `engine._redis_scripts`'s. Must not decide who coordinates what: the hub
 does (`hub.group_leases`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from hybridbus.engine import _redis_io as rio
-from hybridbus.engine import _redis_scripts as lua
 from hybridbus.engine import _redis_store as store
 from hybridbus.engine.base import StoredGroup
 from hybridbus.errors import NotCoordinator
 
-__all__ = ["RedisLeases", "stale_fences"]
+__all__ = ["LEASE_CLAIM", "LEASE_RELEASE", "RedisLeases", "stale_fences"]
+
+# KEYS[1] = G:l:<name>, KEYS[2] = G:f. ARGV: name, holder, ttl (ms), fence.
+# Fence 0 takes a free lease, or the holder's own (a restarted node of that id),
+# with a new fence; fence > 0 renews the holder's lease of that fence only.
+# Returns {held (1/0), holder ('' if none), fence}.
+LEASE_CLAIM: Final = """
+local v = redis.call('GET', KEYS[1])
+local fence = tonumber(ARGV[4])
+if v then
+  local i = string.find(v, '\\n', 1, true)
+  local holder = string.sub(v, 1, i - 1)
+  local current = tonumber(string.sub(v, i + 1))
+  if holder == ARGV[2] and current == fence then
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    return {1, holder, current}
+  end
+  if holder ~= ARGV[2] or fence ~= 0 then return {0, holder, current} end
+elseif fence ~= 0 then
+  return {0, '', 0}
+end
+local new = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('SET', KEYS[1], ARGV[2] .. '\\n' .. new, 'PX', ARGV[3])
+return {1, ARGV[2], new}
+"""
+
+# KEYS[1] = G:l:<name>. ARGV: holder, fence. Deletes the lease if it is theirs.
+LEASE_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] .. '\\n' .. ARGV[2] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 def stale_fences(answer: Any) -> NotCoordinator | None:
@@ -48,7 +79,7 @@ class RedisLeases:
         keys = [store.lease_key(prefix, name), store.fences_key(prefix)]
         args = [name, holder, max(1, round(ttl * 1000)), fence]
         try:
-            held, who, now = await rio.call(self.client, lua.LEASE_CLAIM, keys, args)
+            held, who, now = await rio.call(self.client, LEASE_CLAIM, keys, args)
         except Exception as exc:
             raise rio.wrap(exc, "cannot claim a lease") from exc
         return bool(held), who.decode() if isinstance(who, bytes) else str(who), int(now)
@@ -57,7 +88,7 @@ class RedisLeases:
         self._check_open()
         key = store.lease_key(self._target.prefix, name)
         try:
-            await rio.call(self.client, lua.LEASE_RELEASE, [key], [holder, fence])
+            await rio.call(self.client, LEASE_RELEASE, [key], [holder, fence])
         except Exception as exc:
             raise rio.wrap(exc, "cannot release a lease") from exc
 

@@ -9,7 +9,8 @@ Key layout. Every key of shard `s` starts with the hash tag `{hb:<prefix>:<s>}`
 slot; consumer groups live under `{hb:<prefix>:g}` and revocations under
 `{hb:<prefix>:r}`, each in its own slot. The groups' coordination leases
 (`engine.base.Leases`) live beside the groups, in their slot, so that a
-group write checks its writer's fence in the same script:
+group write checks its writer's fence in the same script (the lease scripts
+are `engine._redis_leases`'s):
 
     G:s            hash   group -> its state      (G = {hb:<prefix>:g})
     G:e:<group>    hash   the group's entries
@@ -53,8 +54,6 @@ __all__ = [
     "GROUPS_READ",
     "GROUPS_WRITE",
     "GROUP_READ",
-    "LEASE_CLAIM",
-    "LEASE_RELEASE",
     "READ_PATTERN",
     "READ_TOPIC",
     "RESET",
@@ -556,38 +555,6 @@ local tag = string.sub(states, 1, #states - 2)
 local state = redis.call('HGET', states, ARGV[1])
 if not state then return {} end
 return {state, redis.call('HGETALL', tag .. ':e:' .. ARGV[1])}
-"""
-
-# KEYS[1] = G:l:<name>, KEYS[2] = G:f. ARGV: name, holder, ttl (ms), fence.
-# Fence 0 takes a free lease, or the holder's own (a restarted node of that id),
-# with a new fence; fence > 0 renews the holder's lease of that fence only.
-# Returns {held (1/0), holder ('' if none), fence}.
-LEASE_CLAIM: Final = """
-local v = redis.call('GET', KEYS[1])
-local fence = tonumber(ARGV[4])
-if v then
-  local i = string.find(v, '\\n', 1, true)
-  local holder = string.sub(v, 1, i - 1)
-  local current = tonumber(string.sub(v, i + 1))
-  if holder == ARGV[2] and current == fence then
-    redis.call('PEXPIRE', KEYS[1], ARGV[3])
-    return {1, holder, current}
-  end
-  if holder ~= ARGV[2] or fence ~= 0 then return {0, holder, current} end
-elseif fence ~= 0 then
-  return {0, '', 0}
-end
-local new = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-redis.call('SET', KEYS[1], ARGV[2] .. '\\n' .. new, 'PX', ARGV[3])
-return {1, ARGV[2], new}
-"""
-
-# KEYS[1] = G:l:<name>. ARGV: holder, fence. Deletes the lease if it is theirs.
-LEASE_RELEASE: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] .. '\\n' .. ARGV[2] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
 """
 
 # Returns {group, state, {key, value, ...}, ...}: one snapshot of every group.

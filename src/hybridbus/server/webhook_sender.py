@@ -44,7 +44,7 @@ from hybridbus.core.webhooks_out import (
     check_url,
     outcome,
 )
-from hybridbus.errors import BusClosed, DeliveryGone, EngineError, InvalidSettings
+from hybridbus.errors import BusClosed, DeliveryGone, EngineError, InvalidSettings, NotCoordinator
 from hybridbus.hub.group import Group
 from hybridbus.hub.member import GroupDelivery, Member
 
@@ -177,7 +177,7 @@ class Sender:
         while not member.closed:
             try:
                 batch = await member.fetch(self.sub.concurrency)
-            except BusClosed:
+            except (BusClosed, NotCoordinator):  # another node runs it now (webhooks_out)
                 return
             for delivery in batch:
                 await self._pace()

@@ -49,6 +49,7 @@ from hybridbus.errors import (
     Forbidden,
     InvalidInput,
     InvalidSettings,
+    NotCoordinator,
     UnknownGroup,
 )
 from hybridbus.hub.group import DeadLetter, Group
@@ -268,7 +269,38 @@ class Outbound:
         await self.bus.engine.write_groups([write])
 
     async def _activate(self, registered: Registered) -> None:
-        """Make or update the group; start a sender if the subscription is enabled."""
+        """Make or update the group; start a sender if the subscription is enabled.
+
+        With many nodes (docs/groups.md "Many nodes") the sender runs on the
+        node coordinating the group; the others try to claim it every ttl/2.
+        """
+        try:
+            await self._run_here(registered)
+        except NotCoordinator:
+            pass  # another node runs it
+        if self.bus.groups.coordination.enabled and not self._closed:
+            self._spawn(self._claim_forever(registered))
+
+    async def _claim_forever(self, registered: Registered) -> None:
+        """While `registered` is current: run its sender here when no other node runs it."""
+        every = self.bus.groups.coordination.ttl / 2
+        sub = registered.sub
+        while not self._closed and self._subs.get(sub.full_name) is registered:
+            await asyncio.sleep(every)
+            try:
+                self.group(registered)  # loaded here: this node runs it
+                continue
+            except UnknownGroup:
+                pass
+            self._retire(registered)  # a sender of a group this node lost
+            try:
+                await self._run_here(registered)
+            except NotCoordinator:
+                pass
+            except BusError as exc:
+                log.warning("outbound webhook %s: cannot claim its group (%s)", sub.full_name, exc)
+
+    async def _run_here(self, registered: Registered) -> None:
         sub = registered.sub
         group = await self.bus.groups.ensure(group_name(sub.name), group_settings(sub))
         group.on_dead = lambda dead: self._exhausted(sub, dead)
