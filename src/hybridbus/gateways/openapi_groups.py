@@ -188,8 +188,38 @@ _CHOOSE: Final = {
 }
 
 
+# On many nodes a group is served by its coordinator; another node redirects there.
+_MOVED: Final = {
+    "description": (
+        "Another node coordinates this group (1405 NOT_COORDINATOR, docs/groups.md "
+        "\"Many nodes\"): the same request again at `Location`, on that node. The body is the "
+        "problem, with `node`."
+    ),
+    "headers": {
+        "Location": {
+            "description": "This path and query on the coordinating node.",
+            "schema": {"type": "string", "format": "uri"},
+        }
+    },
+    "content": {"application/problem+json": {"schema": ref("schemas", "Problem")}},
+}
+
+
 def paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-    """The `/v1/groups` paths; `problems(*statuses)` makes their problem responses."""
+    """The `/v1/groups` paths; `problems(*statuses)` makes their problem responses.
+
+    Every route of one group (`{group}` in its path) may answer 307 (`_MOVED`).
+    """
+    found = _paths(problems)
+    for path, item in found.items():
+        if "{group}" in path:
+            for name, operation in item.items():
+                if name != "parameters":
+                    operation["responses"] = {"307": _MOVED, **operation["responses"]}
+    return found
+
+
+def _paths(problems: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     group = ref("parameters", "group")
     body_problems = problems(400, 404, 408, 413, 500, 503)
     settle = {**_DONE, **body_problems, **problems(409)}
