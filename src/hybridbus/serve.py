@@ -118,7 +118,7 @@ async def create_app(
         )
         await outbound.start()
         await bridges.start()
-        endpoints = WebhookEndpoints(bus.engine, config.webhooks)  # inbound webhooks
+        endpoints = WebhookEndpoints(bus.engine, config.webhooks, bus.changes)  # inbound webhooks
         await endpoints.start()
         webhooks = WebhooksGateway(
             endpoints,

@@ -5,7 +5,8 @@ settings file (`[[webhooks]]`, fixed: the API shows them but does not change
 them) and those made over the API, stored in the engine's group store under
 the reserved name `$webhooks/<tenant>` (one entry per endpoint, written
 through `Engine.write_groups`, durable when the API answers, read at start
-from `Engine.groups`) — each compiled once (`core.webhook_routes.Route`) with
+from `Engine.groups` and again when another node announces a change:
+`hub.changes`) — each compiled once (`core.webhook_routes.Route`) with
 its request-rate bucket; and the routes
 
     GET    /v1/webhooks/endpoints            the endpoints the caller may manage
@@ -41,7 +42,7 @@ from aiohttp import web
 
 from hybridbus.core.ratelimit import TokenBucket
 from hybridbus.core.webhook_routes import Endpoint, Route
-from hybridbus.engine.base import Engine, GroupWrite
+from hybridbus.engine.base import Engine, GroupWrite, StoredGroup
 from hybridbus.errors import Forbidden, InvalidInput, UnknownEndpoint
 from hybridbus.gateways.httputil import (
     BadParameter,
@@ -50,6 +51,7 @@ from hybridbus.gateways.httputil import (
     read_body,
     tenant_and_name,
 )
+from hybridbus.hub.changes import Changes, named
 from hybridbus.hub.guard import Guard, Principal
 
 __all__ = ["REGISTRY_PREFIX", "Registered", "WebhookAdmin", "WebhookEndpoints"]
@@ -87,8 +89,13 @@ class Registered:
 class WebhookEndpoints:
     """Every endpoint, from the settings and the engine (see the module docstring)."""
 
-    def __init__(self, engine: Engine, configured: Sequence[Endpoint] = ()) -> None:
+    def __init__(
+        self, engine: Engine, configured: Sequence[Endpoint] = (), changes: Changes | None = None
+    ) -> None:
         self.engine = engine
+        self._changes = changes
+        if changes is not None:
+            changes.on(REGISTRY_PREFIX, self.reload)
         self._endpoints: dict[str, Registered] = {}
         for endpoint in configured:
             if endpoint.full_name in self._endpoints:
@@ -98,23 +105,43 @@ class WebhookEndpoints:
     async def start(self) -> None:
         """Load the endpoints stored by the API (a configured one of the same name wins)."""
         for stored in await self.engine.groups():
-            if not stored.group.startswith(REGISTRY_PREFIX):
+            if stored.group.startswith(REGISTRY_PREFIX):
+                self._load(stored)
+
+    async def reload(self, name: str) -> None:
+        """Load the store `name` (or every one under it) again: another node changed it."""
+        stored = [found for found in await self.engine.groups() if named(found.group, name)]
+        tenant = name[len(REGISTRY_PREFIX) :]
+        kept = {
+            key: found
+            for key, found in self._endpoints.items()
+            if found.origin == "api" and (not tenant or found.endpoint.tenant == tenant)
+        }
+        for key in kept:
+            del self._endpoints[key]
+        for found in stored:
+            self._load(found, kept)
+
+    def _load(self, stored: StoredGroup, kept: dict[str, Registered] | None = None) -> None:
+        """Register the endpoints of `stored`; one equal to its entry in `kept` stays as it was
+        (its request-rate bucket with it)."""
+        for name, raw in stored.entries.items():
+            try:
+                endpoint = msgspec.msgpack.decode(raw, type=Endpoint)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.error("webhook endpoint %s/%s cannot be read, skipped: %s",  # noqa: TRY400
+                          stored.group, name, exc)  # fmt: skip
                 continue
-            for name, raw in stored.entries.items():
-                try:
-                    endpoint = msgspec.msgpack.decode(raw, type=Endpoint)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    log.error("webhook endpoint %s/%s cannot be read, skipped: %s",  # noqa: TRY400
-                              stored.group, name, exc)  # fmt: skip
-                    continue
-                found = self._endpoints.get(endpoint.full_name)
-                if found is not None and found.origin == "config":
-                    log.warning(
-                        "webhook endpoint %s is set in the settings file and stored: the file wins",
-                        endpoint.full_name,
-                    )
-                    continue
-                self._endpoints[endpoint.full_name] = Registered(endpoint, "api")
+            key = endpoint.full_name
+            found = self._endpoints.get(key)
+            if found is not None and found.origin == "config":
+                log.warning(
+                    "webhook endpoint %s is set in the settings file and stored: the file wins", key
+                )
+                continue
+            old = (kept or {}).get(key)
+            same = old is not None and old.endpoint == endpoint
+            self._endpoints[key] = old if old is not None and same else Registered(endpoint, "api")
 
     def get(self, tenant: str, name: str) -> Registered:
         """The endpoint `name` of `tenant`, or `UnknownEndpoint`."""
@@ -147,6 +174,7 @@ class WebhookEndpoints:
         )
         await self.engine.write_groups([write])
         self._endpoints[key] = registered
+        await self._announce(endpoint.tenant)
         return registered
 
     async def delete(self, tenant: str, name: str) -> None:
@@ -157,6 +185,11 @@ class WebhookEndpoints:
         write = GroupWrite(group=REGISTRY_PREFIX + tenant, delete=[name])
         await self.engine.write_groups([write])
         self._endpoints.pop(f"{tenant}/{name}", None)
+        await self._announce(tenant)
+
+    async def _announce(self, tenant: str) -> None:
+        if self._changes is not None:
+            await self._changes.announce(REGISTRY_PREFIX + tenant)
 
 
 def view(registered: Registered, name: str) -> dict[str, Any]:

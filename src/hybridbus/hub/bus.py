@@ -24,6 +24,7 @@ from hybridbus.core.topics import tenant_of, validate_pattern, validate_topic
 from hybridbus.core.trie import Trie
 from hybridbus.engine.base import Clock, Engine, TopicInfo, system_clock
 from hybridbus.errors import BusClosed, EventTooLarge, InvalidEvent, InvalidInput
+from hybridbus.hub.changes import Changes
 from hybridbus.hub.groups import Groups, settings_from
 from hybridbus.hub.member import Member
 from hybridbus.hub.pages import SharedPages
@@ -111,7 +112,8 @@ class Bus:
         # The consumer groups (hub/groups.py): `bus.groups` for operators.
         self.groups = Groups(self, clock)
         # The event types' JSON Schemas (hub/schemas.py), checked by `prepare`.
-        self.schemas = Schemas(engine, clock)
+        self.changes = Changes(self)  # registries changed on other nodes (a shared engine)
+        self.schemas = Schemas(engine, clock, self.changes)
 
     async def start(self) -> None:
         """Open the engine, load the schemas and consumer groups, start routing appends."""
@@ -120,6 +122,7 @@ class Bus:
         try:
             await self.schemas.start()
             await self.groups.start()
+            await self.changes.start()
         except BaseException:
             await self.close()
             raise
@@ -131,6 +134,7 @@ class Bus:
         self._closed = True
         for sub in list(self._subscriptions):
             sub.end(BusClosed("the bus is closed"))
+        await self.changes.close()
         await self.groups.close()
         await self.engine.close()
 

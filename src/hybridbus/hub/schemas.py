@@ -6,7 +6,8 @@ Owns: every tenant's registered schemas (versions 1, 2, ... of each event
 inside the schema or the schema is refused), registering a version (the
 mode's check against the latest: `core.schemas`), storing them in the
 engine's group store under `$schemas/<tenant>` (the state: each type's mode
-and count; entries `<type>/<version>`) and loading them at start, and
+and count; entries `<type>/<version>`) and loading them at start (and again
+when another node announces a change: `hub.changes`), and
 `check`: what `Bus.prepare` asks of every event on every way in. Must not
 know principals, HTTP or the wire protocol (the gateways speak for callers).
 
@@ -23,6 +24,7 @@ a schema, and every event while no tenant has a schema, pass untouched.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -50,8 +52,11 @@ from hybridbus.errors import (
     SchemaViolation,
     UnknownSchema,
 )
+from hybridbus.hub.changes import Changes, named
 
 __all__ = ["STORE_PREFIX", "Schemas", "TestResult", "TypeInfo", "compile_schema"]
+
+log = logging.getLogger("hybridbus.schemas")
 
 STORE_PREFIX: Final = "$schemas/"  # + tenant: a registry's name in the group store
 _DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
@@ -160,9 +165,14 @@ def _check_tenant(tenant: str) -> str:
 class Schemas:
     """The schema registry of one bus (see the module docstring)."""
 
-    def __init__(self, engine: Engine, clock: Clock = system_clock) -> None:
+    def __init__(
+        self, engine: Engine, clock: Clock = system_clock, changes: Changes | None = None
+    ) -> None:
         self.engine = engine
         self._clock = clock
+        self._changes = changes
+        if changes is not None:
+            changes.on(STORE_PREFIX, self.reload)
         self._types: dict[tuple[str, str], _Type] = {}
         self._lock = asyncio.Lock()
         # True once any tenant has a schema: until then `check` is never called.
@@ -176,6 +186,24 @@ class Schemas:
                     self._load(stored)
                 except (msgspec.DecodeError, msgspec.ValidationError, InvalidSchema) as exc:
                     raise EngineCorrupt(f"{stored.group!r} cannot be read: {exc}") from exc
+
+    async def reload(self, name: str) -> None:
+        """Load the store `name` (or every one under it) again: another node changed it."""
+        stored = [found for found in await self.engine.groups() if named(found.group, name)]
+        async with self._lock:
+            tenants = {found.group[len(STORE_PREFIX) :] for found in stored}
+            if name.endswith("/"):
+                tenants.update(tenant for tenant, _ in self._types)
+            else:
+                tenants.add(name[len(STORE_PREFIX) :])
+            for key in [key for key in self._types if key[0] in tenants]:
+                del self._types[key]
+            for found in stored:
+                try:
+                    self._load(found)
+                except (msgspec.DecodeError, msgspec.ValidationError, InvalidSchema) as exc:
+                    log.error("%r cannot be read, left out: %s", found.group, exc)  # noqa: TRY400
+            self.active = any(t.latest is not None for t in self._types.values())
 
     def _load(self, stored: StoredGroup) -> None:
         tenant = stored.group[len(STORE_PREFIX) :]
@@ -399,3 +427,5 @@ class Schemas:
         await self.engine.write_groups(
             [GroupWrite(group=STORE_PREFIX + tenant, state=state, put=entries)]
         )
+        if self._changes is not None:
+            await self._changes.announce(STORE_PREFIX + tenant)

@@ -5,9 +5,10 @@ settings file (`[[outbound_webhooks]]`: the API shows them, enables and
 disables them, never changes or deletes them) and those made over the API,
 stored in the engine's group store under the reserved name `$outbound/<tenant>`
 (one entry per subscription, secrets included; durable when a change
-returns) — the consumer group each one runs as (`webhook.<name>` in its
-tenant, made or updated by `Groups.ensure`), one `Sender` per enabled one,
-the HTTP client they share, their attempts logs, and the
+returns; announced to the other nodes, which reload it: `hub.changes`) —
+the consumer group each one runs as (`webhook.<name>` in its tenant, made
+or updated by `Groups.ensure`), one `Sender` per enabled one, the HTTP
+client they share, their attempts logs, and the
 `$system/webhooks/<tenant>/exhausted` event appended when the group buries
 an event (the group's `on_dead` hook). Must not know HTTP routes or
 principals (`gateways.webhooks_out` does) nor hold retry state (the group
@@ -52,6 +53,7 @@ from hybridbus.errors import (
     NotCoordinator,
     UnknownGroup,
 )
+from hybridbus.hub.changes import named
 from hybridbus.hub.group import DeadLetter, Group
 from hybridbus.server.webhook_sender import GuardedResolver, Lookup, OnAttempt, Sender
 
@@ -112,6 +114,7 @@ class Outbound:
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self._closed = False
+        bus.changes.on(STORE_PREFIX, self.reload)
 
     # -- life ------------------------------------------------------------------------
 
@@ -121,22 +124,7 @@ class Outbound:
             resolver=GuardedResolver(self.allow_private, self._lookup), limit=0
         )
         self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
-        enabled: dict[str, bool] = {}
-        stored: list[Subscription] = []
-        for found in await self.bus.engine.groups():
-            if not found.group.startswith(STORE_PREFIX):
-                continue
-            tenant = found.group[len(STORE_PREFIX) :]
-            for key, raw in found.entries.items():
-                if key.startswith(_ENABLED):
-                    enabled[f"{tenant}/{key[len(_ENABLED) :]}"] = raw == b"true"
-                    continue
-                try:
-                    stored.append(msgspec.msgpack.decode(raw, type=Subscription))
-                except (msgspec.DecodeError, msgspec.ValidationError, InvalidSettings) as exc:
-                    log.warning(
-                        "outbound webhook %s/%s cannot be read, skipped: %s", tenant, key, exc
-                    )
+        stored, enabled = await self._read(STORE_PREFIX)
         for sub in self._configured:
             if sub.full_name in self._subs:
                 raise InvalidInput(f"outbound webhook {sub.full_name!r} is set twice")
@@ -154,6 +142,65 @@ class Outbound:
             self._subs[sub.full_name] = Registered(sub, "api", AttemptLog())
         for registered in self._subs.values():
             await self._activate(registered)
+
+    async def _read(self, name: str) -> tuple[list[Subscription], dict[str, bool]]:
+        """The subscriptions stored under `name` (`hub.changes.named`), and the `enabled`
+        stored for those of the settings file, by `<tenant>/<name>`."""
+        enabled: dict[str, bool] = {}
+        stored: list[Subscription] = []
+        for found in await self.bus.engine.groups():
+            if not named(found.group, name):
+                continue
+            tenant = found.group[len(STORE_PREFIX) :]
+            for key, raw in found.entries.items():
+                if key.startswith(_ENABLED):
+                    enabled[f"{tenant}/{key[len(_ENABLED) :]}"] = raw == b"true"
+                    continue
+                try:
+                    stored.append(msgspec.msgpack.decode(raw, type=Subscription))
+                except (msgspec.DecodeError, msgspec.ValidationError, InvalidSettings) as exc:
+                    log.warning(
+                        "outbound webhook %s/%s cannot be read, skipped: %s", tenant, key, exc
+                    )
+        return stored, enabled
+
+    async def reload(self, name: str) -> None:
+        """Load the store `name` (or every one under it) again: another node changed it.
+
+        Subscriptions made, replaced or deleted there are made, replaced or
+        retired here (their senders run where their group is coordinated);
+        the `enabled` of one of the settings file follows what was stored.
+        """
+        if self._session is None or self._closed:
+            return  # not started (`start` loads everything) or closing
+        stored, enabled = await self._read(name)
+        tenant = name[len(STORE_PREFIX) :]
+        async with self._lock:
+            mine = {
+                key: r for key, r in self._subs.items() if not tenant or r.sub.tenant == tenant
+            }
+            wanted: dict[str, tuple[Subscription, Origin]] = {}
+            for sub in stored:
+                old = mine.get(sub.full_name)
+                if old is None or old.origin == "api":  # (a name in the settings file: it wins)
+                    wanted[sub.full_name] = (sub, "api")
+            for key, old in mine.items():
+                flag = enabled.get(key)
+                if old.origin == "config":
+                    if flag is not None and flag != old.sub.enabled:
+                        wanted[key] = (msgspec.structs.replace(old.sub, enabled=flag), "config")
+                elif key not in wanted:  # deleted there
+                    self._retire(old)
+                    del self._subs[key]
+            for key, (sub, origin) in wanted.items():
+                old = mine.get(key)
+                if old is not None:
+                    if old.sub == sub:
+                        continue
+                    self._retire(old)
+                registered = Registered(sub, origin, old.attempts if old else AttemptLog())
+                self._subs[key] = registered
+                await self._activate(registered)
 
     async def close(self) -> None:
         """Stop every sender (requests in flight are cancelled: their leases run out)."""
@@ -267,6 +314,7 @@ class Outbound:
     ) -> None:
         write = GroupWrite(group=STORE_PREFIX + tenant, state=_STATE, put=put, delete=delete)
         await self.bus.engine.write_groups([write])
+        await self.bus.changes.announce(STORE_PREFIX + tenant)  # other nodes reload it
 
     async def _activate(self, registered: Registered) -> None:
         """Make or update the group; start a sender if the subscription is enabled.
