@@ -51,9 +51,12 @@ from hybridbus.server.access import ApiKeys
 from hybridbus.server.auth import Authenticator
 from hybridbus.server.config import ServerConfig
 from hybridbus.server.groups import locator
+from hybridbus.server.limits_redis import RedisLimits
 from hybridbus.server.logs import configure_logging
 from hybridbus.server.metrics import Metrics
 from hybridbus.server.node import SERVER_VERSION, Node
+from hybridbus.server.presence_redis import RedisPresence
+from hybridbus.server.redis_shared import shared_redis
 from hybridbus.server.registry import Registry, registry_of
 from hybridbus.server.webhooks_out import Outbound
 
@@ -85,6 +88,16 @@ async def create_app(
     metrics = Metrics()
     metrics.watch_groups(bus.groups)
     node = Node(bus, config, metrics, authenticator)
+    # Presence and the tenant publish rate across nodes, in the Redis they share (if any).
+    shared = shared_redis(config)
+    presence = limits = None
+    if shared is not None:
+        presence = RedisPresence(node.presence, shared, node=registry.id, ttl=config.registry_ttl)
+        tenants = node.guard.limits
+        if tenants.tenant_rate > 0:
+            burst = tenants.tenant_burst or tenants.tenant_rate
+            limits = RedisLimits(shared, rate=tenants.tenant_rate, burst=burst)
+            node.guard.share_tenant_limits(limits)
     outbound = Outbound(  # outbound webhooks: a consumer group and a sender each
         bus,
         config.outbound_webhooks,
@@ -96,6 +109,10 @@ async def create_app(
     try:
         await node.start()
         await registry.start()  # registers in the background: never waits for the store
+        if presence is not None:
+            await presence.start()  # in the background too, as are the limits' leases
+        if limits is not None:
+            await limits.start()
         access = HttpAccess(node.guard, ApiKeys(config.api_keys), node.authenticator)
         http = HttpGateway(
             bus,
@@ -156,6 +173,10 @@ async def create_app(
         app.add_routes(BridgesGateway(bridges, node.guard, access.principal).routes())
     except BaseException:
         await registry.close()
+        if presence is not None:
+            await presence.close()
+        if limits is not None:
+            await limits.close()
         await bridges.close()
         await outbound.close()
         await node.shutdown()
@@ -163,6 +184,8 @@ async def create_app(
 
     async def close_connections(app: web.Application) -> None:
         await registry.close()  # deregistered at once: no one is sent here any more
+        if presence is not None:
+            await presence.close()  # this node's members leave every node's view at once
         http.close()  # ends the SSE streams
         groups.close()  # ends the waiting fetches
         await node.close_connections()
@@ -172,6 +195,8 @@ async def create_app(
         await bridges.close()  # before the bus closes: what is unconfirmed comes again
         await outbound.close()  # the senders, before the bus closes
         await node.shutdown()
+        if limits is not None:
+            await limits.close()
 
     app.on_shutdown.append(close_connections)
     app.on_cleanup.append(shutdown)

@@ -1,7 +1,9 @@
 """Rate limits as token buckets, with the time passed in.
 
-Owns: `TokenBucket` (one limit: `rate` tokens a second, at most `burst` held)
-and `KeyedBuckets` (one bucket per key, e.g. per tenant, bounded in number).
+Owns: `TokenBucket` (one limit: `rate` tokens a second, at most `burst` held),
+`KeyedBuckets` (one bucket per key, e.g. per tenant, bounded in number) and
+`SharedLimits`, the shape of anything that limits per key as `KeyedBuckets`
+does (the server's buckets shared by every node, `server.limits_redis`).
 Must not read a clock or sleep: every call takes `now` (seconds, from any
 monotonic-enough clock), so a schedule is exact and reproducible in tests.
 
@@ -16,9 +18,9 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Final
+from typing import Final, Protocol
 
-__all__ = ["KeyedBuckets", "TokenBucket"]
+__all__ = ["KeyedBuckets", "SharedLimits", "TokenBucket"]
 
 # Float rounding must not refuse a take that is due: a difference of two Unix
 # times is off by up to ~2.4e-7 s. A take due within a microsecond is due now;
@@ -80,6 +82,18 @@ class TokenBucket:
 
     def __repr__(self) -> str:
         return f"TokenBucket(rate={self.rate}, burst={self.burst})"
+
+
+class SharedLimits(Protocol):
+    """Per-key limits taken synchronously, as `KeyedBuckets.take` (which is one).
+
+    `take` answers at once, from what it holds: 0.0 (taken) or the seconds to
+    wait (nothing taken; `math.inf`: `cost` can never be taken at once).
+    """
+
+    def take(self, key: Hashable, now: float, cost: float = 1.0) -> float:
+        """Take `cost` tokens from `key`'s limit at `now`, or say how long to wait."""
+        ...
 
 
 class KeyedBuckets:

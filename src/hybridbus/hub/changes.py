@@ -19,17 +19,15 @@ with the registry's next change.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 from hybridbus.core.event import Event
-from hybridbus.core.log import Position
 from hybridbus.engine.base import Leases
-from hybridbus.errors import BusClosed, BusError
+from hybridbus.errors import BusError
+from hybridbus.hub.follow import Follower, head_of
 
 if TYPE_CHECKING:
     from hybridbus.hub.bus import Bus
@@ -58,7 +56,7 @@ class Changes:
         self.bus = bus
         self._owners: list[tuple[str, Reload]] = []
         self._own: set[str] = set()  # ids of this bus's announcements (its follower skips them)
-        self._follower: asyncio.Task[None] | None = None
+        self._follower = Follower(bus, CHANGES_TOPIC, self._heard, self._reload_all)
 
     @property
     def shared(self) -> bool:
@@ -88,49 +86,26 @@ class Changes:
 
     async def start(self) -> None:
         """Follow the other nodes' announcements from the log's head (the bus is started)."""
-        if not self.shared:
-            return
-        engine = self.bus.engine
-        since = Position(engine.epoch, await engine.head())
-        self._follower = asyncio.get_running_loop().create_task(
-            self._follow(since), name="bus: changes of other nodes"
-        )
+        if self.shared:
+            self._follower.start(await head_of(self.bus))
 
     async def close(self) -> None:
-        follower, self._follower = self._follower, None
-        if follower is not None:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+        await self._follower.close()
 
-    async def _follow(self, since: Position) -> None:
-        engine = self.bus.engine
-        token: Position | None = since
-        while True:
-            try:
-                if token is None:  # after a lost subscription: everything may have changed
-                    token = Position(engine.epoch, await engine.head())
-                    for prefix, reload in self._owners:
-                        await self._reload(reload, prefix)
-                async with self.bus.subscribe(CHANGES_TOPIC, since=token) as sub:
-                    token = None
-                    async for delivery in sub:
-                        event = delivery.event
-                        if event.id in self._own:
-                            self._own.discard(event.id)
-                            continue
-                        name = event.data.get("name") if isinstance(event.data, dict) else None
-                        if not isinstance(name, str):
-                            continue
-                        for prefix, reload in self._owners:
-                            if name.startswith(prefix):
-                                await self._reload(reload, name)
-            except BusClosed:
-                return
-            except BusError as exc:
-                log.warning("following changes of other nodes: %s; reloading in 1 s", exc)
-                token = None
-                await asyncio.sleep(1.0)
+    async def _heard(self, event: Event) -> None:
+        if event.id in self._own:
+            self._own.discard(event.id)
+            return
+        name = event.data.get("name") if isinstance(event.data, dict) else None
+        if isinstance(name, str):
+            for prefix, reload in self._owners:
+                if name.startswith(prefix):
+                    await self._reload(reload, name)
+
+    async def _reload_all(self) -> None:
+        """After a lost subscription: any store may have changed."""
+        for prefix, reload in self._owners:
+            await self._reload(reload, prefix)
 
     @staticmethod
     async def _reload(reload: Reload, name: str) -> None:

@@ -4,8 +4,10 @@ Owns: turning an `Identity` into a `Principal` (refused if revoked), scoping
 a principal's topics and patterns into its tenant (an admin's are absolute),
 asking `core.permissions` once per operation and pattern (cached on the
 principal), the publish rate limits (per principal and per tenant, token
-buckets from `core.ratelimit`; a `publish_many` batch is taken at once), the
-revocation set (loaded from and stored in the engine, bounded: see below),
+buckets from `core.ratelimit`; a `publish_many` batch is taken at once; the
+tenant buckets may be shared by every node: `share_tenant_limits`), the
+revocations (`hub.revocations`: stored in the engine, bounded — see below —
+and heard from other nodes),
 what a topic listing may show (`visible`), and the audit trail on
 `$audit/<tenant>/<kind>`. Must not know sockets, frames or HTTP: the
 server's connections and the HTTP gateways call it with a principal; it
@@ -48,7 +50,6 @@ the request or refusal it records goes on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import secrets
@@ -62,8 +63,8 @@ from hybridbus.core.event import Event
 from hybridbus.core.identity import Identity, Operation
 from hybridbus.core.log import Ack, Position
 from hybridbus.core.permissions import Decision, Policy, decide
-from hybridbus.core.ratelimit import KeyedBuckets, TokenBucket
-from hybridbus.core.revocation import Revocation, RevocationSet
+from hybridbus.core.ratelimit import KeyedBuckets, SharedLimits, TokenBucket
+from hybridbus.core.revocation import Revocation
 from hybridbus.core.topics import (
     scope_pattern,
     scope_topic,
@@ -72,7 +73,6 @@ from hybridbus.core.topics import (
     validate_topic,
 )
 from hybridbus.errors import (
-    BusClosed,
     BusError,
     EngineError,
     EngineUnavailable,
@@ -81,9 +81,9 @@ from hybridbus.errors import (
     LimitExceeded,
     RateLimited,
     Revoked,
-    TooManyRevocations,
 )
 from hybridbus.hub.bus import Bus, EventLike, History, Prepared
+from hybridbus.hub.revocations import Revocations
 from hybridbus.hub.subscription import Subscription
 
 __all__ = ["AUDIT_ROOT", "Guard", "Limits", "Principal"]
@@ -180,21 +180,14 @@ class Guard:
         self.limits = limits or Limits()
         self._clock = clock
         self._source = f"/hybridbus/{node}"
-        self._revocations = RevocationSet()
-        self._listeners: list[Callable[[Revocation], None]] = []
-        # Ids of the `revoke` audit events this guard appended (its follower skips them).
-        self._announced: set[str] = set()
-        self._follower: asyncio.Task[None] | None = None
+        self.revocations = Revocations(
+            bus, self.limits, clock, self._audit_first, f"{AUDIT_ROOT}/+/revoke"
+        )
         limits = self.limits
-        self._tenants = (
+        # The tenant buckets: this node's own, unless the server shares them.
+        self._tenants: SharedLimits | None = (
             KeyedBuckets(limits.tenant_rate, limits.tenant_burst or limits.tenant_rate)
             if limits.tenant_rate > 0
-            else None
-        )
-        self._revokes = (
-            # At least one revocation fits in the burst: a wait is never "forever".
-            KeyedBuckets(limits.revoke_rate, max(1.0, limits.revoke_burst or limits.revoke_rate))
-            if limits.revoke_rate > 0
             else None
         )
         self._denials: dict[str, _Denials] = {}
@@ -206,83 +199,28 @@ class Guard:
         self._minutely_roles = policy.windowed_roles()
 
     async def start(self) -> None:
-        """Shorten the stored revocations past the horizon, then load them (the bus is started)."""
-        engine = self.bus.engine
-        shortened = await engine.shorten_revocations(self._clock() + self.limits.revocation_horizon)
-        if shortened:
-            log.warning(
-                "%d stored revocations lasted past the horizon of %g s: shortened to it",
-                shortened,
-                self.limits.revocation_horizon,
-            )
-        # Follow the revocations other nodes make from the head on, then load the stored ones:
-        # one made in between is applied twice, which changes nothing.
-        since = Position(engine.epoch, await engine.head())
-        self._revocations.extend(await engine.revocations())
-        self._follower = asyncio.get_running_loop().create_task(
-            self._follow_revocations(since), name="guard: revocations of other nodes"
-        )
+        """Load the revocations and follow other nodes' (the bus is started)."""
+        await self.revocations.start()
 
     async def close(self) -> None:
         """Stop following other nodes' revocations (before the bus closes)."""
-        follower, self._follower = self._follower, None
-        if follower is not None:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+        await self.revocations.close()
 
-    async def _follow_revocations(self, since: Position) -> None:
-        """Apply every `revoke` audit event another node appends, as it is appended.
+    def share_tenant_limits(self, limits: SharedLimits) -> None:
+        """Take the tenant publish rate from `limits` (every node's, not this one's alone)."""
+        if self.limits.tenant_rate > 0:
+            self._tenants = limits
 
-        The audit event is written ahead of the stored revocation and carries
-        it, so every node sharing the engine (Redis) hears of a revocation as
-        fast as of any event, and one whose store then failed is applied too
-        (it fails closed). After a lost subscription (a full queue, a new
-        epoch) the stored revocations are loaded again, then followed from there.
-        """
-        pattern = f"{AUDIT_ROOT}/+/revoke"
-        engine = self.bus.engine
-        token: Position | None = since
-        while True:
-            try:
-                if token is None:
-                    token = Position(engine.epoch, await engine.head())
-                    self._revocations.extend(await engine.revocations())
-                async with self.bus.subscribe(pattern, since=token) as sub:
-                    token = None
-                    async for delivery in sub:
-                        self._heard(delivery.event)
-            except BusClosed:
-                return
-            except BusError as exc:
-                log.warning("following revocations: %s; loading them again in 1 s", exc)
-                token = None
-                await asyncio.sleep(1.0)
-
-    def _heard(self, event: Event) -> None:
-        """A `revoke` audit event: apply the revocation it carries (unless this node made it)."""
-        if event.id in self._announced:
-            self._announced.discard(event.id)
-            return
-        try:
-            revocation = msgspec.convert(event.data, Revocation)
-        except (msgspec.ValidationError, ValueError, TypeError) as exc:
-            log.warning("a revoke audit event %s carries no revocation: %s", event.id, exc)
-            return
-        self._apply(self._revocations.add(revocation))
-
-    def _apply(self, revocation: Revocation) -> None:
-        for listener in self._listeners:
-            try:
-                listener(revocation)
-            except Exception:
-                log.exception("a revocation listener failed")
+    @property
+    def tenant_limits(self) -> SharedLimits | None:
+        """What the tenant publish rate is taken from (None: unlimited)."""
+        return self._tenants
 
     # -- principals ----------------------------------------------------------------
 
     def admit(self, identity: Identity) -> Principal:
         """A principal for `identity`; raises `Revoked` if its token, session or user is."""
-        found = self._revocations.revoked(identity, self._clock())
+        found = self.revocations.revoked(identity)
         if found is not None:
             raise Revoked(
                 f"the {found.kind} was revoked" + (f": {found.reason}" if found.reason else "")
@@ -300,11 +238,11 @@ class Guard:
 
     def revoked(self, identity: Identity) -> Revocation | None:
         """The live revocation naming `identity`, if any."""
-        return self._revocations.revoked(identity, self._clock())
+        return self.revocations.revoked(identity)
 
     def on_revoke(self, listener: Callable[[Revocation], None]) -> None:
         """Call `listener(revocation)` after every revocation (the node closes connections)."""
-        self._listeners.append(listener)
+        self.revocations.on_revoke(listener)
 
     async def revoke(self, by: Principal, revocation: Revocation) -> Revocation:
         """Audit `revocation`, store it durably, apply it, tell the listeners; return it as stored.
@@ -317,48 +255,7 @@ class Guard:
         if not admin and revocation.tenant != by.tenant:
             self._denied(by, "revoke", revocation.tenant)
             raise Forbidden("a revocation must name the caller's own tenant")
-        now = self._clock()
-        revocations = self._revocations
-        revocations.prune(now)
-        revocation = revocation.bounded(now, self.limits.revocation_horizon)
-        if not admin:
-            self._admit_revocation(revocation, now)
-        # Write-ahead: no revocation without its audit event; raises if it cannot be appended.
-        # The event is also how other nodes hear of it (`_follow_revocations`), not this one.
-        announced = secrets.token_hex(12)
-        self._announced.add(announced)
-        try:
-            await self._audit_first(
-                revocation.tenant,
-                "revoke",
-                {**msgspec.to_builtins(revocation), "by": _who(by.identity)},
-                id=announced,
-            )
-        except BaseException:
-            self._announced.discard(announced)
-            raise
-        await self.bus.engine.revoke(revocation)
-        revocations.add(revocation)
-        self._apply(revocation)
-        return revocation
-
-    def _admit_revocation(self, revocation: Revocation, now: float) -> None:
-        """Raise unless a tenant's caller may add `revocation` now (count, then rate)."""
-        tenant = revocation.tenant
-        revocations = self._revocations
-        held = revocations.count(tenant)
-        new = revocations.get(*revocation.key) is None
-        if new and held >= self.limits.max_revocations:
-            raise TooManyRevocations(
-                f"tenant {tenant!r} holds {held} live revocations, the most it may "
-                f"(max_revocations_per_tenant = {self.limits.max_revocations}); "
-                "room comes back as they lapse"
-            )
-        buckets = self._revokes
-        if buckets is not None:
-            wait = buckets.take(tenant, now)
-            if wait:
-                raise RateLimited(f"over the tenant's revocation rate; retry in {wait:.3f} s", wait)
+        return await self.revocations.revoke(revocation, _who(by.identity), limited=not admin)
 
     # -- operations ------------------------------------------------------------------
 
