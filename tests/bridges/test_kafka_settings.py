@@ -126,3 +126,41 @@ def test_kafka_record_both_ways() -> None:
         "acme/a", "e1", None
     )  # fmt: skip
     assert back.event.time == datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+
+
+def test_a_batch_decodes_as_its_records_do() -> None:
+    """`decode_batch` (what the in bridge runs per poll) gives what `decode` gives per record:
+    every form, several topics, a wrapped record with headers, and a refused one."""
+    from aiokafka.structs import ConsumerRecord
+
+    from hybridbus.bridges.kafka import decode, decode_batch, encode
+    from hybridbus.core.bindings import TopicTemplate, to_structured
+
+    event = Event(id="e1", source="/s", type="t", data={"n": 1})
+    value, headers = encode(event, "binary")
+    forms: list[tuple[bytes | None, list[tuple[str, bytes]]]] = [
+        (value, headers),
+        encode(event, "structured"),
+        (to_structured(event), []),
+        (b'{"n": 2}', [("Trace", b"x")]),
+        (b"raw", [("content-type", b"application/octet-stream")]),
+        (b"[1]", [("ce_specversion", b"1.0")]),  # binary mode, id missing: refused
+    ]
+    records = [
+        ConsumerRecord(topic, 0, offset, 0, 0, b"k", value, None, 0, 0, headers)
+        for offset, (topic, (value, headers)) in enumerate(
+            (topic, form) for topic in ("a", "b") for form in forms
+        )
+    ]
+    template = TopicTemplate("acme/{topic}/in", ("topic",), "t")
+    for wrap in (True, False):
+        settings = bridge(kind="kafka", name="k", direction="in", url="kafka://h:1",
+                          topics=["a", "b"], topic="acme/{topic}/in", wrap=wrap)  # fmt: skip
+        batch = decode_batch(records, settings, template)
+        assert batch == [decode(record, settings, template) for record in records]
+        expected = ([True] * 3 + [wrap] * 2 + [False]) * 2  # wrapped, or refused without wrap
+        assert [item.event is not None for item in batch] == expected
+    first = batch[6].event
+    assert batch[6].topic == "acme/b/in" and first is not None and (first.id, first.data) == (
+        "e1", {"n": 1}
+    )  # fmt: skip

@@ -14,7 +14,8 @@ are registered for every test through tests/conftest.py (`pytest_plugins`):
 function-scoped factories (`redis_server`, `valkey_server`, `redis_cluster`, `rabbitmq_server`,
 `mosquitto_server`, `postgres_server`, `etcd_server`, `nats_server`, `kafka_server`) for tests
 that kill or restart a server, and session-scoped shared ones (`rabbitmq`, `kafka`) for the
-slow starters. A missing binary skips the test with the reason, or fails it when
+slow starters, and `rabbitmq_mqtt` (RabbitMQ with its MQTT 3.1.1 plugin,
+`.mqtt_port`). A missing binary skips the test with the reason, or fails it when
 `HYBRIDBUS_REQUIRE_SERVICES=1` (CI). `scripts/install-services.sh` (`make services`) installs
 them all; ../shared/SERVICES.md has the facts behind each start line.
 
@@ -30,7 +31,13 @@ from typing import Any, TypeVar
 
 import pytest
 from tests.services.base import REQUIRE_ENV, Service, ServiceError, free_port, require
-from tests.services.brokers import KafkaServer, MosquittoServer, NatsServer, RabbitMQServer
+from tests.services.brokers import (
+    KafkaServer,
+    MosquittoServer,
+    NatsServer,
+    RabbitMQMqttServer,
+    RabbitMQServer,
+)
 from tests.services.redis_servers import RedisCluster, RedisServer, ValkeyServer
 from tests.services.stores import EtcdServer, PostgresServer
 
@@ -41,6 +48,7 @@ __all__ = [
     "MosquittoServer",
     "NatsServer",
     "PostgresServer",
+    "RabbitMQMqttServer",
     "RabbitMQServer",
     "RedisCluster",
     "RedisServer",
@@ -55,6 +63,7 @@ __all__ = [
     "nats_server",
     "postgres_server",
     "rabbitmq",
+    "rabbitmq_mqtt",
     "rabbitmq_server",
     "redis_cluster",
     "redis_server",
@@ -150,6 +159,12 @@ def _shared(cls: type[S]) -> Iterator[S]:
 def rabbitmq() -> Iterator[RabbitMQServer]:
     """One RabbitMQ for the whole session: share it by naming queues per test."""
     yield from _shared(RabbitMQServer)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_mqtt() -> Iterator[RabbitMQMqttServer]:
+    """One RabbitMQ with its MQTT plugin (3.1.1) for the session: name topics per test."""
+    yield from _shared(RabbitMQMqttServer)
 
 
 @pytest.fixture(scope="session")

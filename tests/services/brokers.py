@@ -1,4 +1,5 @@
-"""Message brokers: RabbitMQ (own epmd), Mosquitto (MQTT 5), NATS and a one-node Kafka 4."""
+"""Message brokers: RabbitMQ (own epmd; with its MQTT plugin for 3.1.1), Mosquitto (MQTT 5),
+NATS and a one-node Kafka 4."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from tests.services.base import (
     which,
 )
 
-__all__ = ["KafkaServer", "MosquittoServer", "NatsServer", "RabbitMQServer"]
+__all__ = ["KafkaServer", "MosquittoServer", "NatsServer", "RabbitMQMqttServer", "RabbitMQServer"]
 
 
 # -- RabbitMQ -------------------------------------------------------------------------------
@@ -99,6 +100,38 @@ class RabbitMQServer(Service):
         if not self._awaited:
             self._awaited = self.ctl("-q", "await_startup").returncode == 0
         return self._awaited
+
+
+class RabbitMQMqttServer(RabbitMQServer):
+    """RabbitMQ with its MQTT plugin (MQTT 3.1.1 only in 3.10) on a loopback port of its own.
+
+    The plugin and its listener are configured before the start (`enabled_plugins`, and
+    `mqtt.listeners.tcp.default` in a `rabbitmq.conf`): enabled on a running node it binds
+    `[::]:1883`. Anonymous MQTT clients act as `guest` (allowed from loopback). Ready when
+    the node has started and the MQTT port answers.
+    """
+
+    def __init__(self, port: int | None = None, directory: Path | None = None) -> None:
+        super().__init__(port, directory)
+        self.mqtt_port = free_port()
+
+    @property
+    def mqtt_url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq.conf")}
+
+    def prepare(self) -> None:
+        (self.dir / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+        (self.dir / "rabbitmq.conf").write_text(
+            f"mqtt.listeners.tcp.default = 127.0.0.1:{self.mqtt_port}\n"
+            "mqtt.allow_anonymous = true\n"
+        )
+        super().prepare()
+
+    def ready(self) -> bool:
+        return super().ready() and port_open(self.mqtt_port)
 
 
 # -- Mosquitto --------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import logging
 import random
 import re
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Final
 
 from aiokafka import (  # type: ignore[import-untyped]
@@ -67,6 +67,7 @@ from hybridbus.bridges.settings import BUS_PLACEHOLDERS, DOTTED_PLACEHOLDERS, Ka
 from hybridbus.core.backoff import Backoff
 from hybridbus.core.bindings import (
     TopicTemplate,
+    Wrap,
     from_binary,
     from_structured,
     is_structured,
@@ -79,7 +80,7 @@ from hybridbus.errors import EngineUnavailable, InvalidEvent
 from hybridbus.hub.bus import Bus
 from hybridbus.hub.member import GroupDelivery
 
-__all__ = ["KafkaIn", "KafkaOut", "decode", "encode", "make", "record_key"]
+__all__ = ["KafkaIn", "KafkaOut", "decode", "decode_batch", "encode", "make", "record_key"]
 
 log = logging.getLogger("hybridbus.bridges")
 
@@ -117,27 +118,51 @@ def _client_options(settings: KafkaBridge) -> dict[str, Any]:
 
 def decode(record: ConsumerRecord, settings: KafkaBridge, template: TopicTemplate) -> Incoming:
     """The bus topic and event of one record (or why there is none)."""
+    return _decode(
+        record, template.render({"topic": record.topic}), settings.name, settings.wrapper
+    )
+
+
+def decode_batch(
+    records: Iterable[ConsumerRecord], settings: KafkaBridge, template: TopicTemplate
+) -> list[Incoming]:
+    """`decode` of each record; what is the same for every record of a topic is made once."""
+    name, wrap = settings.name, settings.wrapper
+    topics: dict[str, str] = {}
+    items = []
+    for record in records:
+        topic = topics.get(record.topic)
+        if topic is None:
+            topic = topics[record.topic] = template.render({"topic": record.topic})
+        items.append(_decode(record, topic, name, wrap))
+    return items
+
+
+def _decode(record: ConsumerRecord, topic: str, name: str, wrap: Wrap | None) -> Incoming:
     value: bytes = record.value if record.value is not None else b""
-    topic = template.render({"topic": record.topic})
     headers: dict[str, str] = {}
-    for name, raw in record.headers or ():
-        headers.setdefault(name.lower(), bytes(raw).decode(errors="replace"))
+    for header, raw in record.headers or ():
+        headers.setdefault(header.lower(), bytes(raw).decode(errors="replace"))
     content_type = headers.get("content-type")
     try:
         event: Event
-        if is_structured(content_type):
+        if content_type is not None and is_structured(content_type):
             event = from_structured(value)
-        elif f"{PREFIX}specversion" in headers:
+        elif headers and f"{PREFIX}specversion" in headers:
             attributes = {k[len(PREFIX) :]: v for k, v in headers.items() if k.startswith(PREFIX)}
             event = from_binary(attributes, content_type, value)
         elif looks_structured(value):
             event = from_structured(value)
-        elif (wrap := settings.wrapper) is not None:
+        elif wrap is not None:
             key = record.key.decode(errors="replace") if record.key is not None else None
-            properties = {k: v for k, v in headers.items() if k != "content-type"}
+            properties = (
+                {k: v for k, v in headers.items() if k != "content-type"}
+                if content_type is not None
+                else headers
+            )
             position = f"{record.topic}-{record.partition}-{record.offset}"
             event = wrap.event(
-                settings.name, record.topic, value, properties, position, content_type, key=key
+                name, record.topic, value, properties, position, content_type, key=key
             )
         else:
             return Incoming(topic, None, "not a CloudEvent and no wrap rule", record.topic, value)
@@ -244,7 +269,7 @@ class KafkaIn(InBridge[KafkaBridge]):
                     continue
                 records = [record for batch in fetched.values() for record in batch]
                 self.pending = len(records)
-                items = [decode(record, settings, self._template) for record in records]
+                items = decode_batch(records, settings, self._template)
                 await self._append(consumer, items)  # durable: only now may offsets move
                 self.pending = 0
                 offsets = {tp: batch[-1].offset + 1 for tp, batch in fetched.items()}
