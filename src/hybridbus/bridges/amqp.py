@@ -62,20 +62,16 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import DeliveryError, PublishError
 
-from hybridbus.bridges.base import InBridge, Incoming, OutBridge, Permanent
+from hybridbus.bridges.base import InBridge, Incoming, OutBridge, Permanent, bus_values, incoming
 from hybridbus.bridges.settings import BUS_PLACEHOLDERS, DOTTED_PLACEHOLDERS, AmqpBridge
 from hybridbus.core.backoff import Backoff
 from hybridbus.core.bindings import (
     TopicTemplate,
-    from_binary,
-    from_structured,
-    is_structured,
-    looks_structured,
     to_binary,
     to_structured,
 )
 from hybridbus.core.event import Event
-from hybridbus.errors import EngineUnavailable, InvalidEvent
+from hybridbus.errors import EngineUnavailable
 from hybridbus.hub.bus import Bus
 from hybridbus.hub.member import GroupDelivery
 
@@ -151,21 +147,15 @@ def decode(
     if message.message_id:
         properties.setdefault("message_id", message.message_id)
     content_type = message.content_type or None
-    try:
-        event: Event
-        if is_structured(content_type):
-            event = from_structured(body)
-        elif "specversion" in attributes:
-            event = from_binary(attributes, content_type, body)
-        elif looks_structured(body):
-            event = from_structured(body)
-        elif (wrap := settings.wrapper) is not None:
-            event = wrap.event(settings.name, source_topic, body, properties, None, content_type)
-        else:
-            return Incoming(topic, None, "not a CloudEvent and no wrap rule", source_topic, body)
-    except InvalidEvent as exc:
-        return Incoming(topic, None, f"InvalidEvent: {exc}", source_topic, body)
-    return Incoming(topic, event, "", source_topic, body)
+    wrap = settings.wrapper
+
+    def wrapped() -> Event:
+        assert wrap is not None
+        return wrap.event(settings.name, source_topic, body, properties, None, content_type)
+
+    return incoming(
+        topic, source_topic, body, content_type, attributes, wrapped if wrap is not None else None
+    )
 
 
 def encode(event: Event, settings: AmqpBridge) -> aio_pika.Message:
@@ -306,19 +296,7 @@ class AmqpOut(OutBridge[AmqpBridge]):
 
     def routing_key(self, delivery: GroupDelivery) -> str:
         """The routing key of an event (`routing_key` filled in)."""
-        event = delivery.event
-        tenant, _, relative = delivery.topic.partition("/")
-        return self._template.render(
-            {
-                "topic": delivery.topic,
-                "relative": relative,
-                "dotted": relative.replace("/", "."),
-                "tenant": tenant,
-                "type": event.type,
-                "subject": event.subject or "",
-                "source": event.source,
-            }
-        )
+        return self._template.render(bus_values(delivery))
 
     async def send(self, connection: Any, delivery: GroupDelivery) -> None:
         link: _Link = connection

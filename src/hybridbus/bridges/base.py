@@ -28,13 +28,14 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
 
 import msgspec
 
 from hybridbus.bridges.settings import BridgeSettings, group_name
 from hybridbus.core.backoff import Backoff
+from hybridbus.core.bindings import from_binary, from_structured, is_structured, looks_structured
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Position
 from hybridbus.core.topics import tenant_of
@@ -43,6 +44,7 @@ from hybridbus.errors import (
     BusError,
     DeliveryGone,
     EngineError,
+    InvalidEvent,
     InvalidInput,
     NotCoordinator,
 )
@@ -62,6 +64,8 @@ __all__ = [
     "OutBridge",
     "Permanent",
     "State",
+    "bus_values",
+    "incoming",
 ]
 
 log = logging.getLogger("hybridbus.bridges")
@@ -390,6 +394,48 @@ class Incoming(msgspec.Struct, frozen=True):
     error: str = ""
     source_topic: str = ""
     payload: bytes = b""
+
+
+def incoming(
+    topic: str,
+    source_topic: str,
+    payload: bytes,
+    content_type: str | None,
+    attributes: Mapping[str, str] | None,
+    wrap: Callable[[], Event] | None,
+) -> Incoming:
+    """One message mapped to `topic`: a structured event, a binary one (its CloudEvents
+    `attributes`, prefixes taken off), else `wrap()` (the bridge's wrap rule), or why not."""
+    try:
+        event: Event
+        if is_structured(content_type):
+            event = from_structured(payload)
+        elif attributes and "specversion" in attributes:
+            event = from_binary(attributes, content_type, payload)
+        elif looks_structured(payload):
+            event = from_structured(payload)
+        elif wrap is not None:
+            event = wrap()
+        else:
+            return Incoming(topic, None, "not a CloudEvent and no wrap rule", source_topic, payload)
+    except InvalidEvent as exc:
+        return Incoming(topic, None, f"InvalidEvent: {exc}", source_topic, payload)
+    return Incoming(topic, event, "", source_topic, payload)
+
+
+def bus_values(delivery: GroupDelivery) -> dict[str, str]:
+    """What an out bridge's broker topic (or routing key) template is filled in with."""
+    event = delivery.event
+    tenant, _, relative = delivery.topic.partition("/")
+    return {
+        "topic": delivery.topic,
+        "relative": relative,
+        "dotted": relative.replace("/", "."),
+        "tenant": tenant,
+        "type": event.type,
+        "subject": event.subject or "",
+        "source": event.source,
+    }
 
 
 class InBridge(Bridge[S]):

@@ -62,21 +62,17 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
 )
 from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
 
-from hybridbus.bridges.base import InBridge, Incoming, OutBridge, Permanent
+from hybridbus.bridges.base import InBridge, Incoming, OutBridge, Permanent, bus_values, incoming
 from hybridbus.bridges.settings import BUS_PLACEHOLDERS, DOTTED_PLACEHOLDERS, KafkaBridge
 from hybridbus.core.backoff import Backoff
 from hybridbus.core.bindings import (
     TopicTemplate,
     Wrap,
-    from_binary,
-    from_structured,
-    is_structured,
-    looks_structured,
     to_binary,
     to_structured,
 )
 from hybridbus.core.event import Event
-from hybridbus.errors import EngineUnavailable, InvalidEvent
+from hybridbus.errors import EngineUnavailable
 from hybridbus.hub.bus import Bus
 from hybridbus.hub.member import GroupDelivery
 
@@ -144,31 +140,26 @@ def _decode(record: ConsumerRecord, topic: str, name: str, wrap: Wrap | None) ->
     for header, raw in record.headers or ():
         headers.setdefault(header.lower(), bytes(raw).decode(errors="replace"))
     content_type = headers.get("content-type")
-    try:
-        event: Event
-        if content_type is not None and is_structured(content_type):
-            event = from_structured(value)
-        elif headers and f"{PREFIX}specversion" in headers:
-            attributes = {k[len(PREFIX) :]: v for k, v in headers.items() if k.startswith(PREFIX)}
-            event = from_binary(attributes, content_type, value)
-        elif looks_structured(value):
-            event = from_structured(value)
-        elif wrap is not None:
-            key = record.key.decode(errors="replace") if record.key is not None else None
-            properties = (
-                {k: v for k, v in headers.items() if k != "content-type"}
-                if content_type is not None
-                else headers
-            )
-            position = f"{record.topic}-{record.partition}-{record.offset}"
-            event = wrap.event(
-                name, record.topic, value, properties, position, content_type, key=key
-            )
-        else:
-            return Incoming(topic, None, "not a CloudEvent and no wrap rule", record.topic, value)
-    except InvalidEvent as exc:
-        return Incoming(topic, None, f"InvalidEvent: {exc}", record.topic, value)
-    return Incoming(topic, event, "", record.topic, value)
+    attributes = (
+        {k[len(PREFIX) :]: v for k, v in headers.items() if k.startswith(PREFIX)}
+        if headers and f"{PREFIX}specversion" in headers
+        else None
+    )
+
+    def wrapped() -> Event:
+        assert wrap is not None
+        key = record.key.decode(errors="replace") if record.key is not None else None
+        properties = (
+            {k: v for k, v in headers.items() if k != "content-type"}
+            if content_type is not None
+            else headers
+        )
+        position = f"{record.topic}-{record.partition}-{record.offset}"
+        return wrap.event(name, record.topic, value, properties, position, content_type, key=key)
+
+    return incoming(
+        topic, record.topic, value, content_type, attributes, wrapped if wrap is not None else None
+    )
 
 
 def encode(event: Event, mode: str) -> tuple[bytes | None, list[tuple[str, bytes]]]:
@@ -350,19 +341,7 @@ class KafkaOut(OutBridge[KafkaBridge]):
 
     def kafka_topic(self, delivery: GroupDelivery) -> str:
         """The Kafka topic of an event (`kafka_topic` filled in)."""
-        event = delivery.event
-        tenant, _, relative = delivery.topic.partition("/")
-        return self._template.render(
-            {
-                "topic": delivery.topic,
-                "relative": relative,
-                "dotted": relative.replace("/", "."),
-                "tenant": tenant,
-                "type": event.type,
-                "subject": event.subject or "",
-                "source": event.source,
-            }
-        )
+        return self._template.render(bus_values(delivery))
 
     async def send(self, connection: Any, delivery: GroupDelivery) -> None:
         producer: AIOKafkaProducer = connection

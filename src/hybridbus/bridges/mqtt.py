@@ -39,20 +39,15 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from hybridbus.bridges.base import InBridge, Incoming, OutBridge, Permanent
+from hybridbus.bridges.base import InBridge, Incoming, OutBridge, Permanent, bus_values, incoming
 from hybridbus.bridges.settings import BROKER_PLACEHOLDERS, BUS_PLACEHOLDERS, MqttBridge
 from hybridbus.core.bindings import (
     JSON_CONTENT_TYPE,
     TopicTemplate,
-    from_binary,
-    from_structured,
-    is_structured,
-    looks_structured,
     to_binary,
     to_structured,
 )
 from hybridbus.core.event import Event
-from hybridbus.errors import InvalidEvent
 from hybridbus.hub.bus import Bus
 from hybridbus.hub.member import GroupDelivery
 
@@ -125,21 +120,15 @@ def decode(message: aiomqtt.Message, settings: MqttBridge, template: TopicTempla
         for name, value in getattr(props, "UserProperty", None) or ():
             user.setdefault(name, value)
         content_type = getattr(props, "ContentType", None) or None
-    try:
-        event: Event
-        if is_structured(content_type):
-            event = from_structured(payload)
-        elif "specversion" in user:
-            event = from_binary(user, content_type, payload)
-        elif looks_structured(payload):
-            event = from_structured(payload)
-        elif (wrap := settings.wrapper) is not None:
-            event = wrap.event(settings.name, source_topic, payload, user, None, content_type)
-        else:
-            return Incoming(topic, None, "not a CloudEvent and no wrap rule", source_topic, payload)
-    except InvalidEvent as exc:
-        return Incoming(topic, None, f"InvalidEvent: {exc}", source_topic, payload)
-    return Incoming(topic, event, "", source_topic, payload)
+    wrap = settings.wrapper
+
+    def wrapped() -> Event:
+        assert wrap is not None
+        return wrap.event(settings.name, source_topic, payload, user, None, content_type)
+
+    return incoming(
+        topic, source_topic, payload, content_type, user, wrapped if wrap is not None else None
+    )
 
 
 def encode(event: Event, settings: MqttBridge) -> tuple[bytes, Properties | None]:
@@ -215,17 +204,7 @@ class MqttOut(OutBridge[MqttBridge]):
     async def send(self, connection: Any, delivery: GroupDelivery) -> None:
         client: aiomqtt.Client = connection
         event = delivery.event
-        tenant, _, relative = delivery.topic.partition("/")
-        topic = self._template.render(
-            {
-                "topic": delivery.topic,
-                "relative": relative,
-                "tenant": tenant,
-                "type": event.type,
-                "subject": event.subject or "",
-                "source": event.source,
-            }
-        )
+        topic = self._template.render(bus_values(delivery))
         if not topic or "+" in topic or "#" in topic or "\x00" in topic:
             raise Permanent(f"{topic!r:.200} is not an MQTT topic to publish to")
         payload, properties = encode(event, self.settings)
