@@ -9,6 +9,8 @@
     python -m benchmarks.run webhooks_out    # outbound deliveries/s to a local receiver (~20 s)
     python -m benchmarks.run bridges         # MQTT both ways, the PostgreSQL sink, beside peers
     python -m benchmarks.run redis           # the Redis engine beside raw XADD (~1 min)
+    python -m benchmarks.run notify          # blocking XREAD beside SPUBLISH wake-ups (~20 s)
+    python -m benchmarks.run scale           # 1 node beside 2 on Redis, + redis (~5 min)
     python -m benchmarks.run server --case latency --case catchup
     python -m benchmarks.run server --profile latency   # py-spy flame graph of hybridbus
     python -m benchmarks.run server --soak-minutes 15
@@ -36,6 +38,8 @@ from benchmarks import (
     fanout,
     publish,
     redis_engine,
+    redis_notify,
+    scale,
     schemas,
     server,
     webhooks,
@@ -65,6 +69,8 @@ GROUPS: dict[str, Callable[[Settings, Callable[[str], None]], list[Result]]] = {
     "webhooks_out": webhooks_out.run,  # outbound deliveries/s; a receiver as a subprocess
     "bridges": bridges.run,  # MQTT in/out, the PostgreSQL sink; mosquitto and postgres run
     "redis": redis_engine.run,  # the Redis engine beside raw XADD; a redis-server subprocess
+    "notify": redis_notify.run,  # cross-node wake-up: blocking XREAD beside SPUBLISH (issue 12)
+    "scale": scale.run,  # 1 node beside 2 on one Redis (issue 12), with the redis group's cases
 }
 # `server` takes about 2 minutes on its own (servers and 1,000-10,000 client
 # connections as subprocesses): it runs only when named, as does `groups` (about 3
@@ -148,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         out = RESULTS_DIR / "server.json"
     if out is None and not args.quick and groups == ["groups"]:
         out = RESULTS_DIR / "groups.json"
+    if out is None and not args.quick and groups == ["scale"]:
+        out = RESULTS_DIR / "scale.json"
 
     started = datetime.now(UTC)
     load_at_start = load_average()
@@ -182,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         }
         if "server" in groups:
             payload["server"] = server.extra()
+        if "scale" in groups:
+            payload["scale"] = scale.extra()
         write_json(out, payload)
         print(f"results written to {out}")
 

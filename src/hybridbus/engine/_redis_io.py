@@ -107,6 +107,14 @@ def parse_target(url: str) -> RedisTarget:
     return RedisTarget(server, cluster, prefix, timeout)
 
 
+# Connections to one Redis. A call finding them all busy waits for one (up to `timeout`)
+# instead of failing: a burst of subscribes on a node must not be refused with 1301.
+POOL_SIZE: Final = 128
+# redis-py's Cluster client cannot wait for a free connection: a bound per node high
+# enough that a burst does not reach it (connections are opened only as calls need them).
+CLUSTER_POOL_SIZE: Final = 4096
+
+
 def connect(target: RedisTarget) -> Client:
     """A client for `target` that never retries by itself (a retried append could land twice)."""
     common: dict[str, Any] = {
@@ -117,8 +125,11 @@ def connect(target: RedisTarget) -> Client:
         "client_name": "hybridbus",
     }
     if target.cluster:
-        return RedisCluster.from_url(target.url, **common)
-    return aioredis.Redis.from_url(target.url, **common)
+        return RedisCluster.from_url(target.url, max_connections=CLUSTER_POOL_SIZE, **common)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        target.url, max_connections=POOL_SIZE, timeout=target.timeout, **common
+    )
+    return aioredis.Redis.from_pool(pool)  # owns the pool: `aclose()` closes its connections
 
 
 class ShardKeys:

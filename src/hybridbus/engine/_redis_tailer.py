@@ -271,6 +271,10 @@ class Tailer:
         self._deliver(old)
         if self.position < base and len(old) == len(entries):
             return  # entries of the old epoch may still come before the base
+        if self.host.epoch != epoch:
+            # Before any entry of the new epoch: the listener must see the engine in
+            # it, to tell a subscription that missed entries of the old one (hub.bus).
+            await self.host.moved()
         self._previous = (self.epoch, self.position)
         self.epoch = epoch
         self._switch = None
@@ -281,8 +285,6 @@ class Tailer:
             self.position = base
             self._deliver([e for e in entries if e[0] > base])
         self._release()
-        if self.host.epoch != epoch:
-            await self.host.moved()
 
     def _deliver(self, entries: list[tuple[int, dict[bytes, bytes]]]) -> None:
         """Hand `entries` (and this node's appends trimmed before they were read) over."""

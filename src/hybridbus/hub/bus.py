@@ -3,9 +3,10 @@
 Owns: checking what callers hand in (topic, pattern, event, size, nesting, the
 event's `tenantid` against its topic's tenant, resume tokens), appending
 through the engine, routing each appended delivery to the matching
-subscriptions (local fan-out through the trie), setting subscriptions up for
-exact recovery, and reading history and the topic list. Must not know which
-engine it runs on (it is given an `Engine`) nor speak any wire protocol.
+subscriptions (local fan-out through the trie; a new epoch ends those of an
+older one first: `_epoch_changed`), setting subscriptions up for exact
+recovery, and reading history and the topic list. Must not know which engine
+it runs on (it is given an `Engine`) nor speak any wire protocol.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from hybridbus.core.log import Ack, Delivery, Page, Position, is_exact
 from hybridbus.core.topics import tenant_of, validate_pattern, validate_topic
 from hybridbus.core.trie import Trie
 from hybridbus.engine.base import Clock, Engine, TopicInfo, system_clock
-from hybridbus.errors import BusClosed, EventTooLarge, InvalidEvent, InvalidInput
+from hybridbus.errors import (
+    BusClosed,
+    EventTooLarge,
+    InvalidEvent,
+    InvalidInput,
+    SubscriptionEnded,
+)
 from hybridbus.hub.changes import Changes
 from hybridbus.hub.groups import Groups, settings_from
 from hybridbus.hub.member import Member
@@ -100,6 +107,7 @@ class Bus:
         # topic -> the subscriptions it reaches; dropped whenever the trie changes.
         self._routes: dict[str, tuple[Subscription, ...]] = {}
         self._subscriptions: set[Subscription] = set()
+        self._epoch = ""  # the engine's epoch as routing last saw it
         self._closed = True
         # Set by `_route` when a subscriber's queue is past half full: the next
         # publish then yields to the loop once, so that consumers in this
@@ -241,6 +249,8 @@ class Bus:
 
     def _route(self, deliveries: Sequence[Delivery]) -> None:
         """The engine's listener: hand each delivery to the subscriptions it matches."""
+        if self.engine.epoch != self._epoch:
+            self._epoch_changed()
         routes = self._routes
         now = 0.0
         for delivery in deliveries:
@@ -263,6 +273,25 @@ class Bus:
         groups = self.groups
         if groups.active:
             groups.route(deliveries)
+
+    def _epoch_changed(self) -> None:
+        """The engine began a new epoch: end every subscription of an older one.
+
+        History was lost, and with it perhaps deliveries this node never routed
+        (another node acked them, then Redis lost them before this node read
+        them). A live subscription going on into the new epoch would hide that
+        gap; ended (1200), it is resubscribed from its position and told
+        `recovered=false`.
+        """
+        epoch = self._epoch = self.engine.epoch
+        for sub in list(self._subscriptions):
+            if sub.epoch and sub.epoch != epoch:
+                sub.end(
+                    SubscriptionEnded(
+                        "the log began a new epoch (history was lost): "
+                        "subscribe again from the subscription's position"
+                    )
+                )
 
     # -- consumer groups -----------------------------------------------------
 

@@ -228,6 +228,11 @@ class Subscription:
         return Position(self._cursor.epoch, tuple(self._yielded))
 
     @property
+    def epoch(self) -> str:
+        """The epoch its positions belong to ("" until it began)."""
+        return self._cursor.epoch
+
+    @property
     def backlog(self) -> int:
         """Deliveries queued and not yet handed out: a writer batches that many."""
         return len(self._queue)
