@@ -4,13 +4,18 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: test lint typecheck imports pytest bench serve services clean
+.PHONY: test lint typecheck imports pytest bench serve services grpc clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,grpc-build]'
+	$(BIN)/python scripts/build_grpc.py
 	touch $(STAMP)
+
+# The gRPC code generated from protos/ (gitignored): again after editing a .proto.
+grpc: $(STAMP)
+	$(BIN)/python scripts/build_grpc.py
 
 test: lint typecheck imports pytest
 

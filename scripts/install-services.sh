@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real servers the test suite starts on free loopback ports (tests/services/):
 # Redis 7, Valkey 8 (bookworm-backports), RabbitMQ, Mosquitto, PostgreSQL 15, etcd, NATS and
-# kcat from Debian's packages, and Kafka 4.4.0's jars from Maven Central into
-# ${HYBRIDBUS_SERVICES_DIR:-$HOME/.cache/hybridbus/services}/kafka/libs.
+# kcat from Debian's packages, Kafka 4.4.0's jars from Maven Central into
+# ${HYBRIDBUS_SERVICES_DIR:-$HOME/.cache/hybridbus/services}/kafka/libs, and grpcurl
+# built from the Go module proxy into .../services/bin.
 #
 # Idempotent: what is installed is left alone, so a second run takes well under a second.
 # Needs root (or sudo) for apt-get; Debian bookworm (CI) is what it is written for. The
@@ -56,6 +57,21 @@ if [ ${#need[@]} -gt 0 ] || [ ${#need_backports[@]} -gt 0 ]; then
   apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends)
   [ ${#need[@]} -eq 0 ] || "${apt[@]}" "${need[@]}"
   [ ${#need_backports[@]} -eq 0 ] || "${apt[@]}" -t bookworm-backports "${need_backports[@]}"
+fi
+
+# grpcurl (the gRPC tests' second toolchain: a Go client reading protos/), built from the
+# Go module proxy into $services_dir/bin (tests/gateways/grpc_support.py looks there).
+grpcurl_version=v1.9.3
+if [ ! -x "$services_dir/bin/grpcurl" ] || [ ! -f "$services_dir/bin/.grpcurl-$grpcurl_version" ]; then
+  if command -v go >/dev/null; then
+    echo "install-services: grpcurl $grpcurl_version -> $services_dir/bin"
+    mkdir -p "$services_dir/bin"
+    GOBIN="$services_dir/bin" go install \
+      "github.com/fullstorydev/grpcurl/cmd/grpcurl@$grpcurl_version"
+    touch "$services_dir/bin/.grpcurl-$grpcurl_version"
+  else
+    echo "install-services: no Go toolchain: grpcurl not built (its tests skip or fail)" >&2
+  fi
 fi
 
 # Kafka: the broker's jars (no bin/, no config/: tests/services.py writes server.properties).

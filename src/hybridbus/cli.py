@@ -4,7 +4,7 @@ Owns: argument parsing and turning flags into a `ServerConfig` (flags >
 `HYBRIDBUS_*` environment > TOML file > defaults, through `load_config`).
 Must not hold server logic: `hybridbus serve` hands over to `hybridbus.serve`.
 
-    hybridbus serve [--config FILE] [--engine URL] [--host H] [--port P]
+    hybridbus serve [--config FILE] [--engine URL] [--host H] [--port P] [--grpc-port P]
                     [--anonymous-tenant T] [--workers N]               (N > 1: workers.py)
     hybridbus publish TOPIC --data JSON|@file|- [--type T] [--source S] [--id ID]
     hybridbus subscribe PATTERN [--since TOKEN] [--count N]     (JSON lines)
@@ -112,6 +112,9 @@ def parser() -> argparse.ArgumentParser:
         "--anonymous-tenant",
         metavar="T",
         help="let clients without a token connect, in tenant T",
+    )
+    serve.add_argument(
+        "--grpc-port", type=int, metavar="P", help="serve the gRPC API on this port too (0: any)"
     )
     serve.add_argument(
         "--workers",
@@ -232,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "port": args.port,
             "anonymous_tenant": args.anonymous_tenant,
             "workers": args.workers,
+            "grpc_port": args.grpc_port,
         }
         try:
             config = load_config(args.config, os.environ, flags)

@@ -24,7 +24,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from aiohttp import web
@@ -32,7 +32,7 @@ from aiohttp import web
 from hybridbus.app import open as open_bus
 from hybridbus.bridges.registry import Bridges
 from hybridbus.core.cors import CorsPolicy
-from hybridbus.errors import BusError
+from hybridbus.errors import BusError, InvalidInput
 from hybridbus.gateways.access import HttpAccess
 from hybridbus.gateways.bridges import BridgesGateway
 from hybridbus.gateways.cors import install_cors
@@ -60,13 +60,14 @@ from hybridbus.server.redis_shared import shared_redis
 from hybridbus.server.registry import Registry, registry_of
 from hybridbus.server.webhooks_out import Outbound
 
-__all__ = ["METRICS_KEY", "NODE_KEY", "REGISTRY_KEY", "create_app", "run", "serve"]
+__all__ = ["GRPC_PORT_KEY", "METRICS_KEY", "NODE_KEY", "REGISTRY_KEY", "create_app", "run", "serve"]
 
 log = logging.getLogger("hybridbus.serve")
 
 NODE_KEY: Final = web.AppKey("hybridbus.node", Node)
 METRICS_KEY: Final = web.AppKey("hybridbus.metrics", Metrics)
 REGISTRY_KEY: Final = web.AppKey("hybridbus.registry", Registry)
+GRPC_PORT_KEY: Final = web.AppKey("hybridbus.grpc_port", int)  # set when gRPC is on
 
 
 async def create_app(
@@ -106,6 +107,7 @@ async def create_app(
     )
     bridges = Bridges(bus, config.bridges)  # [[bridges]]: MQTT, PostgreSQL, ... (docs/bridges.md)
     bridges.expose(metrics.registry)
+    close_grpc: Callable[[], Awaitable[None]] | None = None
     try:
         await node.start()
         await registry.start()  # registers in the background: never waits for the store
@@ -149,6 +151,8 @@ async def create_app(
         app[NODE_KEY] = node
         app[METRICS_KEY] = metrics
         app[REGISTRY_KEY] = registry
+        if config.grpc_port is not None:  # the gRPC API on its own port (docs/grpc.md)
+            app[GRPC_PORT_KEY], close_grpc = await _start_grpc(config, node, access, metrics)
         install_cors(app, cors)  # preflights and grants under /v1/
         app.add_routes(WebSocketGateway(node).routes())
         app.add_routes(http.routes())
@@ -172,6 +176,8 @@ async def create_app(
         app.add_routes(NodesGateway(registry, access.principal).routes())
         app.add_routes(BridgesGateway(bridges, node.guard, access.principal).routes())
     except BaseException:
+        if close_grpc is not None:
+            await close_grpc()
         await registry.close()
         if presence is not None:
             await presence.close()
@@ -187,6 +193,8 @@ async def create_app(
         if presence is not None:
             await presence.close()  # this node's members leave every node's view at once
         http.close()  # ends the SSE streams
+        if close_grpc is not None:
+            await close_grpc()  # ends the gRPC streams, stops its server
         groups.close()  # ends the waiting fetches
         await node.close_connections()
         await webhooks.close()  # the audit events of failed checks being appended
@@ -201,6 +209,27 @@ async def create_app(
     app.on_shutdown.append(close_connections)
     app.on_cleanup.append(shutdown)
     return app
+
+
+async def _start_grpc(
+    config: ServerConfig, node: Node, access: HttpAccess, metrics: Metrics
+) -> tuple[int, Callable[[], Awaitable[None]]]:
+    """Start the gRPC gateway; its port and its close. Loaded only when `grpc_port` is set."""
+    try:
+        from hybridbus.gateways.grpc_bus import GrpcConfig, GrpcGateway
+    except ImportError as exc:  # the `grpc` extra is not installed
+        raise InvalidInput(
+            f"grpc_port is set but gRPC cannot load ({exc}): pip install -e '.[grpc]'"
+        ) from exc
+    gateway = GrpcGateway(
+        node.bus,
+        node.guard,
+        access,  # the same principals, rules and tenant scoping as HTTP
+        node.hold,  # streams count and end like connections
+        metrics,
+        GrpcConfig(host=config.host, port=config.grpc_port or 0, reuse_port=config.reuse_port),
+    )
+    return await gateway.start(), gateway.close
 
 
 async def serve(

@@ -2,31 +2,40 @@
 
 ONE suite, parametrized over the ways a client reaches the server — a
 WebSocket connection (the `websockets` library), an SSE stream (httpx, as an
-EventSource reads it; a raw socket for the stalled reader) and, where the
+EventSource reads it; a raw socket for the stalled reader), a gRPC Subscribe
+stream (the stubs generated from protos/, over `grpc.aio`) and, where the
 property applies, plain HTTP requests and a consumer group's waiting HTTP
 fetch ("fetch") — each against the real application
 on a loopback port (`tests.servers.running_server`). Tokens are real HS256
 JWTs with exact (fractional) `exp` claims, so "< 1 s after expiry" is
 measured from the instant the token lapses.
 
-    property                                  websocket   sse         http      fetch
-    expiry ends it (< 1 s after exp)          close 4004  1101 event  401 1101  401 1101
-    revocation ends it (< 1 s), each kind     close 4502  1104 event  403 1104  403 1104
-    ... and its consumer-group memberships    left        —           —         —
-    one per-user count for every way in       counted     counted     not held  (1)
-    a stalled reader is cut, memory bounded   4001        1201/abort  —         (2)
+    property                                  websocket   sse         grpc (3)   http      fetch
+    expiry ends it (< 1 s after exp)          close 4004  1101 event  UNAUTH 1101 401 1101  401 1101
+    revocation ends it (< 1 s), each kind     close 4502  1104 event  DENIED 1104 403 1104  403 1104
+    ... and its consumer-group memberships    left        —           —          —         —
+    one per-user count for every way in       counted     counted     counted    not held  (1)
+    a stalled reader is cut, memory bounded   4001        1201/abort  (4)        —         (2)
 
 (1) a waiting fetch counts as one of the user's connections:
 tests/gateways/test_groups_http.py. (2) an answer is at most `max` (1,000)
 deliveries; deliveries an unwritable answer held go back to the group.
+(3) a status (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED) with the
+code in the trailing metadata `hybridbus-code`; an Ingest stream is held and
+ended the same way (tests/gateways/test_grpc.py). (4) a Subscribe that stops
+reading: its writes wait for HTTP/2 flow control, its subscription's queue fills
+and it ends with 1201 (ABORTED); not run here yet (no raw HTTP/2
+client that never reads).
 
 Ways in that take a request body — an HTTP publish and an inbound webhook
-(`POST /v1/webhooks/...`, signed, no token) — share their limits:
+(`POST /v1/webhooks/...`, signed, no token) — share their limits, and a gRPC
+Publish answers the same codes:
 
-    property                                  http        webhook
-    a body over the limit                     413 1004    413 1004
-    a body slower than body_timeout           408         408
-    over the rate                             429 1121 + Retry-After (both)
+    property                                  http        webhook     grpc Publish
+    a body over the limit                     413 1004    413 1004    INVALID_ARGUMENT 1004
+    a body slower than body_timeout           408         408         — (HTTP/2 streams)
+    over the rate                             429 1121 + Retry-After  RESOURCE_EXHAUSTED 1121
+                                                                      + retry-after
 """
 
 from __future__ import annotations
@@ -42,9 +51,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import grpc
 import httpx
 import jwt
 import pytest
+from tests.gateways.grpc_support import GrpcClient, refused
 from tests.gateways.support import SseReader, event
 from tests.servers import Server, WsClient, running_server, stalled_client
 
@@ -53,8 +64,8 @@ from hybridbus.server.access import new_api_key
 
 pytestmark = pytest.mark.timeout(60)
 
-Way = Literal["websocket", "sse", "http", "fetch"]
-HELD: tuple[Way, ...] = ("websocket", "sse")  # the ways that hold a stream open
+Way = Literal["websocket", "sse", "grpc", "http", "fetch"]
+HELD: tuple[Way, ...] = ("websocket", "sse", "grpc")  # the ways that hold a stream open
 # "fetch": a consumer group's HTTP pull, waiting for deliveries (docs/http.md §10)
 WAYS: tuple[Way, ...] = (*HELD, "http", "fetch")
 
@@ -64,8 +75,14 @@ CLOUDEVENT = {"content-type": "application/cloudevents+json"}
 PROBLEM = "application/problem+json"
 
 # What each way answers when its token lapses or is revoked: a close code, or an error code.
-EXPIRED: dict[Way, int] = {"websocket": 4004, "sse": 1101, "http": 1101, "fetch": 1101}
-REVOKED: dict[Way, int] = {"websocket": 4502, "sse": 1104, "http": 1104, "fetch": 1104}
+EXPIRED: dict[Way, int] = {
+    "websocket": 4004, "sse": 1101, "grpc": 1101, "http": 1101, "fetch": 1101
+}
+REVOKED: dict[Way, int] = {
+    "websocket": 4502, "sse": 1104, "grpc": 1104, "http": 1104, "fetch": 1104
+}
+# What a full per-user count answers a new stream: a close code, an HTTP status, a gRPC status.
+FULL: dict[Way, int | str] = {"websocket": 4005, "sse": 429, "grpc": "RESOURCE_EXHAUSTED"}
 
 
 def token(sub: str = "alice", **claims: Any) -> str:
@@ -83,6 +100,7 @@ async def secured(**settings: Any) -> AsyncIterator[Server]:
     settings.setdefault("anonymous_tenant", None)
     settings.setdefault("roles", {"user": [{"allow": "*", "topics": "#"}]})
     settings.setdefault("api_keys", [{"name": "ops", "hash": ADMIN_HASH, "admin": True}])
+    settings.setdefault("grpc_port", 0)  # the gRPC API too, on a free port
     async with running_server(**settings) as server:
         yield server
 
@@ -172,6 +190,41 @@ class HeldStream(Held):
         return Ending(said["code"], at, said)
 
 
+class HeldGrpc(Held):
+    """A gRPC Subscribe stream of `acme/x`, `subscribed` read."""
+
+    def __init__(self, server: Server, call: Any) -> None:
+        self.server = server
+        self.call = call
+
+    async def alive(self) -> bool:
+        id_ = f"alive-{uuid.uuid4().hex}"
+        async with admin(self.server) as client:
+            response = await client.post(
+                "/v1/topics/acme/x/events", json=event(id_), headers=CLOUDEVENT
+            )
+            assert response.status_code == 201, response.text
+        async with asyncio.timeout(5):
+            while True:  # events published for other clients of the topic come first
+                got = await self.call.read()
+                assert got is not grpc.aio.EOF
+                if got.delivery.event.id == id_:
+                    return True
+
+    async def ending(self, seconds: float) -> Ending:
+        async with asyncio.timeout(seconds):
+            try:
+                while True:
+                    got = await self.call.read()
+                    assert got is not grpc.aio.EOF, "the stream ended with OK"
+            except grpc.aio.AioRpcError as exc:
+                said = refused(exc)
+        at = time.time()
+        assert said.code is not None and said.details, said
+        retriable = said.trailers["hybridbus-retriable"] == "true"
+        return Ending(said.code, at, {"status": said.status.name, "retriable": retriable})
+
+
 class HeldRequests(Held):
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.client = client
@@ -228,6 +281,15 @@ async def opened(way: Way, server: Server, credential: str) -> AsyncIterator[Hel
             sse = SseReader(next_line)
             await sse.events(1, "subscribed")
             yield HeldStream(server, sse)
+    elif way == "grpc":
+        async with GrpcClient.open(server, credential) as client:
+            call = client.subscribe("acme/x")
+            first = await call.read()
+            assert first is not grpc.aio.EOF and first.WhichOneof("kind") == "subscribed"
+            try:
+                yield HeldGrpc(server, call)
+            finally:
+                call.cancel()
     elif way == "fetch":
         headers = {"Authorization": f"Bearer {credential}"}
         async with httpx.AsyncClient(base_url=server.http, timeout=30.0, headers=headers) as client:
@@ -248,7 +310,9 @@ async def opened(way: Way, server: Server, credential: str) -> AsyncIterator[Hel
             yield HeldRequests(client)
 
 
-async def refusal(way: Way, server: Server, credential: str) -> tuple[int | None, dict[str, Any]]:
+async def refusal(
+    way: Way, server: Server, credential: str
+) -> tuple[int | str | None, dict[str, Any]]:
     """Open `way` expecting a refusal: (the close code or HTTP status, what the server said)."""
     if way == "websocket":
         async with asyncio.timeout(5), WsClient.open(server.url, connect_first=False) as client:
@@ -256,6 +320,16 @@ async def refusal(way: Way, server: Server, credential: str) -> tuple[int | None
             closed = await client.closed()
         (disconnect,) = [p for p in client.pushes if p["type"] == "disconnect"]
         return closed.code, disconnect
+    if way == "grpc":
+        async with GrpcClient.open(server, credential) as grpc_client:
+            try:
+                async with asyncio.timeout(5):
+                    got = await grpc_client.subscribe("acme/x").read()
+            except grpc.aio.AioRpcError as exc:
+                said = refused(exc)
+                retriable = said.trailers["hybridbus-retriable"] == "true"
+                return said.status.name, {"code": said.code, "retriable": retriable}
+        raise AssertionError(f"not refused: {got}")
     params = {"pattern": "acme/x", "token": credential}
     async with (
         httpx.AsyncClient(base_url=server.http, timeout=5.0) as client,
@@ -339,10 +413,10 @@ async def test_the_per_user_limit_counts_every_way_in_together(way: Way) -> None
         ):
             # One WebSocket and one stream: alice is full, whichever way she comes next.
             code, said = await refusal(way, server, token())
+            assert code == FULL[way]
             if way == "websocket":
-                assert (code, said["code"], said["reconnect"]) == (4005, 4005, True)
+                assert (said["code"], said["reconnect"]) == (4005, True)
             else:
-                assert code == 429
                 assert said["code"] == ErrorCode.TOO_MANY_CONNECTIONS and said["retriable"]
             # Plain requests hold nothing: they are still served.
             async with opened("http", server, token()) as requests:
@@ -362,7 +436,7 @@ async def test_a_client_that_leaves_frees_its_slot_within_seconds(way: Way) -> N
     async with secured(max_connections_per_user=1) as server:
         async with opened(way, server, token()) as held:
             assert await held.alive()
-            assert (await refusal(way, server, token()))[0] in (4005, 429)
+            assert (await refusal(way, server, token()))[0] == FULL[way]
         # It left without a word; the next keep-alive (15 s) is far: the server notices anyway.
         await wait_for(lambda: server.sample("hybridbus_connections", transport=way) == 0, 3.0)
         async with opened(way, server, token()) as again:
@@ -449,6 +523,23 @@ async def test_over_the_rate_is_429_with_retry_after(way: Bodied) -> None:
         assert response.headers["Retry-After"] == "1"
 
 
+async def test_a_grpc_publish_answers_the_same_codes_over_the_limits() -> None:
+    async with (
+        running_server(grpc_port=0, publish_rate=1.0, publish_burst=1.0) as server,
+        GrpcClient.open(server) as client,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:  # over the event size: 1004
+            await client.publish("acme/x", event("big", data="x" * (1 << 20)))
+        said = refused(caught.value)
+        assert (said.status, said.code) == (grpc.StatusCode.INVALID_ARGUMENT, 1004)
+        await client.publish("acme/x", event("e0"))  # the refused event cost nothing
+        with pytest.raises(grpc.aio.AioRpcError) as caught:  # over the rate: 1121
+            await client.publish("acme/x", event("e1"))
+        said = refused(caught.value)
+        assert (said.status, said.code) == (grpc.StatusCode.RESOURCE_EXHAUSTED, 1121)
+        assert said.trailers["retry-after"] == "1"
+
+
 # -- stalled readers ----------------------------------------------------------------------------
 
 
@@ -484,7 +575,7 @@ async def dropped(sock: socket.socket) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
-@pytest.mark.parametrize("way", HELD)
+@pytest.mark.parametrize("way", ["websocket", "sse"])  # grpc: (4) in the module docstring
 async def test_stalled_readers_are_cut_and_their_memory_released(way: Way) -> None:
     readers = 20
     bound = 256 * 1024

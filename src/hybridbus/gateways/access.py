@@ -79,7 +79,14 @@ class HttpAccess:
         caller's decisions and publish bucket last across its requests; each
         request still checks the revocations and the token's expiry.
         """
-        credential = _credential(request)
+        return await self.identify(_credential(request))
+
+    async def identify(self, credential: str | None) -> Principal:
+        """The principal presenting `credential` (an API key, a JWT, None: anonymous).
+
+        For every way in that reads credentials of its own (the gRPC gateway's
+        metadata): the same principals, kept the same way, as HTTP requests'.
+        """
         guard = self._guard
         principals = self._principals
         principal = principals.get(credential)
@@ -168,7 +175,10 @@ class HttpAccess:
 
     async def authorize(self, request: web.Request, action: Action, target: str) -> None:
         """The hook: raise unless the caller may do `action` on the absolute `target`."""
-        principal = await self.principal(request)
+        await self.check(await self.principal(request), action, target)
+
+    async def check(self, principal: Principal, action: Action, target: str) -> None:
+        """Raise unless `principal` may do `action` on the absolute `target` (as `authorize`)."""
         guard = self._guard
         if principal.identity.admin:
             if action == "publish":

@@ -54,6 +54,8 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     engine: str = "sqlite://./hybridbus-data"
     # Several processes may share the port (one per core) once the engine is shared.
     reuse_port: bool = False
+    # The gRPC API (docs/grpc.md) on `host`:<grpc_port>; unset: off, 0: a free port.
+    grpc_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     # `hybridbus serve --workers N`: N processes on one port (SO_REUSEPORT), one node each;
     # only with a shared engine (docs/scale-out.md, "Many nodes").
     workers: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1

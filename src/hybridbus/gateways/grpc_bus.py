@@ -1,0 +1,475 @@
+"""The gRPC gateway: the `hybridbus.v1.Bus` service (protos/) on a port of its own.
+
+Owns: the `grpc.aio` server and its four calls — `Publish` (unary), `Ingest`
+(client-streaming), `Subscribe` (server-streaming), `History` (unary) —
+reading credentials from call metadata, and ending calls with a status whose
+trailing metadata carries the hybridbus error code (`gateways.grpc_codec`
+maps them; docs/grpc.md is the reference). Must not decide who may do what:
+every call goes through the same hooks as the HTTP API (`HttpAccess`: the
+same principals, rules and tenant scoping; `Guard.take`: the same publish
+buckets; `Node.hold`: streams count with the user's connections and end at
+revocation and at the token's expiry).
+
+Theory of operation. A streaming call (`Subscribe`, `Ingest`) is held by
+its principal for as long as it runs: its work runs as a task beside an
+`ending` future the holder (the node) completes at revocation or expiry,
+and at shutdown this gateway does (1210). Whichever finishes first wins; an
+ending cancels the work and ends the call with the ending's status — even a
+write stalled on a client that stopped reading.
+
+`Subscribe` writes `subscribed`, then each batch the subscription hands out,
+a message per delivery, each write waiting for HTTP/2 flow control: a reader
+that does not keep up lets the subscription's bounded queue fill, and it
+ends with 1201 (ABORTED: resubscribe from the last token), as a WebSocket or
+SSE subscriber does.
+If continuity breaks in the middle of a recovery after `subscribed` said
+`recovered: true`, the call ends with 1200 (ABORTED) before the gap.
+
+`Ingest` reads the stream into a small queue (bounded: a producer faster
+than the log waits in HTTP/2 flow control) and appends what it holds in one
+engine call at a time, in order. Each event is authorized (once per topic
+per call), decoded, checked by the bus, and taken from the publish buckets;
+over the rate the call waits for the bucket instead of failing (a log
+shipper wants back-pressure, not a refusal). The first refused event ends the
+call after the events before it are appended: its status says why, with
+`hybridbus-index` (its place in the stream, from 0) and `hybridbus-accepted`
+(events appended: resend from there; duplicates by `source` + `id` are
+answered, never appended twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import grpc
+import msgspec
+
+from hybridbus.core.identity import Identity
+from hybridbus.core.log import Ack, Position
+from hybridbus.core.topics import validate_topic
+from hybridbus.errors import (
+    AccessError,
+    BusClosed,
+    BusError,
+    InvalidInput,
+    RateLimited,
+    SubscriptionEnded,
+    Unauthorized,
+)
+from hybridbus.gateways.access import HttpAccess
+from hybridbus.gateways.grpc_codec import (
+    INDEX_KEY,
+    Tokens,
+    ack_message,
+    delivery_message,
+    event_of,
+    generated,
+    message_of,
+    status_of,
+    trailers_of,
+)
+from hybridbus.hub.bus import Bus, Prepared
+from hybridbus.hub.guard import Guard, Principal
+from hybridbus.hub.subscription import Subscription
+from hybridbus.proto.frames import MAX_HISTORY_LIMIT
+from hybridbus.server.metrics import Metrics
+
+__all__ = ["GrpcConfig", "GrpcGateway", "Hold"]
+
+log = logging.getLogger(__name__)
+
+# The hold hook (`Node.hold`): count a stream of `identity`, end it by `end(error)`;
+# returns its release.
+Hold = Callable[[Identity, Callable[[AccessError], None]], Callable[[], None]]
+_DEFAULT_LIMIT: Final = 100
+_ACCEPTED_KEY: Final = "hybridbus-accepted"
+_bus_pb2, _bus_pb2_grpc, _ = generated()
+
+
+class GrpcConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings of the gRPC gateway. Sizes are bytes, durations seconds."""
+
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port (`GrpcGateway.port` says which)
+    reuse_port: bool = False  # several processes share the port (`--workers`)
+    # One message: an event at the bus's limit (1 MiB) and its envelope. Larger
+    # ones are refused by gRPC itself (RESOURCE_EXHAUSTED, no hybridbus-code).
+    max_message_size: int = (1 << 20) + (64 << 10)
+    # A history page stops early (more: true) past this: clients receive 4 MiB by default.
+    max_page_bytes: int = 3 << 20
+    ingest_batch: int = 512  # events of an Ingest call appended in one engine call at most
+    keepalive: float = 25.0  # HTTP/2 pings on idle connections, to notice clients gone
+    grace: float = 1.0  # seconds calls get to finish once the server stops
+
+
+class _Ending:
+    """How a held call ends early: the holder's `end(error)`, or the gateway's shutdown."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[BusError] = asyncio.get_running_loop().create_future()
+
+    def end(self, error: BusError) -> None:
+        if not self.future.done():
+            self.future.set_result(error)
+
+    async def run(self, work: Awaitable[Any]) -> Any:
+        """`work`'s result, or the ending's error raised if it comes first (work cancelled)."""
+        task = asyncio.ensure_future(work)
+        try:
+            await asyncio.wait((task, self.future), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if self.future.done() and not (task.done() and not task.cancelled()):
+            raise self.future.result()
+        return task.result()
+
+
+class _Refused(Exception):
+    """A call ends with `error`, and `trailers` beside its code."""
+
+    def __init__(self, error: BusError, **trailers: str) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.trailers = trailers
+
+
+def _credential(context: Any) -> str | None:
+    """The call's credential: `authorization: Bearer <...>`, else `x-api-key`, else none."""
+    metadata: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):
+            metadata.setdefault(key.lower(), value)
+    header = metadata.get("authorization")
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized("the authorization metadata must be 'Bearer <token or API key>'")
+        return value.strip()
+    key = metadata.get("x-api-key")
+    return key.strip() if key is not None else None
+
+
+def _answered(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """`handler`, ending every call it fails with the status of the error (module docstring)."""
+
+    async def call(self: GrpcGateway, request: Any, context: Any) -> Any:
+        try:
+            return await handler(self, request, context)
+        except _Refused as exc:
+            refusal, more = exc.error, exc.trailers
+        except BusError as exc:
+            refusal, more = exc, {}
+        except Exception:
+            log.exception("gRPC %s failed", handler.__name__)
+            refusal, more = None, {}
+        await context.abort(
+            status_of(refusal), message_of(refusal), trailing_metadata=trailers_of(refusal, **more)
+        )
+        return None  # not reached: abort raises
+
+    call.__name__ = handler.__name__
+    return call
+
+
+class GrpcGateway:
+    """The `Bus` service over one bus: `await start()`, then `await close()` at shutdown."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        guard: Guard,
+        access: HttpAccess,
+        hold: Hold,
+        metrics: Metrics,
+        config: GrpcConfig | None = None,
+    ) -> None:
+        self._bus = bus
+        self._guard = guard
+        self._access = access
+        self._hold = hold
+        self._config = config or GrpcConfig()
+        self._server: Any = None
+        self._endings: set[_Ending] = set()
+        self._readers: set[asyncio.Future[None]] = set()  # of Ingest calls ending
+        self._closed = False
+        self.port = 0
+        self._connections = metrics.connections.labels(transport="grpc")
+        self._subscriptions = metrics.subscriptions.labels(transport="grpc")
+        self._deliveries = metrics.deliveries.labels(transport="grpc")
+        self._published = metrics.publishes.labels(gateway="grpc")
+        self._duplicates = metrics.duplicates.labels(gateway="grpc")
+
+    async def start(self) -> int:
+        """Listen on the configured address; the port. Raises `OSError` if it cannot bind."""
+        config = self._config
+        keepalive_ms = int(config.keepalive * 1000)
+        server = grpc.aio.server(
+            options=[
+                # a port in use is an error, not shared, unless workers share it
+                ("grpc.so_reuseport", 1 if config.reuse_port else 0),
+                ("grpc.max_receive_message_length", config.max_message_size),
+                ("grpc.keepalive_time_ms", keepalive_ms),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ]
+        )
+        _bus_pb2_grpc.add_BusServicer_to_server(self, server)
+        address = f"{config.host}:{config.port}"
+        try:
+            port = int(server.add_insecure_port(address))
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
+        if port == 0:
+            raise OSError(f"cannot listen for gRPC on {address}")
+        await server.start()
+        self._server, self.port = server, port
+        log.info("grpc listening", extra={"addresses": [[config.host, port]]})
+        return port
+
+    async def close(self) -> None:
+        """End every held call (1210: reconnect), refuse new ones, stop the server."""
+        self._closed = True
+        for ending in list(self._endings):
+            ending.end(BusClosed("the server is shutting down; reconnect"))
+        if self._server is not None:
+            await self._server.stop(self._config.grace)
+        for reader in list(self._readers):
+            reader.cancel()
+
+    # -- the calls -----------------------------------------------------------------------------
+
+    async def _principal(self, context: Any) -> Principal:
+        if self._closed:
+            raise BusClosed("the server is shutting down")
+        return await self._access.identify(_credential(context))
+
+    @contextlib.asynccontextmanager
+    async def _held(self, principal: Principal) -> Any:
+        """The call held by `principal` (counted; ended at revocation, expiry, shutdown)."""
+        ending = _Ending()
+        release = self._hold(principal.identity, ending.end)  # may refuse: 1122
+        self._endings.add(ending)
+        self._connections.inc()
+        try:
+            yield ending
+        finally:
+            self._connections.dec()
+            self._endings.discard(ending)
+            release()
+
+    @_answered
+    async def Publish(self, request: Any, context: Any) -> Any:  # the proto's names
+        principal = await self._principal(context)
+        topic = validate_topic(request.topic)
+        await self._access.check(principal, "publish", topic)
+        prepared = self._bus.prepare(topic, event_of(request.event))
+        self._guard.take(principal)  # over the rate: RESOURCE_EXHAUSTED, retry-after
+        (ack,) = await self._bus.append([prepared])
+        self._count([ack])
+        return ack_message(ack)
+
+    @_answered
+    async def History(self, request: Any, context: Any) -> Any:
+        principal = await self._principal(context)
+        pattern: str = request.pattern
+        since: str | None = request.since or None
+        limit = int(request.limit) if request.HasField("limit") else _DEFAULT_LIMIT
+        if limit > MAX_HISTORY_LIMIT:
+            raise InvalidInput(f"limit is at most {MAX_HISTORY_LIMIT}, not {limit}")
+        await self._access.check(principal, "read", pattern)
+        page = await self._bus.history(pattern, since, limit)
+        tokens = Tokens(_start(since, page.position))
+        events: list[Any] = []
+        size, position = 0, str(page.position)
+        for delivery in page.deliveries:
+            message = delivery_message(delivery, tokens.after(delivery))
+            size += int(message.ByteSize())
+            if events and size > self._config.max_page_bytes:
+                return _bus_pb2.HistoryResponse(
+                    events=events, position=position, more=True, exact=page.exact
+                )
+            events.append(message)
+            position = message.token
+        return _bus_pb2.HistoryResponse(
+            events=events, position=str(page.position), more=page.more, exact=page.exact
+        )
+
+    @_answered
+    async def Subscribe(self, request: Any, context: Any) -> None:
+        principal = await self._principal(context)
+        pattern: str = request.pattern
+        await self._access.check(principal, "subscribe", pattern)
+        async with self._held(principal) as ending:
+            sub = self._bus.subscribe(pattern, request.since or None)
+            async with sub:
+                self._subscriptions.inc()
+                try:
+                    error = await ending.run(self._pump(sub, context))
+                finally:
+                    self._subscriptions.dec()
+        if error is not None:
+            raise error
+
+    async def _pump(self, sub: Subscription, context: Any) -> BusError | None:
+        """Write `subscribed`, then every delivery; the error that ended the subscription."""
+        response = _bus_pb2.SubscribeResponse
+        start, promised = sub.position, sub.recovered
+        subscribed = _bus_pb2.Subscribed(
+            pattern=sub.pattern, epoch=start.epoch, position=str(start), recovered=promised
+        )
+        await context.write(response(subscribed=subscribed))
+        tokens = Tokens(start)
+        deliveries = self._deliveries
+        while True:
+            try:
+                batch = await sub.take()
+            except BusError as exc:
+                return exc
+            if not batch:
+                return None
+            if promised and not sub.recovered:
+                reason = "events after the last position were removed before they could be read"
+                return SubscriptionEnded(reason)
+            for delivery in batch:
+                message = delivery_message(delivery, tokens.after(delivery))
+                await context.write(response(delivery=message))
+            deliveries.inc(len(batch))
+
+    @_answered
+    async def Ingest(self, requests: Any, context: Any) -> Any:
+        principal = await self._principal(context)
+        counts = _Counts()
+        async with self._held(principal) as ending:
+            try:
+                await ending.run(self._ingest(principal, requests, counts))
+            except BusError as exc:  # ended by the holder: revoked, expired, shutdown
+                raise _Refused(exc, **{_ACCEPTED_KEY: str(counts.accepted)}) from None
+        last = ack_message(counts.last) if counts.last is not None else None
+        return _bus_pb2.IngestResponse(
+            accepted=counts.accepted, duplicates=counts.duplicates, last=last
+        )
+
+    async def _ingest(self, principal: Principal, requests: Any, counts: _Counts) -> None:
+        queue: asyncio.Queue[Any] = asyncio.Queue(self._config.ingest_batch)
+        stop = asyncio.Event()
+        reader = asyncio.ensure_future(_read(requests, queue, stop))
+        try:
+            allowed: set[str] = set()
+            finished = False
+            while not finished:
+                items = [await queue.get()]
+                while not queue.empty() and len(items) < self._config.ingest_batch:
+                    items.append(queue.get_nowait())
+                prepared: list[Prepared] = []
+                for item in items:
+                    if item is _END:
+                        finished = True
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    index = counts.seen
+                    counts.seen += 1
+                    try:
+                        topic = validate_topic(item.topic)
+                        if topic not in allowed:
+                            await self._access.check(principal, "publish", topic)
+                            allowed.add(topic)
+                        one = self._bus.prepare(topic, event_of(item.event))
+                        await self._take(principal, prepared, counts)
+                    except BusError as exc:
+                        await self._append(prepared, counts)
+                        raise _Refused(
+                            exc, **{INDEX_KEY: str(index), _ACCEPTED_KEY: str(counts.accepted)}
+                        ) from None
+                    prepared.append(one)
+                await self._append(prepared, counts)
+        finally:
+            # Cancelling a pending read would cancel the call, before its status is
+            # sent: the reader stops by itself once the call ends (owned till then).
+            stop.set()
+            while not queue.empty():
+                queue.get_nowait()
+            if not reader.done():
+                self._readers.add(reader)
+                reader.add_done_callback(self._readers.discard)
+
+    async def _take(self, principal: Principal, prepared: list[Prepared], counts: _Counts) -> None:
+        """Take one publish from the buckets; over the rate, append what waits and wait."""
+        while True:
+            try:
+                self._guard.take(principal)
+                return
+            except RateLimited as exc:
+                await self._append(prepared, counts)
+                prepared.clear()
+                await asyncio.sleep(exc.retry_after)
+
+    async def _append(self, prepared: list[Prepared], counts: _Counts) -> None:
+        if not prepared:
+            return
+        acks = await self._bus.append(prepared)  # one engine call: all or none
+        prepared.clear()
+        counts.add(acks)
+        self._count(acks)
+
+    def _count(self, acks: list[Ack]) -> None:
+        self._published.inc(len(acks))
+        duplicates = sum(ack.duplicate for ack in acks)
+        if duplicates:
+            self._duplicates.inc(duplicates)
+
+
+class _Counts:
+    """What an Ingest call has seen and appended so far."""
+
+    __slots__ = ("accepted", "duplicates", "last", "seen")
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.accepted = 0
+        self.duplicates = 0
+        self.last: Ack | None = None
+
+    def add(self, acks: list[Ack]) -> None:
+        self.accepted += len(acks)
+        self.duplicates += sum(ack.duplicate for ack in acks)
+        self.last = acks[-1]
+
+
+_END: Final = object()
+
+
+async def _read(requests: Any, queue: asyncio.Queue[Any], stop: asyncio.Event) -> None:
+    """Every request of a stream into `queue`, then `_END` (or the error reading failed with).
+
+    Once `stop` is set, what still comes is dropped until the call ends.
+    """
+    try:
+        async for request in requests:
+            if stop.is_set():
+                return
+            await queue.put(request)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (a task boundary: the call raises it)
+        await queue.put(exc)
+        return
+    await queue.put(_END)
+
+
+def _start(since: str | None, end: Position) -> Position:
+    """Where the tokens of a history page start: `since` if it is of the page's epoch."""
+    if since is not None:
+        start = Position.parse(since)
+        if start.epoch == end.epoch and len(start.positions) == len(end.positions):
+            return start
+    return Position(end.epoch, (0,) * len(end.positions))
