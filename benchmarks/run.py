@@ -14,6 +14,7 @@
     python -m benchmarks.run server --case latency --case catchup
     python -m benchmarks.run server --profile latency   # py-spy flame graph of hybridbus
     python -m benchmarks.run server --soak-minutes 15
+    python -m benchmarks.run changes         # edit -> follower's mirror, 1M lines (~2 min)
     python -m benchmarks.run --quick         # one short run of each case, a smoke test
 
 The default groups take about two minutes on a 2-core machine; `server` (see
@@ -34,6 +35,7 @@ from typing import Any
 
 from benchmarks import (
     bridges,
+    changes,
     codec,
     fanout,
     publish,
@@ -71,6 +73,7 @@ GROUPS: dict[str, Callable[[Settings, Callable[[str], None]], list[Result]]] = {
     "redis": redis_engine.run,  # the Redis engine beside raw XADD; a redis-server subprocess
     "notify": redis_notify.run,  # cross-node wake-up: blocking XREAD beside SPUBLISH (issue 12)
     "scale": scale.run,  # 1 node beside 2 on one Redis (issue 12), with the redis group's cases
+    "changes": changes.run,  # a one-line edit in a 1,000,000-line file to a follower
 }
 # `server` takes about 2 minutes on its own (servers and 1,000-10,000 client
 # connections as subprocesses): it runs only when named, as does `groups` (about 3

@@ -22,6 +22,7 @@ Must not hold server logic: `hybridbus serve` hands over to `hybridbus.serve`.
     hybridbus dlq list|show|replay|purge GROUP ...
     hybridbus schemas list|show|register|test|mode ...        (over HTTP: cli_schemas.py)
     hybridbus webhooks list|show|create|delete|enable|disable|replay|attempts   (cli_webhooks.py)
+    hybridbus watch DIR --topic T | follow TOPIC DIR | changes status ID   (cli_changes.py)
 
 The client commands take `--url` (default `$HYBRIDBUS_URL` or
 ws://127.0.0.1:8080/v1/ws) and `--token` (default `$HYBRIDBUS_TOKEN`); their
@@ -39,7 +40,14 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from hybridbus import cli_bridges, cli_groups, cli_nodes, cli_schemas, cli_webhooks
+from hybridbus import (
+    cli_bridges,
+    cli_changes,
+    cli_groups,
+    cli_nodes,
+    cli_schemas,
+    cli_webhooks,
+)
 from hybridbus.errors import InvalidInput
 from hybridbus.server.config import ENV_PREFIX, load_config
 
@@ -109,12 +117,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", metavar="H", help="address to listen on")
     serve.add_argument("--port", type=int, metavar="P", help="port to listen on (0: any)")
     serve.add_argument(
+        "--grpc-port", type=int, metavar="P", help="serve the gRPC API on this port too (0: any)"
+    )
+    serve.add_argument(
         "--anonymous-tenant",
         metavar="T",
         help="let clients without a token connect, in tenant T",
-    )
-    serve.add_argument(
-        "--grpc-port", type=int, metavar="P", help="serve the gRPC API on this port too (0: any)"
     )
     serve.add_argument(
         "--workers",
@@ -221,6 +229,7 @@ def parser() -> argparse.ArgumentParser:
     cli_bridges.add_parsers(commands, client, epilog, _Formatter)
     cli_schemas.add_parsers(commands, client, epilog, _Formatter)
     cli_webhooks.add_parsers(commands, client, epilog, _Formatter)
+    cli_changes.add_parsers(commands, client, epilog, _Formatter)
     return root
 
 
@@ -233,9 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "engine": args.engine,
             "host": args.host,
             "port": args.port,
+            "grpc_port": args.grpc_port,
             "anonymous_tenant": args.anonymous_tenant,
             "workers": args.workers,
-            "grpc_port": args.grpc_port,
         }
         try:
             config = load_config(args.config, os.environ, flags)
@@ -264,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli_schemas.run(args)
     if args.command == "webhooks":
         return cli_webhooks.run(args)
+    if args.command in ("watch", "follow", "changes"):
+        return cli_changes.run(args)
     from hybridbus.client import commands
     from hybridbus.errors import BusError
 
