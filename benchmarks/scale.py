@@ -60,6 +60,7 @@ __all__ = ["Sizes", "extra", "run"]
 _CONFIG: Final = """
 anonymous_tenant = "bench"
 max_connections_per_user = 0
+max_in_flight = 100000
 [[roles.anonymous]]
 allow = "*"
 topics = "#"
