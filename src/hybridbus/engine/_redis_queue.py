@@ -17,6 +17,7 @@ from typing import Any
 from hybridbus.core.event import Event
 from hybridbus.engine import _redis_io as rio
 from hybridbus.errors import BusClosed
+from hybridbus.tasks import stop
 
 __all__ = ["Append", "Queue", "Step", "Write", "take_writes"]
 
@@ -77,8 +78,7 @@ class Queue:
                             request.future.set_exception(rio.wrap(exc, "write failed"))
 
     async def stop(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await stop(self._task)
         while self.items:
             future = self.items.popleft().future
             if not future.done():

@@ -82,6 +82,7 @@ from hybridbus.engine.base import (
     system_clock,
 )
 from hybridbus.errors import BusClosed, EngineError, EngineUnavailable, InvalidPosition
+from hybridbus.tasks import stop
 
 __all__ = ["RedisEngine"]
 
@@ -168,8 +169,7 @@ class RedisEngine(RedisLeases):
             return
         self._state = _CLOSING
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+            await stop(self._sweeper)
         if self._pending:
             await asyncio.wait(list(self._pending), timeout=self._ack_timeout)
         for queue in [*self._writers, *([self._global] if self._global else [])]:

@@ -34,6 +34,7 @@ from typing import Final
 
 from hybridbus.engine.base import Leases
 from hybridbus.errors import EngineError, NotCoordinator
+from hybridbus.tasks import stop
 
 __all__ = ["DEFAULT_TTL", "Coordination", "default_node_id"]
 
@@ -111,8 +112,7 @@ class Coordination:
         """Stop renewing and give every lease up (the next operation anywhere claims it)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await stop(task)
         held, self._held = self._held, {}
         engine = self.engine
         if engine is None or not held:

@@ -50,6 +50,7 @@ from typing import Any, Final
 
 from hybridbus.core.ratelimit import KeyedBuckets
 from hybridbus.server.redis_shared import SharedRedis, connect, driver_errors
+from hybridbus.tasks import stop
 
 __all__ = ["RedisLimits"]
 
@@ -131,9 +132,7 @@ class RedisLimits:
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop(task)
         if self._redis is not None:
             with contextlib.suppress(*self._errors):
                 await self._redis.aclose()

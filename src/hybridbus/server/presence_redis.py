@@ -54,6 +54,7 @@ from hybridbus.core.backoff import Backoff
 from hybridbus.proto.frames import ClientInfo
 from hybridbus.server.presence import PresenceRegistry
 from hybridbus.server.redis_shared import SharedRedis, connect, driver_errors
+from hybridbus.tasks import stop
 
 __all__ = ["RedisPresence"]
 
@@ -141,10 +142,7 @@ class RedisPresence:
             self._registry.mirror = None
         tasks, self._tasks = self._tasks, []
         for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop(task)
         if self._redis is None:
             return
         try:

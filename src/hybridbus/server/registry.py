@@ -38,6 +38,7 @@ import msgspec
 from hybridbus.core.backoff import Backoff
 from hybridbus.errors import InvalidInput, RegistryUnavailable
 from hybridbus.server.config import ServerConfig
+from hybridbus.tasks import stop
 
 __all__ = [
     "LocalStore",
@@ -244,9 +245,7 @@ class Registry:
         task, self._task = self._task, None
         try:
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await stop(task)
                 await self._deregister()
         finally:
             await self.store.close()
