@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hybridbus.cli_http import OK, Api, Failed, http_base, print_json, table
+from hybridbus.cli_http import OK, listing, print_json, table
 
 if TYPE_CHECKING:
     from hybridbus.bridges.settings import BridgeSettings
@@ -77,13 +77,9 @@ def add_parsers(
 
 def run(args: argparse.Namespace) -> int:
     """Run `hybridbus bridges`; the exit status."""
-    try:
-        answer = Api(http_base(args.url), args.token).call("GET", "/v1/bridges")
-    except Failed as exc:
-        print(f"hybridbus bridges: {exc}", file=sys.stderr)
-        return exc.status
-    except KeyboardInterrupt:
-        return 130
+    answer, status = listing("bridges", args, "/v1/bridges")
+    if status is not None:
+        return status
     found = answer["bridges"]
     if args.json:
         for bridge in found:

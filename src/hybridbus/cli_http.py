@@ -79,6 +79,18 @@ class Api:
         return json.loads(raw) if raw else None
 
 
+def listing(command: str, args: Any, path: str) -> tuple[Any, int | None]:
+    """`GET path` for a listing command: (the answer, None), or (None, the exit status) once
+    the failure is printed as `hybridbus <command>: ...`."""
+    try:
+        return Api(http_base(args.url), args.token).call("GET", path), None
+    except Failed as exc:
+        print(f"hybridbus {command}: {exc}", file=sys.stderr)
+        return None, exc.status
+    except KeyboardInterrupt:
+        return None, 130
+
+
 def _problem(error: urllib.error.HTTPError) -> str:
     """`1401 UNKNOWN_GROUP: detail` from a problem+json answer, else the HTTP status."""
     try:

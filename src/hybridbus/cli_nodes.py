@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from hybridbus.cli_http import OK, Api, Failed, http_base, print_json, table
+from hybridbus.cli_http import OK, listing, print_json, table
 
 __all__ = ["add_parser", "run"]
 
@@ -48,13 +48,9 @@ def add_parser(
 
 def run(args: argparse.Namespace) -> int:
     """Run `hybridbus nodes`; the exit status."""
-    try:
-        answer = Api(http_base(args.url), args.token).call("GET", "/v1/nodes")
-    except Failed as exc:
-        print(f"hybridbus nodes: {exc}", file=sys.stderr)
-        return exc.status
-    except KeyboardInterrupt:
-        return 130
+    answer, status = listing("nodes", args, "/v1/nodes")
+    if status is not None:
+        return status
     nodes: list[dict[str, Any]] = answer["nodes"]
     if args.json:
         for node in nodes:
