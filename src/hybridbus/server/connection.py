@@ -328,6 +328,21 @@ class Connection:
             self._scheduled = True
             self.node.schedule(self)
 
+    async def written(self) -> None:
+        """Wait until what is queued has been handed to the socket (or the connection closes).
+
+        While the socket is over its mark, that is when the drainer has
+        written the outbox out; otherwise the write pass does it this turn.
+        """
+        session = self.session
+        while session.pending_bytes and not (self._closing or session.closed):
+            drainer = self._drainer
+            if drainer is None:
+                self.flush()
+                await asyncio.sleep(0)
+            else:
+                await asyncio.wait({drainer})
+
     def write_due(self) -> None:
         """The node's write pass: drain the ready subscriptions, write what is queued."""
         try:

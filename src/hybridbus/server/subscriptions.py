@@ -179,8 +179,7 @@ class Subscriptions:
                             "continuity was lost during recovery; subscribe again",
                         )
                         return
-                    self._push(entry, batch, cached=False)
-                    connection.flush()
+                    await self._push_paced(entry, batch)
                     if session.closed:
                         return
                 await subscription.finished()
@@ -216,8 +215,18 @@ class Subscriptions:
                 if session.closed:
                     return
 
-    def _push(self, entry: Entry, batch: list[Delivery], *, cached: bool = True) -> None:
-        """Queue `batch` for the client as encoded pushes (bar its own `exclude_self` events).
+    def _push(self, entry: Entry, batch: list[Delivery]) -> None:
+        """Queue `batch` for the client as encoded pushes (bar its own `exclude_self` events)."""
+        pushes, batch = self._encode(entry, batch, cached=True)
+        if pushes:
+            connection = self._connection
+            connection.session.push_many(pushes)
+            connection.pushed(len(batch), batch[0].time)
+
+    def _encode(
+        self, entry: Entry, batch: list[Delivery], *, cached: bool
+    ) -> tuple[list[bytes], list[Delivery]]:
+        """The encoded pushes of `batch` (bar the client's own `exclude_self` events), and it.
 
         `cached`: through the node's per-delivery caches (live pushes, shared);
         recovered batches (the pump's) are encoded in one go.
@@ -228,16 +237,41 @@ class Subscriptions:
         if node.origins:
             kept = [d for d in batch if not self._excluded(d)]
             if not kept:
-                return
-            whole = len(kept) == len(batch)
+                return [], kept
+            whole = whole and len(kept) == len(batch)
             batch = kept
         codec = connection.session.codec
         prefix = connection.admitted.prefix
         pushes = node.pushes.push_batch(
             codec, entry.absolute, entry.pattern, prefix, batch, whole=whole, cached=cached
         )
-        connection.session.push_many(pushes)
-        connection.pushed(len(batch), batch[0].time)
+        return pushes, batch
+
+    async def _push_paced(self, entry: Entry, batch: list[Delivery]) -> None:
+        """Queue a recovered `batch` at the pace the client reads it.
+
+        A page of history may be far larger than the outbox bound (a page of
+        big events): it goes out in slices of about a quarter of the bound,
+        each once the outbox has been written to the socket, so recovery never
+        trips the bound that cuts off a slow live reader.
+        """
+        connection = self._connection
+        session = connection.session
+        pushes, batch = self._encode(entry, batch, cached=False)
+        budget = max(1, session.config.max_pending_bytes // 4)
+        start, size = 0, 0
+        for i, push in enumerate(pushes):
+            size += len(push)
+            if size < budget and i < len(pushes) - 1:
+                continue
+            session.push_many(pushes[start : i + 1])
+            connection.pushed(i + 1 - start, batch[start].time)
+            connection.flush()
+            start, size = i + 1, 0
+            if session.closed:
+                return
+            if start < len(pushes):
+                await connection.written()
 
     def _excluded(self, delivery: Delivery) -> bool:
         """True if `delivery` was published by this connection with `exclude_self`."""
