@@ -254,7 +254,7 @@ def test_every_argument_of_every_command_has_help() -> None:
     found = commands()
     assert set(found) == {
         "serve", "publish", "subscribe", "history", "token", "key", "groups", "dlq", "schemas",
-        "webhooks", "nodes", "bridge", "bridges", "watch", "follow", "changes",
+        "webhooks", "nodes", "bridge", "bridges", "watch", "follow", "changes", "tail", "log",
     }  # fmt: skip
     for name, command in found.items():
         for action in command._actions:

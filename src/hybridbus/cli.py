@@ -23,6 +23,10 @@ Must not hold server logic: `hybridbus serve` hands over to `hybridbus.serve`.
     hybridbus schemas list|show|register|test|mode ...        (over HTTP: cli_schemas.py)
     hybridbus webhooks list|show|create|delete|enable|disable|replay|attempts   (cli_webhooks.py)
     hybridbus watch DIR --topic T | follow TOPIC DIR | changes status ID   (cli_changes.py)
+    hybridbus tail PATTERN [--level L] [--grep T] [--regex R] [--field K=V] [--since 10m|TOKEN]
+                   [--format plain|json|syslog] [--no-color]           (cli_tail.py)
+    hybridbus log --source S [--instance I] [--file PATH [--from-start] [--state FILE]]
+                  [--processors DIR] [--level-default L] [--echo]      (cli_log.py)
 
 The client commands take `--url` (default `$HYBRIDBUS_URL` or
 ws://127.0.0.1:8080/v1/ws) and `--token` (default `$HYBRIDBUS_TOKEN`); their
@@ -44,8 +48,10 @@ from hybridbus import (
     cli_bridges,
     cli_changes,
     cli_groups,
+    cli_log,
     cli_nodes,
     cli_schemas,
+    cli_tail,
     cli_webhooks,
 )
 from hybridbus.errors import InvalidInput
@@ -230,6 +236,8 @@ def parser() -> argparse.ArgumentParser:
     cli_schemas.add_parsers(commands, client, epilog, _Formatter)
     cli_webhooks.add_parsers(commands, client, epilog, _Formatter)
     cli_changes.add_parsers(commands, client, epilog, _Formatter)
+    cli_tail.add_parser(commands, client, epilog, _Formatter)
+    cli_log.add_parser(commands, client, epilog, _Formatter)
     return root
 
 
@@ -275,6 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli_webhooks.run(args)
     if args.command in ("watch", "follow", "changes"):
         return cli_changes.run(args)
+    if args.command == "tail":
+        return cli_tail.run(args)
+    if args.command == "log":
+        return cli_log.run(args)
     from hybridbus.client import commands
     from hybridbus.errors import BusError
 

@@ -29,6 +29,7 @@ from hybridbus.cli_http import OK, listing, print_json, table
 
 if TYPE_CHECKING:
     from hybridbus.bridges.settings import BridgeSettings
+    from hybridbus.engine.base import EngineConfig
 
 __all__ = ["add_parsers", "run", "run_standalone"]
 
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 def run_standalone(args: argparse.Namespace) -> int:
     """Run `hybridbus bridge CONFIG`; the exit status (2: bad settings, 1: cannot start)."""
     from hybridbus.errors import BusError, InvalidInput
-    from hybridbus.server.config import load_config
+    from hybridbus.server.config import engine_config, load_config
     from hybridbus.server.logs import configure_logging
 
     try:
@@ -129,7 +130,7 @@ def run_standalone(args: argparse.Namespace) -> int:
         return 2
     failure: BaseException | None = None
     try:
-        asyncio.run(_standalone(config.engine, chosen))
+        asyncio.run(_standalone(config.engine, chosen, engine_config(config)))
     except (OSError, BusError) as exc:
         failure = exc
     if failure is not None:
@@ -139,7 +140,9 @@ def run_standalone(args: argparse.Namespace) -> int:
     return OK
 
 
-async def _standalone(engine: str, settings: Sequence[BridgeSettings]) -> None:
+async def _standalone(
+    engine: str, settings: Sequence[BridgeSettings], engine_settings: EngineConfig
+) -> None:
     from hybridbus.app import open as open_bus
     from hybridbus.bridges.registry import Bridges
 
@@ -148,7 +151,7 @@ async def _standalone(engine: str, settings: Sequence[BridgeSettings]) -> None:
     for number in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(number, stop.set)
-    bus = await open_bus(engine)
+    bus = await open_bus(engine, engine=engine_settings)  # the same retention as the server
     try:
         bridges = Bridges(bus, settings)
         await bridges.start()

@@ -40,6 +40,7 @@ from hybridbus.gateways.groups import GroupsConfig, GroupsGateway
 from hybridbus.gateways.health import HealthGateway
 from hybridbus.gateways.http import HttpConfig, HttpGateway
 from hybridbus.gateways.listener import ListenerConfig, ListenerSite, raise_nofile_limit
+from hybridbus.gateways.logs_http import LogsConfig, LogsGateway
 from hybridbus.gateways.nodes import NodesGateway
 from hybridbus.gateways.schemas import SchemasConfig, SchemasGateway
 from hybridbus.gateways.sse import SseConfig
@@ -49,7 +50,7 @@ from hybridbus.gateways.webhooks_out import WebhooksOutGateway
 from hybridbus.gateways.websocket import WebSocketGateway
 from hybridbus.server.access import ApiKeys
 from hybridbus.server.auth import Authenticator
-from hybridbus.server.config import ServerConfig
+from hybridbus.server.config import ServerConfig, engine_config
 from hybridbus.server.groups import locator
 from hybridbus.server.limits_redis import RedisLimits
 from hybridbus.server.logs import configure_logging
@@ -81,7 +82,7 @@ async def create_app(
     cors = CorsPolicy(config.cors_origins)  # a bad pattern fails before the engine opens
     # The node registry (server/registry.py): this node's entry under a heartbeat lease.
     registry = registry_of(config, lambda: node.connections, SERVER_VERSION)
-    bus = await open_bus(config.engine)
+    bus = await open_bus(config.engine, engine=engine_config(config))
     # One node coordinates each consumer group on a shared engine (docs/groups.md).
     coordination = bus.groups.coordination
     coordination.node, coordination.ttl = registry.id, config.group_lease_ttl
@@ -156,6 +157,16 @@ async def create_app(
         install_cors(app, cors)  # preflights and grants under /v1/
         app.add_routes(WebSocketGateway(node).routes())
         app.add_routes(http.routes())
+        app.add_routes(  # log lines over HTTP (NDJSON): the same hooks as a publish
+            LogsGateway(
+                bus,
+                metrics,
+                LogsConfig(body_timeout=config.body_timeout),
+                authorize=access.authorize,
+                charge=access.charge,
+                principal=access.principal,
+            ).routes()
+        )
         app.add_routes(groups.routes())
         schemas = SchemasGateway(  # the event types' JSON Schemas (docs/schemas.md)
             bus.schemas,

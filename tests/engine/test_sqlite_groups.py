@@ -279,7 +279,7 @@ async def test_an_older_database_gets_the_group_tables_and_keeps_its_history(
 
     engine = await start(engines, tmp_path, clock)
     assert sql(tmp_path, "PRAGMA user_version") == [(schema.SCHEMA_VERSION,)]
-    assert schema.SCHEMA_VERSION == 3
+    assert schema.SCHEMA_VERSION == 4
     assert engine.epoch == epoch
     assert [d.position for d in await read_all(engine, "acme/a")] == [a.position for a in acks]
     assert await engine.groups() == []

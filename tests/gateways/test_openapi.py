@@ -29,6 +29,7 @@ from hybridbus.gateways.access import HttpAccess
 from hybridbus.gateways.bridges import BridgesGateway
 from hybridbus.gateways.groups import GroupsGateway
 from hybridbus.gateways.http import HttpGateway
+from hybridbus.gateways.logs_http import LogsGateway
 from hybridbus.gateways.nodes import NodesGateway
 from hybridbus.gateways.schemas import SchemasGateway
 from hybridbus.gateways.webhook_endpoints import WebhookAdmin, WebhookEndpoints
@@ -89,6 +90,7 @@ async def test_the_document_lists_exactly_the_registered_routes() -> None:
         registry = Registry(LocalStore(), ServerConfig())
         routes += NodesGateway(registry, access.principal).routes()
         routes += BridgesGateway(Bridges(bus, []), guard, access.principal).routes()
+        routes += LogsGateway(bus, Metrics()).routes()
     registered = {
         (route.method, re.sub(r"\{(\w+):[^}]*\}", r"{\1}", route.path))
         for route in routes
@@ -178,6 +180,8 @@ def live() -> Iterator[str]:
         yield server.base
 
 
+# Log lines (POST /v1/logs/...): an NDJSON body is text, sent as text/plain is.
+schemathesis.serializer.alias("application/x-ndjson", "text/plain")
 schema = schemathesis.openapi.from_dict(openapi.document())
 schema.config.generation.update(
     modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], max_examples=60

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mmap
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,13 +30,14 @@ from hybridbus.client import Client
 from hybridbus.core.changes import (
     EVENT_TYPE,
     Change,
+    Format,
     Lamport,
     Target,
     encode_change,
     format_of,
     split,
 )
-from hybridbus.core.textdiff import Text, tree_hash
+from hybridbus.core.textdiff import Hunk, Text, tree_hash
 
 __all__ = ["WatchConfig", "Watcher"]
 
@@ -53,12 +56,30 @@ class WatchConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _File:
-    __slots__ = ("data", "hash", "text")
+    """What the watcher keeps of one file: its bytes (a `Text` for text) and content hash."""
+
+    __slots__ = ("_data", "hash", "text")
 
     def __init__(self, path: str, data: bytes) -> None:
-        self.text = Text(data) if format_of(path, data) != "binary" else None
-        self.data = data
+        self.text = Text(bytearray(data)) if format_of(path, data) != "binary" else None
+        self._data = data if self.text is None else b""
         self.hash = self.text.hash if self.text is not None else tree_hash(data)
+
+    @property
+    def data(self) -> bytes | bytearray:
+        return self.text.data if self.text is not None else self._data
+
+
+def _is_text(lines: tuple[bytes, ...]) -> bool:
+    """Whether changed lines keep a text file text: UTF-8 (whole lines), no NUL."""
+    try:
+        for line in lines:
+            if b"\0" in line:
+                return False
+            line.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class Watcher:
@@ -141,19 +162,54 @@ class Watcher:
 
     async def _publish_full(self, rel: str, kind: str) -> Change:
         state = self.files[rel]
-        fmt = format_of(rel, state.data)
-        encoding, _, payload = encode_change(fmt, None, state.data, None)
+        data = bytes(state.data)
+        fmt = format_of(rel, data)
+        encoding, _, payload = encode_change(fmt, None, data, None)
         change = self._change(kind, rel, format=fmt, encoding=encoding, after=state.hash)
         return await self._send(change, payload)
 
+    def _edit_in_place(self, rel: str, text: Text) -> Hunk | None:
+        """Bring `text` up to the saved file, mapped in memory (never read whole); the hunk.
+
+        OSError if it cannot be mapped (gone, empty, unreadable).
+        """
+        with (self.root / rel).open("rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise OSError("empty: nothing to map")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as saved:
+                return text.edit(saved)
+
     async def file_changed(self, rel: str) -> Change | None:
-        """Publish what happened to `rel` since it was last seen; the change, if any."""
+        """Publish what happened to `rel` since it was last seen; the change, if any.
+
+        A plain text file is compared in place (`_edit_in_place`): the cost of
+        a save is a memcmp of the file against the kept bytes, a memmove of
+        the kept bytes' tail and the changed lines' split and hash; only the
+        changed lines are checked to be UTF-8 still.
+        """
         path = self.root / rel
+        old = self.files.get(rel)
+        # By name (text content assumed): plain text, not a JSON / YAML / TOML document.
+        if old is not None and old.text is not None and format_of(rel, b"") == "text":
+            before = old.hash
+            try:
+                hunk = self._edit_in_place(rel, old.text)
+            except OSError:
+                pass  # read below: gone, or empty
+            else:
+                if hunk is None:
+                    return None
+                if _is_text(hunk.added):
+                    old.hash = old.text.hash
+                    return await self._modified(rel, "text", before, old, b"", hunk)
+                # No longer text: `old` is the new content now; published whole below.
+                content = bytes(old.text.data)
+                self.files[rel] = state = _File(rel, content)
+                return await self._modified(rel, format_of(rel, content), before, state, b"", None)
         try:
             data = path.read_bytes() if path.is_file() else None
         except OSError:
             data = None
-        old = self.files.get(rel)
         if data is None:
             if old is None:
                 return None
@@ -162,20 +218,29 @@ class Watcher:
         if old is None:
             self.files[rel] = _File(rel, data)
             return await self._publish_full(rel, "created")
-        if len(data) == len(old.data) and data == old.data:
+        if len(data) == len(old.data) and old.data == data:
             return None
-        before, old_data = old.hash, old.data
+        before, old_data = old.hash, bytes(old.data)
         fmt = format_of(rel, data)
         hunk = None
         if old.text is not None and fmt != "binary":
             hunk = old.text.edit(data)
-            old.data, old.hash = data, old.text.hash
+            old.hash = old.text.hash
         else:
             self.files[rel] = old = _File(rel, data)
-        encoding, style, payload = encode_change(fmt, old_data, data, hunk)
+        return await self._modified(rel, fmt, before, old, old_data, hunk)
+
+    async def _modified(
+        self, rel: str, fmt: Format, before: str, state: _File, old_data: bytes, hunk: Hunk | None
+    ) -> Change:
+        """Publish `rel` modified: from content hash `before` to `state` (`hunk`, if text)."""
+        if fmt == "text" and hunk is not None:
+            encoding, style, payload = "diff", None, hunk.render()
+        else:
+            encoding, style, payload = encode_change(fmt, old_data, bytes(state.data), hunk)
         change = self._change(
             "modified", rel, format=fmt, encoding=encoding, style=style,
-            before=before, after=old.hash,
+            before=before, after=state.hash,
         )
         return await self._send(change, payload)
 

@@ -12,13 +12,14 @@ events in one frame (the server appends them in one commit). Given a
 expires and reconnects with a fresh one after a 4004 (TOKEN_EXPIRED).
 `c.group(name, pattern, **settings)` joins a consumer group (`async for d in
 g: ...; await d.ack()`, as in-process) and rejoins it as the same member
-after a reconnect.
+after a reconnect. `c.subscribe(pattern, filter=Filter(level="warn"))` has the
+server send only what the filter lets through.
 Imports `proto` and `core` only, never the server.
 """
 
 from hybridbus.client.connection import Client, ClientConfig, TokenProvider, connect
 from hybridbus.client.groups import ClientDelivery, ClientGroup
-from hybridbus.client.subscription import ClientSubscription
+from hybridbus.client.subscription import ClientSubscription, Filter
 from hybridbus.errors import ConnectFailed
 from hybridbus.proto.client import HistoryPage, Received
 from hybridbus.proto.frames import PublishResult
@@ -30,6 +31,7 @@ __all__ = [
     "ClientGroup",
     "ClientSubscription",
     "ConnectFailed",
+    "Filter",
     "HistoryPage",
     "PublishResult",
     "Received",

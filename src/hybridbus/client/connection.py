@@ -40,7 +40,7 @@ from hybridbus.client.config import ClientConfig
 from hybridbus.client.groups import ClientGroup, Memberships
 from hybridbus.client.requests import Request, retrieve
 from hybridbus.client.subscribing import Subscriptions
-from hybridbus.client.subscription import ClientSubscription
+from hybridbus.client.subscription import ClientSubscription, Filter
 from hybridbus.client.tokens import TokenProvider, TokenSource
 from hybridbus.core.event import Event, check_event, event_from_dict
 from hybridbus.core.log import Position
@@ -216,9 +216,9 @@ class Client:
         return results
 
     async def history(
-        self, pattern: str, *, since: Position | str | None = None, limit: int = 100
+        self, pattern: str, *, since: Position | str | float | None = None, limit: int = 100
     ) -> HistoryPage:
-        """Up to `limit` retained events of `pattern` after `since`, oldest first."""
+        """Up to `limit` retained events of `pattern` after `since` (a float: a Unix time)."""
         page: HistoryPage = await self._request(
             lambda s: s.history(pattern, since=since, limit=limit)
         )
@@ -263,13 +263,13 @@ class Client:
         """
         return ClientGroup(self._groups, name, pattern, member, settings or None)
 
-    def subscribe(self, pattern: str, since: Position | str | None = None) -> ClientSubscription:
-        """A subscription: `async with c.subscribe(pattern) as sub: async for r in sub`."""
+    def subscribe(
+        self, pattern: str, since: Position | str | None = None, *, filter: Filter | None = None
+    ) -> ClientSubscription:
+        """A subscription (`async with c.subscribe(p) as sub`); the server applies `filter`."""
         token = Position.parse(since) if isinstance(since, str) else since
-        config = self.config
-        return ClientSubscription(
-            pattern, token, config.queue_size, self._subs.open, self._subs.close
-        )
+        size, subs = self.config.queue_size, self._subs
+        return ClientSubscription(pattern, token, size, subs.open, subs.close, filter=filter)
 
     async def _follow(self, url: str) -> Memberships:
         """The memberships of this client's connection to `url` (another node), opened once.

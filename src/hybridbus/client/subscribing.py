@@ -83,7 +83,8 @@ class Subscriptions:
         sub.end()
 
     def _send(self, session: ClientSession, sub: ClientSubscription) -> None:
-        self._subscribing[session.subscribe(sub.pattern, since=sub.position)] = sub
+        command = session.subscribe(sub.pattern, since=sub.position, filter=sub.filter)
+        self._subscribing[command] = sub
         self._link.kick()
 
     # -- fed by the connection ----------------------------------------------------------

@@ -12,11 +12,12 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 from hybridbus.client.inbox import Inbox
+from hybridbus.core.filters import Filter
 from hybridbus.core.log import Position
 from hybridbus.errors import ContinuityLost, SubscriberTooSlow
 from hybridbus.proto.client import Received
 
-__all__ = ["ClientSubscription"]
+__all__ = ["ClientSubscription", "Filter"]  # Filter: what `filter=` takes (core.filters)
 
 _Gap = ContinuityLost
 
@@ -37,9 +38,12 @@ class ClientSubscription(Inbox[Received | ContinuityLost]):
         maxsize: int,
         opener: Callable[[ClientSubscription], Awaitable[None]],
         closer: Callable[[ClientSubscription], Awaitable[None]],
+        *,
+        filter: Filter | None = None,
     ) -> None:
         super().__init__()
         self.pattern = pattern
+        self.filter = filter  # sent with every subscribe, the resubscribes too
         self.position: Position | None = since
         self.recovered = True
         self._maxsize = maxsize

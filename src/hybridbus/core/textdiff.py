@@ -14,6 +14,7 @@ the hash, depend on the content only. Must not do I/O: callers read and write.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import zlib
 from bisect import bisect_right
 from dataclasses import dataclass
@@ -94,6 +95,7 @@ def _chunks(data: bytes | bytearray, begin: int = 0, end: int | None = None) -> 
 
 
 Chunk = tuple[int, int, bytes]  # lines, bytes, SHA-256
+Buffer = bytes | bytearray | mmap.mmap
 
 
 def tree_hash(data: bytes | bytearray) -> str:
@@ -108,8 +110,9 @@ def _digest(digests: list[bytes]) -> str:
 class Text:
     """A file's bytes and chunk table; `edit(new)` finds the change and updates both.
 
-    The watcher keeps `bytes` (each save is read anew); a follower keeps a
-    `bytearray` (`apply` edits it in place: a memmove of the tail).
+    Both the watcher and a follower keep a `bytearray`: `edit` (the watcher,
+    given the saved file mapped in memory) and `apply` (a follower, given a
+    hunk) change it in place, a memmove of the tail.
     """
 
     def __init__(self, data: bytes | bytearray) -> None:
@@ -131,17 +134,22 @@ class Text:
     def line_count(self) -> int:
         return self._lines[-1]
 
-    def edit(self, new: bytes) -> Hunk | None:
+    def edit(self, new: Buffer) -> Hunk | None:
         """Make `new` the content; the hunk that turns the old content into it (None: same).
 
+        `new` may be any buffer with `find` and slicing: bytes, or an `mmap`
+        of the saved file, which is then read in place, never copied whole.
         Cost: comparing with the kept bytes (memcmp from both ends) plus
-        splitting and hashing the chunks the edit touches, not the whole file.
+        splitting and hashing the chunks the edit touches, not the whole
+        file. Kept as a `bytearray`, the content is spliced in place (a
+        memmove of the tail); kept as `bytes`, it becomes a copy of `new`.
         """
         old = self.data
-        if len(new) == len(old) and new == old:
-            return None
-        prefix = _common_prefix(old, new)
-        suffix = _common_suffix(old, new, min(len(old), len(new)) - prefix)
+        with memoryview(new) as view:
+            if len(view) == len(old) and old.startswith(view):  # memcmp, whatever the buffer
+                return None
+            prefix = _common_prefix(view, old)
+            suffix = _common_suffix(view, old, min(len(old), len(view)) - prefix)
         start = old.rfind(b"\n", 0, prefix) + 1  # widen to whole lines
         old_end = len(old) - suffix
         new_end = len(new) - suffix
@@ -150,13 +158,18 @@ class Text:
             grow = (len(old) if nl < 0 else nl + 1) - old_end
             old_end += grow  # inside the common suffix: the same bytes in `new`
             new_end += grow
+        added = bytes(new[start:new_end])
         hunk = Hunk(
             self.line_at(start),
             tuple(bytes(line) for line in old[start:old_end].splitlines(keepends=True)),
-            tuple(new[start:new_end].splitlines(keepends=True)),
+            tuple(added.splitlines(keepends=True)),
         )
-        self.data = new
-        self._rechunk(start, old_end, len(new) - len(old))
+        delta = len(new) - len(old)
+        if isinstance(old, bytearray):
+            old[start:old_end] = added
+        else:
+            self.data = bytes(new)
+        self._rechunk(start, old_end, delta)
         return hunk
 
     def apply(self, hunk: Hunk) -> int:
@@ -221,7 +234,7 @@ class Text:
 _BLOCK = 1 << 18  # bytes compared per step before bisecting inside the block that differs
 
 
-def _common_prefix(a: bytes | bytearray, b: bytes) -> int:
+def _common_prefix(a: Buffer | memoryview, b: bytes | bytearray) -> int:
     """The length of the longest common prefix: memcmp block by block, no copies."""
     size = min(len(a), len(b))
     lo = 0
@@ -242,7 +255,7 @@ def _common_prefix(a: bytes | bytearray, b: bytes) -> int:
     return lo
 
 
-def _common_suffix(a: bytes | bytearray, b: bytes, limit: int) -> int:
+def _common_suffix(a: Buffer | memoryview, b: bytes | bytearray, limit: int) -> int:
     """The length of the longest common suffix, at most `limit`."""
     la, lb = len(a), len(b)
     lo = 0

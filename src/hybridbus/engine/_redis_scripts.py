@@ -34,6 +34,8 @@ are `engine._redis_leases`'s):
     T:exp          zset   positions of events with an expiry (score = expiry)
     T:dd           hash   dedupe key (tenant, source, id) -> newest position
     T:ddt          zset   dedupe key -> its append time (for the window)
+    T:bytes, T:age, T:due  retention by size and per-topic age
+                          (`engine._redis_lua_retention`)
 
 Every shard script first checks the epoch it was given against `T:meta`:
 `HBLOST` when the meta key is gone (the shard lost its data: a restart
@@ -48,8 +50,11 @@ from __future__ import annotations
 
 from typing import Final
 
+from hybridbus.engine._redis_lua_retention import AGES_BODY, RETAIN
+
 __all__ = [
     "ADOPT",
+    "AGES",
     "APPEND",
     "GROUPS_READ",
     "GROUPS_WRITE",
@@ -85,6 +90,9 @@ local function forget(pos, e)
   redis.call('XDEL', log, pos .. '-0')
   redis.call('ZREM', tag .. ':tp:' .. e['t'], pos)
   if e['x'] then redis.call('ZREM', tag .. ':exp', pos) end
+  if redis.call('HEXISTS', tag .. ':bytes', e['t']) == 1 then
+    redis.call('HINCRBY', tag .. ':bytes', e['t'], -#e['p'])
+  end
 end
 local function trimmed(topic, pos)
   local trim = tag .. ':trim'
@@ -97,18 +105,20 @@ local function trimmed(topic, pos)
 end
 """
 
-# ARGV: epoch, now, window, max_per_topic (-1: none), then the items as one
-# MessagePack array of [topic, dedupe key, dedupe (true/false), expiry ('' :
-# none), payload] (one argument: far cheaper to send and parse than 5 each).
+# ARGV: epoch, now, window, rules (1: keep per-topic ages), then the items as
+# one MessagePack array of [topic, dedupe key, dedupe (true/false), expiry (''
+# : none), payload, max events, max bytes, max age (each -1: none)] (one
+# argument: far cheaper to send and parse than 8 each).
 # Returns {first new position or 0, {kind, position, offset, topic} per item}
 # with kind 0 = appended, 1 = duplicate (topic: the original's).
 APPEND: Final = (
     _PROLOGUE
+    + RETAIN
     + """
 local now = ARGV[2]
 local fresh_after = tonumber(now) - tonumber(ARGV[3])
 local window = tonumber(ARGV[3]) > 0
-local limit = tonumber(ARGV[4])
+local rules = ARGV[4] == '1'
 local items = cmsgpack.unpack(ARGV[5])
 local pos = tonumber(redis.call('HGET', meta, 'pos') or '0')
 local dd = tag .. ':dd'
@@ -147,6 +157,9 @@ local last = pos + new
 local first = 0
 if new > 0 then first = pos + 1 end
 local tp_of = {}
+local totals = {}
+local aged = {}
+local touched = {}
 local off = tag .. ':off'
 for i = 1, n do
   local step = plan[i]
@@ -154,6 +167,13 @@ for i = 1, n do
     local item = items[i]
     local topic = item[1]
     local p = step[2]
+    local tp = tp_of[topic]
+    if not tp then
+      tp = tag .. ':tp:' .. topic
+      tp_of[topic] = tp
+      touched[#touched + 1] = topic
+      totals[topic] = size_now(topic, tp)
+    end
     local offset = redis.call('HINCRBY', off, topic, 1)
     step[3] = offset
     if offset == 1 then redis.call('ZADD', tag .. ':topics', 0, topic) end
@@ -166,31 +186,18 @@ for i = 1, n do
       redis.call('XADD', log, p .. '-0', 't', topic, 'o', offset, 'm', now, 'p', item[5],
                  'e', last)
     end
-    local tp = tp_of[topic]
-    if not tp then
-      tp = tag .. ':tp:' .. topic
-      tp_of[topic] = tp
-    end
     redis.call('ZADD', tp, p, p)
     if window then
       redis.call('HSET', dd, item[2], p)
       redis.call('ZADD', tag .. ':ddt', now, item[2])
     end
-    if limit >= 0 then
-      local excess = redis.call('ZCARD', tp) - limit
-      if excess > 0 then
-        local gone = redis.call('ZRANGE', tp, 0, excess - 1)
-        local top = 0
-        for _, q in ipairs(gone) do
-          redis.call('XDEL', log, q .. '-0')
-          redis.call('ZREM', tag .. ':exp', q)
-          if tonumber(q) > top then top = tonumber(q) end
-        end
-        redis.call('ZREMRANGEBYRANK', tp, 0, excess - 1)
-        trimmed(topic, top)
-      end
-    end
+    totals[topic] = trim(topic, tp, totals[topic] + #item[5], item[6], item[7])
+    aged[topic] = item[8]
   end
+end
+for _, topic in ipairs(touched) do
+  redis.call('HSET', sizes, topic, totals[topic])
+  if rules then set_age(topic, aged[topic]) end
 end
 if new > 0 then redis.call('HSET', meta, 'pos', last) end
 local out = {}
@@ -331,10 +338,12 @@ return out
 """
 )
 
-# ARGV: epoch, now, max_age (-1: none), dedupe window, budget.
+# ARGV: epoch, now, max_age (-1: none; the same for every topic), dedupe
+# window, budget, rules (1: the per-topic ages of `T:due` instead; 0: drop them).
 # Returns {events removed, 1 if there may be more to remove}.
 SWEEP: Final = (
     _PROLOGUE
+    + RETAIN
     + """
 local now = tonumber(ARGV[2])
 local max_age = tonumber(ARGV[3])
@@ -380,6 +389,13 @@ if max_age >= 0 and more == 0 then
     end
   end
 end
+if ARGV[6] ~= '1' then
+  redis.call('DEL', ages, due)
+elseif more == 0 then
+  local gone
+  gone, more = sweep_due(now, budget)
+  removed = removed + gone
+end
 if window > 0 then
   local dd = tag .. ':dd'
   local ddt = tag .. ':ddt'
@@ -392,6 +408,8 @@ return {removed, more}
 """
 )
 
+AGES: Final = _PROLOGUE + RETAIN + AGES_BODY  # see AGES_BODY
+
 # ARGV: expected epoch ('' : any), new epoch, floor. Drops the shard's
 # history and begins the new epoch, unless the shard's epoch is no longer the
 # expected one (another node reset it first). Positions go on from
@@ -403,7 +421,8 @@ local epoch = redis.call('HGET', meta, 'epoch')
 if ARGV[1] ~= '' and epoch and epoch ~= ARGV[1] then return epoch end
 local names = redis.call('ZRANGE', tag .. ':topics', 0, -1)
 for _, name in ipairs(names) do redis.call('DEL', tag .. ':tp:' .. name) end
-for _, k in ipairs({':log', ':off', ':trim', ':topics', ':exp', ':dd', ':ddt'}) do
+for _, k in ipairs({':log', ':off', ':trim', ':topics', ':exp', ':dd', ':ddt', ':bytes', ':age',
+                   ':due'}) do
   redis.call('DEL', tag .. k)
 end
 local pos = tonumber(redis.call('HGET', meta, 'pos') or '0')

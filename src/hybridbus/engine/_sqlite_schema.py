@@ -20,7 +20,9 @@ Layout (`<dir>/hybridbus.db`, WAL mode):
             is rebuilt at open; no index on it: keys arrive in random order,
             and an on-disk index of them costs several times the append)
     topics  topic -> last_offset, trimmed_position (highest position that
-            count or age retention removed from the topic; 0: none)
+            count, age or size retention removed from the topic; 0: none),
+            bytes (the sum of `length(payload)` of its events in `log`,
+            kept by every append and removal: size retention reads it)
     meta    'epoch' -> the epoch; 'position' -> the highest position ever
             assigned in this epoch (never reused, even after the newest
             events expired, so a reader's position can never be handed out twice)
@@ -46,11 +48,13 @@ restart. The file is never deleted (a deleted lock file lets two processes
 lock two files of one name).
 
 Schema versions (`PRAGMA user_version`): 1 had no revocations table; 2 adds
-it; 3 adds the two group tables. Opening an older file migrates it, one
-version at a time, in the opening transaction. A newer file is refused
-(a version-2 file by version-1 code, a version-3 file by version-2 code): an
-older build would silently ignore the newer tables, and so lift the
-revocations or lose the groups' positions and pending entries.
+it; 3 adds the two group tables; 4 adds `topics.bytes`, computed from the log
+by the migration. Opening an older file migrates it, one version at a time,
+in the opening transaction. A newer file is refused (a version-2 file by
+version-1 code, a version-3 file by version-2 code): an older build would
+silently ignore the newer tables, and so lift the revocations or lose the
+groups' positions and pending entries (or, for 4, append without counting
+bytes, so that size retention would keep too much).
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ __all__ = [
 
 DB_NAME: Final = "hybridbus.db"
 LOCK_NAME: Final = "hybridbus.lock"
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 _SQLITE_READONLY: Final = 8
 _SQLITE_CORRUPT: Final = 11
 _SQLITE_NOTADB: Final = 26
@@ -155,8 +159,27 @@ CREATE TABLE IF NOT EXISTS group_entries (
 ) WITHOUT ROWID;
 """
 
+
+# Version 4. Each topic's stored bytes, for size retention (the sum is kept,
+# never recomputed: computing it reads every row of the log). A new file gets
+# the column here too, with nothing to sum.
+def _add_bytes(conn: sqlite3.Connection) -> None:
+    # A file made by hand (tests) may have the column already.
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(topics)")}
+    if "bytes" not in columns:
+        conn.execute("ALTER TABLE topics ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0")
+    conn.execute(
+        "UPDATE topics SET bytes = coalesce("
+        "(SELECT sum(length(payload)) FROM log WHERE log.topic = topics.topic), 0)"
+    )
+
+
 # What turns a database of version N into version N + 1.
-_MIGRATIONS: Final[dict[int, str]] = {1: _REVOCATIONS_DDL, 2: _GROUPS_DDL}
+_MIGRATIONS: Final[dict[int, str | Callable[[sqlite3.Connection], None]]] = {
+    1: _REVOCATIONS_DDL,
+    2: _GROUPS_DDL,
+    3: _add_bytes,
+}
 
 # Shared with the store, which moves 'position' on every append.
 SET_META: Final = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
@@ -332,7 +355,10 @@ def connect_reader(directory: Path, busy_timeout: float) -> sqlite3.Connection:
     return conn
 
 
-def _run_script(conn: sqlite3.Connection, ddl: str) -> None:
+def _run_script(conn: sqlite3.Connection, ddl: str | Callable[[sqlite3.Connection], None]) -> None:
+    if callable(ddl):
+        ddl(conn)
+        return
     # Not executescript: it would COMMIT the caller's transaction first.
     for statement in ddl.split(";"):
         if statement.strip():

@@ -2,10 +2,11 @@
 
 Owns: the synchronous operations the two threads of `hybridbus.engine.sqlite`
 run. On the writer's connection (`Store`, with what it caches: epoch, last
-position, offsets, dedupe index, counts, stored group names): the
+position, offsets, dedupe index, retention caches, stored group names): the
 group-commit transaction of appends and consumer-group writes (the group
-SQL is `engine._sqlite_groups`'s), retention and expiry, reset, and the
-revocation upsert, shortening and sweep.
+SQL is `engine._sqlite_groups`'s), the sweep (retention and expiry are
+`engine._sqlite_retention`'s), reset, and the revocation upsert,
+shortening and sweep.
 On the reader's connection: the consistent read snapshot, the head, the topic
 listing and the revocation listing.
 Must not touch asyncio or the event loop; every function here runs in the
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
@@ -33,6 +34,7 @@ from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.core.revocation import Revocation
 from hybridbus.core.topics import is_pattern, matches, tenant_of
 from hybridbus.engine._sqlite_groups import GroupNames
+from hybridbus.engine._sqlite_retention import Retainer
 from hybridbus.engine._sqlite_schema import (
     DB_NAME,
     SET_META,
@@ -61,15 +63,9 @@ _READ_CHUNK: Final = 256
 _INSERT_LOG: Final = "INSERT INTO log VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _FIND_ORIGINAL: Final = "SELECT topic, offset, time, source, id FROM log WHERE position = ?"
 _PUT_TOPIC: Final = (
-    "INSERT INTO topics (topic, last_offset) VALUES (?, ?) "
-    "ON CONFLICT (topic) DO UPDATE SET last_offset = excluded.last_offset"
-)
-_RAISE_TRIMMED: Final = (
-    "UPDATE topics SET trimmed_position = max(trimmed_position, ?) WHERE topic = ?"
-)
-_TRIM_OLDEST: Final = (
-    "DELETE FROM log WHERE position IN "
-    "(SELECT position FROM log WHERE topic = ? ORDER BY position LIMIT ?) RETURNING position"
+    "INSERT INTO topics (topic, last_offset, bytes) VALUES (?, ?, ?) "
+    "ON CONFLICT (topic) DO UPDATE SET last_offset = excluded.last_offset, "
+    "bytes = bytes + excluded.bytes"
 )
 # In an UPDATE every right-hand side sees the old row, so `at` here is the stored one.
 _REVOKE: Final = (
@@ -148,14 +144,8 @@ class Store:
             self._dedupe = DedupeIndex(self._config.dedupe_window)
             if self._config.dedupe_window > 0:
                 self._rebuild_dedupe()
-            # Events held per topic, kept only when count retention needs it.
-            self._counts: dict[str, int] = {}
-            if self._config.max_per_topic is not None:
-                self._counts = dict(
-                    conn.execute("SELECT topic, count(*) FROM log GROUP BY topic").fetchall()
-                )
-                # The limit may have shrunk since the last run.
-                self._trim_count(self._counts)
+            self._retainer = Retainer(self._config)
+            self._retainer.load(conn)  # trims too: the limits may have shrunk since the last run
             conn.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -222,8 +212,7 @@ class Store:
         epoch = self.epoch
         offsets = self._offsets
         saved: dict[str, int | None] = {}  # committed offsets of the touched topics
-        counting = self._config.max_per_topic is not None
-        counts: dict[str, int] = {}  # new event counts of the touched topics, if counting
+        added: dict[str, tuple[int, int, int]] = {}  # topic -> events, bytes, newest position
         seen: dict[tuple[str, str, str], Ack] = {}
         tenants: dict[str, str] = {}  # topic -> its tenant, for the dedupe keys
         remember: list[tuple[str, str, str, int]] = []  # dedupe keys of the new events
@@ -258,9 +247,9 @@ class Store:
                     if topic not in saved:
                         saved[topic] = last
                     offset = offsets[topic] = (last or 0) + 1
-                    if counting:
-                        counts[topic] = counts.get(topic, self._counts.get(topic, 0)) + 1
+                    events, size, _ = added.get(topic, (0, 0, 0))
                     position += 1
+                    added[topic] = (events + 1, size + len(payload), position)
                     expires = event.expirytime.timestamp() if event.expirytime is not None else None
                     log_rows.append((position, topic, offset, now, expires, payload, source, id_))
                     ack = Ack(topic, offset, 0, position, epoch)
@@ -271,10 +260,11 @@ class Store:
                         remember.append((tenant, source, id_, position))
                 if log_rows:
                     insert_rows(conn, _INSERT_LOG, log_rows)
-                    conn.executemany(_PUT_TOPIC, [(topic, offsets[topic]) for topic in saved])
+                    conn.executemany(
+                        _PUT_TOPIC, [(topic, offsets[topic], added[topic][1]) for topic in saved]
+                    )
                     conn.execute(SET_META, ("position", position))
-                    if counting:
-                        self._trim_count(counts)
+                    retained = self._retainer.appended(conn, added, now)
                 for writes in groups:
                     changes.add(writes)
                 if changes:
@@ -287,7 +277,8 @@ class Store:
                     offsets[topic] = committed
             raise
         self.position = position
-        self._counts.update(counts)
+        if log_rows:
+            self._retainer.commit(retained)
         for tenant, source, id_, at in remember:
             dedupe.remember(tenant, source, id_, at, now)
         changes.committed()
@@ -315,70 +306,18 @@ class Store:
             except sqlite3.Error:
                 pass  # SQLite already rolled back (e.g. after an I/O error)
 
-    def _trim_count(self, counts: dict[str, int]) -> int:
-        """Delete the oldest events of each topic beyond `max_per_topic`.
-
-        Runs inside a transaction; `counts` (events per topic) is updated.
-        """
-        limit = self._config.max_per_topic
-        assert limit is not None
-        removed = 0
-        conn = self._conn
-        for topic, count in counts.items():
-            excess = count - limit
-            if excess <= 0:
-                continue
-            gone = conn.execute(_TRIM_OLDEST, (topic, excess)).fetchall()
-            if gone:
-                removed += len(gone)
-                counts[topic] = count - len(gone)
-                conn.execute(_RAISE_TRIMMED, (max(p for (p,) in gone), topic))
-        return removed
-
-    def _forget(self, topics: Iterable[str]) -> None:
-        """Count one event less for each topic named (after a committed removal)."""
-        if self._config.max_per_topic is not None:
-            counts = self._counts
-            for topic in topics:
-                counts[topic] -= 1
-
     def sweep(self) -> int:
         """Apply age retention, expiry and the dedupe window now; return events removed.
 
-        Count retention needs no sweep: appends (and opening) enforce it.
+        Count and size retention need no sweep: appends (and opening) enforce them.
         """
         now = self._clock()
         with self._transaction("sweep failed") as conn:
             conn.execute("DELETE FROM revocations WHERE until <= ?", (now,))
-            # Expiry first: an expired event is no loss, even if it is also too old.
-            gone = [
-                topic
-                for (topic,) in conn.execute(
-                    "DELETE FROM log WHERE expires <= ? RETURNING topic", (now,)
-                ).fetchall()
-            ]
-            if self._config.max_age is not None:
-                # Append times grow with positions: the old events are a prefix.
-                young = conn.execute(
-                    "SELECT position FROM log WHERE time >= ? ORDER BY position LIMIT 1",
-                    (now - self._config.max_age,),
-                ).fetchone()
-                bound = young[0] if young is not None else self.position + 1
-                trimmed = conn.execute(
-                    "SELECT max(position), topic FROM log WHERE position < ? GROUP BY topic",
-                    (bound,),
-                ).fetchall()
-                if trimmed:
-                    conn.executemany(_RAISE_TRIMMED, trimmed)
-                    gone += [
-                        topic
-                        for (topic,) in conn.execute(
-                            "DELETE FROM log WHERE position < ? RETURNING topic", (bound,)
-                        ).fetchall()
-                    ]
-        self._forget(gone)
+            removed, pending = self._retainer.sweep(conn, now, self._offsets, self.position)
+        self._retainer.commit(pending)
         self._dedupe.prune(now)
-        return len(gone)
+        return removed
 
     def revoke(self, revocations: Sequence[Revocation]) -> None:
         """Upsert `revocations` (in order) in one transaction: all are stored, or none."""
@@ -407,7 +346,7 @@ class Store:
         self.epoch = epoch
         self.position = 0
         self._offsets.clear()
-        self._counts.clear()
+        self._retainer.clear()
         self._dedupe.clear()
         return epoch
 
@@ -542,12 +481,20 @@ def _read_snapshot(
         chunk = max(want, _READ_CHUNK)
         rows = []
         cursor = after
+        memo: dict[str, bool] = {}  # topic -> matches: a page holds few topics, many times
         while len(rows) < want:
             found = conn.execute(sql, (cursor, now, *params, chunk)).fetchall()
             if unfiltered:
                 rows.extend(found)
             else:
-                rows.extend(row for row in found if matches(pattern, row[1]))
+                for row in found:
+                    ok = memo.get(row[1])
+                    if ok is None:
+                        if len(memo) >= 4096:
+                            memo.clear()
+                        ok = memo[row[1]] = matches(pattern, row[1])
+                    if ok:
+                        rows.append(row)
             if len(found) < chunk:
                 break
             cursor = found[-1][0]

@@ -20,10 +20,16 @@ Contract shared by every engine (the conformance suite in
 - Dedupe: an event whose `source` + `id` was appended within
   `dedupe_window` seconds is not appended again, as long as the original is
   retained; the append answers with the original's ack and `duplicate=True`.
-- Retention: at most `max_per_topic` events per topic, none older than
-  `max_age` seconds; expired events (`expirytime` passed) are never returned
-  by `read` and are removed in sweeps. A read that would have returned an
-  event removed by count or age retention says `exact=False`.
+- Retention: each topic has limits — those of the first `retention` rule
+  whose pattern matches it, else the engine-wide `max_per_topic`, `max_age`
+  and `max_bytes` (a rule's unset limit is no limit). At most `max_per_topic`
+  events, none older than `max_age` seconds, and the sizes of its events
+  (`len(payload)`, the stored MessagePack) summing to at most `max_bytes`,
+  oldest removed first but never the topic's newest event (one larger than
+  `max_bytes` stays until the next); count and size are enforced by the
+  append, age by sweeps. Expired events (`expirytime` passed) are never returned by `read`
+  and are removed in sweeps. A read that would have returned an event
+  removed by count, age or size retention says `exact=False`.
 - The epoch changes whenever history is lost: every start of a memory engine,
   every `reset`.
 - Revocations (`core.revocation`) are stored apart from the log: `revoke` is
@@ -66,6 +72,8 @@ import msgspec
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.core.revocation import Revocation
+from hybridbus.core.topics import validate_pattern
+from hybridbus.errors import InvalidPattern
 
 __all__ = [
     "Clock",
@@ -74,6 +82,7 @@ __all__ = [
     "GroupWrite",
     "Leases",
     "Listener",
+    "RetentionRule",
     "StoredGroup",
     "TopicInfo",
     "system_clock",
@@ -88,12 +97,50 @@ def system_clock() -> float:
     return time.time()
 
 
+class RetentionRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The retention of the topics `pattern` matches (`+`/`#` as in `core.topics`).
+
+    Patterns match whole topics, tenant included (`+/logs/#`: every tenant's
+    logs). Each limit unset (None) is no limit for these topics, whatever the
+    engine-wide one. Raises ValueError for a bad pattern or a limit not above 0.
+    """
+
+    pattern: str
+    max_age: float | None = None
+    max_per_topic: int | None = None
+    max_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            validate_pattern(self.pattern)
+        except InvalidPattern as exc:
+            raise ValueError(f"retention rule: {exc}") from None
+        _check_limits(self.max_age, self.max_per_topic, self.max_bytes, f"rule {self.pattern!r}")
+
+
+def _check_limits(
+    max_age: float | None, max_per_topic: int | None, max_bytes: int | None, where: str
+) -> None:
+    # A topic keeps at least its newest event (the Redis engine's tailers read it).
+    for name, value in (
+        ("max_age", max_age),
+        ("max_per_topic", max_per_topic),
+        ("max_bytes", max_bytes),
+    ):
+        if value is not None and value <= 0:
+            raise ValueError(f"retention {where}: {name} must be positive, not {value}")
+
+
 class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Settings shared by every engine. Durations are seconds; None: unlimited."""
 
     dedupe_window: float = 300.0
+    # Engine-wide retention: of the topics that no `retention` rule matches.
     max_per_topic: int | None = None
     max_age: float | None = None
+    max_bytes: int | None = None  # the sum of a topic's `len(payload)`
+    # Per-pattern retention, first match wins (docs/configuration.md, "Retention").
+    retention: tuple[RetentionRule, ...] = ()
     sweep_interval: float = 1.0
     # sqlite only: "full" fsyncs every commit (survives power loss); "normal"
     # survives a crash of the process but not of the machine.
@@ -104,6 +151,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     # redis only: how many shards (streams) the log has; fixed for the life of
     # the data (an engine refuses to open a log written with another count).
     shards: int = 1
+
+    def __post_init__(self) -> None:
+        _check_limits(self.max_age, self.max_per_topic, self.max_bytes, "engine-wide")
 
 
 class TopicInfo(msgspec.Struct, frozen=True):

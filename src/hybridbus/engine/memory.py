@@ -4,6 +4,8 @@ Owns: an in-memory implementation of the `Engine` contract (engine/base.py),
 for tests, development and ephemeral deployments. Every start is a new epoch,
 since nothing survives a restart. One shard. Appends never wait: an append is
 "durable" as soon as it is in memory, so its ack resolves at once.
+Retention (`engine._retention` says which limits a topic has): count and
+size are enforced by each append, age and expiry by the sweeps.
 Revocations live in a `RevocationSet` and consumer groups in a dict (state
 and entries as the hub's bytes); both die with the process, like the log,
 and `reset` keeps them.
@@ -25,6 +27,7 @@ from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.core.revocation import Revocation, RevocationSet
 from hybridbus.core.topics import is_pattern, matches, tenant_of
+from hybridbus.engine._retention import Limits, Retention
 from hybridbus.engine.base import (
     Clock,
     EngineConfig,
@@ -44,15 +47,26 @@ def _by_position(delivery: Delivery) -> int:
 
 
 class _Topic:
-    """One topic's deliveries (oldest first) and counters."""
+    """One topic's deliveries (oldest first), their sizes, and counters."""
 
-    __slots__ = ("deliveries", "last_offset", "tenant", "trimmed_position")
+    __slots__ = (
+        "bytes",
+        "deliveries",
+        "last_offset",
+        "limits",
+        "sizes",
+        "tenant",
+        "trimmed_position",
+    )
 
-    def __init__(self, tenant: str) -> None:
+    def __init__(self, tenant: str, limits: Limits) -> None:
         self.tenant = tenant  # the first segment of the topic (the dedupe key's)
+        self.limits = limits
         self.deliveries: deque[Delivery] = deque()
+        self.sizes: deque[int] = deque()  # len(payload) of each delivery, in the same order
+        self.bytes = 0  # their sum
         self.last_offset = 0
-        self.trimmed_position = 0  # highest position removed by count/age retention
+        self.trimmed_position = 0  # highest position removed by count/age/size retention
 
 
 class _Group:
@@ -70,6 +84,7 @@ class MemoryEngine:
 
     def __init__(self, config: EngineConfig | None = None, clock: Clock = system_clock) -> None:
         self._config = config or EngineConfig()
+        self._retention = Retention(self._config)
         self._clock = clock
         self._epoch = ""
         self._listener: Listener | None = None
@@ -104,7 +119,7 @@ class MemoryEngine:
         self._listener = listener
         self._closed = False
         config = self._config
-        if config.max_age is not None or config.sweep_interval > 0:
+        if self._retention.ages or config.sweep_interval > 0:
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="memory-engine-sweep")
 
     async def close(self) -> None:
@@ -125,7 +140,7 @@ class MemoryEngine:
         if self._closed:
             raise BusClosed("the engine is closed")
         now = self._clock()
-        ack, delivery = self._append(topic, event, now)
+        ack, delivery = self._append(topic, event, len(payload), now)
         if delivery is not None and self._listener is not None:
             self._listener((delivery,))
         return ack
@@ -139,8 +154,8 @@ class MemoryEngine:
         acks: list[Ack] = []
         deliveries: list[Delivery] = []
         append = self._append
-        for topic, event, _ in items:
-            ack, delivery = append(topic, event, now, dedupe)
+        for topic, event, payload in items:
+            ack, delivery = append(topic, event, len(payload), now, dedupe)
             acks.append(ack)
             if delivery is not None:
                 deliveries.append(delivery)
@@ -149,9 +164,9 @@ class MemoryEngine:
         return acks
 
     def _append(
-        self, topic: str, event: Event, now: float, dedupe: bool = True
+        self, topic: str, event: Event, size: int, now: float, dedupe: bool = True
     ) -> tuple[Ack, Delivery | None]:
-        """Append one event at `now`: its ack, and its delivery (None: a duplicate).
+        """Append one event of `size` bytes at `now`: its ack, and its delivery (None: a duplicate).
 
         `dedupe=False` (a replay) appends it even if its key is in the window,
         and remembers it as the key's newest event.
@@ -166,7 +181,7 @@ class MemoryEngine:
                 if original is not None:
                     return original, None
         if state is None:
-            state = self._topics[topic] = _Topic(tenant)
+            state = self._topics[topic] = _Topic(tenant, self._retention.of(topic))
         offset = state.last_offset = state.last_offset + 1
         position = self._position = self._position + 1
         expirytime = event.expirytime
@@ -176,11 +191,17 @@ class MemoryEngine:
             self._expiring += 1
         delivery = Delivery(topic, offset, 0, position, now, event, expires)
         state.deliveries.append(delivery)
+        state.sizes.append(size)
+        state.bytes += size
         self._log.append(delivery)
         self._present.add(position)
-        limit = self._config.max_per_topic
-        if limit is not None and len(state.deliveries) > limit:
-            self._remove(state.deliveries[0], trimmed=True)
+        _, limit, max_bytes = state.limits
+        if limit is not None:
+            while len(state.deliveries) > limit:
+                self._remove(state.deliveries[0], trimmed=True)
+        if max_bytes is not None:
+            while state.bytes > max_bytes and len(state.deliveries) > 1:  # never the newest
+                self._remove(state.deliveries[0], trimmed=True)
         if window > 0:
             self._dedupe.remember(tenant, event.source, event.id, position, now)
         return Ack(topic, offset, 0, position, self._epoch), delivery
@@ -203,10 +224,15 @@ class MemoryEngine:
     def _remove(self, delivery: Delivery, *, trimmed: bool) -> None:
         """Forget `delivery`; `trimmed` marks a loss readers must hear about."""
         state = self._topics[delivery.topic]
-        if state.deliveries and state.deliveries[0] is delivery:
-            state.deliveries.popleft()
+        deliveries = state.deliveries
+        if deliveries and deliveries[0] is delivery:
+            deliveries.popleft()
+            state.bytes -= state.sizes.popleft()
         else:
-            state.deliveries.remove(delivery)
+            index = deliveries.index(delivery)
+            del deliveries[index]
+            state.bytes -= state.sizes[index]
+            del state.sizes[index]
         self._present.discard(delivery.position)
         if delivery.expires is not None:
             self._expiring -= 1
@@ -219,25 +245,26 @@ class MemoryEngine:
     def _sweep(self) -> int:
         now = self._clock()
         removed = 0
-        max_age = self._config.max_age
-        if max_age is not None:
-            cutoff = now - max_age
-            for delivery in list(self._oldest_first()):
-                if delivery.time >= cutoff:
-                    break
-                self._remove(delivery, trimmed=True)
-                removed += 1
+        # Expiry first: an expired event is no loss, even if it is also too old.
         if self._expiring:
             for delivery in [d for d in self._log if d.position in self._present]:
                 if delivery.expired(now):
                     self._remove(delivery, trimmed=False)
                     removed += 1
+        if self._retention.ages:
+            # Append times grow with positions: a topic's old events are its oldest.
+            for state in self._topics.values():
+                max_age = state.limits.max_age
+                if max_age is None:
+                    continue
+                cutoff = now - max_age
+                deliveries = state.deliveries
+                while deliveries and deliveries[0].time < cutoff:
+                    self._remove(deliveries[0], trimmed=True)
+                    removed += 1
         self._dedupe.prune(now)
         self._revocations.prune(now)
         return removed
-
-    def _oldest_first(self) -> list[Delivery]:
-        return [d for d in self._log if d.position in self._present]
 
     async def sweep(self) -> int:
         return self._sweep()

@@ -15,15 +15,16 @@ its offsets and its dedupe window live in one shard, one Redis Stream, one
 Cluster slot. `append` queues its item on its shard's writer; the writer
 takes everything queued (up to `batch_max` events, whole requests only) and
 runs the APPEND script once: dedupe check, per-topic offset, position,
-`XADD` with id `<position>-0`, count retention and expiry bookkeeping, all
-atomic. The acks do not resolve then: every node, this one included, learns
-of appends from its tailer, one per shard, which reads the shard's stream
+`XADD` with id `<position>-0`, count and size retention (each topic's limits
+from `engine._redis_retention`) and expiry bookkeeping, all atomic. The acks
+do not resolve then: every node, this one included, learns of appends from
+its tailer, one per shard, which reads the shard's stream
 with blocking `XREAD` and hands each read to the listener in log order. An
 ack resolves once this node's tailer has handed its position to the
 listener. So the listener sees every node's appends, in one order per shard,
 and an ack always comes after its delivery. The tailer hands this node's own
 appends over as the writer built them (no decoding), and also those that
-count retention removed before it read them.
+count or size retention removed before it read them.
 
 `append_many` whose items all fall in one shard (every item of one tenant)
 is atomic and contiguous, as the contract says. Items in several shards are
@@ -67,11 +68,13 @@ from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.core.revocation import Revocation
 from hybridbus.core.topics import is_pattern
 from hybridbus.engine import _redis_io as rio
+from hybridbus.engine import _redis_retention as retain
 from hybridbus.engine import _redis_scripts as lua
 from hybridbus.engine import _redis_store as store
 from hybridbus.engine._redis_leases import RedisLeases, stale_fences
 from hybridbus.engine._redis_queue import Append, Queue, Step, Write, take_writes
 from hybridbus.engine._redis_tailer import Tailer
+from hybridbus.engine._retention import Retention
 from hybridbus.engine.base import (
     Clock,
     EngineConfig,
@@ -110,6 +113,7 @@ class RedisEngine(RedisLeases):
             raise ValueError("batch_max must be at least 1")
         self._target = rio.parse_target(url)
         self._config = config
+        self._retention = Retention(config)
         self._clock = clock
         self._keys = [rio.ShardKeys(self._target.prefix, s) for s in range(config.shards)]
         self._state = _NEW
@@ -141,6 +145,8 @@ class RedisEngine(RedisLeases):
         try:
             await self._check_shards()
             heads = await self._establish(None)
+            for keys in self._keys:  # rules: every topic gets its age limit
+                await retain.set_ages(self.client, keys, self._epoch, self._retention)
         except BaseException as exc:  # failed, or cancelled, while opening
             with contextlib.suppress(Exception):
                 await self.client.aclose()
@@ -337,10 +343,11 @@ class RedisEngine(RedisLeases):
         keys = self._keys[shard]
         config = self._config
         window = repr(float(config.dedupe_window))
-        limit = -1 if config.max_per_topic is None else config.max_per_topic
+        retention = self._retention
+        rules = "0" if retention.uniform else "1"
 
         async def flush(batch: list[Append]) -> None:
-            items: list[tuple[str, msgspec.Raw, bool, str, msgspec.Raw]] = []
+            items: list[tuple[str, msgspec.Raw, bool, str, msgspec.Raw, int, int, float]] = []
             for request in batch:
                 dedupe = request.dedupe
                 for topic, event, payload in request.items:
@@ -352,6 +359,7 @@ class RedisEngine(RedisLeases):
                             dedupe,
                             repr(expiry.timestamp()) if expiry is not None else "",
                             rio.lua_bytes(payload),
+                            *retain.item_limits(retention, topic),
                         )
                     )
             packed = msgspec.msgpack.encode(items)
@@ -361,7 +369,7 @@ class RedisEngine(RedisLeases):
                 now = float(self._clock())
                 times.append(now)
                 reply = await rio.call(
-                    self.client, lua.APPEND, [keys.meta], [epoch, repr(now), window, limit, packed]
+                    self.client, lua.APPEND, [keys.meta], [epoch, repr(now), window, rules, packed]
                 )
                 return epoch, reply
 
@@ -547,20 +555,14 @@ class RedisEngine(RedisLeases):
     async def sweep(self) -> int:
         """Expiry, age retention, the dedupe window and revocations, now; events removed."""
         self._check_open()
-        config = self._config
-        max_age = -1.0 if config.max_age is None else config.max_age
+        window = self._config.dedupe_window
         removed = 0
         for keys in self._keys:
 
             async def run(epoch: str, keys: rio.ShardKeys = keys) -> int:
-                gone = 0
-                for _ in range(1000):
-                    args = [epoch, repr(self._clock()), repr(max_age), config.dedupe_window, 5000]
-                    count, more = await rio.call(self.client, lua.SWEEP, [keys.meta], args)
-                    gone += int(count)
-                    if not more:
-                        break
-                return gone
+                return await retain.sweep_shard(
+                    self.client, keys, epoch, self._retention, self._clock, window
+                )
 
             removed += await self._agreeing("sweep failed", run)
         key = store.revocations_key(self._target.prefix)

@@ -2,9 +2,9 @@
 
 Owns: the asyncio face of the sqlite engine — the writer thread and its group
 commit, the reader thread, the periodic sweep task, and the hand-over of
-results to the event loop. What is stored and how (SQL, retention,
-snapshots) lives in `engine._sqlite_store` (consumer groups in
-`engine._sqlite_groups`); the database layout, its versions and opening
+results to the event loop. What is stored and how (SQL, snapshots) lives
+in `engine._sqlite_store` (consumer groups in `engine._sqlite_groups`,
+retention in `engine._sqlite_retention`); the database layout, its versions and opening
 connections in `engine._sqlite_schema`; the queued request kinds in
 `engine._sqlite_requests`. Must not block the event loop on disk: the loop
 only enqueues work and awaits futures.

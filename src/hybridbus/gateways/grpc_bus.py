@@ -17,7 +17,8 @@ and at shutdown this gateway does (1210). Whichever finishes first wins; an
 ending cancels the work and ends the call with the ending's status — even a
 write stalled on a client that stopped reading.
 
-`Subscribe` writes `subscribed`, then each batch the subscription hands out,
+`Subscribe` writes `subscribed`, then each batch the subscription hands out
+(what its `filter`, if any, lets through: the hub's subscription applies it),
 a message per delivery, each write waiting for HTTP/2 flow control: a reader
 that does not keep up lets the subscription's bounded queue fill, and it
 ends with 1201 (ABORTED: resubscribe from the last token), as a WebSocket or
@@ -48,6 +49,7 @@ from typing import Any, Final
 import grpc
 import msgspec
 
+from hybridbus.core.filters import Filter, compile_filter
 from hybridbus.core.identity import Identity
 from hybridbus.core.log import Ack, Position
 from hybridbus.core.topics import validate_topic
@@ -285,8 +287,9 @@ class GrpcGateway:
         limit = int(request.limit) if request.HasField("limit") else _DEFAULT_LIMIT
         if limit > MAX_HISTORY_LIMIT:
             raise InvalidInput(f"limit is at most {MAX_HISTORY_LIMIT}, not {limit}")
+        wanted = _filter_of(request)
         await self._access.check(principal, "read", pattern)
-        page = await self._bus.history(pattern, since, limit)
+        page = await self._bus.history(pattern, since, limit, filter=wanted)
         tokens = Tokens(_start(since, page.position))
         events: list[Any] = []
         size, position = 0, str(page.position)
@@ -307,9 +310,10 @@ class GrpcGateway:
     async def Subscribe(self, request: Any, context: Any) -> None:
         principal = await self._principal(context)
         pattern: str = request.pattern
+        wanted = _filter_of(request)
         await self._access.check(principal, "subscribe", pattern)
         async with self._held(principal) as ending:
-            sub = self._bus.subscribe(pattern, request.since or None)
+            sub = self._bus.subscribe(pattern, request.since or None, filter=wanted)
             async with sub:
                 self._subscriptions.inc()
                 try:
@@ -464,6 +468,25 @@ async def _read(requests: Any, queue: asyncio.Queue[Any], stop: asyncio.Event) -
         await queue.put(exc)
         return
     await queue.put(_END)
+
+
+def _filter_of(request: Any) -> Filter | None:
+    """The `filter` of a Subscribe or History request (None when absent or empty).
+
+    Checked here, so that a bad one is refused (INVALID_ARGUMENT, 1000) before anything starts.
+    """
+    if not request.HasField("filter"):
+        return None
+    message = request.filter
+    found = Filter(
+        level=message.level if message.HasField("level") else None,
+        fields={str(k): str(v) for k, v in message.fields.items()},
+        contains=message.contains if message.HasField("contains") else None,
+        regex=message.regex if message.HasField("regex") else None,
+        types=[str(t) for t in message.types],
+    )
+    compile_filter(found)
+    return None if found.empty() else found
 
 
 def _start(since: str | None, end: Position) -> Position:

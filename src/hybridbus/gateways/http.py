@@ -63,6 +63,7 @@ from hybridbus.gateways.httputil import (
     required_text,
 )
 from hybridbus.gateways.sse import Hold, SseConfig, SseGateway, hold_nothing
+from hybridbus.gateways.sse_stream import query_filter
 from hybridbus.hub.bus import Bus, History, Prepared
 from hybridbus.proto.frames import MAX_HISTORY_LIMIT, ClientInfo, HistoryEvent, HistoryResult
 from hybridbus.server.metrics import Metrics
@@ -255,9 +256,10 @@ class HttpGateway:
     async def _history(self, request: web.Request, pattern: str) -> web.Response:
         since = query_text(request, "since")
         limit = query_int(request, "limit", _DEFAULT_LIMIT, 0, MAX_HISTORY_LIMIT)
+        wanted = query_filter(request)  # as SSE's: level, contains, regex, field, type
         await self._authorize(request, "read", pattern)
         try:
-            page = await self._bus.history(pattern, since, limit)
+            page = await self._bus.history(pattern, since, limit, filter=wanted)
         except InvalidPosition as exc:
             return problem(exc, parameter="since")
         events: list[HistoryEvent] = []

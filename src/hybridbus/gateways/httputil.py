@@ -79,6 +79,7 @@ __all__ = [
     "json_response",
     "problem",
     "public_detail",
+    "query_all",
     "query_bool",
     "query_int",
     "query_text",
@@ -299,6 +300,15 @@ def _query_values(request: web.Request, name: str) -> list[str]:
         return []
     pairs = parse_qsl(raw.replace("+", "%2B"), keep_blank_values=True, errors="replace")
     return [value for key, value in pairs if key == name]
+
+
+def query_all(request: web.Request, name: str) -> list[str]:
+    """Every value of the repeatable query parameter `name` (each printable), in order."""
+    values = _query_values(request, name)
+    for value in values:
+        if not value.isprintable():
+            raise BadParameter(f"the query parameter {name!r} holds control characters", name)
+    return values
 
 
 def required_text(request: web.Request, name: str) -> str:

@@ -15,6 +15,7 @@ from hybridbus.core.topics import MAX_TOPIC_LENGTH
 from hybridbus.gateways import (
     openapi_bridges,
     openapi_groups,
+    openapi_logs,
     openapi_nodes,
     openapi_schemas,
     openapi_webhooks,
@@ -347,7 +348,11 @@ _PARAMETERS: Final[dict[str, Any]] = {
     ),
 }
 
-_HISTORY_PARAMETERS: Final = [ref("parameters", "since"), ref("parameters", "limit")]
+_HISTORY_PARAMETERS: Final = [
+    ref("parameters", "since"),
+    ref("parameters", "limit"),
+    *openapi_logs.FILTER_PARAMETERS,
+]
 _CE_HEADERS: Final = [
     {"name": f"ce-{name}", "in": "header", "required": False, "schema": {"type": "string"}}
     for name in ("specversion", "id", "source", "type", "subject", "time")
@@ -459,6 +464,7 @@ def _paths() -> dict[str, Any]:
                 "parameters": [
                     ref("parameters", "pattern"),
                     ref("parameters", "since"),
+                    *openapi_logs.FILTER_PARAMETERS,
                     _query(
                         "envelope",
                         "Send {topic, offset, shard, position, event} instead of the bare event.",
@@ -522,6 +528,7 @@ def document() -> dict[str, Any]:
                     **openapi_webhooks_out.paths(_problems),
                     **openapi_nodes.paths(_problems),
                     **openapi_bridges.paths(_problems),
+                    **openapi_logs.paths(_problems),
                 }
             ),
             "security": _SECURITY,
@@ -535,6 +542,7 @@ def document() -> dict[str, Any]:
                     **openapi_webhooks_out.SCHEMAS,
                     **openapi_nodes.SCHEMAS,
                     **openapi_bridges.SCHEMAS,
+                    **openapi_logs.SCHEMAS,
                 },
                 "parameters": {
                     **_PARAMETERS,
@@ -544,6 +552,7 @@ def document() -> dict[str, Any]:
                     **openapi_webhooks_out.PARAMETERS,
                     **openapi_nodes.PARAMETERS,
                     **openapi_bridges.PARAMETERS,
+                    **openapi_logs.PARAMETERS,
                 },
                 "responses": {f"Problem{s}": _problem_response(s) for s in _PROBLEM_TEXT},
             },

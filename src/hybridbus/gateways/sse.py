@@ -29,7 +29,10 @@ A stream (docs/http.md is the reference for clients):
 
 Every `id` is a resume token, so the browser's automatic reconnect sends the
 token after the last event it got as `Last-Event-ID` and the new stream goes
-on exactly there (`Last-Event-ID` wins over `?since=`). `recovered: false`
+on exactly there (`Last-Event-ID` wins over `?since=`). A filter
+(`?level=&contains=&regex=&field=k:v&type=`, `sse_stream.query_filter`)
+leaves events out; a reconnect must repeat it (an EventSource keeps its URL),
+and the events it left out after the last `id` are left out again. `recovered: false`
 says continuity could not be kept (another epoch, or retention removed missed
 events). If continuity breaks in the middle of a recovery, after `subscribed`
 said true, the stream ends with code 1200 before the gap, so the reconnect
@@ -99,7 +102,15 @@ from hybridbus.gateways.httputil import (
     query_text,
     required_text,
 )
-from hybridbus.gateways.sse_stream import CUT_GRACE, Encoded, Stream, frame, gone, unsubscribed
+from hybridbus.gateways.sse_stream import (
+    CUT_GRACE,
+    Encoded,
+    Stream,
+    frame,
+    gone,
+    query_filter,
+    unsubscribed,
+)
 from hybridbus.hub.bus import Bus
 from hybridbus.hub.subscription import Subscription
 from hybridbus.proto.frames import HistoryEvent
@@ -201,6 +212,7 @@ class SseGateway:
         header = request.headers.get("Last-Event-ID") or None
         since = header or query_text(request, "since")
         envelope = query_bool(request, "envelope", False)
+        wanted = query_filter(request)  # a bad filter is a 400 naming its parameter
         await self._authorize(request, "subscribe", pattern)
         if self._closed:
             raise BusClosed("the server is shutting down")
@@ -208,7 +220,7 @@ class SseGateway:
         release = await self._hold(request, stream.end)  # may refuse: TooManyConnections
         try:
             try:
-                sub = self._bus.subscribe(pattern, since)
+                sub = self._bus.subscribe(pattern, since, filter=wanted)
             except InvalidPosition as exc:
                 return problem(exc, parameter="Last-Event-ID" if header else "since")
             stream.sub = sub

@@ -3,8 +3,10 @@
 Owns: `Stream` (a stream's frames encoded and not yet written, their size,
 and how it ends: the first `stop` wins, a cut drops what is pending and
 hurries the write in progress), `Encoded` (the CloudEvents JSON of recent
-deliveries, encoded once for every stream), and the SSE framing helpers.
-Must not write to a response nor take from a subscription: the SSE gateway
+deliveries, encoded once for every stream), the SSE framing helpers, and
+the filter a request's query asks for (`query_filter`: `level`, `contains`,
+`regex`, `field=k:v` repeatable, `type` repeatable; also read by the HTTP
+history routes). Must not write to a response nor take from a subscription: the SSE gateway
 (`gateways.sse`) does, and its docstring is the theory of operation.
 """
 
@@ -18,11 +20,13 @@ import msgspec
 from aiohttp import web
 
 from hybridbus.core.codecs import encode_json
+from hybridbus.core.filters import FieldValue, Filter, compile_filter, parse_field
 from hybridbus.core.log import Delivery
-from hybridbus.errors import AccessError, BusError
+from hybridbus.errors import AccessError, BusError, InvalidInput
+from hybridbus.gateways.httputil import BadParameter, query_all, query_text
 from hybridbus.hub.subscription import Subscription
 
-__all__ = ["CUT_GRACE", "Encoded", "Stream", "frame", "gone", "unsubscribed"]
+__all__ = ["CUT_GRACE", "Encoded", "Stream", "frame", "gone", "query_filter", "unsubscribed"]
 
 # Seconds the write in progress gets to finish once the stream is cut (too slow,
 # revoked, expired): then the socket is aborted.
@@ -58,6 +62,44 @@ class Encoded:
         while len(entries) > self._max_entries or self._bytes > self._max_bytes:
             self._bytes -= len(entries.popitem(last=False)[1][1])
         return data
+
+
+def query_filter(request: web.Request) -> Filter | None:
+    """The filter of `?level=&contains=&regex=&field=k:v&type=` (None without any).
+
+    A bad one is a `BadParameter` naming the parameter (400, code 1000).
+    """
+    fields: dict[str, FieldValue] = {}
+    for text in query_all(request, "field"):
+        try:
+            key, value = parse_field(text)
+        except InvalidInput as exc:
+            raise BadParameter(str(exc), "field") from None
+        fields[key] = value
+    found = Filter(
+        level=query_text(request, "level"),
+        contains=query_text(request, "contains"),
+        regex=query_text(request, "regex"),
+        fields=fields,
+        types=query_all(request, "type"),
+    )
+    if found.empty():
+        return None
+    for name in ("level", "contains", "regex", "field", "type"):
+        try:
+            compile_filter(_only(found, name))
+        except InvalidInput as exc:
+            raise BadParameter(str(exc), name) from None
+    return found
+
+
+def _only(spec: Filter, name: str) -> Filter:
+    """The part of `spec` the query parameter `name` gave (to name the bad one)."""
+    if name == "field":
+        return Filter(fields=spec.fields)
+    if name == "type":
+        return Filter(types=spec.types)
+    return Filter(**{name: getattr(spec, name)})
 
 
 def frame(name: bytes, data: bytes, token: str | None = None) -> bytes:

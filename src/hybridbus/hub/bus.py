@@ -20,6 +20,7 @@ import msgspec
 
 from hybridbus.core.codecs import check_depth, encode_msgpack
 from hybridbus.core.event import Event, check_event, check_tenantid, event_from_dict
+from hybridbus.core.filters import Filter, compile_filter
 from hybridbus.core.log import Ack, Delivery, Page, Position, is_exact
 from hybridbus.core.topics import tenant_of, validate_pattern, validate_topic
 from hybridbus.core.trie import Trie
@@ -32,6 +33,7 @@ from hybridbus.errors import (
     SubscriptionEnded,
 )
 from hybridbus.hub.changes import Changes
+from hybridbus.hub.group_store import cursor_at
 from hybridbus.hub.groups import Groups, settings_from
 from hybridbus.hub.member import Member
 from hybridbus.hub.pages import SharedPages
@@ -312,26 +314,48 @@ class Bus:
     # -- history -------------------------------------------------------------
 
     async def history(
-        self, pattern: str, since: Position | str | None = None, limit: int = 1000
+        self,
+        pattern: str,
+        since: Position | str | None = None,
+        limit: int = 1000,
+        *,
+        filter: Filter | None = None,
+        at: float | None = None,
     ) -> History:
-        """Up to `limit` retained deliveries of a topic or pattern after `since`, oldest first."""
+        """Up to `limit` retained deliveries of a topic or pattern after `since`, oldest first.
+
+        With `filter` (`core.filters`), only the deliveries it lets through:
+        `limit` counts what was read, so a page may hold fewer (even none)
+        with `more` true; its `position` is past what was read either way.
+        `at` (instead of `since`): from the first delivery appended at or
+        after that Unix time — found by reading the pattern's retained
+        history from its start (`limit=0` gives just its position).
+        """
         if self._closed:
             raise BusClosed("the bus is closed")
         validate_pattern(pattern)
         if limit < 0:
             raise ValueError("limit must be >= 0")
+        match = compile_filter(filter)
         token = _since(since)
         engine = self.engine
         exact = True
         after: tuple[int, ...] | None = None
-        if token is not None:
+        if at is not None:
+            if token is not None:
+                raise InvalidInput("history takes a position or a time, not both")
+            after = await cursor_at(engine, pattern, at)
+        elif token is not None:
             if is_exact(token, engine.epoch, engine.shards):
                 after = token.positions
             else:
                 exact = False
         page: Page = await engine.read(pattern, after, limit)
+        deliveries = page.deliveries
+        if match is not None:
+            deliveries = [d for d in deliveries if match(d.event)]
         return History(
-            page.deliveries,
+            deliveries,
             Position(page.epoch, page.positions),
             page.more,
             exact and page.exact,
@@ -353,16 +377,25 @@ class Bus:
 
     # -- subscribe -----------------------------------------------------------
 
-    def subscribe(self, pattern: str, since: Position | str | None = None) -> Subscription:
+    def subscribe(
+        self,
+        pattern: str,
+        since: Position | str | None = None,
+        *,
+        filter: Filter | None = None,
+    ) -> Subscription:
         """A subscription to a topic or pattern; use it as `async with ... as sub`.
 
         With `since`, every retained event after that token comes first, then
         live ones — each exactly once, in per-topic order. Without it, only
-        events appended after the subscription started.
+        events appended after the subscription started. With `filter`
+        (`core.filters`; a bad one raises `InvalidInput`), only the
+        deliveries it lets through; the position passes the others.
         """
         if self._closed:
             raise BusClosed("the bus is closed")
         validate_pattern(pattern)
+        match = compile_filter(filter)
         token = _since(since)
         config = self.config
 
@@ -377,6 +410,7 @@ class Bus:
             clock=self._clock,
             maxsize=config.queue_size,
             page_size=config.page_size,
+            match=match,
         )
 
     async def _open(self, sub: Subscription, since: Position | None) -> None:

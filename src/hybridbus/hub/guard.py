@@ -60,6 +60,7 @@ from typing import Any, Final
 import msgspec
 
 from hybridbus.core.event import Event
+from hybridbus.core.filters import Filter
 from hybridbus.core.identity import Identity, Operation
 from hybridbus.core.log import Ack, Position
 from hybridbus.core.permissions import Decision, Policy, decide
@@ -403,12 +404,17 @@ class Guard:
                 raise _limited("tenant", wait, cost)
 
     def subscribe(
-        self, principal: Principal, relative: str, since: Position | str | None = None
+        self,
+        principal: Principal,
+        relative: str,
+        since: Position | str | None = None,
+        *,
+        filter: Filter | None = None,
     ) -> Subscription:
         """A bus subscription to the principal's `relative` pattern, once allowed."""
         absolute = principal.pattern(relative)
         self.check(principal, "subscribe", relative)
-        return self.bus.subscribe(absolute, since)
+        return self.bus.subscribe(absolute, since, filter=filter)
 
     async def history(
         self,
@@ -416,11 +422,14 @@ class Guard:
         relative: str,
         since: Position | str | None = None,
         limit: int = 1000,
+        *,
+        filter: Filter | None = None,
+        at: float | None = None,
     ) -> History:
         """The principal's view of the bus's history of `relative`, once allowed."""
         absolute = principal.pattern(relative)
         self.check(principal, "history", relative)
-        return await self.bus.history(absolute, since, limit)
+        return await self.bus.history(absolute, since, limit, filter=filter, at=at)
 
     def presence(self, principal: Principal, relative: str) -> str:
         """The absolute topic whose presence the principal may see (or raise)."""

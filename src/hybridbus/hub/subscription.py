@@ -15,6 +15,12 @@ held are dropped), and from then on live deliveries go straight to the queue.
 If `_pending` outgrows the queue bound while recovering, it is discarded and
 recovery simply reads further: the log has everything pending had.
 
+A filter (`core.filters`, given as `match`) is applied where a delivery
+would enter the queue, after the cursor has moved past it: a delivery it
+refuses is never handed out, and the position still passes it, so a resume
+from any position handed out neither sends a matching delivery twice nor
+skips one (a refused delivery read again is refused again).
+
 States: RECOVERING → LIVE → ENDED (ENDED from any state).
 """
 
@@ -26,6 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from enum import Enum
 from types import TracebackType
 
+from hybridbus.core.filters import Match
 from hybridbus.core.log import Cursor, Delivery, Page, Position
 from hybridbus.engine.base import Clock
 from hybridbus.errors import BusError, SubscriberTooSlow
@@ -60,6 +67,7 @@ class Subscription:
         "_closer",
         "_cursor",
         "_error",
+        "_match",
         "_maxsize",
         "_notify",
         "_opener",
@@ -85,8 +93,10 @@ class Subscription:
         clock: Clock,
         maxsize: int,
         page_size: int,
+        match: Match | None = None,
     ) -> None:
         self.pattern = pattern
+        self._match = match  # the filter's predicate; None: everything
         self.recovered = True
         self._reader = reader
         self._opener = opener
@@ -123,6 +133,7 @@ class Subscription:
         cursor = self._cursor
         queue = self._queue
         deliveries = page.deliveries
+        match = self._match
         seen = cursor.positions
         if len(seen) == 1:
             # One shard: the page is in position order, so only a head of it
@@ -132,11 +143,15 @@ class Subscription:
             while skip < len(deliveries) and deliveries[skip].position <= last:
                 skip += 1
             if skip < len(deliveries):
-                queue.extend(deliveries[skip:] if skip else deliveries)
+                fresh = deliveries[skip:] if skip else deliveries
+                if match is None:
+                    queue.extend(fresh)
+                else:
+                    queue.extend(d for d in fresh if match(d.event))
                 seen[0] = deliveries[-1].position
         else:
             for delivery in deliveries:
-                if cursor.advance(delivery):
+                if cursor.advance(delivery) and (match is None or match(delivery.event)):
                     queue.append(delivery)
         # A page may end past its last delivery (a shared page ends at a block
         # boundary): nothing of the pattern lies in between.
@@ -172,6 +187,9 @@ class Subscription:
             if delivery.position <= seen[shard]:
                 return False
             seen[shard] = delivery.position
+            match = self._match
+            if match is not None and not match(delivery.event):
+                return False  # passed, not handed out: the position is past it
             backlog = len(self._queue)
             if backlog >= self._maxsize:
                 self.end(

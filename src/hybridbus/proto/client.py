@@ -33,6 +33,7 @@ from typing import Any, Literal
 import msgspec
 
 from hybridbus.core.event import Event
+from hybridbus.core.filters import Filter
 from hybridbus.core.log import Position
 from hybridbus.errors import BusError, ErrorCode, EventTooLarge, InvalidEvent, ProtocolError
 from hybridbus.proto.codec import Data, WireCodec
@@ -291,11 +292,20 @@ class ClientSession:
         self.state = State.CONNECTING
         return command_id
 
-    def subscribe(self, pattern: str, since: Position | str | None = None) -> int:
-        """Subscribe to `pattern`; with `since`, missed events come first."""
+    def subscribe(
+        self,
+        pattern: str,
+        since: Position | str | None = None,
+        *,
+        filter: Filter | None = None,
+    ) -> int:
+        """Subscribe to `pattern`; with `since`, missed events come first; `filter`: server-side."""
         return self._command(
             Subscribe(
-                id=self._next_id, pattern=pattern, since=None if since is None else str(since)
+                id=self._next_id,
+                pattern=pattern,
+                since=None if since is None else str(since),
+                filter=filter,
             )
         )
 
@@ -319,11 +329,15 @@ class ClientSession:
         )
 
     def history(
-        self, pattern: str, *, since: Position | str | None = None, limit: int = 100
+        self, pattern: str, *, since: Position | str | float | None = None, limit: int = 100
     ) -> int:
-        """Ask for up to `limit` retained events of `pattern` after `since`."""
-        token = None if since is None else str(since)
-        return self._command(History(id=self._next_id, pattern=pattern, since=token, limit=limit))
+        """Ask for up to `limit` retained events of `pattern` after `since` (a float: a time)."""
+        if isinstance(since, float):  # a Unix time: from the first event appended at or after
+            command = History(id=self._next_id, pattern=pattern, since_time=since, limit=limit)
+        else:
+            token = None if since is None else str(since)
+            command = History(id=self._next_id, pattern=pattern, since=token, limit=limit)
+        return self._command(command)
 
     def presence(self, topic: str, *, watch: bool = False) -> int:
         """Ask who is subscribed to `topic`; `watch` also asks for join/leave pushes."""

@@ -27,6 +27,8 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from hybridbus.core.filters import Filter
+
 __all__ = [
     "MAX_HISTORY_LIMIT",
     "MAX_SETTLE_IDS",
@@ -115,10 +117,15 @@ class Connect(_Command, tag="connect"):
 
 
 class Subscribe(_Command, tag="subscribe"):
-    """Subscribe to a topic or pattern; with `since`, missed events come first."""
+    """Subscribe to a topic or pattern; with `since`, missed events come first.
+
+    With `filter`, only the events it lets through are pushed (`core.filters`;
+    the server checks it: 1000 if it refuses it).
+    """
 
     pattern: TopicText
     since: PositionText | None = None
+    filter: Filter | None = None
 
 
 class Unsubscribe(_Command, tag="unsubscribe"):
@@ -141,6 +148,9 @@ class History(_Command, tag="history"):
     pattern: TopicText
     since: PositionText | None = None
     limit: Limit = 100
+    filter: Filter | None = None  # only what it lets through (`limit` counts what was read)
+    # Instead of `since`: from the first event appended at or after this Unix time.
+    since_time: Seconds | None = None
 
 
 class Presence(_Command, tag="presence"):

@@ -21,9 +21,10 @@ from hybridbus.bridges.settings import AnyBridge
 from hybridbus.core.cors import ORIGIN_PATTERN
 from hybridbus.core.webhook_routes import Endpoint
 from hybridbus.core.webhooks_out import Subscription
+from hybridbus.engine.base import EngineConfig, RetentionRule
 from hybridbus.errors import InvalidInput
 
-__all__ = ["ENV_PREFIX", "OTHER_VARIABLES", "ServerConfig", "load_config"]
+__all__ = ["ENV_PREFIX", "OTHER_VARIABLES", "ServerConfig", "engine_config", "load_config"]
 
 ENV_PREFIX: Final = "HYBRIDBUS_"
 # The `HYBRIDBUS_*` variables that are not server settings (docs/configuration.md lists
@@ -52,6 +53,10 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     engine: str = "sqlite://./hybridbus-data"
+    # Retention per topic pattern ([[retention]] tables: pattern, max_age, max_per_topic,
+    # max_bytes; the first rule matching a topic applies, else the engine URL's limits;
+    # docs/configuration.md, "Retention"). Patterns are absolute: "+/logs/#".
+    retention: list[RetentionRule] = msgspec.field(default_factory=list)
     # Several processes may share the port (one per core) once the engine is shared.
     reuse_port: bool = False
     # The gRPC API (docs/grpc.md) on `host`:<grpc_port>; unset: off, 0: a free port.
@@ -146,6 +151,11 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 _FIELDS: Final = frozenset(ServerConfig.__struct_fields__)
+
+
+def engine_config(config: ServerConfig) -> EngineConfig:
+    """The engine settings of the config file (the engine URL's query parameters win)."""
+    return EngineConfig(retention=tuple(config.retention))
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:

@@ -418,15 +418,18 @@ class Connection:
         principal.pattern(command.pattern)  # a bad pattern is answered now
         self.node.guard.check(principal, "history", command.pattern)
         since = Position.parse(command.since) if command.since is not None else None
-        self.spawn(self._read_history(command.id, principal, command.pattern, since, command.limit))
+        self.spawn(self._read_history(command, principal, since))
 
     async def _read_history(
-        self, id: int, principal: Principal, pattern: str, since: Position | None, limit: int
+        self, command: History, principal: Principal, since: Position | None
     ) -> None:
         session = self.session
         node = self.node
+        id, pattern, limit = command.id, command.pattern, command.limit
         try:
-            page = await node.guard.history(principal, pattern, since, limit)
+            page = await node.guard.history(
+                principal, pattern, since, limit, filter=command.filter, at=command.since_time
+            )
         except BusError as exc:
             session.error(id, exc)
         except Exception as exc:

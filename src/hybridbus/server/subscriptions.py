@@ -4,7 +4,10 @@ Owns: opening a bus subscription for a client's (relative) pattern, answering
 the subscribe, turning deliveries into encoded pushes (shared bytes from the
 node's cache), `exclude_self`, presence membership of plain-topic
 subscriptions, unsubscribing (also while a subscribe is still being set up),
-and ending a subscription the bus ended (too slow, continuity lost). Must not
+and ending a subscription the bus ended (too slow, continuity lost). A
+subscribe's `filter` goes to the bus (the hub's subscription applies it); a
+filtered subscription's batches are never shared as a run of its pattern's
+stream (`Pushes.push_batch(whole=False)`). Must not
 write to the transport (the connection does) nor encode events itself (the
 node does, once for everyone).
 
@@ -64,7 +67,16 @@ class Origin:
 class Entry:
     """One subscription of the connection."""
 
-    __slots__ = ("absolute", "answered", "id", "pattern", "ready", "subscription", "task")
+    __slots__ = (
+        "absolute",
+        "answered",
+        "filtered",
+        "id",
+        "pattern",
+        "ready",
+        "subscription",
+        "task",
+    )
 
     def __init__(
         self,
@@ -81,6 +93,8 @@ class Entry:
         self.ready = False  # the subscribe was answered with success
         self.answered = answered  # resolved once the subscribe is answered, either way
         self.task: asyncio.Task[None] | None = None
+        # A filter leaves out deliveries: its batches are not the pattern's whole stream.
+        self.filtered = False
 
     def settle(self) -> None:
         if not self.answered.done():
@@ -105,9 +119,12 @@ class Subscriptions:
         connection = self._connection
         principal = connection.admitted
         absolute = principal.pattern(command.pattern)
-        subscription = connection.node.guard.subscribe(principal, command.pattern, command.since)
+        subscription = connection.node.guard.subscribe(
+            principal, command.pattern, command.since, filter=command.filter
+        )
         answered = asyncio.get_running_loop().create_future()
         entry = Entry(command.id, command.pattern, absolute, subscription, answered)
+        entry.filtered = command.filter is not None and not command.filter.empty()
         self._entries[command.pattern] = entry
         entry.task = connection.spawn(self._pump(entry))
 
@@ -233,7 +250,8 @@ class Subscriptions:
         """
         connection = self._connection
         node = connection.node
-        whole = True
+        # A filtered batch is not a run of the pattern's stream: never shared whole.
+        whole = not entry.filtered
         if node.origins:
             kept = [d for d in batch if not self._excluded(d)]
             if not kept:

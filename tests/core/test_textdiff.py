@@ -1,0 +1,70 @@
+"""`core.textdiff`: an edit found from the kept bytes, applied elsewhere, hashes alike.
+
+Property-based (hypothesis): for any text and any edit, `Text.edit` gives a
+hunk that, rendered, parsed and applied by another `Text` (a follower's),
+turns the old content into the new one, and both keep the content hash that
+`tree_hash` gives the new content from scratch — with the new content given
+as bytes or as an `mmap` of a file (the watcher's way: read in place).
+"""
+
+from __future__ import annotations
+
+import mmap
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hybridbus.core.textdiff import CHUNK_LINES, Hunk, Text, tree_hash
+
+LINE = st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"") + b"\n")
+LINES = st.lists(LINE, max_size=60)
+
+
+def edited(lines: list[bytes], at: int, cut: int, put: list[bytes], tail: bool) -> bytes:
+    at = min(at, len(lines))
+    out = b"".join(lines[:at] + put + lines[at + cut :])
+    return out[:-1] if tail and out.endswith(b"\n") else out
+
+
+@settings(max_examples=300, deadline=None)
+@given(LINES, st.integers(0, 60), st.integers(0, 5), st.lists(LINE, max_size=5), st.booleans())
+def test_an_edit_found_and_applied_elsewhere_gives_the_new_content_and_its_hash(
+    lines: list[bytes], at: int, cut: int, put: list[bytes], tail: bool
+) -> None:
+    old = b"".join(lines)
+    new = edited(lines, at, cut, put, tail)
+    watcher, follower = Text(bytearray(old)), Text(bytearray(old))
+    hunk = watcher.edit(new)
+    assert bytes(watcher.data) == new
+    assert watcher.hash == tree_hash(new)
+    if hunk is None:
+        assert new == old
+        return
+    follower.apply(Hunk.parse(hunk.render()))
+    assert bytes(follower.data) == new
+    assert follower.hash == watcher.hash
+
+
+def test_the_saved_file_is_read_in_place_from_a_mapping(tmp_path: Path) -> None:
+    rows = [b"line %06d\n" % i for i in range(5 * CHUNK_LINES)]
+    text = Text(bytearray(b"".join(rows)))
+    for i, row in ((3, b"first\n"), (4000, b"a longer line than before\n"), (5119, b"")):
+        rows[i] = row
+        path = tmp_path / "f.txt"
+        path.write_bytes(b"".join(rows))
+        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            hunk = text.edit(mm)
+        assert hunk is not None and hunk.start == i
+        assert bytes(text.data) == path.read_bytes()
+        assert text.hash == tree_hash(path.read_bytes())
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        assert text.edit(mm) is None
+
+
+def test_a_hunk_on_the_wrong_base_is_refused() -> None:
+    text = Text(bytearray(b"a\nb\nc\n"))
+    with pytest.raises(ValueError, match="does not match"):
+        text.apply(Hunk(1, (b"x\n",), (b"y\n",)))
+    assert bytes(text.data) == b"a\nb\nc\n"
