@@ -10,15 +10,36 @@ as bytes or as an `mmap` of a file (the watcher's way: read in place).
 from __future__ import annotations
 
 import mmap
+import zlib
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hybridbus.core.textdiff import CHUNK_LINES, Hunk, Text, tree_hash
+from hybridbus.core.textdiff import CHUNK_LINES, MAX_CHUNK_LINES, Hunk, Text, tree_hash
 
-LINE = st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"") + b"\n")
+
+def natural(count: int) -> list[bytes]:
+    """`count` lines that end a chunk by their content (CRC-32 ≡ 0 mod CHUNK_LINES)."""
+    found, n = [], 0
+    while len(found) < count:
+        line = b"end %d\n" % n
+        if zlib.crc32(line) % CHUNK_LINES == 0:
+            found.append(line)
+        n += 1
+    return found
+
+
+ENDS = natural(4)
+PLAIN = [b"x\n"] + [b"plain %d\n" % i for i in range(20)]
+assert not any(zlib.crc32(line) % CHUNK_LINES == 0 for line in PLAIN)
+# Random bytes, and lines that end chunks: edits at, next to and across chunk ends.
+LINE = st.one_of(
+    st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"") + b"\n"),
+    st.sampled_from(ENDS),
+    st.sampled_from(PLAIN),
+)
 LINES = st.lists(LINE, max_size=60)
 
 
@@ -45,6 +66,47 @@ def test_an_edit_found_and_applied_elsewhere_gives_the_new_content_and_its_hash(
     follower.apply(Hunk.parse(hunk.render()))
     assert bytes(follower.data) == new
     assert follower.hash == watcher.hash
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(ENDS + PLAIN), min_size=1, max_size=40), st.data())
+def test_edits_of_chunk_ends_keep_the_hash_the_content_gives(
+    lines: list[bytes], data: st.DataObject
+) -> None:
+    """Several edits in a row, each at, before or after lines that end chunks."""
+    watcher, follower = Text(bytearray(b"".join(lines))), Text(bytearray(b"".join(lines)))
+    for _ in range(4):
+        at = data.draw(st.integers(0, len(lines)))
+        cut = data.draw(st.integers(0, 3))
+        put = data.draw(st.lists(st.sampled_from(ENDS + PLAIN), max_size=3))
+        lines = lines[:at] + put + lines[at + cut :]
+        new = b"".join(lines)
+        hunk = watcher.edit(new)
+        assert watcher.hash == tree_hash(new)
+        if hunk is not None:
+            follower.apply(Hunk.parse(hunk.render()))
+        assert bytes(follower.data) == new and follower.hash == watcher.hash
+
+
+def test_an_edited_line_that_ended_a_chunk_no_longer_ends_it() -> None:
+    """Found by the test above: the table kept a chunk end the content no longer had."""
+    rows = [b"line %d\n" % i for i in range(2000)] + [ENDS[0]]
+    rows += [b"after %d\n" % i for i in range(900)]
+    text = Text(bytearray(b"".join(rows)))
+    rows[2000] = b"no longer an end\n"
+    text.edit(b"".join(rows))
+    assert text.hash == tree_hash(b"".join(rows))
+
+
+def test_chunks_cut_by_the_line_limit_are_mended_too() -> None:
+    """8,192 lines without a natural end make a chunk: edits there shift the cuts after them."""
+    rows = [b"x\n"] * (3 * MAX_CHUNK_LINES + 5)
+    text = Text(bytearray(b"".join(rows)))
+    for i, change in ((5, [b"y\n"]), (MAX_CHUNK_LINES + 3, []), (40, [b"x\n", b"x\n"])):
+        rows[i : i + 1] = change
+        new = b"".join(rows)
+        text.edit(new)
+        assert text.hash == tree_hash(new)
 
 
 def test_the_saved_file_is_read_in_place_from_a_mapping(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import mmap
 import zlib
 from bisect import bisect_right
 from dataclasses import dataclass
+from itertools import accumulate
 
 __all__ = ["CHUNK_LINES", "Hunk", "Text", "tree_hash"]
 
@@ -121,14 +122,10 @@ class Text:
         self._reindex()
 
     def _reindex(self) -> None:
-        offsets = [0]
-        lines = [0]
-        for n, size, _ in self._table:
-            offsets.append(offsets[-1] + size)
-            lines.append(lines[-1] + n)
-        self._offsets = offsets
-        self._lines = lines
-        self.hash = _digest([c[2] for c in self._table])
+        table = self._table
+        self._offsets = [0, *accumulate(c[1] for c in table)]
+        self._lines = [0, *accumulate(c[0] for c in table)]
+        self.hash = _digest([c[2] for c in table])
 
     @property
     def line_count(self) -> int:
@@ -208,27 +205,79 @@ class Text:
         return pos
 
     def _rechunk(self, start: int, old_end: int, delta: int) -> None:
-        """Old bytes `start`..`old_end` changed (`delta` longer): rechunk the chunks they touch.
+        """Old bytes `start`..`old_end` (whole lines) became `delta` longer: mend the table.
 
-        Boundaries before the first touched chunk depend on unchanged bytes
-        only; the region is widened to end on a natural boundary (a line
-        whose CRC ends a chunk whatever came before), after which the old
-        chunks hold again.
+        Only the changed lines are split and their CRCs taken: the unchanged
+        lines of the chunks around them end no chunk (a chunk's end is a
+        line of its own content), so the new chunks are the changed lines'
+        natural boundaries, up to the end of the old chunk the change ends
+        in. Just as `_chunks` would cut the whole file (the hash depends on
+        the content only) — unless a chunk is cut by `MAX_CHUNK_LINES`,
+        which depends on where the chunk began: then the table is made anew.
         """
         table = self._table
-        if not table:
-            self._table = _chunks(self.data)
-            self._reindex()
-            return
-        first = min(bisect_right(self._offsets, start) - 1, len(table) - 1)
-        last = min(bisect_right(self._offsets, max(old_end - 1, start)) - 1, len(table) - 1)
-        while last + 1 < len(table) and table[last][0] >= MAX_CHUNK_LINES:
-            last += 1
-        begin, end = self._offsets[first], self._offsets[last + 1] + delta
-        if last == len(table) - 1:
-            end = len(self.data)
-        table[first : last + 1] = _chunks(self.data, begin, end)
+        data = self.data
+        offsets = self._offsets  # still the old content's
+        count = len(table)
+        if count <= 1:
+            return self._remake()
+        first = min(bisect_right(offsets, start) - 1, count - 1)
+        if start == offsets[first + 1] and _ends_naturally(data, start):
+            first += 1  # an append at the end: the old last chunk ends by its content, and stays
+        begin = offsets[first] if first < count else start
+        # The chunks replaced end at the first old chunk end past the change (an unchanged line).
+        k = bisect_right(offsets, old_end)
+        if k >= count:
+            k, stop = count, len(data)
+        else:
+            stop = offsets[k] + delta
+            if not _ends_naturally(data, stop):
+                return self._remake()  # that chunk was cut by MAX_CHUNK_LINES
+        new_stop = old_end + delta  # the end of the changed lines in the new content
+        lines = _lines(data, begin, start)
+        out: list[Chunk] = []
+        chunk_start = begin
+        with memoryview(data) as view:
+            pos = start
+            while pos < new_stop:
+                nl = data.find(b"\n", pos, new_stop)
+                end = new_stop if nl < 0 else nl + 1
+                lines += 1
+                if lines >= MAX_CHUNK_LINES:
+                    return self._remake()
+                if zlib.crc32(view[pos:end]) % CHUNK_LINES == 0:
+                    digest = hashlib.sha256(view[chunk_start:end]).digest()
+                    out.append((lines, end - chunk_start, digest))
+                    chunk_start, lines = end, 0
+                pos = end
+            lines += _lines(data, new_stop, stop)
+            if lines > MAX_CHUNK_LINES:
+                return self._remake()
+            if stop > chunk_start:
+                digest = hashlib.sha256(view[chunk_start:stop]).digest()
+                out.append((lines, stop - chunk_start, digest))
+        table[first:k] = out
         self._reindex()
+        return None
+
+    def _remake(self) -> None:
+        """Cut the whole content into chunks anew (a chunk cut by `MAX_CHUNK_LINES` changed)."""
+        self._table = _chunks(self.data)
+        self._reindex()
+
+
+def _lines(data: bytes | bytearray, begin: int, end: int) -> int:
+    """How many lines `data[begin:end]` holds (a last one without newline counts)."""
+    if end <= begin:
+        return 0
+    return data.count(b"\n", begin, end) + (data[end - 1] != 0x0A)
+
+
+def _ends_naturally(data: bytes | bytearray, end: int) -> bool:
+    """Whether the line ending at `end` ends a chunk by its content (its CRC)."""
+    line_start = data.rfind(b"\n", 0, end - 1) + 1
+    with memoryview(data) as view:
+        return zlib.crc32(view[line_start:end]) % CHUNK_LINES == 0
 
 
 _BLOCK = 1 << 18  # bytes compared per step before bisecting inside the block that differs
