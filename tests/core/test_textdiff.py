@@ -10,6 +10,7 @@ as bytes or as an `mmap` of a file (the watcher's way: read in place).
 from __future__ import annotations
 
 import mmap
+import random
 import zlib
 from pathlib import Path
 
@@ -130,3 +131,24 @@ def test_a_hunk_on_the_wrong_base_is_refused() -> None:
     with pytest.raises(ValueError, match="does not match"):
         text.apply(Hunk(1, (b"x\n",), (b"y\n",)))
     assert bytes(text.data) == b"a\nb\nc\n"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_long_runs_without_a_natural_end_are_cut_by_counting_alike(seed: int) -> None:
+    """Runs of up to 2.5x MAX_CHUNK_LINES plain lines between lines that end chunks, edited
+    anywhere (the run's line-limit cuts move): the same table as cutting the content anew."""
+    rng = random.Random(seed)
+    rows: list[bytes] = []
+    for _ in range(4):
+        rows += [rng.choice(PLAIN) for _ in range(rng.randrange(int(2.5 * MAX_CHUNK_LINES)))]
+        rows.append(rng.choice(ENDS))
+    text = Text(bytearray(b"".join(rows)))
+    for _ in range(12):
+        at = rng.randrange(len(rows) + 1)
+        cut = rng.choice([0, 1, 1, 2, 50, 9000])
+        put = [rng.choice(ENDS + PLAIN) for _ in range(rng.choice([0, 1, 1, 3, 9000]))]
+        rows[at : at + cut] = put
+        new = b"".join(rows)
+        text.edit(new)
+        assert text.hash == tree_hash(new)
+        assert text._table == Text(new)._table

@@ -10,8 +10,9 @@ back in order — reporting local edits as conflicts instead of overwriting
 them (a conflict ends when the local file is deleted or restored: a full
 copy is then fetched), acks on `<topic>/acks`, the instance announcement
 and its heartbeat on `<topic>/instances`, and the callback per applied
-change. Big text files are kept in memory as `textdiff.Text`, so a one-line
-diff rewrites the file from the changed line on only.
+change. Big text files are kept as `textdiff.Text` over the file mapped in
+memory (shared), so a one-line diff is one memmove of the file's tail in the
+page cache, nothing read back.
 Must not decide encodings (`core.changes`) nor know the server.
 """
 
@@ -22,6 +23,7 @@ import contextlib
 import inspect
 import json
 import logging
+import mmap
 import os
 import time
 import uuid
@@ -49,6 +51,19 @@ log = logging.getLogger(__name__)
 STATE_DIR = ".hybridbus"
 KEEP_TEXT = 1 << 20  # text files at least this big stay in memory for fast diffs
 Callback = Callable[[Change, Path], Awaitable[None] | None]
+
+
+def _splice(mapped: mmap.mmap, start: int, end: int, added: bytes) -> None:
+    """Replace bytes `start`..`end` of a file mapped in memory with `added` (resizing it)."""
+    size = len(mapped)
+    delta = len(added) - (end - start)
+    if delta > 0:
+        mapped.resize(size + delta)  # the file grows too
+        mapped.move(end + delta, end, size - end)
+    elif delta < 0:
+        mapped.move(end + delta, end, size - end)
+        mapped.resize(size + delta)
+    mapped[start : start + len(added)] = added
 
 
 class FollowConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,28 +154,68 @@ class Follower:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".hybridbus-tmp")
         tmp.write_bytes(data)
+        self._forget(rel)
         tmp.replace(path)
-        self.texts.pop(rel, None)
         self._record(rel, hash)
 
+    def _conflict(self, rel: str) -> str:
+        """`rel` was edited here: keep the local file, apply nothing to it until resolved."""
+        self.conflicts.add(rel)
+        self._forget(rel)
+        return "conflict"
+
+    def _forget(self, rel: str) -> None:
+        """Drop the kept text of `rel` (closing its file's mapping)."""
+        text = self.texts.pop(rel, None)
+        if text is not None and isinstance(text.data, mmap.mmap):
+            text.data.close()
+
     def _write_diff(self, change: Change, payload: bytes) -> None:
-        """A line diff on a kept (or now loaded) text: rewrite from the changed line on."""
+        """A line diff on the file's kept text: a big file is spliced in place, mapped in memory.
+
+        A file of at least `KEEP_TEXT` bytes stays mapped (shared: the splice
+        is the write — one memmove of the tail in the page cache, nothing
+        read back); a smaller one is read, changed and written from the
+        changed line on.
+        """
         rel = change.path
+        path = self.root / rel
+        hunk = Hunk.parse(payload)
         text = self.texts.get(rel)
         if text is None:
-            text = Text(bytearray((self.root / rel).read_bytes()))
-        offset = text.apply(Hunk.parse(payload))
+            if path.stat().st_size >= KEEP_TEXT:
+                with path.open("r+b") as f:
+                    text = self.texts[rel] = Text(mmap.mmap(f.fileno(), 0))
+            else:
+                text = Text(bytearray(path.read_bytes()))
+        start, end, added = text.locate(hunk)
+        data = text.data
+        if isinstance(data, mmap.mmap) and len(data) + len(added) - (end - start) > 0:
+            try:
+                _splice(data, start, end, added)
+            except (OSError, ValueError):
+                self._forget(rel)
+                raise
+            text.replaced(start, end, len(added))
+        else:  # a small file, or a mapped one about to be emptied (a mapping cannot be)
+            content = data if isinstance(data, bytearray) else bytearray(data)
+            if content is not data:
+                self._forget(rel)
+                text = Text(content)
+            content[start:end] = added
+            text.replaced(start, end, len(added))
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                with memoryview(content) as view:
+                    os.pwrite(fd, view[start:], start)
+                os.ftruncate(fd, len(content))
+            finally:
+                os.close(fd)
         if text.hash != change.after:
+            self._forget(rel)
+            self._record(rel, tree_hash(path.read_bytes()))  # what is there: not a local edit
+            self._ask(rel)
             raise ValueError("the result's content hash differs from the watcher's")
-        fd = os.open(self.root / rel, os.O_WRONLY)
-        try:
-            with memoryview(text.data) as view:
-                os.pwrite(fd, view[offset:], offset)
-            os.ftruncate(fd, len(text.data))
-        finally:
-            os.close(fd)
-        if len(text.data) >= KEEP_TEXT:
-            self.texts[rel] = text
         self._record(rel, text.hash)
 
     def _apply(self, change: Change, payload: bytes) -> str:
@@ -169,11 +224,9 @@ class Follower:
         if kind == "moved":
             src = change.from_path or ""
             if src in self.conflicts or self._edited(src):
-                self.conflicts.add(src)
-                return "conflict"
+                return self._conflict(src)
             if self._local_hash(rel) not in (None, change.after) and rel in self.known:
-                self.conflicts.add(rel)
-                return "conflict"
+                return self._conflict(rel)
             (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.root / src, self.root / rel)
             self.known.pop(src, None)
@@ -186,16 +239,16 @@ class Follower:
         local = self._local_hash(rel)
         known = self.known.get(rel)
         if local is not None and local != (known[0] if known else None):
+            self._forget(rel)  # changed by someone else: a kept mapping may be of another file
             if local == change.after:  # already so
                 self._record(rel, local)
                 return "applied"
-            self.conflicts.add(rel)
-            return "conflict"
+            return self._conflict(rel)
         if kind == "deleted":
             if local is not None:
                 (self.root / rel).unlink()
             self.known.pop(rel, None)
-            self.texts.pop(rel, None)
+            self._forget(rel)
             self.stale.discard(rel)
             return "applied"
         if change.encoding in ("none", "too-large"):
@@ -253,13 +306,13 @@ class Follower:
         if status == "conflict":
             log.warning("conflict on %s: local edits kept (change %s)", change.path, change.id)
         self.position = token
-        self._save()
-        if status == "applied":
+        if status == "applied":  # the callback first: the file is written, the state can wait
             self.applied += 1
             if self.on_change is not None:
                 result = self.on_change(change, self.root / change.path)
                 if inspect.isawaitable(result):
                     await result
+        self._save()  # a crash before it applies the change again: found already so
         ack = Ack(
             change=change.id, instance=self.config.instance, status=status,  # type: ignore[arg-type]
             clock=self.clock.tick(), service=self.config.service or None,

@@ -33,9 +33,9 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def topics(base: str) -> dict[str, str]:
-    """The topics of change topic `base`: files, instances, requests, acks."""
+    """The topics of change topic `base`: files, instances, requests, acks, edits."""
     base = base.rstrip("/")
-    return {k: f"{base}/{k}" for k in ("files", "instances", "requests", "acks")}
+    return {k: f"{base}/{k}" for k in ("files", "instances", "requests", "acks", "edits")}
 
 
 async def read_all(client: Client, topic: str, page: int = 500) -> list[Any]:

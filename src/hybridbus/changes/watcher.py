@@ -21,7 +21,7 @@ import mmap
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -67,7 +67,9 @@ class _File:
 
     @property
     def data(self) -> bytes | bytearray:
-        return self.text.data if self.text is not None else self._data
+        if self.text is None:
+            return self._data
+        return cast("bytearray", self.text.data)  # the watcher keeps a bytearray, never a mapping
 
 
 def _is_text(lines: tuple[bytes, ...]) -> bool:
@@ -105,7 +107,7 @@ class Watcher:
         ignore = self.root / ".gitignore"
         if ignore.is_file():
             lines += ignore.read_text().splitlines()
-        self._spec = pathspec.PathSpec.from_lines("gitwildmatch", lines)
+        self._spec = pathspec.GitIgnoreSpec.from_lines(lines)
 
     def ignored(self, rel: str) -> bool:
         if self._spec is None:
@@ -293,6 +295,37 @@ class Watcher:
             else:
                 await self._send(self._change("deleted", rel), b"")
 
+    async def edited(self, rel: str, hunk: Hunk) -> Change:
+        """Publish an editor's edit of text file `rel` at once, before (or without) its save.
+
+        For editor integrations (an IDE plugin knows what changed: nothing is
+        read nor compared): `hunk` is applied to the content kept, so that
+        the save, when it comes, is found unchanged and publishes nothing
+        (or only what differs). ValueError if `rel` is not a plain text file
+        the watcher keeps, or the hunk's removed lines are not there.
+        """
+        async with self._lock:
+            state = self.files.get(rel)
+            if state is None or state.text is None or format_of(rel, b"") != "text":
+                raise ValueError(f"{rel!r} is not a text file watched here")
+            if not _is_text(hunk.added):
+                raise ValueError("an edit must keep the file UTF-8 text")
+            before = state.hash
+            state.text.apply(hunk)
+            state.hash = state.text.hash
+            return await self._modified(rel, "text", before, state, b"", hunk)
+
+    async def _edits(self) -> None:
+        """Edits editors publish on `<topic>/edits`: `{"path", "hunk"}` (a unified-diff hunk)."""
+        async with self.client.subscribe(self.topics["edits"]) as sub:
+            async for received in sub:
+                data = received.event.data
+                try:
+                    path, text = data["path"], data["hunk"]
+                    await self.edited(str(path), Hunk.parse(str(text).encode()))
+                except (KeyError, TypeError, ValueError) as exc:
+                    log.warning("edit %s refused: %s (the save is diffed)", received.event.id, exc)
+
     async def _requests(self) -> None:
         async with self.client.subscribe(self.topics["requests"]) as sub:
             async for received in sub:
@@ -305,7 +338,10 @@ class Watcher:
         import watchfiles
 
         await self.start()
-        answering = asyncio.create_task(self._requests(), name="hybridbus-watch requests")
+        answering = asyncio.gather(
+            asyncio.create_task(self._requests(), name="hybridbus-watch requests"),
+            asyncio.create_task(self._edits(), name="hybridbus-watch edits"),
+        )
         try:
             async for batch in watchfiles.awatch(
                 self.root,

@@ -73,7 +73,7 @@ class Hunk:
         return cls(old_start - (old > 0), tuple(removed), tuple(added))
 
 
-def _chunks(data: bytes | bytearray, begin: int = 0, end: int | None = None) -> list[Chunk]:
+def _chunks(data: Buffer, begin: int = 0, end: int | None = None) -> list[Chunk]:
     """The chunks of `data[begin:end]` (`begin` is a chunk boundary)."""
     out: list[Chunk] = []
     stop_at = len(data) if end is None else end
@@ -116,7 +116,7 @@ class Text:
     hunk) change it in place, a memmove of the tail.
     """
 
-    def __init__(self, data: bytes | bytearray) -> None:
+    def __init__(self, data: Buffer) -> None:
         self.data = data
         self._table = _chunks(data)
         self._reindex()
@@ -142,6 +142,8 @@ class Text:
         memmove of the tail); kept as `bytes`, it becomes a copy of `new`.
         """
         old = self.data
+        if isinstance(old, mmap.mmap):
+            raise TypeError("edit() compares with content kept in memory, not a mapped file")
         with memoryview(new) as view:
             if len(view) == len(old) and old.startswith(view):  # memcmp, whatever the buffer
                 return None
@@ -170,110 +172,129 @@ class Text:
         return hunk
 
     def apply(self, hunk: Hunk) -> int:
-        """Apply `hunk` in place (`data` must be a bytearray); the byte offset of the change.
+        """Apply `hunk` in place (`data` a bytearray: made one); the byte offset of the change.
 
         ValueError if the removed lines are not there (a wrong base).
         """
-        data = self.data
-        if not isinstance(data, bytearray):
-            data = self.data = bytearray(data)
+        if not isinstance(self.data, bytearray):
+            self.data = bytearray(self.data)
+        start, end, added = self.locate(hunk)
+        self.data[start:end] = added
+        self.replaced(start, end, len(added))
+        return start
+
+    def locate(self, hunk: Hunk) -> tuple[int, int, bytes]:
+        """Where `hunk` applies: `(start, end, added)`, bytes `start`..`end` becoming `added`.
+
+        ValueError if the removed lines are not there (a wrong base). With
+        `replaced`, for a caller that changes `data` itself (a follower's file
+        mapped in memory, which must be resized around the change).
+        """
         start = self.offset_of(hunk.start)
         removed = b"".join(hunk.removed)
         end = start + len(removed)
-        if data[start:end] != removed:
+        if self.data[start:end] != removed:
             raise ValueError(f"the hunk at line {hunk.start + 1} does not match the file")
-        added = b"".join(hunk.added)
-        data[start:end] = added
-        self._rechunk(start, end, len(added) - len(removed))
-        return start
+        return start, end, b"".join(hunk.added)
+
+    def replaced(self, start: int, end: int, length: int) -> None:
+        """`data`'s old bytes `start`..`end` were replaced by `length` bytes: mend the table."""
+        self._rechunk(start, end, length - (end - start))
 
     def line_at(self, offset: int) -> int:
         """The 0-based line number of the line starting at byte `offset`."""
         i = bisect_right(self._offsets, offset) - 1
         if i >= len(self._table):
             return self._lines[-1]
-        return self._lines[i] + self.data.count(b"\n", self._offsets[i], offset)
+        return self._lines[i] + _newlines(self.data, self._offsets[i], offset)
 
     def offset_of(self, line: int) -> int:
         """The byte offset where 0-based `line` starts (the length at the end)."""
         i = bisect_right(self._lines, line) - 1
         if i >= len(self._table):
             return len(self.data)
+        data = self.data
         pos = self._offsets[i]
         for _ in range(line - self._lines[i]):
-            pos = self.data.index(b"\n", pos) + 1
+            pos = data.find(b"\n", pos) + 1
         return pos
 
     def _rechunk(self, start: int, old_end: int, delta: int) -> None:
         """Old bytes `start`..`old_end` (whole lines) became `delta` longer: mend the table.
 
-        Only the changed lines are split and their CRCs taken: the unchanged
-        lines of the chunks around them end no chunk (a chunk's end is a
-        line of its own content), so the new chunks are the changed lines'
-        natural boundaries, up to the end of the old chunk the change ends
-        in. Just as `_chunks` would cut the whole file (the hash depends on
-        the content only) — unless a chunk is cut by `MAX_CHUNK_LINES`,
-        which depends on where the chunk began: then the table is made anew.
+        Just as `_chunks` would cut the whole content (the hash depends on the
+        content only), at the cost of the change: the unchanged lines around
+        it end no chunk by their content (a chunk ends at the first line that
+        does), so only the changed lines are split and their CRCs taken, up to
+        the first chunk end past the change that a line's content makes;
+        chunks cut by `MAX_CHUNK_LINES` in between are cut again by counting
+        lines (where such a cut falls depends on where its chunk began).
         """
         table = self._table
         data = self.data
         offsets = self._offsets  # still the old content's
         count = len(table)
-        if count <= 1:
+        if not count:
             return self._remake()
         first = min(bisect_right(offsets, start) - 1, count - 1)
         if start == offsets[first + 1] and _ends_naturally(data, start):
             first += 1  # an append at the end: the old last chunk ends by its content, and stays
         begin = offsets[first] if first < count else start
-        # The chunks replaced end at the first old chunk end past the change (an unchanged line).
-        k = bisect_right(offsets, old_end)
-        if k >= count:
-            k, stop = count, len(data)
-        else:
-            stop = offsets[k] + delta
-            if not _ends_naturally(data, stop):
-                return self._remake()  # that chunk was cut by MAX_CHUNK_LINES
+        k = bisect_right(offsets, old_end)  # chunks first..k-1 are replaced
+        while k < count and not _ends_naturally(data, offsets[k] + delta):
+            k += 1  # chunk k-1 was cut by the line limit: so may the next one be
+        stop = len(data) if k >= count else offsets[k] + delta
         new_stop = old_end + delta  # the end of the changed lines in the new content
         lines = _lines(data, begin, start)
         out: list[Chunk] = []
-        chunk_start = begin
+        chunk_start, pos = begin, start
         with memoryview(data) as view:
-            pos = start
             while pos < new_stop:
                 nl = data.find(b"\n", pos, new_stop)
                 end = new_stop if nl < 0 else nl + 1
                 lines += 1
-                if lines >= MAX_CHUNK_LINES:
-                    return self._remake()
-                if zlib.crc32(view[pos:end]) % CHUNK_LINES == 0:
+                if lines >= MAX_CHUNK_LINES or zlib.crc32(view[pos:end]) % CHUNK_LINES == 0:
                     digest = hashlib.sha256(view[chunk_start:end]).digest()
                     out.append((lines, end - chunk_start, digest))
                     chunk_start, lines = end, 0
                 pos = end
-            lines += _lines(data, new_stop, stop)
-            if lines > MAX_CHUNK_LINES:
-                return self._remake()
+            # The unchanged lines up to `stop` end no chunk by content; the line limit may.
+            rest = _lines(data, new_stop, stop)
+            while lines + rest > MAX_CHUNK_LINES:
+                taken = MAX_CHUNK_LINES - lines
+                for _ in range(taken):
+                    pos = data.find(b"\n", pos) + 1
+                digest = hashlib.sha256(view[chunk_start:pos]).digest()
+                out.append((MAX_CHUNK_LINES, pos - chunk_start, digest))
+                chunk_start, lines, rest = pos, 0, rest - taken
             if stop > chunk_start:
                 digest = hashlib.sha256(view[chunk_start:stop]).digest()
-                out.append((lines, stop - chunk_start, digest))
+                out.append((lines + rest, stop - chunk_start, digest))
         table[first:k] = out
         self._reindex()
         return None
 
     def _remake(self) -> None:
-        """Cut the whole content into chunks anew (a chunk cut by `MAX_CHUNK_LINES` changed)."""
+        """Cut the whole content into chunks anew."""
         self._table = _chunks(self.data)
         self._reindex()
 
 
-def _lines(data: bytes | bytearray, begin: int, end: int) -> int:
+def _lines(data: Buffer, begin: int, end: int) -> int:
     """How many lines `data[begin:end]` holds (a last one without newline counts)."""
     if end <= begin:
         return 0
-    return data.count(b"\n", begin, end) + (data[end - 1] != 0x0A)
+    return _newlines(data, begin, end) + (data[end - 1] != 0x0A)
 
 
-def _ends_naturally(data: bytes | bytearray, end: int) -> bool:
+def _newlines(data: Buffer, begin: int, end: int) -> int:
+    """How many newlines `data[begin:end]` holds (an `mmap` has no `count`: a copy of the span)."""
+    if isinstance(data, mmap.mmap):
+        return data[begin:end].count(b"\n")
+    return data.count(b"\n", begin, end)
+
+
+def _ends_naturally(data: Buffer, end: int) -> bool:
     """Whether the line ending at `end` ends a chunk by its content (its CRC)."""
     line_start = data.rfind(b"\n", 0, end - 1) + 1
     with memoryview(data) as view:
