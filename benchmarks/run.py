@@ -15,6 +15,7 @@
     python -m benchmarks.run server --profile latency   # py-spy flame graph of hybridbus
     python -m benchmarks.run server --soak-minutes 15
     python -m benchmarks.run changes         # edit -> follower's mirror, 1M lines (~2 min)
+    python -m benchmarks.run logs            # log lines/s in and to a tail, gRPC/WS/HTTP (~5 min)
     python -m benchmarks.run --quick         # one short run of each case, a smoke test
 
 The default groups take about two minutes on a 2-core machine; `server` (see
@@ -38,6 +39,7 @@ from benchmarks import (
     changes,
     codec,
     fanout,
+    logs,
     publish,
     redis_engine,
     redis_notify,
@@ -74,6 +76,7 @@ GROUPS: dict[str, Callable[[Settings, Callable[[str], None]], list[Result]]] = {
     "notify": redis_notify.run,  # cross-node wake-up: blocking XREAD beside SPUBLISH (issue 12)
     "scale": scale.run,  # 1 node beside 2 on one Redis (issue 12), with the redis group's cases
     "changes": changes.run,  # a one-line edit in a 1,000,000-line file to a follower
+    "logs": logs.run,  # live logs in by gRPC, WebSocket, HTTP NDJSON and to a tail (issue 14)
 }
 # `server` takes about 2 minutes on its own (servers and 1,000-10,000 client
 # connections as subprocesses): it runs only when named, as does `groups` (about 3
@@ -159,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         out = RESULTS_DIR / "groups.json"
     if out is None and not args.quick and groups == ["scale"]:
         out = RESULTS_DIR / "scale.json"
+    if out is None and not args.quick and groups == ["logs"]:
+        out = RESULTS_DIR / "logs.json"
 
     started = datetime.now(UTC)
     load_at_start = load_average()
@@ -195,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             payload["server"] = server.extra()
         if "scale" in groups:
             payload["scale"] = scale.extra()
+        if "logs" in groups:
+            payload["logs"] = logs.extra()
         write_json(out, payload)
         print(f"results written to {out}")
 
