@@ -247,16 +247,18 @@ async def _grpc_tail(port: int) -> None:
     bus, bus_grpc, _ = generated()
     shown = formatter("json")
     out = sys.stdout.buffer
-    request = bus.SubscribeRequest(pattern=f"{TENANT}/logs/bench/#")
+    request = bus.SubscribeRequest(pattern=f"{TENANT}/logs/bench/#", batch=500)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         async for answer in bus_grpc.BusStub(channel).Subscribe(request):
-            if answer.WhichOneof("kind") != "delivery":
+            kind = answer.WhichOneof("kind")
+            if kind == "subscribed":
                 continue
-            delivery = answer.delivery
-            event = event_of(delivery.event)
-            _, _, service, instance = delivery.topic.split("/", 3)
-            out.write(shown.format(record_from_data(event.data), service, instance))
-            out.flush()
+            packed = answer.deliveries.deliveries if kind == "deliveries" else [answer.delivery]
+            for delivery in packed:
+                event = event_of(delivery.event)
+                _, _, service, instance = delivery.topic.split("/", 3)
+                out.write(shown.format(record_from_data(event.data), service, instance))
+                out.flush()
 
 
 def main(argv: Sequence[str]) -> None:

@@ -40,6 +40,7 @@ from hybridbus.core.event import event_from_dict
 from hybridbus.core.identity import Identity
 from hybridbus.core.revocation import Revocation
 from hybridbus.errors import ErrorCode
+from hybridbus.gateways.grpc_gen import bus_pb2
 from hybridbus.serve import GRPC_PORT_KEY
 
 pytestmark = pytest.mark.timeout(60)
@@ -211,6 +212,57 @@ async def test_ingest_ends_at_a_bad_event_after_appending_the_ones_before() -> N
         assert said.trailers["hybridbus-attribute"] == "lamport"
         ids = [event(d).id for d in (await client.history("acme/logs")).events]
         assert ids == ["ok-0", "ok-1", "ok-2"]
+
+
+async def test_ingest_takes_batches_and_subscribe_gives_them_with_the_same_tokens() -> None:
+    """`events` packs many events in one Ingest message (the refusal index counts events);
+    Subscribe with `batch` packs deliveries, each with the token a one-by-one stream gives."""
+    async with serving() as server, GrpcClient.open(server) as client:
+        start = (await client.history("acme/logs/b", limit=0)).position
+        bad = publish_request("acme/logs/b", ce("bad")).event
+        bad.attributes["lamport"].ce_string = "-1"
+
+        def batch(first: int, count: int) -> Any:
+            return [publish_request("acme/logs/b", ce(f"b-{n}")).event
+                    for n in range(first, first + count)]  # fmt: skip
+
+        async def messages() -> Any:
+            yield bus_pb2.PublishRequest(topic="acme/logs/b", events=batch(0, 300))
+            yield bus_pb2.PublishRequest(
+                topic="acme/logs/b", event=batch(300, 1)[0], events=batch(301, 199)
+            )
+
+        answer = await client.ingest(messages())
+        assert (answer.accepted, answer.last.offset) == (500, 500)
+
+        async def with_a_bad_one() -> Any:
+            yield bus_pb2.PublishRequest(topic="acme/logs/b", events=[*batch(500, 5), bad])
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.ingest(with_a_bad_one())
+        said = refused(caught.value)
+        assert (said.trailers["hybridbus-index"], said.trailers["hybridbus-accepted"]) == ("5", "5")
+
+        async def read(batch: int) -> list[tuple[str, str]]:
+            request = bus_pb2.SubscribeRequest(pattern="acme/logs/b", since=start, batch=batch)
+            got: list[tuple[str, str]] = []
+            responses = 0
+            async for response in client.stub.Subscribe(request, metadata=client.metadata):
+                kind = response.WhichOneof("kind")
+                if kind == "subscribed":
+                    continue
+                responses += 1
+                packed = kind == "deliveries"
+                items = response.deliveries.deliveries if packed else [response.delivery]
+                got += [(event(d).id, d.token) for d in items]
+                if len(got) == 505:
+                    break
+            assert responses <= (505 if batch <= 1 else 505 // batch + 8), responses
+            return got
+
+        one_by_one, packed = await read(0), await read(100)
+        assert packed == one_by_one
+        assert [i for i, _ in packed] == [f"b-{n}" for n in range(505)]
 
 
 async def test_ingest_over_the_rate_waits_instead_of_failing() -> None:

@@ -317,15 +317,21 @@ class GrpcGateway:
             async with sub:
                 self._subscriptions.inc()
                 try:
-                    error = await ending.run(self._pump(sub, context))
+                    error = await ending.run(self._pump(sub, context, int(request.batch)))
                 finally:
                     self._subscriptions.dec()
         if error is not None:
             raise error
 
-    async def _pump(self, sub: Subscription, context: Any) -> BusError | None:
-        """Write `subscribed`, then every delivery; the error that ended the subscription."""
-        response = _bus_pb2.SubscribeResponse
+    async def _pump(
+        self, sub: Subscription, context: Any, per_response: int = 1
+    ) -> BusError | None:
+        """Write `subscribed`, then every delivery; the error that ended the subscription.
+
+        `per_response` above 1: deliveries go `per_response` (and about
+        `max_page_bytes`) a response, in `deliveries`.
+        """
+        response, Deliveries = _bus_pb2.SubscribeResponse, _bus_pb2.Deliveries
         start, promised = sub.position, sub.recovered
         subscribed = _bus_pb2.Subscribed(
             pattern=sub.pattern, epoch=start.epoch, position=str(start), recovered=promised
@@ -333,6 +339,8 @@ class GrpcGateway:
         await context.write(response(subscribed=subscribed))
         tokens = Tokens(start)
         deliveries = self._deliveries
+        most = max(1, per_response)
+        limit = self._config.max_page_bytes
         while True:
             try:
                 batch = await sub.take()
@@ -343,9 +351,21 @@ class GrpcGateway:
             if promised and not sub.recovered:
                 reason = "events after the last position were removed before they could be read"
                 return SubscriptionEnded(reason)
-            for delivery in batch:
-                message = delivery_message(delivery, tokens.after(delivery))
-                await context.write(response(delivery=message))
+            if most == 1:
+                for delivery in batch:
+                    message = delivery_message(delivery, tokens.after(delivery))
+                    await context.write(response(delivery=message))
+            else:  # up to `most` a response, and about `max_page_bytes`
+                out: list[Any] = []
+                size = 0
+                for delivery in batch:
+                    message = delivery_message(delivery, tokens.after(delivery))
+                    size += int(message.ByteSize())
+                    if out and (len(out) >= most or size > limit):
+                        await context.write(response(deliveries=Deliveries(deliveries=out)))
+                        out, size = [], int(message.ByteSize())
+                    out.append(message)
+                await context.write(response(deliveries=Deliveries(deliveries=out)))
             deliveries.inc(len(batch))
 
     @_answered
@@ -380,21 +400,29 @@ class GrpcGateway:
                         break
                     if isinstance(item, BaseException):
                         raise item
-                    index = counts.seen
-                    counts.seen += 1
-                    try:
-                        topic = validate_topic(item.topic)
-                        if topic not in allowed:
-                            await self._access.check(principal, "publish", topic)
-                            allowed.add(topic)
-                        one = self._bus.prepare(topic, event_of(item.event))
-                        await self._take(principal, prepared, counts)
-                    except BusError as exc:
-                        await self._append(prepared, counts)
-                        raise _Refused(
-                            exc, **{INDEX_KEY: str(index), _ACCEPTED_KEY: str(counts.accepted)}
-                        ) from None
-                    prepared.append(one)
+                    topic: str | None = None
+                    events = [item.event] if item.HasField("event") else []
+                    events.extend(item.events)  # a batch of the same topic, in order
+                    if not events:  # counted as one, refused: as a message without `event`
+                        events = [item.event]
+                    for event in events:
+                        index = counts.seen
+                        counts.seen += 1
+                        try:
+                            if topic is None:
+                                topic = validate_topic(item.topic)
+                                if topic not in allowed:
+                                    await self._access.check(principal, "publish", topic)
+                                    allowed.add(topic)
+                            one = self._bus.prepare(topic, event_of(event))
+                            await self._take(principal, prepared, counts)
+                        except BusError as exc:
+                            await self._append(prepared, counts)
+                            index_of = {INDEX_KEY: str(index), _ACCEPTED_KEY: str(counts.accepted)}
+                            raise _Refused(exc, **index_of) from None
+                        prepared.append(one)
+                        if len(prepared) >= self._config.ingest_batch:
+                            await self._append(prepared, counts)
                 await self._append(prepared, counts)
         finally:
             # Cancelling a pending read would cancel the call, before its status is

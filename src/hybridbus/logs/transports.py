@@ -341,7 +341,7 @@ class GrpcTransport:
                 todo.append((index, request))
         while todo:
             try:
-                requests = iter([request for _, request in todo])
+                requests = iter(_batched(bus, absolute, [request for _, request in todo]))
                 await self._stub.Ingest(requests, metadata=metadata, timeout=self.timeout)
                 break
             except grpc.aio.AioRpcError as exc:
@@ -363,6 +363,29 @@ class GrpcTransport:
         channel, self._channel, self._stub = self._channel, None, None
         if channel is not None:
             await channel.close()
+
+
+def _batched(bus: Any, topic: str, requests: list[Any]) -> list[Any]:
+    """The events of one-event `requests`, packed into few Ingest messages (`events`).
+
+    gRPC costs per message: a message per event cost ~4x the server CPU of a
+    WebSocket batch (docs/benchmarks.md §12). Each message stays under
+    `GRPC_EVENT_BYTES` (the server refuses larger ones); the server's refusal
+    index counts events, so it means the same packed or not.
+    """
+    out: list[Any] = []
+    events: list[Any] = []
+    size = 0
+    for request in requests:
+        grows = request.ByteSize()
+        if events and size + grows > GRPC_EVENT_BYTES:
+            out.append(bus.PublishRequest(topic=topic, events=events))
+            events, size = [], 0
+        events.append(request.event)
+        size += grows
+    if events:
+        out.append(bus.PublishRequest(topic=topic, events=events))
+    return out
 
 
 # -- file -----------------------------------------------------------------------------------
