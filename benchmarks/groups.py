@@ -32,6 +32,9 @@ Over WebSocket (`.ws` rows): the same drain against `hybridbus serve` (a subproc
 pinned to core 0, `net.procs.ServerProcess`, memory or sqlite), each member a
 `hybridbus.client` connection of its own in this process (kept off core 0), the
 events published beforehand over one more connection (`publish_many`, 500 a call).
+Every connection speaks MessagePack (`hybridbus.v1.msgpack`, `WS_SUBPROTOCOL`): what
+a service consuming at this rate configures (`ClientConfig(subprotocol=...)`; the
+client's default is JSON), as the Redis consumers get their payloads as bytes.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ __all__ = [
     "PATTERN",
     "TOPICS",
     "TUNED",
+    "WS_SUBPROTOCOL",
     "bus_consume",
     "cases",
     "redis_consume",
@@ -86,6 +90,9 @@ WS_PUBLISH_BATCH: Final = 500  # events per publish_many over WebSocket
 LIVE_BATCH: Final = 100  # events per publish_many of a live publisher
 TIMEOUT: Final = 300.0  # a run that takes longer fails (it stops by itself)
 STREAM: Final = "jobs"
+# What a service that consumes at this rate configures (the client's default is JSON):
+# MessagePack is cheaper to encode on the server and to decode in the client.
+WS_SUBPROTOCOL: Final = "hybridbus.v1.msgpack"
 
 
 def _payloads(events: int) -> list[tuple[str, hybridbus.Event]]:
@@ -239,20 +246,22 @@ async def ws_consume(
     members: int = MEMBERS,
     stats: dict[str, float] | None = None,
     server_cpu: Callable[[], float] | None = None,
+    subprotocol: str = WS_SUBPROTOCOL,
 ) -> float:
     """As `bus_consume`, against a server: each member a `hybridbus.client` connection.
 
     The server lets anonymous clients do everything in tenant `bench` (`net.procs`),
     so topics and the pattern are relative (`jobs/k00`, `jobs/+`). `stats` as for
-    `redis_consume`.
+    `redis_consume`. Every connection speaks `subprotocol` (MessagePack by default).
     """
-    from hybridbus.client import connect
+    from hybridbus.client import ClientConfig, connect
 
     url = f"ws://127.0.0.1:{port}/v1/ws"
+    config = ClientConfig(subprotocol=subprotocol)
     by_topic: dict[str, list[hybridbus.Event]] = {}
     for topic, event in _payloads(events):
         by_topic.setdefault(topic.partition("/")[2], []).append(event)
-    async with connect(url) as client:
+    async with connect(url, config=config) as client:
         # One call at a time: a connection may have at most 1,000 commands unanswered.
         for topic, items in by_topic.items():
             for first in range(0, len(items), WS_PUBLISH_BATCH):
@@ -263,7 +272,7 @@ async def ws_consume(
         server0 = server_cpu() if server_cpu else 0.0
         joined = []
         for n in range(members):  # one after the other, as in `bus_consume`
-            client = await stack.enter_async_context(connect(url))
+            client = await stack.enter_async_context(connect(url, config=config))
             joined.append(
                 await stack.enter_async_context(
                     client.group(
@@ -296,7 +305,8 @@ def _ws_case(kind: str, settings: Settings, log: Callable[[str], None]) -> Calla
         server_pct = 100 * stats["server_cpu_s"] / stats["seconds"]
         client_pct = 100 * stats["cpu_s"] / stats["seconds"]
         log(
-            f"    {kind} over WebSocket: {got:,.0f}/s, server {server_pct:.0f}% of a core,"
+            f"    {kind} over WebSocket ({WS_SUBPROTOCOL}): {got:,.0f}/s,"
+            f" server {server_pct:.0f}% of a core,"
             f" this process (the 4 members' clients) {client_pct:.0f}%"
         )
         return got
@@ -496,14 +506,14 @@ def cases(settings: Settings, log: Callable[[str], None] = print) -> list[Case]:
     out += [
         Case(
             "groups.ws.memory",
-            "4 members over WebSocket (hybridbus.client), server on memory://",
+            "4 members over WebSocket (hybridbus.client, MessagePack), server on memory://",
             "events/s",
             _ws_case("hybridbus", settings, log),
             peer=peer,
         ),
         Case(
             "groups.ws.sqlite",
-            "4 members over WebSocket (hybridbus.client), server on sqlite full",
+            "4 members over WebSocket (hybridbus.client, MessagePack), server on sqlite full",
             "events/s",
             _ws_case("hybridbus-sqlite", settings, log),
             peer=peer,

@@ -11,6 +11,12 @@ Peer: what one would write on bare redis-py — `MANY_TASKS` tasks each sending
 offsets, no delivery to anyone) and awaiting the replies. Same server, same payloads
 (benchmarks.samples.small_event), rounds interleaved. Target ratio: >= 0.5.
 
+Every run also records, under `details` in the JSON, the CPU each event cost: this
+process's (`time.process_time`: the engine and its tailer, or redis-py's pipelines,
+plus making the events) and redis-server's (`INFO cpu` before and after), in µs per
+acknowledged event. CPU time hardly depends on what else runs on the machine, where
+throughput does: compare those when the machine is shared.
+
     python -m benchmarks.run redis           # ~1 min
     python -m benchmarks.run redis --quick   # a smoke run
 """
@@ -48,14 +54,31 @@ def available() -> bool:
     return server_available("redis-aof")
 
 
+# Per case id, one dict per run: CPU per event in this process and in redis-server.
+_details: dict[str, list[dict[str, Any]]] = {}
+
+
+async def _redis_cpu(client: Any) -> float:
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 async def _timed(
-    seconds: float, worker: Callable[[int], Awaitable[int]], tasks: int, step: int = BATCH
+    case: str,
+    client: Any,
+    seconds: float,
+    worker: Callable[[int], Awaitable[int]],
+    tasks: int,
+    step: int = BATCH,
 ) -> float:
     """Run `tasks` workers until `seconds` passed; appends acknowledged per second.
 
     A worker gets a sequence number (events `seq` to `seq + step - 1` are its own)
-    and returns how many appends were acknowledged.
+    and returns how many appends were acknowledged. The run's CPU per event goes to
+    `_details[case]`.
     """
+    redis0 = await _redis_cpu(client)
+    cpu0 = time.process_time()
     deadline = time.perf_counter() + seconds
     start = time.perf_counter()
 
@@ -68,7 +91,18 @@ async def _timed(
         return done
 
     counts = await asyncio.gather(*(loop(n) for n in range(tasks)))
-    return sum(counts) / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
+    redis_cpu = await _redis_cpu(client) - redis0
+    total = sum(counts)
+    _details.setdefault(case, []).append(
+        {
+            "events": total,
+            "python_cpu_us_per_event": cpu / total * 1e6 if total else None,
+            "redis_cpu_us_per_event": redis_cpu / total * 1e6 if total else None,
+        }
+    )
+    return total / elapsed
 
 
 def _engine_case(port: int, settings: Settings, many: bool) -> Callable[[], float]:
@@ -87,14 +121,23 @@ def _engine_case(port: int, settings: Settings, many: bool) -> Callable[[], floa
                     items = [(TOPICS[base % 4], e, encode_msgpack(e)) for e in events]
                     return len(await engine.append_many(items))
 
-                return await _timed(settings.publish_seconds, batch, MANY_TASKS)
+                return await _timed(
+                    "redis.engine.many", engine.client, settings.publish_seconds, batch, MANY_TASKS
+                )
 
             async def one(base: int) -> int:
                 event = small_event(base % 1000, base)
                 await engine.append(TOPICS[base % 4], event, encode_msgpack(event))
                 return 1
 
-            return await _timed(settings.publish_seconds, one, PUBLISHERS, step=1)
+            return await _timed(
+                "redis.engine.append",
+                engine.client,
+                settings.publish_seconds,
+                one,
+                PUBLISHERS,
+                step=1,
+            )
         finally:
             await engine.close()
 
@@ -117,7 +160,7 @@ def _xadd_case(port: int, settings: Settings) -> Callable[[], float]:
                         pipe.xadd(stream, {"t": TOPICS[base % 4], "p": payload})
                     return len(await pipe.execute())
 
-            return await _timed(settings.publish_seconds, batch, MANY_TASKS)
+            return await _timed("redis.xadd", client, settings.publish_seconds, batch, MANY_TASKS)
         finally:
             await client.delete(stream)
             await client.aclose()
@@ -165,7 +208,21 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> list[Result]:
         admin = redis.Redis(host="127.0.0.1", port=server.port)
         admin.config_set("appendfsync", "everysec")
         admin.close()
-        return run_cases(cases(server.port, settings), settings, log)
+        _details.clear()
+        results = run_cases(cases(server.port, settings), settings, log)
+    for result in results:
+        details = _details.get(result.id)
+        if details:
+            result.details = details[-len(result.runs) :]  # not the warm-up's
+        if result.details:
+            log(
+                f"  {result.id:<34} CPU per event: python "
+                + ", ".join(f"{d['python_cpu_us_per_event']:.1f}" for d in result.details)
+                + " µs; redis-server "
+                + ", ".join(f"{d['redis_cpu_us_per_event']:.1f}" for d in result.details)
+                + " µs"
+            )
+    return results
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@
     python -m benchmarks.run server --soak-minutes 15
     python -m benchmarks.run changes         # edit -> follower's mirror, 1M lines (~2 min)
     python -m benchmarks.run logs            # log lines/s in and to a tail, gRPC/WS/HTTP (~5 min)
+    python -m benchmarks.run yjs             # Yjs rooms beside pycrdt-websocket, Node (~9 min)
     python -m benchmarks.run --quick         # one short run of each case, a smoke test
 
 The default groups take about two minutes on a 2-core machine; `server` (see
@@ -48,6 +49,7 @@ from benchmarks import (
     server,
     webhooks,
     webhooks_out,
+    yjs,
 )
 from benchmarks import groups as consumer_groups  # `groups` is main's list of group names
 from benchmarks.harness import (
@@ -77,6 +79,7 @@ GROUPS: dict[str, Callable[[Settings, Callable[[str], None]], list[Result]]] = {
     "scale": scale.run,  # 1 node beside 2 on one Redis (issue 12), with the redis group's cases
     "changes": changes.run,  # a one-line edit in a 1,000,000-line file to a follower
     "logs": logs.run,  # live logs in by gRPC, WebSocket, HTTP NDJSON and to a tail (issue 14)
+    "yjs": yjs.run,  # Yjs rooms beside pycrdt-websocket and the Node server (issue 15)
 }
 # `server` takes about 2 minutes on its own (servers and 1,000-10,000 client
 # connections as subprocesses): it runs only when named, as does `groups` (about 3
@@ -164,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         out = RESULTS_DIR / "scale.json"
     if out is None and not args.quick and groups == ["logs"]:
         out = RESULTS_DIR / "logs.json"
+    if out is None and not args.quick and groups == ["yjs"]:
+        out = RESULTS_DIR / "yjs.json"
 
     started = datetime.now(UTC)
     load_at_start = load_average()
@@ -202,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             payload["scale"] = scale.extra()
         if "logs" in groups:
             payload["logs"] = logs.extra()
+        if "yjs" in groups:
+            payload["yjs"] = yjs.extra()
         write_json(out, payload)
         print(f"results written to {out}")
 

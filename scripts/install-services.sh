@@ -86,3 +86,15 @@ if [ ! -f "$libs/.complete-4.4.0" ]; then
   touch "$libs/.complete-4.4.0"
 fi
 cp -u kafka/log4j2.properties "$services_dir/kafka/log4j2.properties"
+
+# The Node clients of the Yjs tests (tests/yjs/): the stock y-websocket provider, yjs and ws,
+# at the exact versions of tests/js/package-lock.json.
+if command -v npm >/dev/null; then
+  if [ ! -f ../tests/js/node_modules/.package-lock.json ] \
+     || [ ../tests/js/package-lock.json -nt ../tests/js/node_modules/.package-lock.json ]; then
+    echo "install-services: npm ci --prefix tests/js"
+    npm ci --prefix ../tests/js --no-audit --no-fund --loglevel=error
+  fi
+else
+  echo "install-services: no npm: the Yjs tests' Node clients not installed (they skip or fail)" >&2
+fi

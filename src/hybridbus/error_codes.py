@@ -71,3 +71,15 @@ class ErrorCode(IntEnum):
     SCHEMA_ERROR = 1500
     UNKNOWN_SCHEMA = 1501
     SCHEMA_INCOMPATIBLE = 1502
+    # 1600-1619: Yjs documents (docs/collaboration.md, "Documents").
+    YJS_MESSAGE_INVALID = 1600  # a y-protocols message that does not decode
+    YJS_UPDATE_INVALID = 1601  # a Yjs update the room's document cannot apply
+    # 1620-1639: sessions and presence (docs/protocol.md, "Sessions").
+    SESSION_REFUSED = 1620  # a connect's `session` is another user's, or its secret is wrong
+    INVALID_CURSOR = 1621  # a `presence` cursor this node did not hand out
+    # 1640-1659: awareness and state topics (docs/collaboration.md).
+    STATE_CONFLICT = 1640
+    PATCH_TOO_OLD = 1641
+    STATE_TOO_LARGE = 1642
+    AWARENESS_TOO_MANY_KEYS = 1643
+    AWARENESS_STATE_TOO_LARGE = 1644

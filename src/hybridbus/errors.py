@@ -52,6 +52,19 @@ every layer can raise from here.
     │   ├── UnknownSchema           1501      no: no schema of that type (or version)
     │   └── SchemaIncompatible      1502      no: the new version breaks the type's
     │                                         compatibility mode (names the path)
+    ├── SessionRefused              1620      no: a connect's `session` belongs to another
+    │                                         user, or its secret is wrong (close 4502)
+    ├── InvalidCursor               1621      no: a `presence` page cursor that cannot be
+    │                                         read (ask for the first page again)
+    ├── YjsMessageInvalid           1600      no: a y-protocols message that does not decode
+    │   └── YjsUpdateInvalid        1601      no: a Yjs update the document cannot apply
+    ├── StateConflict               1640      no: a state patch's `if_version` is not the
+    │                                         document's version (`version`: the current one)
+    ├── PatchTooOld                 1641      no: a Lamport-ordered state patch is older than
+    │                                         the document's reorder window
+    ├── StateTooLarge               1642      no: the patched document would be over its limit
+    ├── AwarenessTooManyKeys        1643      no: a client's awareness state has too many keys
+    ├── AwarenessStateTooLarge      1644      no: an awareness value is over its byte limit
     ├── GroupError                  1400-1499 consumer groups (docs/groups.md)
     │   ├── UnknownGroup            1401      no: no group of that name in the tenant
     │   ├── GroupConflict           1402      no: the group exists with another pattern
@@ -91,6 +104,8 @@ from hybridbus.error_codes import ErrorCode
 
 __all__ = [
     "AccessError",
+    "AwarenessStateTooLarge",
+    "AwarenessTooManyKeys",
     "BusClosed",
     "BusError",
     "ConnectFailed",
@@ -107,6 +122,7 @@ __all__ = [
     "Forbidden",
     "GroupConflict",
     "GroupError",
+    "InvalidCursor",
     "InvalidEvent",
     "InvalidInput",
     "InvalidPattern",
@@ -116,6 +132,7 @@ __all__ = [
     "InvalidTopic",
     "LimitExceeded",
     "NotCoordinator",
+    "PatchTooOld",
     "ProtocolError",
     "RateLimited",
     "RegistryUnavailable",
@@ -124,6 +141,9 @@ __all__ = [
     "SchemaError",
     "SchemaIncompatible",
     "SchemaViolation",
+    "SessionRefused",
+    "StateConflict",
+    "StateTooLarge",
     "SubscriberTooSlow",
     "SubscriptionEnded",
     "TimestampOutOfWindow",
@@ -139,6 +159,8 @@ __all__ = [
     "UnknownKey",
     "UnknownSchema",
     "WebhookRefused",
+    "YjsMessageInvalid",
+    "YjsUpdateInvalid",
     "public_message",
 ]
 
@@ -464,6 +486,72 @@ class NotCoordinator(GroupError):
         self.node = node
         self.url = url
         self.groups = groups
+
+
+class SessionRefused(Forbidden):
+    """A connect presented a session of another user, or a wrong secret: refused (4502).
+
+    The session stays with its owner; connect without `session` for a new one.
+    """
+
+    code = ErrorCode.SESSION_REFUSED
+
+
+class InvalidCursor(InvalidInput):
+    """A `presence` cursor that is not one this node handed out: ask for the first page."""
+
+    code = ErrorCode.INVALID_CURSOR
+
+
+class YjsMessageInvalid(BusError):
+    """A Yjs WebSocket message does not decode (`core.yjs_protocol`): the socket closes 4400."""
+
+    code = ErrorCode.YJS_MESSAGE_INVALID
+
+
+class YjsUpdateInvalid(YjsMessageInvalid):
+    """A Yjs update that pycrdt cannot apply: nothing was stored, the socket closes 4400."""
+
+    code = ErrorCode.YJS_UPDATE_INVALID
+
+
+class StateConflict(BusError):
+    """A state patch's `if_version` is not the document's version: nothing was changed.
+
+    `version` is the document's version now: read it (or wait for its
+    patches), decide again, and patch with the new version
+    (docs/collaboration.md, "State topics").
+    """
+
+    code = ErrorCode.STATE_CONFLICT
+
+    def __init__(self, message: str, version: int) -> None:
+        super().__init__(message)
+        self.version = version
+
+
+class PatchTooOld(BusError):
+    """A Lamport-ordered state patch sorts before the document's reorder window (not applied)."""
+
+    code = ErrorCode.PATCH_TOO_OLD
+
+
+class StateTooLarge(BusError):
+    """The state document, patched, would be over its byte limit (not applied)."""
+
+    code = ErrorCode.STATE_TOO_LARGE
+
+
+class AwarenessTooManyKeys(BusError):
+    """A client's awareness state would hold more keys than the limit (nothing was changed)."""
+
+    code = ErrorCode.AWARENESS_TOO_MANY_KEYS
+
+
+class AwarenessStateTooLarge(BusError):
+    """An awareness value is over its byte limit, encoded as JSON (nothing was changed)."""
+
+    code = ErrorCode.AWARENESS_STATE_TOO_LARGE
 
 
 class SchemaError(BusError):

@@ -44,10 +44,12 @@ from hybridbus.gateways.logs_http import LogsConfig, LogsGateway
 from hybridbus.gateways.nodes import NodesGateway
 from hybridbus.gateways.schemas import SchemasConfig, SchemasGateway
 from hybridbus.gateways.sse import SseConfig
+from hybridbus.gateways.states_http import StatesGateway
 from hybridbus.gateways.webhook_endpoints import WebhookAdmin, WebhookEndpoints
 from hybridbus.gateways.webhooks import WebhooksConfig, WebhooksGateway
 from hybridbus.gateways.webhooks_out import WebhooksOutGateway
 from hybridbus.gateways.websocket import WebSocketGateway
+from hybridbus.gateways.yjs import YjsGateway
 from hybridbus.server.access import ApiKeys
 from hybridbus.server.auth import Authenticator
 from hybridbus.server.config import ServerConfig, engine_config
@@ -59,9 +61,21 @@ from hybridbus.server.node import SERVER_VERSION, Node
 from hybridbus.server.presence_redis import RedisPresence
 from hybridbus.server.redis_shared import shared_redis
 from hybridbus.server.registry import Registry, registry_of
+from hybridbus.server.rooms import RoomsConfig
+from hybridbus.server.rooms_node import Rooms
+from hybridbus.server.rooms_relay import AwarenessRelay
 from hybridbus.server.webhooks_out import Outbound
 
-__all__ = ["GRPC_PORT_KEY", "METRICS_KEY", "NODE_KEY", "REGISTRY_KEY", "create_app", "run", "serve"]
+__all__ = [
+    "GRPC_PORT_KEY",
+    "METRICS_KEY",
+    "NODE_KEY",
+    "REGISTRY_KEY",
+    "ROOMS_KEY",
+    "create_app",
+    "run",
+    "serve",
+]
 
 log = logging.getLogger("hybridbus.serve")
 
@@ -69,6 +83,7 @@ NODE_KEY: Final = web.AppKey("hybridbus.node", Node)
 METRICS_KEY: Final = web.AppKey("hybridbus.metrics", Metrics)
 REGISTRY_KEY: Final = web.AppKey("hybridbus.registry", Registry)
 GRPC_PORT_KEY: Final = web.AppKey("hybridbus.grpc_port", int)  # set when gRPC is on
+ROOMS_KEY: Final = web.AppKey("hybridbus.rooms", Rooms)  # the Yjs rooms
 
 
 async def create_app(
@@ -156,6 +171,12 @@ async def create_app(
             app[GRPC_PORT_KEY], close_grpc = await _start_grpc(config, node, access, metrics)
         install_cors(app, cors)  # preflights and grants under /v1/
         app.add_routes(WebSocketGateway(node).routes())
+        relay = None  # Yjs awareness across nodes, through the Redis they share (if any)
+        if shared is not None:
+            relay = AwarenessRelay(shared, node=registry.id, ttl=config.registry_ttl)
+        rooms = app[ROOMS_KEY] = Rooms(bus, _rooms_config(config), relay)
+        yjs = YjsGateway(node, access, rooms)  # Yjs documents (docs/collaboration.md)
+        app.add_routes(yjs.routes())
         app.add_routes(http.routes())
         app.add_routes(  # log lines over HTTP (NDJSON): the same hooks as a publish
             LogsGateway(
@@ -168,6 +189,14 @@ async def create_app(
             ).routes()
         )
         app.add_routes(groups.routes())
+        app.add_routes(  # state documents over HTTP (docs/collaboration.md): hooks as a publish
+            StatesGateway(
+                node.states.topics,
+                authorize=access.authorize,
+                charge=access.charge,
+                body_timeout=config.body_timeout,
+            ).routes()
+        )
         schemas = SchemasGateway(  # the event types' JSON Schemas (docs/schemas.md)
             bus.schemas,
             node.guard,
@@ -207,6 +236,7 @@ async def create_app(
         if close_grpc is not None:
             await close_grpc()  # ends the gRPC streams, stops its server
         groups.close()  # ends the waiting fetches
+        await yjs.close()  # Yjs sockets (4498), then every room's last snapshot
         await node.close_connections()
         await webhooks.close()  # the audit events of failed checks being appended
 
@@ -220,6 +250,15 @@ async def create_app(
     app.on_shutdown.append(close_connections)
     app.on_cleanup.append(shutdown)
     return app
+
+
+def _rooms_config(config: ServerConfig) -> RoomsConfig:
+    return RoomsConfig(
+        compact_every=config.yjs_compact_every,
+        compact_interval=config.yjs_compact_interval,
+        idle_unload=config.yjs_idle_unload,
+        max_awareness_bytes=config.yjs_max_awareness_bytes,
+    )
 
 
 async def _start_grpc(

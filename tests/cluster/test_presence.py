@@ -22,7 +22,7 @@ from tests.servers import ServerProcess, WsClient, running_server
 from tests.services import RedisServer
 
 from hybridbus.proto.frames import ClientInfo
-from hybridbus.server.presence import PresenceRegistry
+from hybridbus.server.presence import Change, PresenceRegistry
 
 TTL = 2.0
 ROOM = "docs/42"
@@ -198,8 +198,9 @@ class Recorder:
         self.seen: list[tuple[bool, str, str]] = []
         self.mirrored: list[tuple[bool, str, str, str]] = []
 
-    def presence_changed(self, joined: bool, topic: str, info: ClientInfo) -> None:
-        self.seen.append((joined, topic, info.client))
+    def presence_changed(self, change: Change, topic: str, info: ClientInfo) -> None:
+        assert change in ("join", "leave")  # no sessions here: no state changes
+        self.seen.append((change == "join", topic, info.client))
 
     def changed(self, joined: bool, member: str, topic: str, info: ClientInfo) -> None:
         self.mirrored.append((joined, member, topic, info.client))

@@ -32,11 +32,13 @@ from hybridbus.gateways.http import HttpGateway
 from hybridbus.gateways.logs_http import LogsGateway
 from hybridbus.gateways.nodes import NodesGateway
 from hybridbus.gateways.schemas import SchemasGateway
+from hybridbus.gateways.states_http import StatesGateway
 from hybridbus.gateways.webhook_endpoints import WebhookAdmin, WebhookEndpoints
 from hybridbus.gateways.webhooks import WebhooksGateway
 from hybridbus.gateways.webhooks_out import WebhooksOutGateway
 from hybridbus.hub.group_guard import GroupGuard
 from hybridbus.hub.guard import Guard
+from hybridbus.hub.states import StateTopics
 from hybridbus.serve import create_app
 from hybridbus.server.access import ApiKeys
 from hybridbus.server.auth import AnonymousAuthenticator
@@ -91,6 +93,7 @@ async def test_the_document_lists_exactly_the_registered_routes() -> None:
         routes += NodesGateway(registry, access.principal).routes()
         routes += BridgesGateway(Bridges(bus, []), guard, access.principal).routes()
         routes += LogsGateway(bus, Metrics()).routes()
+        routes += StatesGateway(StateTopics(bus)).routes()
     registered = {
         (route.method, re.sub(r"\{(\w+):[^}]*\}", r"{\1}", route.path))
         for route in routes

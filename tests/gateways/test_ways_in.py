@@ -3,7 +3,8 @@
 ONE suite, parametrized over the ways a client reaches the server — a
 WebSocket connection (the `websockets` library), an SSE stream (httpx, as an
 EventSource reads it; a raw socket for the stalled reader), a gRPC Subscribe
-stream (the stubs generated from protos/, over `grpc.aio`) and, where the
+stream (the stubs generated from protos/, over `grpc.aio`), a Yjs document
+socket (`/v1/yjs/{room}`, the `websockets` library speaking y-protocols) and, where the
 property applies, plain HTTP requests and a consumer group's waiting HTTP
 fetch ("fetch") — each against the real application
 on a loopback port (`tests.servers.running_server`). Tokens are real HS256
@@ -17,6 +18,9 @@ measured from the instant the token lapses.
     one per-user count for every way in       counted     counted     counted    not held  (1)
     a stalled reader is cut, memory bounded   4001        1201/abort  (4)        —         (2)
 
+    yjs (a Yjs document socket): expiry close 4410, revocation close 4411, counted (full:
+    close 4529), a stalled reader (5).
+
 (1) a waiting fetch counts as one of the user's connections:
 tests/gateways/test_groups_http.py. (2) an answer is at most `max` (1,000)
 deliveries; deliveries an unwritable answer held go back to the group.
@@ -25,7 +29,8 @@ code in the trailing metadata `hybridbus-code`; an Ingest stream is held and
 ended the same way (tests/gateways/test_grpc.py). (4) a Subscribe that stops
 reading: its writes wait for HTTP/2 flow control, its subscription's queue fills
 and it ends with 1201 (ABORTED); not run here yet (no raw HTTP/2
-client that never reads).
+client that never reads). (5) close 4530 past `max_pending_bytes`, then aborted:
+tests/yjs/test_access.py.
 
 Ways in that take a request body — an HTTP publish and an inbound webhook
 (`POST /v1/webhooks/...`, signed, no token) — share their limits, and a gRPC
@@ -58,6 +63,8 @@ import pytest
 from tests.gateways.grpc_support import GrpcClient, refused
 from tests.gateways.support import SseReader, event
 from tests.servers import Server, WsClient, running_server, stalled_client
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
 import hybridbus.client
 from hybridbus.core.filters import Filter
@@ -68,8 +75,8 @@ from hybridbus.server.access import new_api_key
 
 pytestmark = pytest.mark.timeout(60)
 
-Way = Literal["websocket", "sse", "grpc", "http", "fetch"]
-HELD: tuple[Way, ...] = ("websocket", "sse", "grpc")  # the ways that hold a stream open
+Way = Literal["websocket", "sse", "grpc", "http", "fetch", "yjs"]
+HELD: tuple[Way, ...] = ("websocket", "sse", "grpc", "yjs")  # the ways that hold a stream open
 # "fetch": a consumer group's HTTP pull, waiting for deliveries (docs/http.md §10)
 WAYS: tuple[Way, ...] = (*HELD, "http", "fetch")
 
@@ -80,13 +87,15 @@ PROBLEM = "application/problem+json"
 
 # What each way answers when its token lapses or is revoked: a close code, or an error code.
 EXPIRED: dict[Way, int] = {
-    "websocket": 4004, "sse": 1101, "grpc": 1101, "http": 1101, "fetch": 1101
+    "websocket": 4004, "sse": 1101, "grpc": 1101, "http": 1101, "fetch": 1101, "yjs": 4410
 }
 REVOKED: dict[Way, int] = {
-    "websocket": 4502, "sse": 1104, "grpc": 1104, "http": 1104, "fetch": 1104
+    "websocket": 4502, "sse": 1104, "grpc": 1104, "http": 1104, "fetch": 1104, "yjs": 4411
 }
 # What a full per-user count answers a new stream: a close code, an HTTP status, a gRPC status.
-FULL: dict[Way, int | str] = {"websocket": 4005, "sse": 429, "grpc": "RESOURCE_EXHAUSTED"}
+FULL: dict[Way, int | str] = {
+    "websocket": 4005, "sse": 429, "grpc": "RESOURCE_EXHAUSTED", "yjs": 4529
+}
 
 
 def token(sub: str = "alice", **claims: Any) -> str:
@@ -161,6 +170,39 @@ class HeldWebSocket(Held):
         assert len(disconnects) == 1, self.client.pushes
         assert closed.code == disconnects[0]["code"]
         return Ending(closed.code or 0, at, disconnects[0])
+
+
+class HeldYjs(Held):
+    """A Yjs document socket (`/v1/yjs/x`) speaking y-protocols, its first sync step read."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    async def alive(self) -> bool:
+        await self.ws.send(b"\x03")  # queryAwareness: answered with an awareness message
+        async with asyncio.timeout(3):
+            while True:
+                if (await self.ws.recv())[:1] == b"\x01":
+                    return True
+
+    async def ending(self, seconds: float) -> Ending:
+        async with asyncio.timeout(seconds):
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await self.ws.recv()
+        at = time.time()
+        code = self.ws.close_code or 0
+        return Ending(code, at, {"reason": self.ws.close_reason})
+
+
+async def yjs_closed(server: Server, credential: str) -> int | None:
+    """Open a Yjs socket expecting the server to close it: its close code."""
+    url = f"ws://127.0.0.1:{server.port}/v1/yjs/x?token={credential}"
+    async with asyncio.timeout(5), ws_connect(url) as ws:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await ws.recv()
+    return ws.close_code
 
 
 class HeldStream(Held):
@@ -294,6 +336,10 @@ async def opened(way: Way, server: Server, credential: str) -> AsyncIterator[Hel
                 yield HeldGrpc(server, call)
             finally:
                 call.cancel()
+    elif way == "yjs":
+        async with ws_connect(f"ws://127.0.0.1:{server.port}/v1/yjs/x?token={credential}") as ws:
+            assert (await ws.recv())[:2] == b"\x00\x00"  # sync step 1: it joined the room
+            yield HeldYjs(ws)
     elif way == "fetch":
         headers = {"Authorization": f"Bearer {credential}"}
         async with httpx.AsyncClient(base_url=server.http, timeout=30.0, headers=headers) as client:
@@ -324,6 +370,8 @@ async def refusal(
             closed = await client.closed()
         (disconnect,) = [p for p in client.pushes if p["type"] == "disconnect"]
         return closed.code, disconnect
+    if way == "yjs":
+        return await yjs_closed(server, credential), {}
     if way == "grpc":
         async with GrpcClient.open(server, credential) as grpc_client:
             try:
@@ -420,6 +468,8 @@ async def test_the_per_user_limit_counts_every_way_in_together(way: Way) -> None
             assert code == FULL[way]
             if way == "websocket":
                 assert (said["code"], said["reconnect"]) == (4005, True)
+            elif way == "yjs":
+                pass  # a close code and its reason only: 4529 is retried by the provider
             else:
                 assert said["code"] == ErrorCode.TOO_MANY_CONNECTIONS and said["retriable"]
             # Plain requests hold nothing: they are still served.

@@ -391,7 +391,7 @@ async def test_ping_round_trip() -> None:
 async def test_presence_lists_members_and_pushes_join_and_leave_to_watchers() -> None:
     async with running_server() as server, WsClient.open(server.url, name="watcher") as watcher:
         reply = await watcher.request("presence", topic="room/1", watch=True)
-        assert reply["result"] == {"clients": []}
+        assert reply["result"] == {"clients": [], "count": 0}
         async with WsClient.open(server.url, device="tablet", name="app") as member:
             joined = await member.request("subscribe", pattern="room/1")
             assert joined["type"] == "reply"

@@ -585,6 +585,54 @@ async def test_an_ack_with_a_malformed_id_acks_none_of_its_ids(bus: Bus) -> None
         info = await bus.groups.info("acme/billing")
         assert info.pending == 0 and info.acked == 1
 
+
+async def test_an_ack_of_an_earlier_deliverys_id_settles_the_event(bus: Bus) -> None:
+    # The group remembers the id of each entry's latest delivery (an ack finds it at
+    # once); an earlier delivery's id is read as before and settles the event all the same.
+    async with bus.group("billing", "acme/orders/#") as g:
+        await publish(bus, 1)
+        (d,) = await take(g, 1)
+        first = d.id
+        await d.nack(delay=0)
+        (again,) = await take(g, 1)
+        assert again.id != first and again.attempt == 2
+        await g.group.ack([first])
+        info = await bus.groups.info("acme/billing")
+        assert info.pending == 0 and info.acked == 1
+
+
+async def test_an_id_made_late_for_a_delivery_from_before_a_seek_does_not_take_an_ack(
+    bus: Bus,
+) -> None:
+    # A seek keeps the epoch: the event handed out again gets the very id its first
+    # delivery had. That id, made only now for the delivery from before the seek,
+    # must not make an ack of the new delivery settle nothing.
+    async with bus.group("billing", "acme/orders/#") as g:
+        await publish(bus, 1)
+        (old,) = await take(g, 1)  # its id is not made yet
+        await bus.groups.seek("acme/billing", time=0)
+        (new,) = await take(g, 1)
+        new_id = new.id
+        assert old.id == new_id
+        await g.group.ack([new_id])
+        info = await bus.groups.info("acme/billing")
+        assert info.pending == 0 and info.acked == 1
+
+
+async def test_the_ids_remembered_for_acks_stay_bounded(bus: Bus) -> None:
+    # Ids whose entries are settled otherwise than by an ack of the id (here: acked in
+    # process) are forgotten once there are more than twice `max_pending` + 1024.
+    async with bus.group("billing", "acme/orders/#", max_pending=100, ordered=False) as g:
+        await publish(bus, 2_000)
+        handled = 0
+        while handled < 2_000:
+            batch = await take(g, min(100, 2_000 - handled))
+            assert all(d.id for d in batch)
+            await g.ack(*batch)
+            handled += len(batch)
+        assert len(g.group._issued) <= 2 * 100 + 1024
+
+
 _ID_RULE = re.compile(r"([A-Za-z0-9_]{1,64})-([0-9]{1,6})\.([0-9]{1,19})\.([0-9]{1,9})")
 
 

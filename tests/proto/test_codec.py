@@ -88,7 +88,14 @@ def test_every_command_has_a_result_type() -> None:
         "presence",
         "ping",
         "refresh",
-    } | {"group_join", "group_leave", "ack", "nack", "extend", "term"}
+    } | {"group_join", "group_leave", "ack", "nack", "extend", "term"} | {
+        "awareness_set",
+        "awareness_watch",
+        "awareness_unwatch",
+        "state_subscribe",
+        "state_unsubscribe",
+        "state_patch",
+    }
 
 
 @codecs
@@ -230,9 +237,20 @@ def test_encode_group_push_is_exactly_encode_of_the_group_push_message(
         event=msgspec.Raw(event_bytes),
     )
     assert encoded == codec.encode(message)
+    # The event itself (a backlog's push, its encoding shared with nobody): the same bytes.
+    assert codec.encode_group_push(group, delivery_id, attempt, dedupe, topic, offset, event) == (
+        encoded
+    )
     decoded = codec.decode_server_message(encoded)
     assert isinstance(decoded, GroupEventPush)
     assert codec.decode_event(decoded.event) == event
+
+
+@codecs
+def test_a_group_push_of_an_event_with_no_encoding_is_refused(codec: WireCodec) -> None:
+    event = Event(id="1", source="/s", type="t", data={"x": object()})
+    with pytest.raises(InvalidEvent):
+        codec.encode_group_push("g", "e-0.1.1", 1, "k", "t", 1, event)
 
 
 @codecs

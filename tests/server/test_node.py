@@ -180,7 +180,7 @@ async def test_a_refused_or_foreign_refresh_closes_the_connection() -> None:
 
 
 async def test_a_client_that_drops_mid_stream_frees_everything() -> None:
-    async with running_server() as server:
+    async with running_server(session_grace=0.5) as server:
         raw = await stalled_client(
             server.port,
             {"type": "subscribe", "id": 2, "pattern": "x"},
@@ -198,7 +198,15 @@ async def test_a_client_that_drops_mid_stream_frees_everything() -> None:
             await asyncio.sleep(0.01)
         assert server.node.connections == 0
         assert server.sample("hybridbus_subscriptions", transport="websocket") == 0
+        # Its session waits for it for the grace period (docs/protocol.md, "Sessions"),
+        # holding nothing but its place in the topic; then that goes too.
+        assert [info.state for info in server.node.clients("acme/x")] == ["degraded"]
+        for _ in range(500):
+            if not server.node.clients("acme/x"):
+                break
+            await asyncio.sleep(0.01)
         assert server.node.clients("acme/x") == []
+        assert len(server.node.sessions) == 0
 
 
 async def test_shutdown_is_bounded_when_a_client_never_answers_the_close() -> None:

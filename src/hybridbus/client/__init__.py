@@ -13,10 +13,13 @@ expires and reconnects with a fresh one after a 4004 (TOKEN_EXPIRED).
 `c.group(name, pattern, **settings)` joins a consumer group (`async for d in
 g: ...; await d.ack()`, as in-process) and rejoins it as the same member
 after a reconnect. `c.subscribe(pattern, filter=Filter(level="warn"))` has the
-server send only what the filter lets through.
+server send only what the filter lets through. `c.awareness(topic)` shows and follows
+cursors and other ephemeral state; `c.state(topic)` and `c.patch(...)` keep a JSON document
+changed by merge patches (`hybridbus.client.collab`, docs/collaboration.md).
 Imports `proto` and `core` only, never the server.
 """
 
+from hybridbus.client.collab import AwarenessChange, ClientAwareness, ClientState, StateChange
 from hybridbus.client.connection import Client, ClientConfig, TokenProvider, connect
 from hybridbus.client.groups import ClientDelivery, ClientGroup
 from hybridbus.client.subscription import ClientSubscription, Filter
@@ -25,16 +28,20 @@ from hybridbus.proto.client import HistoryPage, Received
 from hybridbus.proto.frames import PublishResult
 
 __all__ = [
+    "AwarenessChange",
     "Client",
+    "ClientAwareness",
     "ClientConfig",
     "ClientDelivery",
     "ClientGroup",
+    "ClientState",
     "ClientSubscription",
     "ConnectFailed",
     "Filter",
     "HistoryPage",
     "PublishResult",
     "Received",
+    "StateChange",
     "TokenProvider",
     "connect",
 ]

@@ -1,13 +1,14 @@
 """The Python client's connection: asyncio and aiohttp around `proto.ClientSession`.
 
 Owns: the WebSocket, reconnecting with exponential backoff and full jitter
-(`core.backoff`), replaying what a drop interrupted on the next connection
-(resubscribe each subscription from its position, `client.subscribing`;
-rejoin each consumer group as the same member, `client.groups`; resend
-in-flight commands — a publish with the same event, which the server dedupes
-by source + id; an ack, which is idempotent),
-request futures with timeouts, write coalescing and the heartbeat timer,
-and sending `refresh` on the connection whose token `client.tokens` renews.
+(`core.backoff`) and continuing the session (the connect presents the last
+`session` token: presence shows "degraded", then "active", docs/protocol.md
+§4.1), replaying what a drop interrupted on the next connection (resubscribe
+each subscription from its position, `client.subscribing`; rejoin each consumer
+group as the same member, `client.groups`; resend in-flight commands — a publish
+with the same event, which the server dedupes by source + id; an ack, which is
+idempotent), request futures with timeouts, write coalescing and the heartbeat
+timer, and sending `refresh` on the connection whose token `client.tokens` renews.
 
 Reconnecting is for connections that once worked: if the very first
 connection fails (nothing listens, the handshake is refused, the server closes
@@ -36,9 +37,11 @@ from typing import Any, Literal, TypeVar
 
 import aiohttp
 
+from hybridbus.client.collab import Collaboration
 from hybridbus.client.config import ClientConfig
 from hybridbus.client.groups import ClientGroup, Memberships
-from hybridbus.client.requests import Request, retrieve
+from hybridbus.client.presence import Presence
+from hybridbus.client.requests import Request, cancel, retrieve, why
 from hybridbus.client.subscribing import Subscriptions
 from hybridbus.client.subscription import ClientSubscription, Filter
 from hybridbus.client.tokens import TokenProvider, TokenSource
@@ -59,14 +62,14 @@ from hybridbus.proto.client import (
 from hybridbus.proto.codec import codec_for
 from hybridbus.proto.codes import CloseCode, reconnect_allowed
 from hybridbus.proto.frames import (
-    ClientInfo,
+    AwarenessPush,
     Connect,
     ConnectResult,
     GroupJoin,
-    PresenceResult,
     PublishResult,
     Refresh,
     RefreshResult,
+    StatePush,
     Subscribe,
 )
 
@@ -76,7 +79,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Client:
+class Client(Collaboration, Presence):
     """A connection to a hybridbus server that survives drops. Use `connect()`.
 
     `expires` is when the connection's token expires (Unix time; None: never
@@ -109,6 +112,8 @@ class Client:
         self._last_error: Exception | None = None  # why the last connect attempt failed
         self._closed = False
         self.connects = 0  # connections established (1 + reconnects)
+        self.resumes = 0  # of which continued the session (docs/protocol.md, "Sessions")
+        self.session: str | None = None  # the session token the next connect presents
         self.expires: float | None = None
 
     # -- life cycle ------------------------------------------------------------------
@@ -146,12 +151,12 @@ class Client:
             return
         self._closed = True
         # One by one: stopping the runner stops the refresher, which may flush.
-        await _cancel(self._runner)
+        await cancel(self._runner)
         for sibling, opening in self._siblings.values():
             opening.cancel()
             await sibling.close()
         await self._tokens.close()
-        await _cancel(self._flusher)
+        await cancel(self._flusher)
         if self._ws is not None:
             await self._ws.close()
         if self._http is not None:
@@ -223,11 +228,6 @@ class Client:
             lambda s: s.history(pattern, since=since, limit=limit)
         )
         return page
-
-    async def presence(self, topic: str) -> list[ClientInfo]:
-        """Who is subscribed to `topic` now."""
-        result: PresenceResult = await self._request(lambda s: s.presence(topic))
-        return result.clients
 
     async def ping(self) -> None:
         """A round trip to the server."""
@@ -342,7 +342,7 @@ class Client:
         while not self._closed:
             opened = await self._open()
             if opened is None:
-                code, reason = None, _why(self._last_error)
+                code, reason = None, why(self._last_error)
             else:
                 ws, token = opened
                 if ws.protocol != self.config.subprotocol:
@@ -411,7 +411,9 @@ class Client:
         loop = asyncio.get_running_loop()
         session = ClientSession(self._codec, now=loop.time())
         self._session = session
-        session.connect(token=token, name=self.config.name, device=self.config.device)
+        session.connect(
+            token=token, name=self.config.name, device=self.config.device, session=self.session
+        )
         self._kick()
         connected = False
         try:
@@ -454,12 +456,15 @@ class Client:
             self._groups.received(event)
         elif isinstance(event, GroupEnded):
             self._groups.ended(event)
+        elif isinstance(event, AwarenessPush | StatePush):
+            self._collab_pushed(event)  # client.collab
         elif isinstance(event, Replied):
             command, result = event.command, event.result
             if isinstance(command, Connect):
                 self._connected(session)
                 if isinstance(result, ConnectResult):
                     self._expiry(session, result.expires)
+                    self.session, self.resumes = result.session, self.resumes + result.resumed
                 return True
             if isinstance(command, Subscribe):
                 self._subs.subscribed(event.id, result)
@@ -489,6 +494,8 @@ class Client:
         self._ready.set()
         self._subs.connected(session)
         self._groups.connected(session)
+        if self.connects > 1:
+            self._collab_reconnected()  # awareness and state views, again
         waiting, self._waiting = self._waiting, []
         for request in waiting:
             if request.future.done():
@@ -569,17 +576,6 @@ class Client:
             while (frame := session.data_to_send()) is not None:
                 await ws.send_frame(frame, opcode)
 
-
-def _why(error: Exception | None) -> str:
-    """An exception as a reason for humans (some have no message of their own)."""
-    return (str(error) or type(error).__name__) if error else "the connection failed"
-
-
-async def _cancel(task: asyncio.Task[None] | None) -> None:
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def connect(

@@ -44,6 +44,8 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Final
 
+import msgspec
+
 from hybridbus.client.inbox import Inbox
 from hybridbus.client.subscribing import Link
 from hybridbus.core.event import Event
@@ -60,24 +62,22 @@ Follow = Callable[[str], Awaitable["Memberships"]]
 _MAX_WAIT: Final = 2.0  # seconds between two joins of a membership whose coordinator moves
 
 
-class ClientDelivery:
+class ClientDelivery(msgspec.Struct, eq=False):
     """One delivery of a group's event; settle it with `ack`, `nack`, `extend` or `term`.
 
     `topic` is relative to the tenant; `attempt` counts from 1; `dedupe_key`
     is the same for every delivery of one event (what an idempotent handler
-    remembers); `id` settles it from any connection.
+    remembers); `id` settles it from any connection. A struct (one is made
+    per delivery), compared by identity.
     """
 
-    __slots__ = ("attempt", "dedupe_key", "event", "group", "id", "offset", "topic")
-
-    def __init__(self, group: ClientGroup, received: GroupReceived) -> None:
-        self.group = group
-        self.id = received.delivery
-        self.attempt = received.attempt
-        self.dedupe_key = received.dedupe
-        self.topic = received.topic
-        self.offset = received.offset
-        self.event: Event = received.event
+    group: ClientGroup
+    id: str
+    attempt: int
+    dedupe_key: str
+    topic: str
+    offset: int
+    event: Event
 
     async def ack(self) -> None:
         """The event was handled: the group never delivers it again. Durable on return."""
@@ -136,7 +136,10 @@ class ClientGroup(Inbox[ClientDelivery]):
 
     def deliver(self, received: GroupReceived) -> None:
         if not self._ended:
-            self._put(ClientDelivery(self, received))
+            r = received
+            self._put(
+                ClientDelivery(self, r.delivery, r.attempt, r.dedupe, r.topic, r.offset, r.event)
+            )
 
     def joined(self, result: GroupJoinResult) -> None:
         self.member = result.member

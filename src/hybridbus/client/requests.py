@@ -1,7 +1,8 @@
 """A command the client awaits: what sends it, and the future its reply resolves.
 
 Owns: `Request` (a command issued on a session, sent again on the next
-connection after a drop unless it is for one connection only) and `retrieve`.
+connection after a drop unless it is for one connection only), `retrieve`,
+and the small task and reason helpers of `client.connection` (`cancel`, `why`).
 Must not do I/O or know the connection: `client.connection` keeps the
 requests in flight and resolves them.
 """
@@ -9,12 +10,13 @@ requests in flight and resolves them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 from hybridbus.proto.client import ClientSession
 
-__all__ = ["Request", "retrieve"]
+__all__ = ["Request", "cancel", "retrieve", "why"]
 
 
 class Request:
@@ -38,3 +40,16 @@ def retrieve(future: asyncio.Future[Any]) -> None:
     """Mark a future's outcome as seen (nobody awaits it)."""
     if not future.cancelled():
         future.exception()
+
+
+def why(error: Exception | None) -> str:
+    """An exception as a reason for humans (some have no message of their own)."""
+    return (str(error) or type(error).__name__) if error else "the connection failed"
+
+
+async def cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel `task` and wait for it to end."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

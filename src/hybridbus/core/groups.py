@@ -53,7 +53,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
-from hybridbus.core.group_entry import LEASED, WAITING, Entry, MemberState
+from hybridbus.core.group_entry import LEASED, SETTLED, WAITING, Entry, MemberState, fresh_entry
 from hybridbus.core.group_settings import (
     Changes,
     GroupSettings,
@@ -66,6 +66,7 @@ from hybridbus.core.wheel import Wheel
 
 __all__ = [
     "LEASED",
+    "SETTLED",
     "WAITING",
     "Changes",
     "Entry",
@@ -142,7 +143,7 @@ class GroupCore:
     def take(self, delivery: Delivery, now: float) -> Entry:
         """Add the next matching delivery of the log (in log order) as a WAITING entry."""
         partitionkey = delivery.event.partitionkey
-        entry = Entry(delivery, delivery.topic if partitionkey is None else partitionkey, now)
+        entry = fresh_entry(delivery, delivery.topic if partitionkey is None else partitionkey, now)
         self._add(entry, now)
         shard = delivery.shard
         self._fresh[shard].append(entry)
@@ -171,7 +172,7 @@ class GroupCore:
                 continue
             partitionkey = delivery.event.partitionkey
             key = delivery.topic if partitionkey is None else partitionkey
-            entry = Entry(delivery, key, now)
+            entry = Entry(shard, position, delivery.topic, delivery.offset, key, delivery, now)
             entries[shard, position] = entry
             if keys is None:
                 ready.append(entry)  # fresh: WAITING, due now
@@ -191,7 +192,7 @@ class GroupCore:
 
     def inject(self, delivery: Delivery, key: str, now: float) -> Entry:
         """Add a delivery from outside the pattern (a replayed dead letter); the cursor stays."""
-        entry = Entry(delivery, key, now)
+        entry = fresh_entry(delivery, key, now)
         entry.pinned = True
         self._dirty[entry.shard, entry.position] = entry
         self._add(entry, now)
@@ -288,7 +289,6 @@ class GroupCore:
         settings = self.settings
         per_member = settings.member_in_flight
         members = self.members
-        entries = self.entries
         dirty = self._dirty
         leases = self._leases
         due = now + settings.ack_wait
@@ -304,11 +304,8 @@ class GroupCore:
                 for member in open_:
                     while ready:
                         entry = ready.popleft()
-                        if (
-                            entry.state == WAITING
-                            and entry.due <= now  # else: given up (term) while it was ready
-                            and entries.get((entry.shard, entry.position)) is entry
-                        ):
+                        # Not settled (SETTLED) while it was ready, nor given up (term).
+                        if entry.state == WAITING and entry.due <= now:
                             break
                     else:
                         break  # nothing (valid) left
@@ -374,37 +371,44 @@ class GroupCore:
         entries = self.entries
         leases = self._leases
         members = self.members
+        turn = self._turn
         dirty = self._dirty
         floor = self.floor
         settled = self._settled
         simple = not self.settings.ordered
         count = 0
+        inline = 0
+        moved = False
         for entry in acked:
-            ident = (entry.shard, entry.position)
-            if entries.get(ident) is not entry:
-                continue  # settled already, or a stale entry of an earlier life of this place
-            count += 1
-            if not (simple and entry.state == LEASED and not entry.stored and not entry.pinned):
-                self._settle(entry, now)
-                continue
-            del entries[ident]
-            del leases[entry]
-            name = entry.member
-            member = members.get(name)
-            if member is not None:
-                held = member.held
-                held.discard(entry)
-                if not held and name not in self._turn:
-                    del members[name]  # a member that left, or a ghost
-            self.leased -= 1
-            entry.member = ""
-            entry.state = WAITING
-            if dirty:
+            if simple and entry.state == LEASED and not entry.stored and not entry.pinned:
+                ident = (entry.shard, entry.position)
+                found = entries.pop(ident, None)
+                if found is not entry:  # a stale entry of an earlier life of this place
+                    if found is not None:
+                        entries[ident] = found
+                    continue
+                del leases[entry]
+                name = entry.member
+                member = members.get(name)
+                if member is not None:
+                    held = member.held
+                    held.discard(entry)
+                    if not held and name not in turn:
+                        del members[name]  # a member that left, or a ghost
+                inline += 1
+                entry.member = ""
+                entry.state = SETTLED
                 dirty.pop(ident, None)
-            if entry.position > floor[entry.shard]:
-                settled[entry.shard].append(entry.position)
-                self._cursor_moved = True
-        return count
+                if entry.position > floor[entry.shard]:
+                    settled[entry.shard].append(entry.position)
+                    moved = True
+            elif entries.get((entry.shard, entry.position)) is entry:
+                count += 1
+                self._settle(entry, now)
+            # else: settled already, or a stale entry of an earlier life of this place
+        self.leased -= inline
+        self._cursor_moved = self._cursor_moved or moved
+        return count + inline
 
     def extend(self, entry: Entry, now: float) -> None:
         """Start the entry's lease over (the handler needs more time)."""
@@ -511,7 +515,7 @@ class GroupCore:
             self._release(entry)
         elif entry.wheel_slot >= 0:
             self._timers.cancel(entry)
-        entry.state = WAITING
+        entry.state = SETTLED
         if entry.stored:
             self._dirty[ident] = None
         else:
@@ -536,7 +540,6 @@ class GroupCore:
         """What to write since the last call (see the module docstring); resets the marks."""
         put: list[tuple[str, PendingRecord]] = []
         delete: list[str] = []
-        entries = self.entries
         for ident, entry in self._dirty.items():
             if entry is None:
                 delete.append(entry_key(*ident))
@@ -546,9 +549,7 @@ class GroupCore:
         self._dirty = {}
         for shard, fresh in enumerate(self._fresh):
             settled = self._settled[shard]
-            while fresh and (
-                fresh[0].stored or entries.get((shard, fresh[0].position)) is not fresh[0]
-            ):
+            while fresh and (fresh[0].stored or fresh[0].state == SETTLED):
                 fresh.popleft()
             if len(settled) > MAX_SETTLED:
                 # An old entry holds the floor back: write the oldest fresh ones until it moves.
@@ -557,7 +558,7 @@ class GroupCore:
                     MAX_SETTLED // 2
                 ):
                     entry = fresh.popleft()
-                    if entries.get((shard, entry.position)) is entry and not entry.stored:
+                    if entry.state != SETTLED and not entry.stored:
                         entry.stored = True
                         put.append((entry.id, entry.record()))
             floor = fresh[0].position - 1 if fresh else self.cursor[shard]

@@ -14,7 +14,7 @@ import hashlib
 import os
 import secrets
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -26,6 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from hybridbus.core.codecs import decode_msgpack
+from hybridbus.core.event import Event
 from hybridbus.core.log import Delivery
 from hybridbus.errors import EngineCorrupt, EngineError, EngineUnavailable, InvalidEvent
 
@@ -159,21 +160,21 @@ def dedupe_key(topic: str, source: str, id_: str) -> bytes:
     return msgspec.msgpack.encode((topic.partition("/")[0], source, id_))
 
 
+# The MessagePack str header of each length below 256 (see `lua_bytes`).
+_STR_HEADS: Final = tuple(bytes((0xA0 | n,)) if n < 32 else bytes((0xD9, n)) for n in range(256))
+
+
 def lua_bytes(data: bytes) -> msgspec.Raw:
     """`data` as a MessagePack str, for Redis's Lua `cmsgpack.unpack`, which has no bin type.
 
     A Lua string holds any bytes, so the str type carries them unchanged.
     """
     n = len(data)
-    if n < 32:
-        head = bytes((0xA0 | n,))
-    elif n < 0x100:
-        head = bytes((0xD9, n))
-    elif n < 0x10000:
-        head = b"\xda" + n.to_bytes(2, "big")
-    else:
-        head = b"\xdb" + n.to_bytes(4, "big")
-    return msgspec.Raw(head + data)
+    if n < 0x100:
+        return msgspec.Raw(_STR_HEADS[n] + data)
+    if n < 0x10000:
+        return msgspec.Raw(b"\xda" + n.to_bytes(2, "big") + data)
+    return msgspec.Raw(b"\xdb" + n.to_bytes(4, "big") + data)
 
 
 def new_epoch() -> str:
@@ -251,10 +252,21 @@ def wrap(exc: BaseException, what: str) -> EngineError:
     return error
 
 
-def decode_entry(shard: int, position: int, fields: dict[bytes, bytes]) -> Delivery:
-    """The delivery of one stream entry (fields as the append script wrote them)."""
+def decode_entry(
+    shard: int,
+    position: int,
+    fields: dict[bytes, bytes],
+    events: Mapping[bytes, Event] | None = None,
+) -> Delivery:
+    """The delivery of one stream entry (fields as the append script wrote them).
+
+    `events`: events already at hand by their stored bytes (they are not decoded).
+    """
     try:
-        event = decode_msgpack(fields[b"p"])
+        payload = fields[b"p"]
+        event = events.get(payload) if events else None
+        if event is None:
+            event = decode_msgpack(payload)
         expires = fields.get(b"x")
         return Delivery(
             fields[b"t"].decode(),
@@ -279,5 +291,6 @@ def fields_of(flat: Sequence[bytes]) -> dict[bytes, bytes]:
 
 def entry_position(entry_id: bytes | str) -> int:
     """The position of a stream entry id `<position>-0`."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.partition("-")[0])
+    if isinstance(entry_id, bytes):
+        return int(entry_id.partition(b"-")[0])
+    return int(entry_id.partition("-")[0])

@@ -2,8 +2,9 @@
 
 Owns: the request kinds the engine queues (`Append` for a shard's writer,
 `Write` for the engine-wide writer of revocations and consumer groups), the
-`Queue` whose task hands batches to a flush function in queued order, and
-how batches are cut. Must not talk to Redis: the engine's flush functions do.
+`Queue` whose task hands batches to a flush function in queued order, how
+batches are cut, how a batch of appends is packed for the APPEND script and
+how its reply is handed to the tailer. Must not talk to Redis: the engine's flush functions do.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgspec
+
 from hybridbus.core.event import Event
+from hybridbus.core.log import Delivery
 from hybridbus.engine import _redis_io as rio
+from hybridbus.engine._redis_tailer import Tailer
 from hybridbus.errors import BusClosed
 from hybridbus.tasks import stop
 
-__all__ = ["Append", "Queue", "Step", "Write", "take_writes"]
+__all__ = ["Append", "Queue", "Step", "Write", "pack_appends", "settle_appends", "take_writes"]
 
 log = logging.getLogger("hybridbus.engine.redis")
 
@@ -91,3 +96,78 @@ def take_writes(queue: deque[Write]) -> list[Write]:
     while queue and queue[0].kind == batch[0].kind and len(batch) < 1024:
         batch.append(queue.popleft())
     return batch
+
+
+def pack_appends(
+    batch: Sequence[Append], limits_of: Callable[[str], tuple[int, int, float]]
+) -> tuple[bytes, bytes, dict[bytes, Event]]:
+    """The APPEND script's items and topics arguments for `batch` (`engine._redis_lua_append`).
+
+    Also each payload's event, for the tailer (`engine._redis_tailer.Tailer.sending`).
+    """
+    items: list[Any] = []  # 5 values per item
+    topics: dict[str, tuple[int, int, float]] = {}
+    sending: dict[bytes, Event] = {}
+    lua_bytes, dedupe_key = rio.lua_bytes, rio.dedupe_key
+    for request in batch:
+        dedupe = request.dedupe
+        for topic, event, payload in request.items:
+            if topic not in topics:
+                topics[topic] = limits_of(topic)
+            expiry = event.expirytime
+            items += (
+                topic,
+                lua_bytes(dedupe_key(topic, event.source, event.id)),
+                dedupe,
+                repr(expiry.timestamp()) if expiry is not None else "",
+                lua_bytes(payload),
+            )
+            sending[payload] = event
+    encode = msgspec.msgpack.encode
+    return encode(items), encode(topics), sending
+
+
+def settle_appends(
+    batch: Sequence[Append],
+    plan: Sequence[Any],
+    first: int,
+    epoch: str,
+    now: float,
+    shard: int,
+    tailer: Tailer,
+) -> None:
+    """Hand the APPEND script's reply for `batch` to the tailer (`engine._redis_lua_append`).
+
+    Each appended event goes to the tailer as it is (`Tailer.known`); each
+    request's future resolves once the tailer has handed its last position to
+    the listener (`Tailer.wait`).
+    """
+    steps = iter(plan)
+    position = first
+    for request in batch:
+        mine: list[Step] = []
+        top = 0
+        for topic, event, _ in request.items:
+            offset = next(steps)
+            if offset.__class__ is not int:  # a duplicate: where its original is
+                at, offset, original = offset
+                mine.append((True, original.decode(), int(offset), int(at)))
+                top = max(top, int(at))
+                continue
+            mine.append((False, topic, offset, position))
+            top = max(top, position)
+            expiry = event.expirytime
+            tailer.known(
+                epoch,
+                Delivery(
+                    topic,
+                    offset,
+                    shard,
+                    position,
+                    now,
+                    event,
+                    expiry.timestamp() if expiry is not None else None,
+                ),
+            )
+            position += 1
+        tailer.wait(epoch, top, request.future, (epoch, mine))

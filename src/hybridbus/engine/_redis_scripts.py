@@ -1,8 +1,9 @@
 """The Lua side of the Redis engine: every script that touches a shard's keys, atomically.
 
 Owns: the Lua source of each script the engine runs with EVALSHA and the key
-layout they share. Must not do I/O or hold state; `engine.redis` loads and
-calls them, `engine._redis_store` parses what they return.
+layout they share (the body of APPEND is `engine._redis_lua_append`'s). Must
+not do I/O or hold state; `engine.redis` loads and calls them,
+`engine._redis_store` parses what they return.
 
 Key layout. Every key of shard `s` starts with the hash tag `{hb:<prefix>:<s>}`
 (written `T` below), so a script touching a shard touches one Redis Cluster
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from hybridbus.engine._redis_lua_append import APPEND_BODY
 from hybridbus.engine._redis_lua_retention import AGES_BODY, RETAIN
 
 __all__ = [
@@ -105,109 +107,8 @@ local function trimmed(topic, pos)
 end
 """
 
-# ARGV: epoch, now, window, rules (1: keep per-topic ages), then the items as
-# one MessagePack array of [topic, dedupe key, dedupe (true/false), expiry (''
-# : none), payload, max events, max bytes, max age (each -1: none)] (one
-# argument: far cheaper to send and parse than 8 each).
-# Returns {first new position or 0, {kind, position, offset, topic} per item}
-# with kind 0 = appended, 1 = duplicate (topic: the original's).
-APPEND: Final = (
-    _PROLOGUE
-    + RETAIN
-    + """
-local now = ARGV[2]
-local fresh_after = tonumber(now) - tonumber(ARGV[3])
-local window = tonumber(ARGV[3]) > 0
-local rules = ARGV[4] == '1'
-local items = cmsgpack.unpack(ARGV[5])
-local pos = tonumber(redis.call('HGET', meta, 'pos') or '0')
-local dd = tag .. ':dd'
-local n = #items
-local plan = {}
-local dup = {}
-local batch = {}
-local new = 0
-for i = 1, n do
-  local item = items[i]
-  local key = item[2]
-  local found = nil
-  if window and item[3] then
-    found = batch[key]
-    if not found then
-      local p = redis.call('HGET', dd, key)
-      if p then
-        local e = entry(p)
-        if e and tonumber(e['m']) > fresh_after then
-          found = {1, tonumber(p), tonumber(e['o']), e['t']}
-        end
-      end
-    end
-  end
-  if found then
-    plan[i] = found
-    dup[i] = 1
-  else
-    new = new + 1
-    local step = {0, pos + new, 0, item[1]}
-    plan[i] = step
-    batch[key] = step
-  end
-end
-local last = pos + new
-local first = 0
-if new > 0 then first = pos + 1 end
-local tp_of = {}
-local totals = {}
-local aged = {}
-local touched = {}
-local off = tag .. ':off'
-for i = 1, n do
-  local step = plan[i]
-  if not dup[i] then
-    local item = items[i]
-    local topic = item[1]
-    local p = step[2]
-    local tp = tp_of[topic]
-    if not tp then
-      tp = tag .. ':tp:' .. topic
-      tp_of[topic] = tp
-      touched[#touched + 1] = topic
-      totals[topic] = size_now(topic, tp)
-    end
-    local offset = redis.call('HINCRBY', off, topic, 1)
-    step[3] = offset
-    if offset == 1 then redis.call('ZADD', tag .. ':topics', 0, topic) end
-    local x = item[4]
-    if x ~= '' then
-      redis.call('XADD', log, p .. '-0', 't', topic, 'o', offset, 'm', now, 'p', item[5],
-                 'x', x, 'e', last)
-      redis.call('ZADD', tag .. ':exp', x, p)
-    else
-      redis.call('XADD', log, p .. '-0', 't', topic, 'o', offset, 'm', now, 'p', item[5],
-                 'e', last)
-    end
-    redis.call('ZADD', tp, p, p)
-    if window then
-      redis.call('HSET', dd, item[2], p)
-      redis.call('ZADD', tag .. ':ddt', now, item[2])
-    end
-    totals[topic] = trim(topic, tp, totals[topic] + #item[5], item[6], item[7])
-    aged[topic] = item[8]
-  end
-end
-for _, topic in ipairs(touched) do
-  redis.call('HSET', sizes, topic, totals[topic])
-  if rules then set_age(topic, aged[topic]) end
-end
-if new > 0 then redis.call('HSET', meta, 'pos', last) end
-local out = {}
-for i = 1, n do
-  local step = plan[i]
-  out[i] = {dup[i] or 0, step[2], step[3], step[4]}
-end
-return {first, out}
-"""
-)
+# The APPEND script: see `engine._redis_lua_append` for its arguments, reply and cost.
+APPEND: Final = _PROLOGUE + RETAIN + APPEND_BODY
 
 # ARGV: epoch, topic, after, want, now.
 # Returns {head, trimmed position of the topic, {position, fields...}...}.

@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import Any, Final, Protocol
 
+from hybridbus.core.event import Event
 from hybridbus.core.log import Delivery
 from hybridbus.engine import _redis_io as rio
 from hybridbus.engine.base import Listener
@@ -106,6 +107,10 @@ class Tailer:
         self._waiters: deque[_Waiter] = deque()
         # This node's own appends, by position, so the tailer need not decode them.
         self._known: dict[int, Delivery] = {}
+        # The events of this node's script call in flight, by their stored bytes: the
+        # tailer often reads the entries before the engine has the reply, and then
+        # takes their events from here instead of decoding them.
+        self.sending: dict[bytes, Event] = {}
         self._known_epoch = epoch
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -299,7 +304,7 @@ class Tailer:
                 deliveries.append(delivery)
                 continue
             try:
-                deliveries.append(rio.decode_entry(shard, position, fields))
+                deliveries.append(rio.decode_entry(shard, position, fields, self.sending))
             except EngineError as exc:
                 log.error("%s (skipped)", exc)  # noqa: TRY400 - the cause says it all
         last = entries[-1][0]

@@ -61,8 +61,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-import msgspec
-
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery, Page
 from hybridbus.core.revocation import Revocation
@@ -72,7 +70,15 @@ from hybridbus.engine import _redis_retention as retain
 from hybridbus.engine import _redis_scripts as lua
 from hybridbus.engine import _redis_store as store
 from hybridbus.engine._redis_leases import RedisLeases, stale_fences
-from hybridbus.engine._redis_queue import Append, Queue, Step, Write, take_writes
+from hybridbus.engine._redis_queue import (
+    Append,
+    Queue,
+    Step,
+    Write,
+    pack_appends,
+    settle_appends,
+    take_writes,
+)
 from hybridbus.engine._redis_tailer import Tailer
 from hybridbus.engine._retention import Retention
 from hybridbus.engine.base import (
@@ -284,7 +290,7 @@ class RedisEngine(RedisLeases):
     async def append(self, topic: str, event: Event, payload: bytes) -> Ack:
         """Append in the next script call of its shard; resolves once the listener saw it."""
         self._check_open()
-        shard = rio.shard_of(topic, self.shards)
+        shard = rio.shard_of(topic, self._config.shards)
         request = Append(((topic, event, payload),), True)
         self._writers[shard].put(request)
         epoch, steps = await self._settled(request)
@@ -297,9 +303,15 @@ class RedisEngine(RedisLeases):
         self._check_open()
         if not items:
             return []
+        shards = self.shards
+        if shards == 1:  # one request, as it is: no copies, no task per shard
+            request = Append(items, dedupe)
+            self._writers[0].put(request)
+            epoch, steps = await self._settled(request)
+            return [self._ack(epoch, 0, step) for step in steps]
         parts: dict[int, list[int]] = {}
         for index, (topic, _, _) in enumerate(items):
-            parts.setdefault(rio.shard_of(topic, self.shards), []).append(index)
+            parts.setdefault(rio.shard_of(topic, shards), []).append(index)
         requests = {}
         for shard in sorted(parts):
             requests[shard] = request = Append([items[i] for i in parts[shard]], dedupe)
@@ -319,14 +331,17 @@ class RedisEngine(RedisLeases):
     async def _settled(self, request: Append) -> tuple[str, list[Step]]:
         """The request's outcome; the tailer fails it if not delivered in `_ack_timeout`."""
         future = request.future
-        self._pending.add(future)
-        future.add_done_callback(self._pending.discard)
-        return await future
+        pending = self._pending
+        pending.add(future)
+        try:
+            return await future
+        finally:
+            pending.discard(future)
 
     def _ack(self, epoch: str, shard: int, step: Step) -> Ack:
         duplicate, topic, offset, position = step
         heads = None
-        if self.shards > 1:
+        if self._config.shards > 1:
             heads = tuple(t.position if t.epoch == epoch else 0 for t in self._tailers)
         return Ack(topic, offset, shard, position, epoch, duplicate, heads)
 
@@ -345,66 +360,44 @@ class RedisEngine(RedisLeases):
         window = repr(float(config.dedupe_window))
         retention = self._retention
         rules = "0" if retention.uniform else "1"
+        limits: dict[str, tuple[int, int, float]] = {}  # each topic's, as the items carry them
+
+        def limits_of(topic: str) -> tuple[int, int, float]:
+            limit = limits.get(topic)
+            if limit is None:
+                if len(limits) >= 65536:
+                    limits.clear()
+                limit = limits[topic] = retain.item_limits(retention, topic)
+            return limit
 
         async def flush(batch: list[Append]) -> None:
-            items: list[tuple[str, msgspec.Raw, bool, str, msgspec.Raw, int, int, float]] = []
-            for request in batch:
-                dedupe = request.dedupe
-                for topic, event, payload in request.items:
-                    expiry = event.expirytime
-                    items.append(
-                        (
-                            topic,
-                            rio.lua_bytes(rio.dedupe_key(topic, event.source, event.id)),
-                            dedupe,
-                            repr(expiry.timestamp()) if expiry is not None else "",
-                            rio.lua_bytes(payload),
-                            *retain.item_limits(retention, topic),
-                        )
-                    )
-            packed = msgspec.msgpack.encode(items)
+            items, topics, sending = pack_appends(batch, limits_of)
+            args = ["", "", window, rules, items, topics]  # epoch and now: `run`'s
             times: list[float] = []
+            tailer = self._tailers[shard]
 
             async def run(epoch: str) -> tuple[str, Any]:
                 now = float(self._clock())
                 times.append(now)
-                reply = await rio.call(
-                    self.client, lua.APPEND, [keys.meta], [epoch, repr(now), window, rules, packed]
-                )
+                args[0] = epoch
+                args[1] = repr(now)
+                reply = await rio.call(self.client, lua.APPEND, [keys.meta], args)
                 return epoch, reply
 
+            # The tailer may read these entries before the reply comes: it takes
+            # their events from here rather than decode them.
+            tailer.sending = sending
             try:
-                epoch, (_, plan) = await self._agreeing("append failed", run)
+                result = await self._agreeing("append failed", run)
             except EngineError as exc:
                 for request in batch:
                     if not request.future.done():
                         request.future.set_exception(exc)
                 return
-            now = times[-1]
-            steps = iter(plan)
-            tailer = self._tailers[shard]
-            for request in batch:
-                mine: list[Step] = []
-                for topic, event, _ in request.items:
-                    kind, position, offset, original = next(steps)
-                    if kind:
-                        mine.append((True, original.decode(), int(offset), int(position)))
-                        continue
-                    mine.append((False, topic, offset, position))
-                    expiry = event.expirytime
-                    tailer.known(
-                        epoch,
-                        Delivery(
-                            topic,
-                            offset,
-                            shard,
-                            position,
-                            now,
-                            event,
-                            expiry.timestamp() if expiry is not None else None,
-                        ),
-                    )
-                tailer.wait(epoch, max(step[3] for step in mine), request.future, (epoch, mine))
+            finally:
+                tailer.sending = {}
+            epoch, (first, plan) = result
+            settle_appends(batch, plan, first, epoch, times[-1], shard, tailer)
 
         return flush
 

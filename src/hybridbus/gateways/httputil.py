@@ -49,9 +49,12 @@ from hybridbus.errors import (
     InvalidInput,
     LimitExceeded,
     NotCoordinator,
+    PatchTooOld,
     RateLimited,
     Revoked,
     SchemaIncompatible,
+    StateConflict,
+    StateTooLarge,
     TooManyRevocations,
     Unauthorized,
     UnknownDeadLetter,
@@ -175,6 +178,9 @@ _STATUS: Final[tuple[tuple[type[BusError], int], ...]] = (
     (NotCoordinator, 503),  # no node known to coordinate the group (else the routes answer 307)
     (UnknownSchema, 404),
     (SchemaIncompatible, 409),  # the type's compatibility mode refuses the new version
+    (StateConflict, 412),  # a state patch's If-Match lost (gateways/states_http.py)
+    (PatchTooOld, 409),
+    (StateTooLarge, 413),
     (BusClosed, 503),
     (EngineUnavailable, 503),
 )

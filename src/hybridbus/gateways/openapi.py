@@ -18,6 +18,7 @@ from hybridbus.gateways import (
     openapi_logs,
     openapi_nodes,
     openapi_schemas,
+    openapi_states,
     openapi_webhooks,
     openapi_webhooks_out,
 )
@@ -144,6 +145,13 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "user": {"type": "string"},
             "device": {"type": "string"},
             "name": {"type": "string"},
+            "session": {"type": "string", "description": "its session's public id"},
+            "state": {
+                "type": "string",
+                "enum": ["active", "degraded"],
+                "description": "degraded: its connection dropped and its session waits "
+                "for it (protocol.md §4.1); absent: active",
+            },
         },
     },
     "Presence": {
@@ -529,6 +537,7 @@ def document() -> dict[str, Any]:
                     **openapi_nodes.paths(_problems),
                     **openapi_bridges.paths(_problems),
                     **openapi_logs.paths(_problems),
+                    **openapi_states.paths(_problems),
                 }
             ),
             "security": _SECURITY,
@@ -543,6 +552,7 @@ def document() -> dict[str, Any]:
                     **openapi_nodes.SCHEMAS,
                     **openapi_bridges.SCHEMAS,
                     **openapi_logs.SCHEMAS,
+                    **openapi_states.SCHEMAS,
                 },
                 "parameters": {
                     **_PARAMETERS,
@@ -553,6 +563,7 @@ def document() -> dict[str, Any]:
                     **openapi_nodes.PARAMETERS,
                     **openapi_bridges.PARAMETERS,
                     **openapi_logs.PARAMETERS,
+                    **openapi_states.PARAMETERS,
                 },
                 "responses": {f"Problem{s}": _problem_response(s) for s in _PROBLEM_TEXT},
             },

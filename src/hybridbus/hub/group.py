@@ -37,7 +37,7 @@ import msgspec
 
 from hybridbus.core.codecs import encode_msgpack
 from hybridbus.core.event import Event
-from hybridbus.core.groups import LEASED, Entry, GroupCore, GroupSettings
+from hybridbus.core.groups import LEASED, Entry, GroupCore, GroupSettings, MemberState
 from hybridbus.core.log import MAX_POSITION, Delivery
 from hybridbus.engine.base import Clock
 from hybridbus.errors import BusClosed, DeliveryGone, EngineError, InvalidInput, NotCoordinator
@@ -132,6 +132,8 @@ class Group:
         self._termed: set[Entry] = set()
         self._closed = False
         self._seq = 0
+        # Delivery ids made (`issue`), the latest of each entry: an `ack` finds them at once.
+        self._issued: dict[str, Entry] = {}
 
     # -- life ----------------------------------------------------------------
 
@@ -157,6 +159,7 @@ class Group:
         self.epoch = epoch
         old = self.core
         self.core = GroupCore(self.settings, cursor, old.rng)
+        self._issued = {}
         for name in self.members:
             self.core.join(name)
         self.rewrite = True
@@ -291,26 +294,26 @@ class Group:
         now = self._clock()
         members = self.members
         # Each member gets what this pass leased it at once (on a connection: one push of many).
-        handed: dict[str, list[GroupDelivery]] = {}
+        handed: dict[MemberState, list[GroupDelivery]] = {}
         for state, entry in core.dispatch(now):
             delivery = entry.delivery
-            name = state.name
-            if delivery is None or name not in members:  # not loaded (cannot happen) or gone
+            if delivery is None:  # not loaded (cannot happen)
                 core.release(entry, now)
                 continue
             if delivery.expires is not None and delivery.expired(now):
                 core.ack(entry, now)
                 self.expired_total += 1
                 continue
-            batch = handed.get(name)
+            batch = handed.get(state)
             if batch is None:
-                batch = handed[name] = []
-            batch.append(GroupDelivery(self, name, entry, delivery))
-        for name, batch in handed.items():
+                batch = handed[state] = []
+            batch.append(GroupDelivery(self, state.name, entry, delivery, entry.attempts))
+        for state, batch in handed.items():
+            name = state.name
             member = members.get(name)
             if member is not None:
                 member.give_many(batch)
-            else:  # a listener made it leave meanwhile: the leases were never seen
+            else:  # gone, or a listener made it leave meanwhile: the leases were never seen
                 for d in batch:
                     entry = d._entry
                     if entry.state == LEASED and entry.member == name:
@@ -339,6 +342,31 @@ class Group:
 
     # -- settling ------------------------------------------------------------------
 
+    def issue(self, entry: Entry, attempt: int) -> str:
+        """The id of `entry`'s delivery `attempt` (module docstring), made once per delivery.
+
+        The id of an entry's latest delivery is remembered (its earlier one
+        forgotten), so that `ack_ids` finds the entry without reading the id:
+        one made here is well formed. Ids of entries settled otherwise than by
+        `ack_ids` are forgotten once there are twice `max_pending` of them.
+        """
+        delivery_id = f"{self.epoch}-{entry.shard}.{entry.position}.{attempt}"
+        # Not an earlier delivery's id, nor one of an entry dropped by a reset (a seek
+        # keeps the epoch: the id may be a new entry's at the same place).
+        if (
+            entry.attempts == attempt
+            and self.core.entries.get((entry.shard, entry.position)) is entry
+        ):
+            issued = self._issued
+            if entry.issued:
+                issued.pop(entry.issued, None)
+            entry.issued = delivery_id
+            issued[delivery_id] = entry
+            if len(issued) > 2 * self.settings.max_pending + 1024:
+                entries = self.core.entries.values()
+                self._issued = {e.issued: e for e in entries if e.issued}
+        return delivery_id
+
     def _entry(self, delivery_id: str, leased: bool) -> Entry | None:
         epoch, shard, position, attempt = parse_delivery_id(delivery_id)
         entry = self.core.lookup(shard, position) if epoch == self.epoch else None
@@ -361,8 +389,15 @@ class Group:
         epoch = self.epoch
         prefix = epoch + "-"
         cut = len(prefix)
+        issued = self._issued
         found: list[Entry] = []
         for delivery_id in ids:
+            # Ids made by `issue` (all but those of earlier attempts): nothing to read.
+            if type(delivery_id) is str:
+                entry = issued.pop(delivery_id, None)
+                if entry is not None:
+                    found.append(entry)
+                    continue
             # This epoch's ids (all of them, but after a reset): the epoch needs no reading.
             if isinstance(delivery_id, str) and delivery_id.startswith(prefix):
                 parts = delivery_id[cut:].split(".")

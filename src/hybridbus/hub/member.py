@@ -14,10 +14,12 @@ the log and which delivery of it this is, so any connection can settle it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import deque
 from collections.abc import Callable
+from hashlib import blake2s
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from hybridbus.core.event import Event
 from hybridbus.core.groups import Entry
@@ -31,27 +33,33 @@ if TYPE_CHECKING:
 __all__ = ["GroupDelivery", "Listener", "Member", "dedupe_key", "parse_delivery_id"]
 
 
-class GroupDelivery:
+class GroupDelivery(msgspec.Struct, eq=False):
     """One delivery of a group's event to a member; settle it with `ack`, `nack`, `extend`, `term`.
 
     `attempt` counts from 1. `dedupe_key` is the same for every delivery of
     one event (and of a replay of it): what an idempotent handler remembers.
+    The group makes them (`GroupDelivery(group, member, entry, delivery,
+    entry.attempts)`): a struct, as one is made per delivery (a third of the
+    cost of a class with `__init__`); compared by identity.
     """
 
-    __slots__ = ("_entry", "_group", "attempt", "delivery", "member")
-
-    def __init__(self, group: Group, member: str, entry: Entry, delivery: Delivery) -> None:
-        self._group = group
-        self._entry = entry
-        self.member = member
-        self.delivery = delivery
-        self.attempt = entry.attempts
+    _group: Group
+    member: str
+    _entry: Entry
+    delivery: Delivery
+    attempt: int
+    _id: str = ""
 
     @property
     def id(self) -> str:
-        """The delivery id (`<epoch>-<shard>.<position>.<attempt>`): settles it from anywhere."""
-        entry = self._entry
-        return f"{self._group.epoch}-{entry.shard}.{entry.position}.{self.attempt}"
+        """The delivery id (`<epoch>-<shard>.<position>.<attempt>`): settles it from anywhere.
+
+        Made once (`Group.issue`, which lets an `ack` of it find the entry without reading it).
+        """
+        id_ = self._id
+        if not id_:
+            id_ = self._id = self._group.issue(self._entry, self.attempt)
+        return id_
 
     @property
     def event(self) -> Event:
@@ -200,10 +208,15 @@ class Member:
 
 
 def dedupe_key(delivery: Delivery) -> str:
-    """The dedupe key of `delivery`'s event: a hash of its tenant, `source` and `id`."""
+    """The dedupe key of `delivery`'s event: a hash of its tenant, `source` and `id`.
+
+    32 hex digits: BLAKE2s with a 16-byte digest of `<tenant>\x1f<source>\x1f<id>`
+    (UTF-8), the same for every delivery of the event, in every process. (BLAKE2s,
+    built into Python, takes half the instructions SHA-256 through OpenSSL took.)
+    """
     event = delivery.event
-    raw = "\x1f".join((tenant_of(delivery.topic), event.source, event.id))
-    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+    raw = f"{tenant_of(delivery.topic)}\x1f{event.source}\x1f{event.id}".encode()
+    return blake2s(raw, digest_size=16).hexdigest()
 
 
 def parse_delivery_id(text: str) -> tuple[str, int, int, int]:

@@ -27,6 +27,7 @@ Caller misuse (a command before the connect reply, after the close) raises
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ from hybridbus.proto.codec import Data, WireCodec
 from hybridbus.proto.codes import CloseCode
 from hybridbus.proto.frames import (
     RESULT_TYPES,
+    AwarenessPush,
     Command,
     Connect,
     ConnectResult,
@@ -64,6 +66,7 @@ from hybridbus.proto.frames import (
     PingResult,
     Pong,
     Presence,
+    PresenceChanged,
     PresenceResult,
     Publish,
     PublishResult,
@@ -73,6 +76,7 @@ from hybridbus.proto.frames import (
     ServerMessage,
     ServerPing,
     SettleResult,
+    StatePush,
     Subscribe,
     SubscribeResult,
     Unsubscribe,
@@ -209,7 +213,7 @@ class GroupEnded:
 
 ClientEvent = (
     Replied | Failed | Received | GroupReceived | Ended | GroupEnded | Join | Leave | Disconnect
-)
+) | PresenceChanged | AwarenessPush | StatePush
 
 
 class _Subscription:
@@ -282,13 +286,14 @@ class ClientSession:
         name: str | None = None,
         version: str | None = None,
         device: str | None = None,
+        session: str | None = None,
     ) -> int:
-        """Queue the connect; the other commands wait for its reply."""
+        """Queue the connect (`session`: continue it); the other commands wait for its reply."""
         if self.state is not State.NEW:
             raise RuntimeError(f"connect() is the first command, the session is {self.state}")
-        command_id = self._send(
-            Connect(id=self._next_id, token=token, name=name, version=version, device=device)
-        )
+        connect = Connect(id=self._next_id, token=token, name=name, version=version,
+                          device=device, session=session)  # fmt: skip
+        command_id = self._send(connect)
         self.state = State.CONNECTING
         return command_id
 
@@ -339,13 +344,19 @@ class ClientSession:
             command = History(id=self._next_id, pattern=pattern, since=token, limit=limit)
         return self._command(command)
 
-    def presence(self, topic: str, *, watch: bool = False) -> int:
-        """Ask who is subscribed to `topic`; `watch` also asks for join/leave pushes."""
-        return self._command(Presence(id=self._next_id, topic=topic, watch=watch))
+    def presence(self, topic: str, *, watch: bool = False, limit: int | None = None,
+                 cursor: str | None = None) -> int:  # fmt: skip
+        """Ask who is subscribed to `topic` (`limit`, `cursor`: a page); `watch`: push changes."""
+        command = Presence(id=self._next_id, topic=topic, watch=watch, limit=limit, cursor=cursor)
+        return self._command(command)
 
     def ping(self) -> int:
         """A round trip to the server."""
         return self._command(Ping(id=self._next_id))
+
+    def command(self, make: Callable[[int], Command]) -> int:
+        """Send the command `make(id)` builds (awareness and state commands: `client.collab`)."""
+        return self._command(make(self._next_id))
 
     def refresh(self, token: str) -> int:
         """Hand the server a fresh token before the current one expires."""
@@ -486,7 +497,7 @@ class ClientSession:
         if isinstance(message, Disconnect):
             self.close(message.code, message.reason)
             return message
-        return message  # Join, Leave
+        return message  # Join, Leave, PresenceChanged
 
     def _received(self, push: EventPush) -> Received | None:
         sub = self._subscriptions.get(push.pattern)

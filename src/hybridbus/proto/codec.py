@@ -90,8 +90,12 @@ class _PushHead(msgspec.Struct, tag_field="type", tag="event"):
     position: int
 
 
-class _GroupPushHead(msgspec.Struct, tag_field="type", tag="group_event"):
-    """`frames.GroupEventPush` without its event (spliced in as for `_PushHead`)."""
+class _GroupPushOut(msgspec.Struct, tag_field="type", tag="group_event"):
+    """`frames.GroupEventPush`, built positionally: its event (`Raw`) is copied in as it is.
+
+    One struct and one encode beat a head encoded and the event spliced after
+    it (the splice's copies cost twice the head's encoding).
+    """
 
     group: str
     delivery: str
@@ -99,6 +103,7 @@ class _GroupPushHead(msgspec.Struct, tag_field="type", tag="group_event"):
     dedupe: str
     topic: str
     offset: int
+    event: msgspec.Raw | Event
 
 
 class _PushStart(msgspec.Struct, tag_field="type", tag="event"):
@@ -131,6 +136,8 @@ class WireCodec:
 
     subprotocol: str
     binary: bool
+    # True if an `Event` encodes in a message as `encode_event` encodes it alone.
+    _nests_events = False
 
     def __init__(
         self,
@@ -288,17 +295,30 @@ class WireCodec:
         dedupe: str,
         topic: str,
         offset: int,
-        event: bytes | msgspec.Raw,
+        event: bytes | msgspec.Raw | Event,
     ) -> bytes:
         """The encoded `GroupEventPush`: the same bytes as `encode(GroupEventPush(...))`.
 
         `event` is `encode_event(...)` of the delivery's event, shared with
-        every other push of it (it is copied in, never re-encoded).
+        every other push of it (it is copied in, never re-encoded), or the
+        event itself when nobody shares its encoding: MessagePack then encodes
+        it in place, within the push (no bytes of its own made and copied).
+        Raises `InvalidEvent` if the event has no encoding.
         """
-        head = self._encoder.encode(
-            _GroupPushHead(group, delivery_id, attempt, dedupe, topic, offset)
+        if isinstance(event, Event):
+            if not self._nests_events:
+                event = self.encode_event(event)
+            else:
+                try:
+                    return self._encoder.encode(  # type: ignore[no-any-return]
+                        _GroupPushOut(group, delivery_id, attempt, dedupe, topic, offset, event)
+                    )
+                except (TypeError, OverflowError, ValueError, RecursionError):
+                    event = self.encode_event(event)  # raises what it should
+        raw = event if type(event) is msgspec.Raw else msgspec.Raw(event)
+        return self._encoder.encode(  # type: ignore[no-any-return]
+            _GroupPushOut(group, delivery_id, attempt, dedupe, topic, offset, raw)
         )
-        return self._splice(head, event)
 
     def encode_pushes(
         self, pattern: str, deliveries: Sequence[Delivery], cut: int = 0
@@ -389,6 +409,8 @@ _raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
 
 
 class _MsgpackCodec(WireCodec):
+    _nests_events = True
+
     def split(self, data: Data) -> list[Chunk]:
         if isinstance(data, str):
             raise ProtocolError(

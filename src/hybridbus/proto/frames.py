@@ -28,11 +28,37 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from hybridbus.core.filters import Filter
+from hybridbus.proto.frames_collab import (
+    AwarenessCommand,
+    AwarenessPush,
+    AwarenessResult,
+    AwarenessSet,
+    AwarenessSetResult,
+    AwarenessState,
+    AwarenessUnwatch,
+    AwarenessWatch,
+    StateCommand,
+    StatePatch,
+    StatePatchResult,
+    StatePush,
+    StateResult,
+    StateSubscribe,
+    StateUnsubscribe,
+)
 
 __all__ = [
     "MAX_HISTORY_LIMIT",
+    "MAX_PRESENCE_LIMIT",
     "MAX_SETTLE_IDS",
     "RESULT_TYPES",
+    "AwarenessCommand",
+    "AwarenessPush",
+    "AwarenessResult",
+    "AwarenessSet",
+    "AwarenessSetResult",
+    "AwarenessState",
+    "AwarenessUnwatch",
+    "AwarenessWatch",
     "ClientInfo",
     "ClientMessage",
     "Command",
@@ -61,6 +87,7 @@ __all__ = [
     "PingResult",
     "Pong",
     "Presence",
+    "PresenceChanged",
     "PresenceResult",
     "Publish",
     "PublishResult",
@@ -71,6 +98,13 @@ __all__ = [
     "ServerMessage",
     "ServerPing",
     "SettleResult",
+    "StateCommand",
+    "StatePatch",
+    "StatePatchResult",
+    "StatePush",
+    "StateResult",
+    "StateSubscribe",
+    "StateUnsubscribe",
     "Subscribe",
     "SubscribeResult",
     "Unsubscribe",
@@ -97,6 +131,11 @@ DeliveryId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 DeliveryIds = Annotated[list[DeliveryId], msgspec.Meta(min_length=1, max_length=MAX_SETTLE_IDS)]
 Reason = Annotated[str, msgspec.Meta(max_length=1000)]
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
+SessionToken = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+# Members one `presence` page may hold, and its cursor (opaque to the client).
+MAX_PRESENCE_LIMIT: Final = 10_000
+PresenceLimit = Annotated[int, msgspec.Meta(ge=1, le=MAX_PRESENCE_LIMIT)]
+PageCursor = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
 # -- client → server -----------------------------------------------------------
@@ -114,6 +153,8 @@ class Connect(_Command, tag="connect"):
     name: Label | None = None  # the client software, e.g. "hybridbus-py"
     version: Label | None = None  # its version
     device: Label | None = None  # groups connections for exclude_self="device"
+    # The `session` of an earlier ConnectResult: continue that session (docs/protocol.md §4.1).
+    session: SessionToken | None = None
 
 
 class Subscribe(_Command, tag="subscribe"):
@@ -154,10 +195,16 @@ class History(_Command, tag="history"):
 
 
 class Presence(_Command, tag="presence"):
-    """Who is subscribed to a topic; `watch` asks for join/leave pushes too."""
+    """Who is subscribed to a topic; `watch` asks for join/leave/presence pushes too.
+
+    With `limit`, one page of at most that many members, oldest first, from
+    after `cursor` (the previous page's); without it, every member.
+    """
 
     topic: TopicText
     watch: bool = False
+    limit: PresenceLimit | None = None
+    cursor: PageCursor | None = None
 
 
 class Ping(_Command, tag="ping"):
@@ -237,6 +284,12 @@ Command = (
     | GroupNack
     | GroupExtend
     | GroupTerm
+    | AwarenessSet
+    | AwarenessWatch
+    | AwarenessUnwatch
+    | StateSubscribe
+    | StateUnsubscribe
+    | StatePatch
 )
 
 
@@ -334,12 +387,19 @@ class Unsubscribed(_Server, tag="unsubscribed"):
 
 
 class ClientInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A connected client as presence shows it."""
+    """A connected client as presence shows it.
+
+    `session` is its session's public id (the same across the connections
+    that continue it; docs/protocol.md "Sessions"); `state` is "degraded"
+    while its connection is gone and the session waits for it (omitted: "active").
+    """
 
     client: str
     user: str | None = None
     device: str | None = None
     name: str | None = None
+    session: str | None = None
+    state: Literal["active", "degraded"] = "active"
 
 
 class Join(_Server, tag="join"):
@@ -354,6 +414,14 @@ class Leave(_Server, tag="leave"):
 
     topic: str
     info: ClientInfo
+
+
+class PresenceChanged(_Server, tag="presence"):
+    """A member of a watched `topic` changed `state` ("degraded", then "active" or a `leave`)."""
+
+    topic: str
+    info: ClientInfo
+    state: Literal["active", "degraded"]
 
 
 class ServerPing(_Server, tag="ping"):
@@ -377,6 +445,9 @@ ServerMessage = (
     | Unsubscribed
     | Join
     | Leave
+    | PresenceChanged
+    | AwarenessPush
+    | StatePush
     | ServerPing
     | Disconnect
 )
@@ -402,6 +473,11 @@ class ConnectResult(_Result):
     max_frame_size: int = 0  # the largest frame the server accepts, in bytes
     tenant: str | None = None  # the tenant topics are relative to
     expires: float | None = None  # Unix time the token expires
+    # The session: present `session` in the next connect to continue it within
+    # `grace` seconds of a drop; `resumed` says this connect continued one.
+    session: str | None = None
+    resumed: bool = False
+    grace: float | None = None
 
 
 class SubscribeResult(_Result):
@@ -457,9 +533,15 @@ class HistoryResult(_Result):
 
 
 class PresenceResult(_Result):
-    """The clients subscribed to the topic."""
+    """The clients subscribed to the topic (a page of them, with `limit`).
+
+    `count` is how many members the topic has; `cursor`, with `limit`, is where
+    the next page starts (absent: this was the last page).
+    """
 
     clients: list[ClientInfo]
+    count: int | None = None
+    cursor: str | None = None
 
 
 class PingResult(_Result):
@@ -500,6 +582,10 @@ Result = (
     | GroupJoinResult
     | GroupLeaveResult
     | SettleResult
+    | AwarenessResult
+    | AwarenessSetResult
+    | StateResult
+    | StatePatchResult
 )
 
 # The result a successful reply to each command carries.
@@ -518,4 +604,10 @@ RESULT_TYPES: Final[dict[type[Command], type[Result]]] = {
     GroupNack: SettleResult,
     GroupExtend: SettleResult,
     GroupTerm: SettleResult,
+    AwarenessSet: AwarenessSetResult,
+    AwarenessWatch: AwarenessResult,
+    AwarenessUnwatch: AwarenessResult,
+    StateSubscribe: StateResult,
+    StateUnsubscribe: StateResult,
+    StatePatch: StatePatchResult,
 }

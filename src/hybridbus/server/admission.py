@@ -2,8 +2,9 @@
 
 Owns: running a connection's `connect` (authenticate the token within the
 connect timeout, admit the identity through the guard and the node's
-per-user count, then accept the session or refuse it with the close code the
-refusal calls for) and its `refresh` (a fresh token for the same tenant and
+per-user count, continue the client's session or start one (`server.sessions`:
+another user's session is refused), then accept the session or refuse it with
+the close code the refusal calls for) and its `refresh` (a fresh token for the same tenant and
 user: decisions are made afresh for it; another tenant or user closes the
 connection). Must not write to the transport or know the socket library: it
 answers through the connection's session, and the connection flushes.
@@ -38,6 +39,7 @@ async def connect(connection: Connection, command: Connect) -> None:
             identity = await node.authenticator.authenticate(command.token, command.device)
         scope_topic(identity.tenant, "x")  # an authenticator must name a real tenant
         principal = node.guard.admit(identity)
+        found = node.sessions.check(identity, command.session)  # another's: refused (4502)
         node.admit(connection, identity)
     except AccessError as exc:
         session.reject(close_code(exc), str(exc))
@@ -48,17 +50,25 @@ async def connect(connection: Connection, command: Connect) -> None:
         return
     connection.identity = identity
     connection.principal = principal
-    connection.info = ClientInfo(
+    info = ClientInfo(
         client=connection.id, user=identity.user, device=identity.device, name=command.name
     )
+    # A session resumed keeps its presence id (`client`); docs/protocol.md, "Sessions".
+    info, token, resumed, grace = node.sessions.attach(
+        connection, identity, info, found, command.session
+    )
+    connection.info = info
     if identity.device is not None:
         connection.device_key = (identity.tenant, identity.user, identity.device)
     session.accept(
         ConnectResult(
-            client=connection.id,
+            client=info.client,
             version=node.version,
             tenant=identity.tenant,
             expires=identity.expires,
+            session=token,
+            resumed=resumed,
+            grace=grace if token is not None else None,
         )
     )
 

@@ -119,6 +119,15 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     tenant_publish_rate: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     tenant_publish_burst: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     max_subscriptions: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    # -- sessions (docs/protocol.md, "Sessions") --
+    # Seconds a dropped connection's session waits for its client to reconnect and
+    # continue it (presence shows it "degraded" meanwhile); 0: no sessions. Per tenant:
+    # [tenant_session_grace] acme = 60.0. Degraded sessions past the bound end early.
+    session_grace: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 30.0
+    tenant_session_grace: dict[str, Annotated[float, msgspec.Meta(ge=0, le=86400)]] = (
+        msgspec.field(default_factory=dict)
+    )
+    max_degraded_sessions: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     max_connections_per_user: Annotated[int, msgspec.Meta(ge=0)] = 100  # 0: unlimited
     # Refusals in one tenant within 10 s before a `denials` audit event.
     audit_denials: Annotated[int, msgspec.Meta(ge=0)] = 20
@@ -144,6 +153,26 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # in|out; docs/bridges.md): started with `hybridbus serve`, or alone by
     # `hybridbus bridge CONFIG`.
     bridges: list[AnyBridge] = msgspec.field(default_factory=list)
+    # -- Yjs documents (docs/collaboration.md, "Documents") --
+    # A room's snapshot is written after this many updates, or this many seconds after the
+    # first update since the last one; a room without clients unloads after yjs_idle_unload.
+    yjs_compact_every: Annotated[int, msgspec.Meta(ge=1)] = 500
+    yjs_compact_interval: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    yjs_idle_unload: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    # Bytes of one client's awareness state (its JSON); a larger one closes the socket 4400.
+    yjs_max_awareness_bytes: Annotated[int, msgspec.Meta(ge=64)] = 64 << 10
+    # -- awareness and state topics (docs/collaboration.md) --
+    # Awareness updates per second per client to each watcher (always the newest), keys in
+    # one client's state, bytes of one value (JSON).
+    awareness_rate: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 20.0
+    awareness_max_keys: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
+    awareness_max_bytes: Annotated[int, msgspec.Meta(ge=16)] = 4096
+    # Bytes of one state document (JSON); versions between snapshots; accepted patches a
+    # late Lamport-ordered patch may still go before; seconds an unwatched document stays loaded.
+    state_max_bytes: Annotated[int, msgspec.Meta(ge=16, le=1 << 20)] = 256 << 10
+    state_snapshot_every: Annotated[int, msgspec.Meta(ge=1)] = 100
+    state_window: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 64
+    state_idle_unload: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     # Seconds to flush outboxes and close connections on SIGTERM/SIGINT.
     shutdown_timeout: Seconds = 10.0
     log_level: str = "info"

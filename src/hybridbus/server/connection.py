@@ -56,6 +56,7 @@ from hybridbus.hub.guard import Principal
 from hybridbus.proto.codec import Data, WireCodec
 from hybridbus.proto.codes import CloseCode
 from hybridbus.proto.frames import (
+    AwarenessCommand,
     ClientInfo,
     Connect,
     GroupCommand,
@@ -65,10 +66,12 @@ from hybridbus.proto.frames import (
     Ping,
     PingResult,
     Presence,
+    PresenceChanged,
     PresenceResult,
     Publish,
     PublishResult,
     Refresh,
+    StateCommand,
     Subscribe,
     Unsubscribe,
 )
@@ -76,6 +79,7 @@ from hybridbus.proto.session import ServerSession
 from hybridbus.server import admission
 from hybridbus.server.groups import Memberships
 from hybridbus.server.history import history_result
+from hybridbus.server.presence import Change
 from hybridbus.server.subscriptions import Entry, Origin, Subscriptions
 from hybridbus.server.transport import Transport
 
@@ -218,6 +222,10 @@ class Connection:
                     self.spawn(admission.refresh(self, command))
                 elif isinstance(command, GroupCommand):
                     self.groups.handle(command)
+                elif isinstance(command, AwarenessCommand):
+                    self.node.awareness.handle(self, command)
+                elif isinstance(command, StateCommand):
+                    self.node.states.handle(self, command)
             except BusError as exc:
                 session.error(command.id, exc)
             except Exception as exc:
@@ -274,15 +282,25 @@ class Connection:
         self._transport.abort()
         self._finish()
 
-    def presence_changed(self, joined: bool, topic: str, info: ClientInfo) -> None:
-        """A watched topic gained or lost a member: push `join` / `leave`."""
+    def presence_changed(self, change: Change, topic: str, info: ClientInfo) -> None:
+        """A watched topic's member joined, left or changed state: push it (§6.3)."""
         principal = self.principal
         if principal is None or self.session.closed:
             return
         relative = principal.relative(topic)
-        message = Join(topic=relative, info=info) if joined else Leave(topic=relative, info=info)
+        message: Join | Leave | PresenceChanged
+        if change == "join":
+            message = Join(topic=relative, info=info)
+        elif change == "leave":
+            message = Leave(topic=relative, info=info)
+        else:
+            message = PresenceChanged(topic=relative, info=info, state=change)
         self.session.push(self.session.codec.encode(message))
         self.flush()
+
+    def close_moved(self) -> None:
+        """Its session went on on a newer connection of the same client: close this one."""
+        self.close(CloseCode.NORMAL, "the session continued on another connection")
 
     # -- for the pumps and command tasks ----------------------------------------------
 
@@ -456,9 +474,15 @@ class Connection:
     def _presence(self, command: Presence) -> None:
         topic = self.node.guard.presence(self.admitted, command.topic)
         presence = self.node.presence
+        cursor = None
+        if command.limit is None:  # every member (the first shape of the command)
+            clients = presence.clients(topic)
+        else:
+            clients, cursor = presence.page(topic, command.limit, command.cursor)
         if command.watch:
             presence.watch(topic, self)
-        self.session.reply(command.id, PresenceResult(clients=presence.clients(topic)))
+        result = PresenceResult(clients=clients, count=presence.count(topic), cursor=cursor)
+        self.session.reply(command.id, result)
 
     # -- writing and closing -------------------------------------------------------
 
@@ -508,9 +532,12 @@ class Connection:
             return
         self._closing = True
         self._ready.clear()
+        self.node.sessions.dropped(self, code)  # its presence is held, or let go below
         self.subscriptions.close()
         self.groups.close()
         self.node.presence.unwatch_all(self)
+        self.node.awareness.closed(self)  # a `removed` push to the watchers, at once
+        self.node.states.closed(self)
         for task in self._tasks or ():
             task.cancel()
         metrics = self.node.metrics

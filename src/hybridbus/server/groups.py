@@ -235,8 +235,9 @@ class Memberships:
 
         A caught-up group's events were just pushed to subscribers too: their
         encoding comes from the node's encode-once cache. A group reading a
-        backlog shares with nobody: its events are encoded here, sparing the
-        cache's bookkeeping (on a miss, about half as much again as the encoding).
+        backlog shares with nobody: each event is encoded within its push,
+        sparing the cache's bookkeeping (on a miss, about half as much again as
+        the encoding) and, in MessagePack, the event's bytes of its own.
         """
         connection = self._connection
         session = connection.session
@@ -245,7 +246,6 @@ class Memberships:
         member = entry.member
         shared = member is None or member.group.caught_up
         event_bytes = connection.node.pushes.event_bytes
-        encode_event = codec.encode_event
         cut = len(connection.admitted.prefix)
         name = entry.name
         encoded = []
@@ -259,7 +259,7 @@ class Memberships:
                     delivery.dedupe_key,
                     d.topic[cut:],
                     d.offset,
-                    event_bytes(codec, d) if shared else encode_event(d.event),
+                    event_bytes(codec, d) if shared else d.event,
                 )
             )
         session.push_many(encoded)

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Final
 
+from hybridbus.core.awareness import AwarenessLimits
 from hybridbus.core.event import Event
 from hybridbus.core.identity import Identity
 from hybridbus.core.log import Delivery
@@ -49,17 +50,21 @@ from hybridbus.errors import AccessError, Revoked, TokenExpired, TooManyConnecti
 from hybridbus.hub.bus import Bus
 from hybridbus.hub.group_guard import GroupGuard
 from hybridbus.hub.guard import Guard
+from hybridbus.hub.states import StateConfig, StateTopics
 from hybridbus.proto.codec import WireCodec
 from hybridbus.proto.codes import CloseCode
 from hybridbus.proto.frames import ClientInfo
 from hybridbus.proto.session import SessionConfig
 from hybridbus.server.access import authenticator_of, limits_of, policy_of
 from hybridbus.server.auth import Authenticator
+from hybridbus.server.awareness import AwarenessRooms
 from hybridbus.server.config import ServerConfig
 from hybridbus.server.connection import Connection, Transport
 from hybridbus.server.metrics import Metrics, Tally
 from hybridbus.server.presence import PresenceRegistry
 from hybridbus.server.pushes import Pushes
+from hybridbus.server.sessions import Sessions, SessionSettings
+from hybridbus.server.states import StateSubscriptions
 from hybridbus.server.subscriptions import Origin
 
 __all__ = ["SERVER_VERSION", "End", "Node", "Release"]
@@ -150,6 +155,33 @@ class Node:
             max_in_flight=config.max_in_flight,
         )
         self.presence = PresenceRegistry()
+        # Awareness on plain topics (ephemeral) and state topics (folds of the log).
+        self.awareness = AwarenessRooms(
+            AwarenessLimits(
+                rate=config.awareness_rate,
+                max_keys=config.awareness_max_keys,
+                max_bytes=config.awareness_max_bytes,
+            )
+        )
+        self.states = StateSubscriptions(
+            StateTopics(
+                bus,
+                StateConfig(
+                    window=config.state_window,
+                    max_bytes=config.state_max_bytes,
+                    snapshot_every=config.state_snapshot_every,
+                    idle=config.state_idle_unload,
+                ),
+            )
+        )
+        self.sessions = Sessions(
+            self.presence,
+            SessionSettings(
+                grace=config.session_grace,
+                tenant_grace=config.tenant_session_grace,
+                max_degraded=config.max_degraded_sessions,
+            ),
+        )
         self.version = SERVER_VERSION
         self.wall_clock = wall_clock
         # How long a connection's close may take: flush, close frame, the peer's answer.
@@ -347,6 +379,7 @@ class Node:
         for held in tuple(self._held):
             if guard.revoked(held.identity) is not None:
                 held.stop(Revoked(reason))
+        self.sessions.revoked(lambda identity: guard.revoked(identity) is not None)
 
     def clients(self, topic: str) -> list[ClientInfo]:
         """Who is present in the absolute `topic` (the HTTP gateway's presence hook)."""
@@ -478,6 +511,7 @@ class Node:
     async def _run_shutdown(self) -> None:
         started = time.monotonic()
         await self.close_connections()
+        self.sessions.close()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -487,6 +521,7 @@ class Node:
         try:
             async with asyncio.timeout(left):
                 await self.guard.drain_audits()  # in flight: appended, not dropped as closed
+                await self.states.topics.close()
                 await self.guard.close()
                 await self.bus.close()
         except TimeoutError:

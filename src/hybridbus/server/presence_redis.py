@@ -1,6 +1,8 @@
 """Presence across nodes: each node's members copied into the Redis the nodes share.
 
-Owns: this node's copy of its members in Redis, its presence heartbeat,
+Owns: this node's copy of its members in Redis (a member's state, ACTIVE or
+DEGRADED, travels in its `ClientInfo`: a change of state is a join of the same
+id with the new info), its presence heartbeat,
 telling the other nodes of each join and leave (Redis pub/sub), feeding what
 the others tell into the node's `PresenceRegistry` (`apply`, `replace`,
 `drop`), and noticing nodes that stopped beating. Must not decide who is
