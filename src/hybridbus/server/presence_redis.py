@@ -55,7 +55,7 @@ import msgspec
 from hybridbus.core.backoff import Backoff
 from hybridbus.proto.frames import ClientInfo
 from hybridbus.server.presence import PresenceRegistry
-from hybridbus.server.redis_shared import SharedRedis, connect, driver_errors
+from hybridbus.server.redis_shared import Channel, SharedRedis, connect, driver_errors
 from hybridbus.tasks import stop
 
 __all__ = ["RedisPresence"]
@@ -109,6 +109,7 @@ class RedisPresence:
         self._nodes = f"{tag}:nodes"
         self._channel = f"{tag}:changes"
         self._redis: Any = None
+        self._pubsub: Any = None  # a Channel once started
         self._errors = driver_errors()
         self._pending: list[_Change] = []
         self._full = True  # write every member anew (first, and after a failure)
@@ -131,6 +132,7 @@ class RedisPresence:
         if self._tasks:
             return
         self._redis = connect(self._shared, _TIMEOUT, "hybridbus-presence")
+        self._pubsub = Channel(self._redis, self._shared, self._channel)
         self._registry.mirror = self
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -168,11 +170,7 @@ class RedisPresence:
         self._wake.set()
 
     def _publish(self, pipe: Any, message: _Message) -> None:
-        data = _encode(message)
-        if self._shared.cluster:
-            pipe.spublish(self._channel, data)
-        else:
-            pipe.publish(self._channel, data)
+        self._pubsub.publish(pipe, _encode(message))
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -260,25 +258,21 @@ class RedisPresence:
     async def _read_loop(self) -> None:
         failures = 0
         while True:
-            pubsub = self._redis.pubsub()
+            pubsub = None
             try:
-                if self._shared.cluster:
-                    await pubsub.ssubscribe(self._channel)
-                    read = pubsub.get_sharded_message
-                else:
-                    await pubsub.subscribe(self._channel)
-                    read = pubsub.get_message
+                pubsub, read = await self._pubsub.subscribe()
                 await self._load_all()
                 failures = 0
                 while True:
-                    message = await read(ignore_subscribe_messages=True, timeout=_READ_WAIT)
-                    if message is not None and message.get("type") in ("message", "smessage"):
-                        await self._heard(message["data"])
+                    data = await read(_READ_WAIT)
+                    if data is not None:
+                        await self._heard(data)
             except self._errors as exc:
                 self._failed(f"listening: {type(exc).__name__}: {exc}")
             finally:
-                with contextlib.suppress(*self._errors):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(*self._errors):
+                        await pubsub.aclose()
             await asyncio.sleep(self._backoff.delay(failures, self._rng))
             failures += 1
 

@@ -14,6 +14,7 @@ alone (memory, sqlite), and presence and limits stay in the process.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -23,7 +24,7 @@ from hybridbus.errors import InvalidInput
 from hybridbus.server.config import ServerConfig
 from hybridbus.server.registry import _following
 
-__all__ = ["SharedRedis", "connect", "driver_errors", "shared_redis"]
+__all__ = ["Channel", "SharedRedis", "connect", "driver_errors", "shared_redis"]
 
 _SCHEMES: Final = frozenset({"redis", "rediss", "redis+cluster", "rediss+cluster"})
 _DEFAULT_PREFIX: Final = "hybridbus:"
@@ -81,6 +82,43 @@ def connect(shared: SharedRedis, timeout: float, name: str) -> Any:
         )
     except ValueError as exc:
         raise InvalidInput(f"bad Redis URL for presence and limits: {exc}") from exc
+
+
+class Channel:
+    """A pub/sub channel of the shared Redis, sharded on a Cluster (`SPUBLISH` / `SSUBSCRIBE`:
+    the channel lives on one shard, like a key) and plain on a single Redis."""
+
+    def __init__(self, redis: Any, shared: SharedRedis, name: str) -> None:
+        self._redis = redis
+        self._cluster = shared.cluster
+        self.name = name
+
+    def publish(self, pipe: Any, data: bytes) -> None:
+        """Add a publish of `data` to `pipe` (a redis-py pipeline)."""
+        if self._cluster:
+            pipe.spublish(self.name, data)
+        else:
+            pipe.publish(self.name, data)
+
+    async def subscribe(self) -> tuple[Any, Callable[[float], Awaitable[bytes | None]]]:
+        """A pub/sub connection subscribed to the channel, and `read(wait)`: the next
+        message's data, or None when none came within `wait` seconds. Close it with
+        `aclose()`."""
+        pubsub = self._redis.pubsub()
+        if self._cluster:
+            await pubsub.ssubscribe(self.name)
+            get = pubsub.get_sharded_message
+        else:
+            await pubsub.subscribe(self.name)
+            get = pubsub.get_message
+
+        async def read(wait: float) -> bytes | None:
+            message = await get(ignore_subscribe_messages=True, timeout=wait)
+            if message is not None and message.get("type") in ("message", "smessage"):
+                return bytes(message["data"])
+            return None
+
+        return pubsub, read
 
 
 def driver_errors() -> tuple[type[BaseException], ...]:

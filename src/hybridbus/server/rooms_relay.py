@@ -45,7 +45,7 @@ import msgspec
 
 from hybridbus.core.backoff import Backoff
 from hybridbus.core.yjs_protocol import AwarenessEntry
-from hybridbus.server.redis_shared import SharedRedis, connect, driver_errors
+from hybridbus.server.redis_shared import Channel, SharedRedis, connect, driver_errors
 from hybridbus.tasks import stop
 
 __all__ = ["AwarenessRelay", "RelayTarget"]
@@ -108,6 +108,7 @@ class AwarenessRelay:
         self._channel = "{" + shared.prefix + "yjs}:awareness"
         self._target: RelayTarget | None = None
         self._redis: Any = None
+        self._pubsub: Any = None  # a Channel once started
         self._errors = driver_errors()
         self._pending: dict[str, dict[int, AwarenessEntry]] = {}  # topic -> client -> newest
         self._queries: set[str] = set()
@@ -130,6 +131,7 @@ class AwarenessRelay:
             return
         self._target = target
         self._redis = connect(self._shared, _TIMEOUT, "hybridbus-yjs")
+        self._pubsub = Channel(self._redis, self._shared, self._channel)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._write_loop(), name="yjs awareness: writer"),
@@ -228,11 +230,7 @@ class AwarenessRelay:
     async def _publish(self, *messages: _Message) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for message in messages:
-                data = _encode(message)
-                if self._shared.cluster:
-                    pipe.spublish(self._channel, data)
-                else:
-                    pipe.publish(self._channel, data)
+                self._pubsub.publish(pipe, _encode(message))
             await pipe.execute()
 
     # -- the other nodes' side ---------------------------------------------------------
@@ -240,29 +238,25 @@ class AwarenessRelay:
     async def _read_loop(self) -> None:
         failures = 0
         while True:
-            pubsub = self._redis.pubsub()
+            pubsub = None
             try:
-                if self._shared.cluster:
-                    await pubsub.ssubscribe(self._channel)
-                    read = pubsub.get_sharded_message
-                else:
-                    await pubsub.subscribe(self._channel)
-                    read = pubsub.get_message
+                pubsub, read = await self._pubsub.subscribe()
                 now = time.monotonic()
                 self._heard = dict.fromkeys(self._heard, now)  # a fresh lapse after a gap
                 self._resync = True
                 self._wake.set()
                 failures = 0
                 while True:
-                    message = await read(ignore_subscribe_messages=True, timeout=self._beat_every)
-                    if message is not None and message.get("type") in ("message", "smessage"):
-                        self._hear(message["data"])
+                    data = await read(self._beat_every)
+                    if data is not None:
+                        self._hear(data)
                     self._lapsed()
             except self._errors as exc:
                 self._failed(f"listening: {type(exc).__name__}: {exc}")
             finally:
-                with contextlib.suppress(*self._errors):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(*self._errors):
+                        await pubsub.aclose()
             await asyncio.sleep(self._backoff.delay(failures, self._rng))
             failures += 1
 
