@@ -348,3 +348,24 @@ def test_a_bad_origin_pattern_is_refused_at_load_naming_the_setting(tmp_path: Pa
         load_config(file)
     config = load_config(env={"HYBRIDBUS_WS_CHECK_ORIGIN": "true"})
     assert config.ws_check_origin is True
+
+
+async def test_ws_check_origin_holds_for_the_yjs_endpoint_too() -> None:
+    """Every WebSocket way in: a Yjs socket from a page not allowed is refused before upgrading."""
+    import aiohttp
+
+    async with running_server(cors_origins=LOCAL, ws_check_origin=True) as server:
+
+        async def status(origin: str | None) -> int:
+            headers = {"Origin": origin} if origin else {}
+            url = f"ws://127.0.0.1:{server.port}/v1/yjs/room1"
+            async with aiohttp.ClientSession() as session:
+                try:
+                    async with session.ws_connect(url, headers=headers):
+                        return 101
+                except aiohttp.WSServerHandshakeError as exc:
+                    return exc.status
+
+        assert await status(ALLOWED) == 101
+        assert await status(None) == 101  # not a browser
+        assert await status(DISALLOWED) == 403

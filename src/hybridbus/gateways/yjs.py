@@ -21,6 +21,9 @@ count closes 4529, which it retries with backoff. A client without `publish` is
 read-only: each update it sends is answered with an auth permission-denied
 message (the provider logs it) and dropped, not stored nor broadcast.
 
+With `ws_check_origin`, an upgrade from a browser page whose `Origin`
+`cors_origins` does not allow is refused (403), as on `/v1/ws`.
+
 The connection counts as one of its user's connections (`Node.hold`) and
 closes 4410 the instant its token expires and 4411 at its revocation. Bytes
 written and not yet taken by the client are bounded by `max_pending_bytes`:
@@ -38,6 +41,7 @@ from typing import Final
 
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 
+from hybridbus.core.cors import CorsPolicy
 from hybridbus.core.yjs_protocol import (
     AuthToken,
     Message,
@@ -60,6 +64,7 @@ from hybridbus.errors import (
     YjsMessageInvalid,
 )
 from hybridbus.gateways.access import HttpAccess
+from hybridbus.gateways.cors import origin_refusal
 from hybridbus.gateways.websocket import Frames, close_reason
 from hybridbus.hub.guard import Principal
 from hybridbus.server.node import Node
@@ -157,6 +162,8 @@ class YjsGateway:
 
     def __init__(self, node: Node, access: HttpAccess, rooms: Rooms) -> None:
         self._node = node
+        config = node.config  # the WebSocket gateway's Origin check, for browser pages too
+        self._origins = CorsPolicy(config.cors_origins) if config.ws_check_origin else None
         self._access = access
         self._rooms = rooms
         self._frames = Frames()
@@ -177,6 +184,10 @@ class YjsGateway:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """One Yjs WebSocket, from the upgrade to the close."""
         node = self._node
+        if self._origins is not None:
+            refusal = origin_refusal(self._origins, request)
+            if refusal is not None:
+                raise refusal
         if not node.accepting:
             raise web.HTTPServiceUnavailable(text="the server is shutting down")
         ws = _WebSocketResponse(
