@@ -19,11 +19,15 @@ topics it pushes; the protocol layer never does.
 Commands refuse unknown fields (a client learns that a server does not know an
 option instead of having it ignored); server messages and results allow them
 (a newer server may add fields, an older client skips them).
+
+The consumer-group messages live in `proto.frames_groups`, the awareness and
+state-topic ones in `proto.frames_collab`; this module puts them in its unions
+and re-exports them.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -44,6 +48,21 @@ from hybridbus.proto.frames_collab import (
     StateResult,
     StateSubscribe,
     StateUnsubscribe,
+)
+from hybridbus.proto.frames_groups import (
+    MAX_SETTLE_IDS,
+    GroupAck,
+    GroupCommand,
+    GroupEventPush,
+    GroupExtend,
+    GroupJoin,
+    GroupJoinResult,
+    GroupLeave,
+    GroupLeaveResult,
+    GroupLeft,
+    GroupNack,
+    GroupTerm,
+    SettleResult,
 )
 
 __all__ = [
@@ -113,8 +132,6 @@ __all__ = [
 ]
 
 MAX_HISTORY_LIMIT: Final = 1000
-# Delivery ids one `ack` / `extend` may carry.
-MAX_SETTLE_IDS: Final = 1000
 
 # Command ids fit a JavaScript number exactly.
 CommandId = Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
@@ -125,11 +142,6 @@ Label = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 TopicText = str
 PositionText = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 Limit = Annotated[int, msgspec.Meta(ge=0, le=MAX_HISTORY_LIMIT)]
-# A group's name is the server's to check too (1006); this only bounds it.
-GroupName = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
-DeliveryId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-DeliveryIds = Annotated[list[DeliveryId], msgspec.Meta(min_length=1, max_length=MAX_SETTLE_IDS)]
-Reason = Annotated[str, msgspec.Meta(max_length=1000)]
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
 SessionToken = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 # Members one `presence` page may hold, and its cursor (opaque to the client).
@@ -217,58 +229,6 @@ class Refresh(_Command, tag="refresh"):
     token: Token
 
 
-class GroupJoin(_Command, tag="group_join"):
-    """Join consumer group `group` (created over `pattern` with `settings` if it does not exist).
-
-    `member` names the member (a reconnecting client gives the name it had);
-    without it the server makes one up. Deliveries come as `group_event` pushes.
-    """
-
-    group: GroupName
-    pattern: TopicText | None = None
-    settings: dict[str, Any] | None = None
-    member: Label | None = None
-
-
-class GroupLeave(_Command, tag="group_leave"):
-    """Leave group `group`: no more deliveries; those held come back after their lease."""
-
-    group: GroupName
-
-
-class GroupAck(_Command, tag="ack"):
-    """The deliveries were handled; answered once that is durable."""
-
-    group: GroupName
-    deliveries: DeliveryIds
-
-
-class GroupNack(_Command, tag="nack"):
-    """The delivery failed: deliver it again after `delay` s (absent: the group's backoff)."""
-
-    group: GroupName
-    delivery: DeliveryId
-    delay: Seconds | None = None
-    error: Reason | None = None
-
-
-class GroupExtend(_Command, tag="extend"):
-    """The handler needs more time: each delivery's lease starts over."""
-
-    group: GroupName
-    deliveries: DeliveryIds
-
-
-class GroupTerm(_Command, tag="term"):
-    """Give up on the delivery now: it goes to the group's dead letters."""
-
-    group: GroupName
-    delivery: DeliveryId
-    reason: Reason | None = None
-
-
-GroupCommand = GroupJoin | GroupLeave | GroupAck | GroupNack | GroupExtend | GroupTerm
-
 Command = (
     Connect
     | Subscribe
@@ -343,35 +303,6 @@ class EventPush(_Server, tag="event"):
     shard: int
     position: int
     event: msgspec.Raw
-
-
-class GroupEventPush(_Server, tag="group_event"):
-    """One delivery of a consumer group's event to this connection's member of `group`.
-
-    `delivery` is the id that settles it (`ack`, `nack`, `extend`, `term`,
-    from any connection); `attempt` counts from 1; `dedupe` is the same on
-    every delivery of one event.
-    """
-
-    group: str
-    delivery: str
-    attempt: int
-    dedupe: str
-    topic: str
-    offset: int
-    event: msgspec.Raw
-
-
-class GroupLeft(_Server, tag="group_left"):
-    """The server ended the connection's membership of `group` (an `ErrorCode` says why).
-
-    E.g. 1401 when the group was deleted. What the member held and did not
-    settle comes back to the group when its lease ends.
-    """
-
-    group: str
-    code: int
-    reason: str
 
 
 class Unsubscribed(_Server, tag="unsubscribed"):
@@ -552,22 +483,6 @@ class RefreshResult(_Result):
     """When the new token expires (Unix time), if it does."""
 
     expires: float | None = None
-
-
-class GroupJoinResult(_Result):
-    """The membership: the group's name, the member's name (keep it for a rejoin), its pattern."""
-
-    group: str
-    member: str
-    pattern: str
-
-
-class GroupLeaveResult(_Result):
-    """Nothing: the membership is over."""
-
-
-class SettleResult(_Result):
-    """Nothing: the `ack`, `nack`, `extend` or `term` is done (durable, for `ack`)."""
 
 
 Result = (
