@@ -52,6 +52,7 @@ from hybridbus.gateways.websocket import WebSocketGateway
 from hybridbus.gateways.yjs import YjsGateway
 from hybridbus.server.access import ApiKeys
 from hybridbus.server.auth import Authenticator
+from hybridbus.server.awareness_relay import TopicAwarenessRelay
 from hybridbus.server.config import ServerConfig, engine_config
 from hybridbus.server.groups import locator
 from hybridbus.server.limits_redis import RedisLimits
@@ -108,8 +109,10 @@ async def create_app(
     # Presence and the tenant publish rate across nodes, in the Redis they share (if any).
     shared = shared_redis(config)
     presence = limits = None
+    topic_awareness = None  # awareness on plain topics across nodes (docs/collaboration.md)
     if shared is not None:
         presence = RedisPresence(node.presence, shared, node=registry.id, ttl=config.registry_ttl)
+        topic_awareness = TopicAwarenessRelay(shared, node=registry.id, ttl=config.registry_ttl)
         tenants = node.guard.limits
         if tenants.tenant_rate > 0:
             burst = tenants.tenant_burst or tenants.tenant_rate
@@ -131,6 +134,9 @@ async def create_app(
             await presence.start()  # in the background too, as are the limits' leases
         if limits is not None:
             await limits.start()
+        if topic_awareness is not None:
+            node.awareness.relay = topic_awareness
+            topic_awareness.follow(node.awareness)  # in the background too
         access = HttpAccess(node.guard, ApiKeys(config.api_keys), node.authenticator)
         http = HttpGateway(
             bus,
@@ -223,6 +229,8 @@ async def create_app(
             await presence.close()
         if limits is not None:
             await limits.close()
+        if topic_awareness is not None:
+            await topic_awareness.close()
         await bridges.close()
         await outbound.close()
         await node.shutdown()
@@ -238,6 +246,8 @@ async def create_app(
         groups.close()  # ends the waiting fetches
         await yjs.close()  # Yjs sockets (4498), then every room's last snapshot
         await node.close_connections()
+        if topic_awareness is not None:
+            await topic_awareness.close()  # the removals just made, then `gone`
         await webhooks.close()  # the audit events of failed checks being appended
 
     async def shutdown(app: web.Application) -> None:

@@ -5,9 +5,12 @@ ABSOLUTE topic), the `awareness_set` / `awareness_watch` / `awareness_unwatch`
 commands, the `awareness` pushes to the watchers of a topic (every watcher
 but the client whose state changed; its own connection has the stamp in the
 reply), ONE loop timer per room for its pending conflated updates, and the
-`removed` push at once when a connection that held a state closes. Must not
-touch the log: awareness is ephemeral, never appended anywhere, and lives on
-the node its client is connected to (docs/collaboration.md says so).
+`removed` push at once when a connection that held a state closes, and the
+states of other nodes' clients in the topics watched here (the `AwarenessTarget`
+of `server.awareness_relay`: their updates, removals, and all of a node's
+states dropped when it goes). Must not touch the log: awareness is ephemeral,
+never appended anywhere; a state lives on the node its client is connected to
+and the others hear of it over the shared Redis (docs/collaboration.md).
 
 Rules of who may: watching a topic's awareness needs `presence` on it (it
 shows who is there, as presence does); setting one's own state needs
@@ -30,15 +33,17 @@ from hybridbus.proto.frames import (
     AwarenessState,
     AwarenessWatch,
 )
+from hybridbus.server.awareness_relay import Entry
 
 if TYPE_CHECKING:
+    from hybridbus.server.awareness_relay import TopicAwarenessRelay
     from hybridbus.server.connection import Connection
 
 __all__ = ["AwarenessRooms"]
 
 
 class _Room:
-    __slots__ = ("awareness", "connections", "timer", "users", "watchers")
+    __slots__ = ("awareness", "connections", "remote", "timer", "users", "watchers")
 
     def __init__(self, limits: AwarenessLimits) -> None:
         self.awareness = Awareness(limits)
@@ -47,6 +52,8 @@ class _Room:
         self.connections: dict[str, Connection] = {}
         self.users: dict[str, str | None] = {}
         self.timer: asyncio.TimerHandle | None = None
+        # Other nodes' clients (node -> client -> state), followed while watched here.
+        self.remote: dict[str, dict[str, Entry]] = {}
 
 
 class AwarenessRooms:
@@ -58,6 +65,7 @@ class AwarenessRooms:
         # Per connection: the topics it holds a state in, and those it watches.
         self._held: dict[Connection, set[str]] = {}
         self._watching: dict[Connection, set[str]] = {}
+        self.relay: TopicAwarenessRelay | None = None  # set by `serve` on a shared Redis
 
     def __len__(self) -> int:
         return len(self._rooms)
@@ -75,6 +83,8 @@ class AwarenessRooms:
         elif isinstance(command, AwarenessWatch):
             topic = guard.presence(principal, command.topic)
             room = self._room(topic)
+            if not room.watchers and self.relay is not None:
+                self.relay.ask(topic)  # the other nodes' states come as pushes
             room.watchers.add(connection)
             self._watching.setdefault(connection, set()).add(topic)
             clients = [
@@ -83,6 +93,11 @@ class AwarenessRooms:
                 )
                 for u in room.awareness.states()
             ]
+            clients.extend(
+                AwarenessState(client=e.client, state=e.state, lamport=e.lamport, user=e.user)
+                for held in room.remote.values()
+                for e in held.values()
+            )
             session.reply(command.id, AwarenessResult(clients=clients))
         else:
             topic = principal.topic(command.topic)
@@ -94,8 +109,7 @@ class AwarenessRooms:
         for topic in self._watching.pop(connection, ()):
             room = self._rooms.get(topic)
             if room is not None:
-                room.watchers.discard(connection)
-                self._maybe_drop(topic, room)
+                self._unwatched(topic, room, connection)
         for topic in self._held.pop(connection, ()):
             room = self._rooms.get(topic)
             if room is None:
@@ -151,8 +165,16 @@ class AwarenessRooms:
             self._send(topic, room, update, room.users.get(update.client))
         self._arm(topic, room)
 
-    def _send(self, topic: str, room: _Room, update: Update, user: str | None) -> None:
-        """Push `update` to every watcher of `topic` but the connection it is about."""
+    def _send(
+        self, topic: str, room: _Room, update: Update, user: str | None, local: bool = True
+    ) -> None:
+        """Push `update` to every watcher of `topic` but the connection it is about.
+
+        `local`: about a client of this node, so the other nodes are told too.
+        """
+        if local and self.relay is not None:
+            entry = Entry(update.client, update.lamport, update.state, user, update.removed)
+            self.relay.send(topic, entry)
         for watcher in tuple(room.watchers):
             if watcher.id == update.client or watcher.session.closed:
                 continue
@@ -176,8 +198,13 @@ class AwarenessRooms:
             watching.discard(topic)
         room = self._rooms.get(topic)
         if room is not None:
-            room.watchers.discard(connection)
-            self._maybe_drop(topic, room)
+            self._unwatched(topic, room, connection)
+
+    def _unwatched(self, topic: str, room: _Room, connection: Connection) -> None:
+        room.watchers.discard(connection)
+        if not room.watchers:
+            room.remote.clear()  # no longer followed here
+        self._maybe_drop(topic, room)
 
     def _maybe_drop(self, topic: str, room: _Room) -> None:
         if room.watchers or len(room.awareness):
@@ -186,3 +213,56 @@ class AwarenessRooms:
             room.timer.cancel()
         if self._rooms.get(topic) is room:
             del self._rooms[topic]
+
+    # -- the relay's target (server.awareness_relay.AwarenessTarget) -------------------
+
+    def watched(self) -> list[str]:
+        """The topics watched here."""
+        return [topic for topic, room in self._rooms.items() if room.watchers]
+
+    def held(self) -> list[str]:
+        """The topics this node's clients hold a state in."""
+        return [topic for topic, room in self._rooms.items() if len(room.awareness)]
+
+    def local(self, topic: str) -> list[Entry]:
+        """The states this node's clients hold in `topic`."""
+        room = self._rooms.get(topic)
+        if room is None:
+            return []
+        return [
+            Entry(u.client, u.lamport, u.state, room.users.get(u.client))
+            for u in room.awareness.states()
+        ]
+
+    def heard(self, node: str, topic: str, entries: list[Entry], full: bool) -> None:
+        """`node` says `entries` about its clients in `topic`: the watchers here are told."""
+        room = self._rooms.get(topic)
+        if room is None or not room.watchers:
+            return
+        held = room.remote.setdefault(node, {})
+        if full:
+            fresh = {e.client for e in entries if not e.removed}
+            for client in [c for c in held if c not in fresh]:
+                self._gone(topic, room, held.pop(client))
+        for entry in entries:
+            if entry.removed:
+                old = held.pop(entry.client, None)
+                if old is not None:
+                    self._gone(topic, room, old, entry.lamport)
+            elif held.get(entry.client) != entry:
+                held[entry.client] = entry
+                update = Update(entry.client, entry.state, entry.lamport)
+                self._send(topic, room, update, entry.user, local=False)
+        if not held:
+            del room.remote[node]
+
+    def drop(self, node: str) -> None:
+        """`node` is gone: its clients' states are removed here, the watchers told."""
+        for topic, room in list(self._rooms.items()):
+            for entry in room.remote.pop(node, {}).values():
+                self._gone(topic, room, entry)
+
+    def _gone(self, topic: str, room: _Room, entry: Entry, lamport: int | None = None) -> None:
+        stamp = entry.lamport + 1 if lamport is None else lamport
+        update = Update(entry.client, {}, stamp, removed=True)
+        self._send(topic, room, update, entry.user, local=False)
