@@ -111,7 +111,8 @@ async def create_app(
     presence = limits = None
     topic_awareness = None  # awareness on plain topics across nodes (docs/collaboration.md)
     if shared is not None:
-        presence = RedisPresence(node.presence, shared, node=registry.id, ttl=config.registry_ttl)
+        presence = RedisPresence(node.presence, shared, node=registry.id, ttl=config.registry_ttl,
+                                 sessions=node.sessions)  # fmt: skip
         topic_awareness = TopicAwarenessRelay(shared, node=registry.id, ttl=config.registry_ttl)
         tenants = node.guard.limits
         if tenants.tenant_rate > 0:

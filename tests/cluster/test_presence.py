@@ -3,8 +3,10 @@
 A client on one node asking the presence of a topic sees the members on
 every node; watchers get `join` / `leave` of members on other nodes as they
 happen; a node shut down takes its members with it at once, a node killed
-with `kill -9` within `registry_ttl` (docs/scale-out.md, "Presence and
-limits across nodes").
+with `kill -9` within `registry_ttl` — its members without a session; those
+with one turn "degraded" then and leave after their grace, unless their
+clients come back on another node (tests/cluster/test_sessions.py;
+docs/scale-out.md, "Presence and limits across nodes").
 """
 
 from __future__ import annotations
@@ -130,13 +132,14 @@ async def test_a_node_that_stops_takes_its_members_at_once(
         assert await members(watcher) == []
 
 
-async def test_the_members_of_a_node_killed_vanish_within_the_ttl(
+async def test_the_members_without_a_session_of_a_node_killed_vanish_within_the_ttl(
     redis_server: Callable[..., RedisServer], tmp_path: Path
 ) -> None:
     engine = redis_server().url
     env = {
         "HYBRIDBUS_NODE_ID": "doomed",
         "HYBRIDBUS_REGISTRY_TTL": str(TTL),
+        "HYBRIDBUS_SESSION_GRACE": "0",  # sessions off: nothing waits for the client
         "HYBRIDBUS_ANONYMOUS_TENANT": "acme",
     }
     doomed = ServerProcess("--engine", engine, "--host", "127.0.0.1", logs=tmp_path / "d.log",

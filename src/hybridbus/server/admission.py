@@ -39,7 +39,8 @@ async def connect(connection: Connection, command: Connect) -> None:
             identity = await node.authenticator.authenticate(command.token, command.device)
         scope_topic(identity.tenant, "x")  # an authenticator must name a real tenant
         principal = node.guard.admit(identity)
-        found = node.sessions.check(identity, command.session)  # another's: refused (4502)
+        # Here or on another node; another's: refused (4502).
+        found = await node.sessions.find(identity, command.session)
         node.admit(connection, identity)
     except AccessError as exc:
         session.reject(close_code(exc), str(exc))

@@ -4,7 +4,8 @@ Owns: the registry of members per ABSOLUTE topic (a member is one client's
 presence in one topic, with the `ClientInfo` presence shows and its state,
 ACTIVE or DEGRADED), the watchers of each topic, the join / leave / state
 notifications to them, pages of a topic's members, and the view of the other
-nodes' members (`apply`, `replace`, `drop`: fed by `server.presence_redis`
+nodes' members (`apply`, `replace`, `drop`, `lapsed`; `adopt` makes a
+session's places on another node this node's: fed by `server.presence_redis`
 when nodes share a Redis). Must not encode or send anything (a watcher turns
 a notification into a push), nor know about the bus, Redis or timers: every
 change of a holder of this node is handed to the `mirror`, which copies it
@@ -290,6 +291,33 @@ class PresenceRegistry:
             held = self._remote.setdefault(node, {})
         held[id] = (topic, info)
         self._add(topic, key, info)
+
+    def lapsed(self, node: str) -> None:
+        """`node` stopped beating: its sessions' holders show "degraded", the others go.
+
+        The sessions' places stay until the node that adopts them says so (`drop`).
+        """
+        for id, (topic, info) in list(self._remote.get(node, {}).items()):
+            if info.session is None:
+                self.apply(node, False, id, topic, info)
+            elif info.state != "degraded":
+                self.apply(node, True, id, topic, msgspec.structs.replace(info, state="degraded"))
+
+    def adopt(self, sessions: set[str], node: str | None = None) -> int:
+        """Hold on this node the places of `sessions` that `node` (None: any node) holds.
+
+        They become this node's held places, shown "degraded" (the sessions
+        moved here: their node died, or their client came back here).
+        Returns how many places were adopted.
+        """
+        found = 0
+        for held in [self._remote.get(node, {})] if node is not None else self._remote.values():
+            for topic, info in list(held.values()):
+                if info.session in sessions and (topic, held_key(info.session)) not in self._local:
+                    changed = msgspec.structs.replace(info, state="degraded")
+                    self._add_local(topic, held_key(info.session), changed)
+                    found += 1
+        return found
 
     def replace(self, node: str, members: Mapping[str, tuple[str, ClientInfo]]) -> None:
         """`node`'s holders are now exactly `members` (id -> (topic, info)): tell the changes."""

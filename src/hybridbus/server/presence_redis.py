@@ -13,11 +13,16 @@ Keys (one hash tag, so a Redis Cluster keeps them in one slot; `P` is the
 prefix of `server.redis_shared`, e.g. `hybridbus:main:`):
 
     {Ppresence}:members:<node>  hash: member id -> [topic, ClientInfo] (JSON); PX = ttl·3/4
+    {Ppresence}:sessions:<node> hash: session id -> SessionRecord (JSON: digest, presence id,
+                                grace, deadline); PX = ttl·3/4
+    {Ppresence}:claim:<node>    the node adopting a lapsed node's sessions (SET NX), PX = ttl·3/2
     {Ppresence}:alive:<node>    the node's heartbeat, PX = ttl·3/4, written every ttl/4
     {Ppresence}:nodes           a set of the node ids that beat
     {Ppresence}:changes         the channel (SPUBLISH on a Cluster): {"node", "changes"} per
                                 write, {"node", "sync": true} after a full write,
-                                {"node", "gone": true} at a graceful shutdown
+                                {"node", "gone": true} at a graceful shutdown,
+                                "took": [session ids] taken from their nodes (after the
+                                changes holding their places here), "adopted": [lapsed nodes]
 
 Theory of operation. A node writes its members and publishes the changes in
 one pipeline, in order, on one connection: whoever reads the channel and then
@@ -35,6 +40,20 @@ hash is removed. A node killed with `kill -9` thus loses its members within
 `registry_ttl`: its key lapses ttl·3/4 after its last beat, and the next
 check of a live node comes within ttl/4. A graceful shutdown removes them
 at once (`gone`).
+
+Sessions across nodes (docs/scale-out.md). Each node mirrors its sessions
+(`server.sessions` calls `saved`) into its sessions hash, in the same writes.
+A lapsed node's members that belong to a session are not dropped but shown
+"degraded" (`PresenceRegistry.lapsed`); every node that notices the lapse
+tries `SET claim NX`, and the one that wins adopts the node's sessions (their
+places become its held places, `Sessions.adopted`), writes them, then
+removes the node's keys and publishes `adopted` in the same pipeline: the
+others drop the node only then, so a session's member never leaves between.
+The adopter ends what nobody resumes when its grace is over (a `leave` on
+every node). A connect presenting a session of another node (`lookup`)
+holds its places here first, then publishes `took`: the node that held it
+lets it go without a leave. A claim whose adopter died lapses, and the next
+node that looks claims again.
 
 Redis unreachable: this node answers for its own members as ever and keeps
 the other nodes' as they were last heard (they may be stale); it retries
@@ -56,6 +75,7 @@ from hybridbus.core.backoff import Backoff
 from hybridbus.proto.frames import ClientInfo
 from hybridbus.server.presence import PresenceRegistry
 from hybridbus.server.redis_shared import Channel, SharedRedis, connect, driver_errors
+from hybridbus.server.sessions import SessionRecord, Sessions
 from hybridbus.tasks import stop
 
 __all__ = ["RedisPresence"]
@@ -81,6 +101,8 @@ class _Message(msgspec.Struct, omit_defaults=True):
     changes: list[_Change] = msgspec.field(default_factory=list)
     sync: bool = False  # the node wrote all of its members anew: load them
     gone: bool = False  # the node shut down: its members left
+    took: list[str] = msgspec.field(default_factory=list)  # sessions taken from their nodes
+    adopted: list[str] = msgspec.field(default_factory=list)  # lapsed nodes, sessions adopted
 
 
 class _Member(msgspec.Struct, array_like=True):
@@ -91,15 +113,26 @@ class _Member(msgspec.Struct, array_like=True):
 _encode = msgspec.json.Encoder().encode
 _message = msgspec.json.Decoder(_Message)
 _member = msgspec.json.Decoder(_Member)
+_record = msgspec.json.Decoder(SessionRecord)
 
 
 class RedisPresence:
     """The `Mirror` of a node's `PresenceRegistry` in the Redis at `shared`."""
 
     def __init__(
-        self, registry: PresenceRegistry, shared: SharedRedis, *, node: str, ttl: float
+        self,
+        registry: PresenceRegistry,
+        shared: SharedRedis,
+        *,
+        node: str,
+        ttl: float,
+        sessions: Sessions | None = None,
     ) -> None:
         self._registry = registry
+        self._sessions = sessions
+        self._saved: dict[str, SessionRecord | None] = {}  # session changes to write
+        self._took: list[tuple[str, str]] = []  # (session, its node) to tell
+        self._adopted: list[str] = []  # lapsed nodes whose sessions this node adopted
         self._shared = shared
         self.node = node
         self._beat_every = ttl / 4
@@ -125,6 +158,9 @@ class RedisPresence:
     def _members(self, node: str) -> str:
         return f"{self._tag}:members:{node}"
 
+    def _sessions_of(self, node: str) -> str:
+        return f"{self._tag}:sessions:{node}"
+
     # -- life ---------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -134,6 +170,8 @@ class RedisPresence:
         self._redis = connect(self._shared, _TIMEOUT, "hybridbus-presence")
         self._pubsub = Channel(self._redis, self._shared, self._channel)
         self._registry.mirror = self
+        if self._sessions is not None:
+            self._sessions.mirror = self
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._write_loop(), name="presence: writer"),
@@ -144,6 +182,8 @@ class RedisPresence:
         """Stop; remove this node's members at once and tell the others (graceful shutdown)."""
         if self._registry.mirror is self:
             self._registry.mirror = None
+        if self._sessions is not None and self._sessions.mirror is self:
+            self._sessions.mirror = None
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             await stop(task)
@@ -152,7 +192,10 @@ class RedisPresence:
         try:
             async with asyncio.timeout(_CLOSE_TIMEOUT):
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.delete(self._members(self.node), self._alive(self.node))
+                    pipe.delete(
+                        self._members(self.node), self._sessions_of(self.node),
+                        self._alive(self.node),
+                    )  # fmt: skip
                     pipe.srem(self._nodes, self.node)
                     self._publish(pipe, _Message(self.node, gone=True))
                     await pipe.execute()
@@ -169,6 +212,53 @@ class RedisPresence:
             self._pending.append(_Change(joined, member, topic, info))
         self._wake.set()
 
+    def saved(self, id: str, record: SessionRecord | None) -> None:
+        """A session of this node changed (None: it ended): written by the writer, soon."""
+        if not self._full:
+            self._saved.pop(id, None)  # the latest, in the order of the changes
+            self._saved[id] = record
+        self._wake.set()
+
+    def take(self, id: str, node: str) -> None:
+        """This node took the session `id` from `node`: tell it after the places held here."""
+        self._took.append((id, node))
+        self._wake.set()
+
+    async def lookup(self, id: str) -> tuple[str, SessionRecord | None]:
+        """The other node holding the session `id` (alive or lapsed, not yet adopted)."""
+        try:
+            async with asyncio.timeout(_TIMEOUT):
+                found = await self._redis.smembers(self._nodes)
+                others = sorted(n.decode() for n in found if n.decode() != self.node)
+                if not others:
+                    return "", None
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for node in others:
+                        pipe.hget(self._sessions_of(node), id)
+                    values = await pipe.execute()
+        except self._errors as exc:  # a new session, as if nobody held it
+            self._failed(f"looking a session up: {type(exc).__name__}: {exc}")
+            return "", None
+        for node, value in zip(others, values, strict=True):
+            if value is not None:
+                try:
+                    return node, _record.decode(value)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    log.warning("skipped a session entry that cannot be read", extra={"node": node})
+        return "", None
+
+    def _told(self, pipe: Any) -> tuple[list[str], list[str]]:
+        """Add to `pipe` what taking sessions and adopting nodes remove; their ids and nodes."""
+        took, self._took = self._took, []
+        adopted, self._adopted = self._adopted, []
+        for id, node in took:
+            pipe.hdel(self._sessions_of(node), id)
+        if adopted:
+            pipe.srem(self._nodes, *adopted)
+            pipe.delete(*(self._members(n) for n in adopted),
+                        *(self._sessions_of(n) for n in adopted))  # fmt: skip
+        return [id for id, _ in took], adopted
+
     def _publish(self, pipe: Any, message: _Message) -> None:
         self._pubsub.publish(pipe, _encode(message))
 
@@ -183,18 +273,18 @@ class RedisPresence:
                     await self._beat()
                 if self._full:
                     await self._write_all()
-                elif self._pending:
+                elif self._pending or self._saved or self._took or self._adopted:
                     await self._write_changes()
                 if failures:
                     log.info("presence is shared again", extra={"node": self.node})
                 failures = 0
             except self._errors as exc:
                 self._failed(f"writing: {type(exc).__name__}: {exc}")
-                self._full, self._pending = True, []
+                self._full, self._pending, self._saved = True, [], {}  # written whole again
                 await asyncio.sleep(self._backoff.delay(failures, self._rng))
                 failures += 1
                 continue
-            if self._pending:
+            if self._pending or self._saved or self._took or self._adopted:
                 continue  # more than one write takes
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, beat - loop.time())):
@@ -204,30 +294,45 @@ class RedisPresence:
     async def _write_all(self) -> None:
         """Write every member of this node anew, then tell the others to load them."""
         members = {id: _encode(_Member(topic, info)) for id, topic, info in self._registry.local()}
-        self._full, self._pending = False, []  # later changes follow this write
-        key = self._members(self.node)
+        records = self._sessions.records() if self._sessions is not None else {}
+        self._full, self._pending, self._saved = False, [], {}  # later changes follow this write
+        key, sessions = self._members(self.node), self._sessions_of(self.node)
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.delete(key)
+            pipe.delete(key, sessions)
             if members:
                 pipe.hset(key, mapping=members)
                 pipe.pexpire(key, self._lapse_ms)
+            if records:
+                pipe.hset(sessions, mapping={id: _encode(r) for id, r in records.items()})
+                pipe.pexpire(sessions, self._lapse_ms)
             pipe.set(self._alive(self.node), b"1", px=self._lapse_ms)
             pipe.sadd(self._nodes, self.node)
-            self._publish(pipe, _Message(self.node, sync=True))
+            took, adopted = self._told(pipe)
+            self._publish(pipe, _Message(self.node, sync=True, took=took, adopted=adopted))
             await pipe.execute()
 
     async def _write_changes(self) -> None:
         changes = self._pending[:_MOST_CHANGES]
         del self._pending[:_MOST_CHANGES]
-        key = self._members(self.node)
+        saved, self._saved = self._saved, {}
+        key, sessions = self._members(self.node), self._sessions_of(self.node)
         async with self._redis.pipeline(transaction=False) as pipe:
+            for id, record in saved.items():  # before the places: a lookup finds the session
+                if record is not None:
+                    pipe.hset(sessions, id, _encode(record))
+                else:
+                    pipe.hdel(sessions, id)
+            if saved:
+                pipe.pexpire(sessions, self._lapse_ms)
             for change in changes:
                 if change.joined:
                     pipe.hset(key, change.id, _encode(_Member(change.topic, change.info)))
                 else:
                     pipe.hdel(key, change.id)
             pipe.pexpire(key, self._lapse_ms)
-            self._publish(pipe, _Message(self.node, changes=changes))
+            # Taken sessions and adopted nodes go after the last of the changes holding them.
+            took, adopted = self._told(pipe) if not self._pending else ([], [])
+            self._publish(pipe, _Message(self.node, changes=changes, took=took, adopted=adopted))
             await pipe.execute()
 
     async def _beat(self) -> None:
@@ -235,23 +340,39 @@ class RedisPresence:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(self._alive(self.node), b"1", px=self._lapse_ms, get=True)
             pipe.pexpire(self._members(self.node), self._lapse_ms)
+            pipe.pexpire(self._sessions_of(self.node), self._lapse_ms)
             pipe.sadd(self._nodes, self.node)
             pipe.smembers(self._nodes)
-            was, _, _, found = await pipe.execute()
+            was, _, _, _, found = await pipe.execute()
         if was is None:
             self._full = True  # the others dropped us (or never knew us)
         others = sorted(n.decode() for n in found if n.decode() != self.node)
         alive = await self._redis.mget([self._alive(n) for n in others]) if others else []
         live = {n for n, value in zip(others, alive, strict=True) if value is not None}
-        lapsed = sorted(set(others) - live)
-        for node in set(self._registry.nodes()) - live:
-            self._registry.drop(node)
-        if lapsed:
-            log.info("nodes lapsed: their members left", extra={"nodes": lapsed})
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.srem(self._nodes, *lapsed)
-                pipe.delete(*(self._members(n) for n in lapsed))
-                await pipe.execute()
+        lapsed = sorted((set(others) | set(self._registry.nodes())) - live)
+        for node in lapsed:
+            self._registry.lapsed(node)  # its sessions' places "degraded", the rest leave
+            await self._claim(node)
+
+    async def _claim(self, node: str) -> None:
+        """Adopt the lapsed `node`'s sessions if no other node does (`SET NX`)."""
+        claim = f"{self._tag}:claim:{node}"
+        if not await self._redis.set(claim, self.node, nx=True, px=self._lapse_ms * 2):
+            return  # another node adopts them (or did: its `adopted` drops the node here)
+        found = await self._redis.hgetall(self._sessions_of(node))
+        records: dict[str, SessionRecord] = {}
+        for id, value in found.items():
+            try:
+                records[id.decode()] = _record.decode(value)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.warning("skipped a session entry that cannot be read", extra={"node": node})
+        log.info("node lapsed: its members left, its sessions are adopted here",
+                 extra={"lapsed": node, "sessions": len(records)})  # fmt: skip
+        if self._sessions is not None:
+            self._sessions.adopted(node, records)
+        self._registry.drop(node)  # its sessions' places are held here now: no leave
+        self._adopted.append(node)  # written after the adopted places, then dropped everywhere
+        self._wake.set()
 
     # -- the other nodes' changes -----------------------------------------------------
 
@@ -316,6 +437,12 @@ class RedisPresence:
             await self._load(node)
         for change in message.changes:
             self._registry.apply(node, change.joined, change.id, change.topic, change.info)
+        if self._sessions is not None:
+            for id in message.took:
+                self._sessions.taken(id)
+        for lapsed in message.adopted:
+            if lapsed != self.node:
+                self._registry.drop(lapsed)
 
     def _failed(self, reason: str) -> None:
         now = time.monotonic()

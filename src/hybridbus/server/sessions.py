@@ -3,7 +3,10 @@
 Owns: the sessions of this node's clients — their ids and secrets (a digest
 of each), who owns each one, their lifecycle ACTIVE → DEGRADED → TERMINATED
 with the grace timer, resuming a session on a new connection (and refusing
-another user's attempt), and the bound on degraded sessions. Must not speak
+another user's attempt), and the bound on degraded sessions; with nodes
+sharing a Redis, what the `mirror` (`server.presence_redis`) copies of them
+(`SessionRecord`), taking a session another node holds (`find`), adopting a
+dead node's (`adopted`) and letting go of one taken (`taken`). Must not speak
 the protocol or touch a socket (`server.admission` answers the connect, the
 connection reports its end), nor keep deliveries: a degraded session holds
 no queue at all — its client resubscribes from its resume tokens, and the
@@ -36,8 +39,9 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import msgspec
 
@@ -50,7 +54,7 @@ from hybridbus.server.presence import PresenceRegistry
 if TYPE_CHECKING:
     from hybridbus.server.connection import Connection
 
-__all__ = ["SessionSettings", "Sessions"]
+__all__ = ["SessionMirror", "SessionRecord", "SessionSettings", "Sessions"]
 
 log = logging.getLogger("hybridbus.server")
 
@@ -70,17 +74,46 @@ class SessionSettings(msgspec.Struct, frozen=True, kw_only=True):
         return self.tenant_grace.get(tenant, self.grace)
 
 
+class SessionRecord(msgspec.Struct, array_like=True, frozen=True):
+    """What the other nodes know of a session: its owner's digest, presence id, grace, deadline.
+
+    `deadline` is the wall-clock time a degraded session ends (0 while it is active).
+    """
+
+    digest: bytes
+    client: str
+    grace: float
+    deadline: float = 0.0
+
+
+class SessionMirror(Protocol):
+    """Where a node's sessions are copied for the other nodes (`server.presence_redis`)."""
+
+    def saved(self, id: str, record: SessionRecord | None) -> None:
+        """The session `id` is now `record` (None: it ended). Must not block."""
+        ...
+
+    def take(self, id: str, node: str) -> None:
+        """This node took the session `id` from `node`: tell it (after the places adopted)."""
+        ...
+
+    async def lookup(self, id: str) -> tuple[str, SessionRecord | None]:
+        """The other node holding the session `id` and its record, or ("", None)."""
+        ...
+
+
 def _digest(identity: Identity, secret: str) -> bytes:
     owner = f"{identity.tenant}\0{identity.user or ''}\0{int(identity.admin)}\0{secret}"
     return hashlib.sha256(owner.encode()).digest()
 
 
 class _Session:
-    __slots__ = ("connection", "digest", "grace", "id", "identity", "info", "timer")
+    __slots__ = ("connection", "deadline", "digest", "grace", "id", "identity", "info", "timer")
 
     def __init__(
-        self, id: str, identity: Identity, digest: bytes, grace: float, connection: Connection
-    ) -> None:
+        self, id: str, identity: Identity, digest: bytes, grace: float,
+        connection: Connection | None,
+    ) -> None:  # fmt: skip
         self.id = id
         self.identity = identity  # of its latest connection: a revocation ends it
         self.digest = digest
@@ -88,6 +121,7 @@ class _Session:
         self.connection: Connection | None = connection
         self.info: ClientInfo | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # wall clock, while degraded
 
 
 class Sessions:
@@ -100,6 +134,7 @@ class Sessions:
         # The degraded ones, oldest first: the first to go past the bound.
         self._degraded: dict[str, _Session] = {}
         self.terminated_early = 0  # degraded sessions ended by the bound
+        self.mirror: SessionMirror | None = None  # set by `server.presence_redis`
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -130,6 +165,78 @@ class Sessions:
             raise SessionRefused("this session belongs to another client")
         return found
 
+    async def find(self, identity: Identity, presented: str | None) -> _Session | None:
+        """`check`, then the sessions the other nodes hold (or held: a node that died).
+
+        A session found on another node whose owner `identity` proves is taken
+        from it: its places are held here (degraded) until the client
+        resubscribes, and that node is told to let it go.
+        """
+        found = self.check(identity, presented)
+        if found is not None or presented is None or self.mirror is None:
+            return found
+        id, _, secret = presented.partition(".")
+        node, record = await self.mirror.lookup(id)
+        if record is None:
+            return self.check(identity, presented)  # none: a new session
+        if not hmac.compare_digest(record.digest, _digest(identity, secret)):
+            raise SessionRefused("this session belongs to another client")
+        if id in self._sessions:  # came here meanwhile
+            return self.check(identity, presented)
+        session = self._adopt(id, record, node, identity)
+        self.mirror.take(id, node)
+        log.info("session %s taken from node %s", id, node)
+        return session
+
+    def adopted(self, node: str, records: Mapping[str, SessionRecord]) -> None:
+        """The sessions of `node` (it died) are this node's now, degraded until their clients
+        come back or their grace is over (counted from their deadline, or from now)."""
+        for id, record in records.items():
+            if id not in self._sessions:
+                self._adopt(id, record, node)
+        if records:
+            log.info("adopted %d sessions of the lapsed node %s", len(records), node)
+
+    def taken(self, id: str) -> None:
+        """Another node took the session `id`: let it go without a `leave` (it holds it now)."""
+        session = self._sessions.pop(id, None)
+        if session is None:
+            return
+        self._degraded.pop(id, None)
+        if session.timer is not None:
+            session.timer.cancel()
+            session.timer = None
+        old, session.connection = session.connection, None
+        if old is not None:  # its old connection is not dead to this node yet
+            self._presence.hold(id, "active")
+            old.close_moved()
+        self._presence.release(id)
+
+    def records(self) -> dict[str, SessionRecord]:
+        """Every session of this node as the other nodes see it (to copy them whole)."""
+        return {id: self._record(session) for id, session in self._sessions.items()}
+
+    def _record(self, session: _Session) -> SessionRecord:
+        client = session.info.client if session.info is not None else session.id
+        return SessionRecord(session.digest, client, session.grace, session.deadline)
+
+    def _save(self, session: _Session) -> None:
+        if self.mirror is not None:
+            self.mirror.saved(session.id, self._record(session))
+
+    def _adopt(
+        self, id: str, record: SessionRecord, node: str, identity: Identity | None = None
+    ) -> _Session:
+        # Unknown for a dead node's sessions: the next connect's identity replaces it.
+        owner = identity or Identity(tenant="")
+        session = _Session(id, owner, record.digest, record.grace, None)
+        session.info = ClientInfo(client=record.client, session=id)
+        self._sessions[id] = session
+        self._presence.adopt({id}, node)
+        left = record.grace if record.deadline <= 0 else record.deadline - time.time()
+        self._degrade(session, max(0.0, left))
+        return session
+
     def attach(
         self,
         connection: Connection,
@@ -159,12 +266,15 @@ class Sessions:
             found.grace = grace
             base = found.info or info
             found.info = msgspec.structs.replace(info, client=base.client, session=found.id)
+            found.deadline = 0.0
+            self._save(found)
             return found.info, presented, True, grace
         id = secrets.token_urlsafe(_ID_BYTES)
         secret = secrets.token_urlsafe(_SECRET_BYTES)
         session = _Session(id, identity, _digest(identity, secret), grace, connection)
         session.info = msgspec.structs.replace(info, session=id)
         self._sessions[id] = session
+        self._save(session)
         return session.info, f"{id}.{secret}", False, grace
 
     def dropped(self, connection: Connection, code: int) -> None:
@@ -181,10 +291,15 @@ class Sessions:
             self._end(session)
             return
         self._presence.hold(session.id, "degraded")
+        self._degrade(session, session.grace)
+
+    def _degrade(self, session: _Session, grace: float) -> None:
         if session.timer is not None:
             session.timer.cancel()
-        session.timer = asyncio.get_running_loop().call_later(session.grace, self._expire, session)
+        session.timer = asyncio.get_running_loop().call_later(grace, self._expire, session)
+        session.deadline = time.time() + grace
         self._degraded[session.id] = session
+        self._save(session)
         while len(self._degraded) > self.settings.max_degraded:
             oldest = next(iter(self._degraded.values()))
             log.info("session %s ended early: over %d degraded sessions", oldest.id,
@@ -223,3 +338,5 @@ class Sessions:
         self._sessions.pop(session.id, None)
         self._degraded.pop(session.id, None)
         self._presence.release(session.id)
+        if self.mirror is not None:
+            self.mirror.saved(session.id, None)
