@@ -288,7 +288,12 @@ async def _start_grpc(
         access,  # the same principals, rules and tenant scoping as HTTP
         node.hold,  # streams count and end like connections
         metrics,
-        GrpcConfig(host=config.host, port=config.grpc_port or 0, reuse_port=config.reuse_port),
+        GrpcConfig(
+            host=config.host,
+            port=config.grpc_port or 0,
+            reuse_port=config.reuse_port,
+            max_pending_bytes=config.max_pending_bytes,
+        ),
     )
     return await gateway.start(), gateway.close
 

@@ -16,7 +16,8 @@ measured from the instant the token lapses.
     revocation ends it (< 1 s), each kind     close 4502  1104 event  DENIED 1104 403 1104  403 1104
     ... and its consumer-group memberships    left        —           —          —         —
     one per-user count for every way in       counted     counted     counted    not held  (1)
-    a stalled reader is cut, memory bounded   4001        1201/abort  (4)        —         (2)
+    a stalled reader is cut, memory bounded   4001        1201/abort  ABORTED    —         (2)
+                                                                      1201 (4)
 
     yjs (a Yjs document socket): expiry close 4410, revocation close 4411, counted (full:
     close 4529), a stalled reader (5).
@@ -27,10 +28,10 @@ deliveries; deliveries an unwritable answer held go back to the group.
 (3) a status (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED) with the
 code in the trailing metadata `hybridbus-code`; an Ingest stream is held and
 ended the same way (tests/gateways/test_grpc.py). (4) a Subscribe that stops
-reading: its writes wait for HTTP/2 flow control, its subscription's queue fills
-and it ends with 1201 (ABORTED); not run here yet (no raw HTTP/2
-client that never reads). (5) close 4530 past `max_pending_bytes`, then aborted:
-tests/yjs/test_access.py.
+reading: its writes wait for HTTP/2 flow control while the server takes its
+deliveries on, so what waits for it is bounded in bytes (`max_pending_bytes`,
+as a WebSocket's outbox): past it the call ends 1201 (ABORTED). (5) close 4530
+past `max_pending_bytes`, then aborted: tests/yjs/test_access.py.
 
 Ways in that take a request body — an HTTP publish and an inbound webhook
 (`POST /v1/webhooks/...`, signed, no token) — share their limits, and a gRPC
@@ -628,14 +629,20 @@ async def dropped(sock: socket.socket) -> None:
             pass
 
 
+async def drain(call: Any) -> None:
+    """Read a gRPC server stream to its end (its status raised, if not OK)."""
+    async for _ in call:
+        pass
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
-@pytest.mark.parametrize("way", ["websocket", "sse"])  # grpc: (4) in the module docstring
+@pytest.mark.parametrize("way", ["websocket", "sse", "grpc"])
 async def test_stalled_readers_are_cut_and_their_memory_released(way: Way) -> None:
     readers = 20
     bound = 256 * 1024
     # Retention keeps the log itself small: what grows is what the server holds for readers.
     engine = "memory://?max_per_topic=32"
-    async with running_server(engine=engine, max_pending_bytes=bound) as server:
+    async with running_server(engine=engine, max_pending_bytes=bound, grpc_port=0) as server:
         bus = server.node.bus
 
         async def load(prefix: str) -> None:
@@ -650,11 +657,19 @@ async def test_stalled_readers_are_cut_and_their_memory_released(way: Way) -> No
         await load("warm-")
         before = rss()
         transport = way
+        calls: list[Any] = []
+        channels: list[Any] = []
+        sockets: list[socket.socket] = []
         if way == "websocket":
             subscribe = {"type": "subscribe", "id": 2, "pattern": "firehose"}
             sockets = [await stalled_client(server.port, subscribe) for _ in range(readers)]
-        else:
+        elif way == "sse":
             sockets = [await stalled_stream(server.port, "acme/firehose") for _ in range(readers)]
+        else:  # a Subscribe call nobody reads: the client's HTTP/2 windows fill, then the server's
+            for _ in range(readers):
+                client = GrpcClient.open(server)
+                channels.append(client)
+                calls.append((await client.__aenter__()).subscribe("acme/firehose"))
         try:
             await wait_for(
                 lambda: server.sample("hybridbus_subscriptions", transport=transport) == readers
@@ -669,12 +684,23 @@ async def test_stalled_readers_are_cut_and_their_memory_released(way: Way) -> No
             )
             grown = rss() - before
             assert grown < 48 << 20, f"RSS grew by {grown >> 20} MB"
+            if way == "grpc":  # each call ended ABORTED, 1201, once read
+                for call in calls:
+                    with pytest.raises(grpc.aio.AioRpcError) as ended:
+                        await asyncio.wait_for(drain(call), 30)
+                    assert ended.value.code() == grpc.StatusCode.ABORTED
+                    assert refused(ended.value).code == ErrorCode.SUBSCRIBER_TOO_SLOW
+                return
             assert server.sample("hybridbus_drops_total", reason="slow_consumer") >= readers
             async with asyncio.timeout(10):  # and dropped the socket
                 await asyncio.gather(*(dropped(sock) for sock in sockets))
         finally:
             for sock in sockets:
                 sock.close()
+            for call in calls:
+                call.cancel()
+            for client in channels:
+                await client.__aexit__(None, None, None)
 
 
 # -- server-side filters ------------------------------------------------------------------------

@@ -41,6 +41,7 @@ answered, never appended twice).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -59,6 +60,7 @@ from hybridbus.errors import (
     BusError,
     InvalidInput,
     RateLimited,
+    SubscriberTooSlow,
     SubscriptionEnded,
     Unauthorized,
 )
@@ -103,9 +105,64 @@ class GrpcConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_message_size: int = (1 << 20) + (64 << 10)
     # A history page stops early (more: true) past this: clients receive 4 MiB by default.
     max_page_bytes: int = 3 << 20
+    # Live responses a Subscribe may have waiting for its client before it ends (1201),
+    # as a WebSocket connection's outbox (the server's `max_pending_bytes`).
+    max_pending_bytes: int = 8 << 20
     ingest_batch: int = 512  # events of an Ingest call appended in one engine call at most
     keepalive: float = 25.0  # HTTP/2 pings on idle connections, to notice clients gone
     grace: float = 1.0  # seconds calls get to finish once the server stops
+
+
+class _Outbox:
+    """The responses of a Subscribe waiting to be written, and the task writing them in order."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self._queue: collections.deque[tuple[Any, int]] = collections.deque()
+        self.size = 0  # bytes of the responses not yet written
+        self._ready = asyncio.Event()  # something to write
+        self._moved = asyncio.Event()  # a write finished
+        self._task = asyncio.ensure_future(self._write())
+
+    def add(self, message: Any, size: int) -> None:
+        self._queue.append((message, size))
+        self.size += size
+        self._ready.set()
+
+    async def below(self, size: int) -> None:
+        """Wait until at most `size` bytes wait (0: none); the writer's failure is raised here."""
+        moved = self._moved
+        while True:
+            moved.clear()
+            if self.size <= size and (size or not self._queue):
+                return
+            if self._task.done():
+                self._task.result()  # raises why the writer stopped
+                return
+            await moved.wait()
+
+    async def _write(self) -> None:
+        queue = self._queue
+        try:
+            while True:
+                if not queue:
+                    self._ready.clear()
+                    await self._ready.wait()
+                    continue
+                message, size = queue[0]
+                await self._context.write(message)
+                queue.popleft()
+                self.size -= size
+                self._moved.set()
+        finally:
+            self._moved.set()  # wakes a waiter when the writer stops, for whatever reason
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+        self._queue.clear()
+        self.size = 0
 
 
 class _Ending:
@@ -329,7 +386,12 @@ class GrpcGateway:
         """Write `subscribed`, then every delivery; the error that ended the subscription.
 
         `per_response` above 1: deliveries go `per_response` (and about
-        `max_page_bytes`) a response, in `deliveries`.
+        `max_page_bytes`) a response, in `deliveries`. A writer task writes
+        the responses (each write waits for HTTP/2 flow control) while this
+        loop takes the subscription's deliveries as they come, so that what
+        waits for the client is bounded in bytes, as on a WebSocket: past
+        `max_pending_bytes` of live responses the call ends with 1201.
+        Recovered history is taken at the pace the client reads it instead.
         """
         response, Deliveries = _bus_pb2.SubscribeResponse, _bus_pb2.Deliveries
         start, promised = sub.position, sub.recovered
@@ -341,32 +403,50 @@ class GrpcGateway:
         deliveries = self._deliveries
         most = max(1, per_response)
         limit = self._config.max_page_bytes
-        while True:
-            try:
-                batch = await sub.take()
-            except BusError as exc:
-                return exc
-            if not batch:
-                return None
-            if promised and not sub.recovered:
-                reason = "events after the last position were removed before they could be read"
-                return SubscriptionEnded(reason)
-            if most == 1:
-                for delivery in batch:
-                    message = delivery_message(delivery, tokens.after(delivery))
-                    await context.write(response(delivery=message))
-            else:  # up to `most` a response, and about `max_page_bytes`
-                out: list[Any] = []
-                size = 0
-                for delivery in batch:
-                    message = delivery_message(delivery, tokens.after(delivery))
-                    size += int(message.ByteSize())
-                    if out and (len(out) >= most or size > limit):
-                        await context.write(response(deliveries=Deliveries(deliveries=out)))
-                        out, size = [], int(message.ByteSize())
-                    out.append(message)
-                await context.write(response(deliveries=Deliveries(deliveries=out)))
-            deliveries.inc(len(batch))
+        bound = self._config.max_pending_bytes
+        out = _Outbox(context)
+        paced = True  # history (and what it left queued) goes at the client's pace
+        try:
+            while True:
+                if paced:
+                    await out.below(bound // 4)
+                    # Live with nothing held back: from now on deliveries are live, bounded.
+                    paced = not (sub.live and not sub.queued)
+                live = not paced
+                try:
+                    batch = await sub.take()
+                except BusError as exc:
+                    return exc
+                if not batch:
+                    await out.below(0)  # ended: what is queued goes out first
+                    return None
+                if promised and not sub.recovered:
+                    reason = "events after the last position were removed before they could be read"
+                    return SubscriptionEnded(reason)
+                if most == 1:
+                    for delivery in batch:
+                        message = delivery_message(delivery, tokens.after(delivery))
+                        out.add(response(delivery=message), int(message.ByteSize()))
+                else:  # up to `most` a response, and about `max_page_bytes`
+                    packed: list[Any] = []
+                    size = 0
+                    for delivery in batch:
+                        message = delivery_message(delivery, tokens.after(delivery))
+                        size += int(message.ByteSize())
+                        if packed and (len(packed) >= most or size > limit):
+                            out.add(response(deliveries=Deliveries(deliveries=packed)), size)
+                            packed, size = [], int(message.ByteSize())
+                        packed.append(message)
+                    out.add(response(deliveries=Deliveries(deliveries=packed)), size)
+                deliveries.inc(len(batch))
+                if live and out.size > bound:
+                    return SubscriberTooSlow(
+                        f"over {bound} bytes queued for the client; "
+                        "subscribe again from the last token"
+                    )
+                await asyncio.sleep(0)  # let the writer start
+        finally:
+            await out.close()
 
     @_answered
     async def Ingest(self, requests: Any, context: Any) -> Any:

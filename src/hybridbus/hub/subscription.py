@@ -260,6 +260,11 @@ class Subscription:
         """True once recovery is over and deliveries are live."""
         return self._state is _State.LIVE
 
+    @property
+    def queued(self) -> int:
+        """Deliveries queued and not taken yet (just after recovery: its last page)."""
+        return len(self._queue)
+
     def __aiter__(self) -> Subscription:
         return self
 
