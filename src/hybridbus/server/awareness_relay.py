@@ -23,7 +23,6 @@ a (re)subscribe; only what is carried differs. Its own channel,
 
 from __future__ import annotations
 
-import time
 from typing import Any, Protocol, cast
 
 import msgspec
@@ -145,16 +144,8 @@ class TopicAwarenessRelay(AwarenessRelay):
         if node == self.node or rooms is None:
             return
         kind = message.kind
-        if kind == "gone":
-            self._heard.pop(node, None)
-            rooms.drop(node)
+        if not self._node_said(node, kind, rooms.drop, rooms.watched):
             return
-        if node not in self._heard:  # new, or dropped while it went on: what does it hold?
-            watched = rooms.watched()
-            if watched:
-                self._queries.update(watched)
-                self._wake.set()
-        self._heard[node] = time.monotonic()
         if kind in ("states", "full"):
             rooms.heard(node, message.topic, message.clients, kind == "full")
         elif kind == "query":

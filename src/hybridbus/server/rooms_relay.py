@@ -39,6 +39,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -271,16 +272,8 @@ class AwarenessRelay:
         if node == self.node or target is None:
             return
         kind = message.kind
-        if kind == "gone":
-            self._heard.pop(node, None)
-            target.drop(node)
+        if not self._node_said(node, kind, target.drop, target.topics):
             return
-        if node not in self._heard:  # new, or dropped while it went on: what does it hold?
-            topics = target.topics()
-            if topics:
-                self._queries.update(topics)
-                self._wake.set()
-        self._heard[node] = time.monotonic()
         if kind in ("states", "full"):
             entries = [AwarenessEntry(c, clock, state) for c, clock, state in message.entries]
             target.heard(node, message.topic, entries, kind == "full")
@@ -290,6 +283,26 @@ class AwarenessRelay:
             if asked:
                 self._answers.update(asked)
                 self._wake.set()
+
+    def _node_said(
+        self, node: str, kind: str, drop: Callable[[str], None], followed: Callable[[], list[str]]
+    ) -> bool:
+        """Book `node`'s message of `kind` (its beat); False if that was all (`gone`: dropped).
+
+        A node heard anew (new, or dropped while it went on) is asked what it
+        holds in the `followed()` topics.
+        """
+        if kind == "gone":
+            self._heard.pop(node, None)
+            drop(node)
+            return False
+        if node not in self._heard:
+            topics = followed()
+            if topics:
+                self._queries.update(topics)
+                self._wake.set()
+        self._heard[node] = time.monotonic()
+        return True
 
     def _lapsed(self) -> None:
         now = time.monotonic()
