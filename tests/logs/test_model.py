@@ -366,3 +366,9 @@ def test_rfc3339() -> None:
     assert msgspec.json.decode(b'"' + rfc3339(1.25).encode() + b'"', type=datetime) == datetime(
         1970, 1, 1, 0, 0, 1, 250000, tzinfo=UTC
     )
+
+
+def test_a_time_before_the_year_1000_keeps_four_digits() -> None:
+    """Found by hypothesis: strftime's %Y wrote year 999 as '999', which no parser takes back."""
+    record = record_from_line('{"message": "m", "time": "0999-12-31T23:59:59Z"}')
+    assert record.time == "0999-12-31T23:59:59.000000Z"

@@ -118,7 +118,8 @@ def rfc3339(when: float | datetime) -> str:
     moment = (
         when.astimezone(UTC) if isinstance(when, datetime) else datetime.fromtimestamp(when, UTC)
     )
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # Not strftime: its %Y does not pad a year before 1000 to four digits.
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def log_topic(service: str, instance: str) -> str:
