@@ -2,8 +2,9 @@
 # Installs the real servers the test suite starts on free loopback ports (tests/services/):
 # Redis 7, Valkey 8 (bookworm-backports), RabbitMQ, Mosquitto, PostgreSQL 15, etcd, NATS and
 # kcat from Debian's packages, Kafka 4.4.0's jars from Maven Central into
-# ${HYBRIDBUS_SERVICES_DIR:-$HOME/.cache/hybridbus/services}/kafka/libs, and grpcurl
-# built from the Go module proxy into .../services/bin.
+# ${HYBRIDBUS_SERVICES_DIR:-$HOME/.cache/hybridbus/services}/kafka/libs, and grpcurl and an
+# OpenTelemetry Collector (tests/services/otelcol) built from the Go module proxy into
+# .../services/bin.
 #
 # Idempotent: what is installed is left alone, so a second run takes well under a second.
 # Needs root (or sudo) for apt-get; Debian bookworm (CI) is what it is written for. The
@@ -74,6 +75,24 @@ if [ ! -x "$services_dir/bin/grpcurl" ] || [ ! -f "$services_dir/bin/.grpcurl-$g
   fi
 fi
 
+# The OpenTelemetry Collector of the tracing tests (tests/services/collector.py): the OTLP
+# receiver and the file exporter, built with plain `go build` from tests/services/otelcol/
+# (main.go, go.mod, go.sum: one collector release) and the Go module proxy into
+# $services_dir/bin/otelcol; built again when that source changes (a stamp of its hash).
+otelcol_src=../tests/services/otelcol
+otelcol_hash=$(cat "$otelcol_src/main.go" "$otelcol_src/go.mod" "$otelcol_src/go.sum" | sha256sum | cut -c1-16)
+if [ ! -x "$services_dir/bin/otelcol" ] || [ ! -f "$services_dir/bin/.otelcol-$otelcol_hash" ]; then
+  if command -v go >/dev/null; then
+    echo "install-services: the OpenTelemetry Collector (tests/services/otelcol) -> $services_dir/bin"
+    mkdir -p "$services_dir/bin"
+    (cd "$otelcol_src" && go build -trimpath -ldflags='-s -w' -o "$services_dir/bin/otelcol" .)
+    rm -f "$services_dir/bin"/.otelcol-*
+    touch "$services_dir/bin/.otelcol-$otelcol_hash"
+  else
+    echo "install-services: no Go toolchain: otelcol not built (its tests skip or fail)" >&2
+  fi
+fi
+
 # Kafka: the broker's jars (no bin/, no config/: tests/services.py writes server.properties).
 libs="$services_dir/kafka/libs"
 if [ ! -f "$libs/.complete-4.4.0" ]; then
@@ -94,6 +113,12 @@ if command -v npm >/dev/null; then
      || [ ../tests/js/package-lock.json -nt ../tests/js/node_modules/.package-lock.json ]; then
     echo "install-services: npm ci --prefix tests/js"
     npm ci --prefix ../tests/js --no-audit --no-fund --loglevel=error
+  fi
+  # The browser client's dev dependencies (TypeScript, for tests/clients/test_js_client.py).
+  if [ ! -f ../clients/js/node_modules/.package-lock.json ] \
+     || [ ../clients/js/package-lock.json -nt ../clients/js/node_modules/.package-lock.json ]; then
+    echo "install-services: npm ci --prefix clients/js"
+    npm ci --prefix ../clients/js --no-audit --no-fund --loglevel=error
   fi
 else
   echo "install-services: no npm: the Yjs tests' Node clients not installed (they skip or fail)" >&2

@@ -33,7 +33,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from hybridbus.gateways.listener import ListenerConfig, ListenerSite
-from hybridbus.serve import METRICS_KEY, NODE_KEY, create_app
+from hybridbus.serve import METRICS_KEY, NODE_KEY, TLS_KEY, create_app
 from hybridbus.server.auth import Authenticator, Identity, Unauthorized
 from hybridbus.server.config import ServerConfig
 from hybridbus.server.metrics import Metrics
@@ -54,12 +54,17 @@ class Server:
     app: web.Application
 
     @property
+    def tls(self) -> bool:
+        """Whether it serves HTTPS and WSS (the settings `tls_cert` and `tls_key`)."""
+        return TLS_KEY in self.app
+
+    @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/ws"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/v1/ws"
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def node(self) -> Node:
@@ -92,7 +97,9 @@ async def running_server(
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     try:
-        site = ListenerSite(runner, ListenerConfig.of(config))  # as `hybridbus serve` listens
+        tls = app.get(TLS_KEY)  # as `hybridbus serve` listens (with tls_cert: HTTPS, WSS)
+        context = None if tls is None else tls.context
+        site = ListenerSite(runner, ListenerConfig.of(config), ssl_context=context)
         await site.start()
         port = runner.addresses[0][1]
         yield Server(port, app)

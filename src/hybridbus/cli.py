@@ -6,6 +6,7 @@ Must not hold server logic: `hybridbus serve` hands over to `hybridbus.serve`.
 
     hybridbus serve [--config FILE] [--engine URL] [--host H] [--port P] [--grpc-port P]
                     [--anonymous-tenant T] [--workers N]               (N > 1: workers.py)
+                    [--dev-tls]                  (a development CA: server/dev_tls.py)
     hybridbus publish TOPIC --data JSON|@file|- [--type T] [--source S] [--id ID]
     hybridbus subscribe PATTERN [--since TOKEN] [--count N]     (JSON lines)
     hybridbus history TOPIC|PATTERN [--since TOKEN] [--limit N]  (JSON lines)
@@ -28,9 +29,10 @@ Must not hold server logic: `hybridbus serve` hands over to `hybridbus.serve`.
     hybridbus log --source S [--instance I] [--file PATH [--from-start] [--state FILE]]
                   [--processors DIR] [--level-default L] [--echo]      (cli_log.py)
 
-The client commands take `--url` (default `$HYBRIDBUS_URL` or
-ws://127.0.0.1:8080/v1/ws) and `--token` (default `$HYBRIDBUS_TOKEN`); their
-exit statuses are in `EXIT_STATUSES` (3: cannot connect).
+The client commands take `--url` (default `$HYBRIDBUS_URL` or ws://127.0.0.1:8080/v1/ws),
+`--token`, `--ca` (the CA a wss:// or https:// server is verified against) and `--cert`/`--key`
+(a client certificate for mutual TLS: `main` makes one context of the three, as `args.ca`),
+each defaulting to `$HYBRIDBUS_<FLAG>`; exit statuses: `EXIT_STATUSES` (3: cannot connect).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from hybridbus import (
     cli_webhooks,
 )
 from hybridbus.errors import InvalidInput
-from hybridbus.server.config import ENV_PREFIX, load_config
+from hybridbus.server.config import ENV_PREFIX, ServerConfig, load_config
 
 if TYPE_CHECKING:
     from hybridbus.server.keys import KeySpec
@@ -66,6 +68,9 @@ __all__ = ["main", "parser"]
 # Where the client commands connect, and with which token, unless --url / --token say.
 URL_VARIABLE = f"{ENV_PREFIX}URL"
 TOKEN_VARIABLE = f"{ENV_PREFIX}TOKEN"
+CA_VARIABLE = f"{ENV_PREFIX}CA"
+CERT_VARIABLE = f"{ENV_PREFIX}CERT"
+KEY_VARIABLE = f"{ENV_PREFIX}KEY"
 DEFAULT_URL = "ws://127.0.0.1:8080/v1/ws"
 
 _ENVIRONMENT = f"""\
@@ -74,6 +79,11 @@ environment:
                    (default: {DEFAULT_URL})
   {TOKEN_VARIABLE}  the connection token (a JWT) when --token is not given
                    (default: none: an anonymous client, if the server lets it in)
+  {CA_VARIABLE}     a PEM file of the CA certificates a wss:// or https:// server's
+                   certificate must be signed by when --ca is not given
+                   (default: the system's trusted CAs)
+  {CERT_VARIABLE}   a PEM client certificate for a server requiring one (mutual TLS)
+  {KEY_VARIABLE}    its private key (PEM, unencrypted); --cert and --key say otherwise
   `hybridbus serve` reads {ENV_PREFIX}* settings (docs/configuration.md)"""
 
 # The exit statuses of the client commands (client/commands.py and cli_groups.py return them).
@@ -137,6 +147,13 @@ def parser() -> argparse.ArgumentParser:
         help="N server processes on one port (SO_REUSEPORT), each a node; needs a shared "
         "engine (redis://...), not sqlite (docs/scale-out.md)",
     )
+    serve.add_argument(
+        "--dev-tls",
+        action="store_true",
+        help="serve HTTPS/WSS (and gRPC over TLS) with a self-signed development CA made "
+        "for localhost and 127.0.0.1 in the data directory (sqlite) or a temporary one; "
+        "prints the CA file for clients to trust. Not for production (docs/security.md)",
+    )
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument(
         "--url",
@@ -151,6 +168,26 @@ def parser() -> argparse.ArgumentParser:
             f"the connection token, a JWT (default: ${TOKEN_VARIABLE}, else none: "
             "an anonymous client); see `hybridbus token`"
         ),
+    )
+    client.add_argument(
+        "--ca",
+        default=os.environ.get(CA_VARIABLE) or None,
+        metavar="FILE",
+        help="trust a wss:// or https:// server whose certificate this PEM file's CA signed "
+        f"(default: ${CA_VARIABLE}, else the system's CAs); never unverified",
+    )
+    client.add_argument(
+        "--cert",
+        default=os.environ.get(CERT_VARIABLE) or None,
+        metavar="FILE",
+        help="present this PEM client certificate to a server that requires one (mutual "
+        f"TLS); its key is in --key, or in the same file (default: ${CERT_VARIABLE})",
+    )
+    client.add_argument(
+        "--key",
+        default=os.environ.get(KEY_VARIABLE) or None,
+        metavar="FILE",
+        help=f"the PEM private key of --cert, unencrypted (default: ${KEY_VARIABLE})",
     )
     epilog = f"{_ENVIRONMENT}\n\n{EXIT_STATUSES}"
     publish = commands.add_parser(
@@ -245,6 +282,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
+    if getattr(args, "cert", None) is not None or getattr(args, "key", None) is not None:
+        from hybridbus.client.tls import client_context  # (the package loads aiohttp)
+
+        try:  # one context, trusting --ca and presenting --cert, for every client to take
+            args.ca = client_context(args.ca, args.cert, args.key)
+        except InvalidInput as exc:
+            parser().exit(2, f"hybridbus {args.command}: --cert/--key: {exc}\n")
     if args.command == "serve":
         flags = {
             "engine": args.engine,
@@ -256,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         try:
             config = load_config(args.config, os.environ, flags)
+            if args.dev_tls:
+                config = _dev_tls(config)
         except InvalidInput as exc:
             parser().exit(2, f"hybridbus serve: {exc}\n")
         if config.workers > 1:  # a supervisor of `hybridbus serve` processes
@@ -307,17 +353,56 @@ def main(argv: Sequence[str] | None = None) -> int:
                 source=args.source,
                 id=args.id,
                 only_token=args.output == "token",
+                ca=args.ca,
             ),
         )
     if name == "subscribe":
         return commands.run(
-            name, commands.subscribe(args.url, args.token, args.pattern, args.since, args.count)
+            name,
+            commands.subscribe(
+                args.url, args.token, args.pattern, args.since, args.count, ca=args.ca
+            ),
         )
     if name == "history":
         return commands.run(
-            name, commands.history(args.url, args.token, args.pattern, args.since, args.limit)
+            name,
+            commands.history(
+                args.url, args.token, args.pattern, args.since, args.limit, ca=args.ca
+            ),
         )
     raise AssertionError(f"unhandled command {name!r}")  # argparse refuses others
+
+
+def _dev_tls(config: ServerConfig) -> ServerConfig:
+    """`serve --dev-tls`: the config with a development certificate (made unless still good)."""
+    import tempfile
+
+    from hybridbus.app import parse_url
+    from hybridbus.server.dev_tls import dev_certificates
+
+    if config.tls_cert is not None:
+        raise InvalidInput("--dev-tls makes its own certificate: not with tls_cert and tls_key")
+    scheme, path, _, _ = parse_url(config.engine)
+    if scheme == "sqlite":  # beside the data: the same CA across restarts
+        directory = Path(path) / "dev-tls"
+    else:  # one per user, kept across restarts and shared by --workers
+        directory = Path(tempfile.gettempdir()) / f"hybridbus-dev-tls-{os.getuid()}"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        if directory.stat().st_uid != os.getuid() or directory.is_symlink():
+            raise InvalidInput(f"--dev-tls: {directory} belongs to someone else")
+    try:
+        files = dev_certificates(directory)
+    except OSError as exc:
+        raise InvalidInput(f"--dev-tls: cannot write in {directory}: {exc}") from exc
+    ca = files.ca.resolve()
+    print(
+        f"hybridbus serve: --dev-tls: a development certificate for localhost and 127.0.0.1, "
+        f"signed by the CA in {ca} (not for production). Clients trust it with "
+        f"--ca {ca} (or HYBRIDBUS_CA={ca}), curl --cacert {ca}, NODE_EXTRA_CA_CERTS={ca}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return msgspec.structs.replace(config, tls_cert=str(files.cert), tls_key=str(files.key))
 
 
 # -- hybridbus token ----------------------------------------------------------------

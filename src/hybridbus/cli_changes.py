@@ -109,7 +109,7 @@ async def _watch(args: argparse.Namespace) -> None:
 
     target = Target(service=args.service, versions=args.versions) if args.service else None
     config = WatchConfig(topic=args.topic, debounce_ms=args.debounce, target=target)
-    async with connect(args.url, token=args.token) as c:
+    async with connect(args.url, token=args.token, ca=args.ca) as c:
         await Watcher(c, args.dir, config).run()
 
 
@@ -128,7 +128,7 @@ async def _follow(args: argparse.Namespace) -> None:
         print(f"applied {getattr(change, 'kind', '')} {path}", file=sys.stderr, flush=True)
 
     client_config = ClientConfig(name=NAME_PREFIX + instance)
-    async with connect(args.url, token=args.token, config=client_config) as c:
+    async with connect(args.url, token=args.token, config=client_config, ca=args.ca) as c:
         await Follower(c, args.dir, config, applied).run()
 
 
@@ -137,7 +137,8 @@ async def _status(args: argparse.Namespace) -> None:
     from hybridbus.client import ClientConfig, connect
     from hybridbus.errors import InvalidInput
 
-    async with connect(args.url, token=args.token, config=ClientConfig(request_timeout=10)) as c:
+    config = ClientConfig(request_timeout=10, ca=args.ca)
+    async with connect(args.url, token=args.token, config=config) as c:
         found = await change_status(c, args.topic, args.id)
     if found is None:
         raise InvalidInput(f"no change {args.id} on {args.topic}/files")

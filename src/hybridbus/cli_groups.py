@@ -125,7 +125,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "dlq" and args.action == "list" and not 1 <= args.limit <= 1000:
         parser.exit(2, f"hybridbus {command}: --limit is 1 to 1000\n")
     try:
-        api = Api(http_base(args.url), args.token)
+        api = Api(http_base(args.url), args.token, args.ca)
         if args.command == "groups":
             _groups(api, args.json)
         elif args.action == "list":

@@ -2,7 +2,9 @@
 
 Owns: where the HTTP API is for a `--url` (`http_base`), one request with
 JSON in and out (`Api.call`, on the standard library's `urllib`, so the
-commands load nothing else), a refusal as `Failed` with the problem's code and
+commands load nothing else; an https:// server verified against `--ca` or
+the system's CAs, with the client certificate of `--cert`/`--key` if given:
+cli.py makes that context), a refusal as `Failed` with the problem's code and
 name (`1401 UNKNOWN_GROUP: ...`) and the exit status to return, and printing
 JSON lines and tables. Must not know any route.
 """
@@ -10,13 +12,14 @@ JSON lines and tables. Must not know any route.
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 import urllib.error
 import urllib.request
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from hybridbus.errors import ErrorCode
+from hybridbus.errors import ErrorCode, InvalidInput
 
 __all__ = ["FAILED", "OK", "UNREACHABLE", "Api", "Failed", "http_base", "print_json", "table"]
 
@@ -50,8 +53,18 @@ def http_base(url: str) -> str:
 class Api:
     """Requests to the HTTP API: JSON in, JSON out, problems as `Failed`."""
 
-    def __init__(self, base: str, token: str | None) -> None:
+    def __init__(
+        self, base: str, token: str | None, ca: str | ssl.SSLContext | None = None
+    ) -> None:
         self.base = base
+        self._ssl: ssl.SSLContext | None = None  # urllib verifies with the system's CAs
+        if ca is not None:
+            from hybridbus.client.tls import client_context  # (the package loads aiohttp)
+
+            try:
+                self._ssl = client_context(ca)
+            except InvalidInput as exc:
+                raise Failed(f"--ca: {exc}", 2) from None
         self.headers = {"Accept": "application/json"}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
@@ -64,26 +77,43 @@ class Api:
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(self.base + path, data, headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=_TIMEOUT) as response:
+            with urllib.request.urlopen(request, timeout=_TIMEOUT, context=self._ssl) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             raise Failed(_problem(exc)) from None
         except urllib.error.URLError as exc:
+            hint = _tls_hint(self.base, exc.reason)
+            if hint is not None:
+                message = f"cannot connect to {self.base}: {exc.reason} ({hint})"
+                raise Failed(message, UNREACHABLE) from None
             raise Failed(
                 f"cannot connect to {self.base}: {exc.reason} (is the server running there? "
                 "point --url or $HYBRIDBUS_URL at it)",
                 UNREACHABLE,
             ) from None
         except (OSError, TimeoutError) as exc:
+            hint = _tls_hint(self.base, exc) if isinstance(exc, ConnectionResetError) else None
+            if hint is not None:  # the server ended the TLS connection under the request
+                message = f"cannot connect to {self.base}: {exc} ({hint})"
+                raise Failed(message, UNREACHABLE) from None
             raise Failed(f"{self.base}: {exc}") from None
         return json.loads(raw) if raw else None
+
+
+def _tls_hint(base: str, reason: object) -> str | None:
+    """--ca, or --cert/--key, if TLS is why a request to `base` failed (client/tls.py)."""
+    if not base.startswith("https:"):
+        return None  # (not even loading client/tls.py)
+    from hybridbus.client.tls import cli_hint  # (the package loads aiohttp: on failure only)
+
+    return cli_hint(base, str(reason))
 
 
 def listing(command: str, args: Any, path: str) -> tuple[Any, int | None]:
     """`GET path` for a listing command: (the answer, None), or (None, the exit status) once
     the failure is printed as `hybridbus <command>: ...`."""
     try:
-        return Api(http_base(args.url), args.token).call("GET", path), None
+        return Api(http_base(args.url), args.token, args.ca).call("GET", path), None
     except Failed as exc:
         print(f"hybridbus {command}: {exc}", file=sys.stderr)
         return None, exc.status

@@ -28,6 +28,7 @@ import msgspec
 from hybridbus.client import commands
 from hybridbus.client.connection import connect
 from hybridbus.client.subscription import ClientSubscription
+from hybridbus.client.tls import Ca
 from hybridbus.core.codecs import encode_json
 from hybridbus.core.event import Event
 from hybridbus.core.filters import FieldValue, Filter, parse_field
@@ -124,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     )
     printer = Printer(sys.stdout.buffer, shown, colour=colour)
     return commands.run(
-        "tail", tail(args.url, args.token, args.pattern, spec, since, printer, args.count)
+        "tail",
+        tail(args.url, args.token, args.pattern, spec, since, printer, args.count, ca=args.ca),
     )
 
 
@@ -156,10 +158,12 @@ async def tail(
     since: Position | float | None,
     printer: Printer,
     count: int | None = None,
+    *,
+    ca: Ca | None = None,
 ) -> None:
     """Print what the server sends of `pattern` through `spec`, `count` lines or forever."""
     rate = Rate(sys.stderr) if sys.stderr.isatty() else None
-    async with connect(url, token=token) as c:
+    async with connect(url, token=token, ca=ca) as c:
         if isinstance(since, float):  # the position at that time: read it once, then resume
             since = (await c.history(pattern, since=since, limit=0)).position
         async with c.subscribe(pattern, since=since, filter=spec) as sub:

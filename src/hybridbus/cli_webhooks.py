@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     """Run `hybridbus webhooks ...`; the exit status."""
     command = f"webhooks {args.action}"
     try:
-        api = Api(http_base(args.url), args.token)
+        api = Api(http_base(args.url), args.token, args.ca)
         if args.action == "list":
             _list(api, args.json)
         elif args.action == "show":

@@ -35,6 +35,7 @@ from hybridbus.core.cors import CorsPolicy
 from hybridbus.errors import BusError, InvalidInput
 from hybridbus.gateways.access import HttpAccess
 from hybridbus.gateways.bridges import BridgesGateway
+from hybridbus.gateways.console import ConsoleGateway
 from hybridbus.gateways.cors import install_cors
 from hybridbus.gateways.groups import GroupsConfig, GroupsGateway
 from hybridbus.gateways.health import HealthGateway
@@ -50,6 +51,7 @@ from hybridbus.gateways.webhooks import WebhooksConfig, WebhooksGateway
 from hybridbus.gateways.webhooks_out import WebhooksOutGateway
 from hybridbus.gateways.websocket import WebSocketGateway
 from hybridbus.gateways.yjs import YjsGateway
+from hybridbus.hub.bus import Bus
 from hybridbus.server.access import ApiKeys
 from hybridbus.server.auth import Authenticator
 from hybridbus.server.awareness_relay import TopicAwarenessRelay
@@ -65,6 +67,7 @@ from hybridbus.server.registry import Registry, registry_of
 from hybridbus.server.rooms import RoomsConfig
 from hybridbus.server.rooms_node import Rooms
 from hybridbus.server.rooms_relay import AwarenessRelay
+from hybridbus.server.tls import ServerTls, server_tls
 from hybridbus.server.webhooks_out import Outbound
 
 __all__ = [
@@ -73,6 +76,7 @@ __all__ = [
     "NODE_KEY",
     "REGISTRY_KEY",
     "ROOMS_KEY",
+    "TLS_KEY",
     "create_app",
     "run",
     "serve",
@@ -85,6 +89,7 @@ METRICS_KEY: Final = web.AppKey("hybridbus.metrics", Metrics)
 REGISTRY_KEY: Final = web.AppKey("hybridbus.registry", Registry)
 GRPC_PORT_KEY: Final = web.AppKey("hybridbus.grpc_port", int)  # set when gRPC is on
 ROOMS_KEY: Final = web.AppKey("hybridbus.rooms", Rooms)  # the Yjs rooms
+TLS_KEY: Final = web.AppKey("hybridbus.tls", ServerTls)  # set when tls_cert is
 
 
 async def create_app(
@@ -96,9 +101,11 @@ async def create_app(
     and closes the bus.
     """
     cors = CorsPolicy(config.cors_origins)  # a bad pattern fails before the engine opens
+    tls = server_tls(config)  # so does a bad certificate (server/tls.py)
     # The node registry (server/registry.py): this node's entry under a heartbeat lease.
     registry = registry_of(config, lambda: node.connections, SERVER_VERSION)
     bus = await open_bus(config.engine, engine=engine_config(config))
+    close_tracing = _start_tracing(config, bus, registry.id)  # [tracing] (docs/tracing.md)
     # One node coordinates each consumer group on a shared engine (docs/groups.md).
     coordination = bus.groups.coordination
     coordination.node, coordination.ttl = registry.id, config.group_lease_ttl
@@ -174,8 +181,11 @@ async def create_app(
         app[NODE_KEY] = node
         app[METRICS_KEY] = metrics
         app[REGISTRY_KEY] = registry
+        if tls is not None:  # the listeners' certificate, reloaded when its files change
+            app[TLS_KEY] = tls
+            tls.start()
         if config.grpc_port is not None:  # the gRPC API on its own port (docs/grpc.md)
-            app[GRPC_PORT_KEY], close_grpc = await _start_grpc(config, node, access, metrics)
+            app[GRPC_PORT_KEY], close_grpc = await _start_grpc(config, node, access, metrics, tls)
         install_cors(app, cors)  # preflights and grants under /v1/
         app.add_routes(WebSocketGateway(node).routes())
         relay = None  # Yjs awareness across nodes, through the Redis they share (if any)
@@ -222,7 +232,10 @@ async def create_app(
         app.add_routes(HealthGateway(node, metrics).routes())
         app.add_routes(NodesGateway(registry, access.principal).routes())
         app.add_routes(BridgesGateway(bridges, node.guard, access.principal).routes())
+        app.add_routes(ConsoleGateway(metrics, access.principal).routes())  # /console
     except BaseException:
+        if tls is not None:
+            await tls.close()
         if close_grpc is not None:
             await close_grpc()
         await registry.close()
@@ -235,6 +248,8 @@ async def create_app(
         await bridges.close()
         await outbound.close()
         await node.shutdown()
+        if close_tracing is not None:
+            await close_tracing()
         raise
 
     async def close_connections(app: web.Application) -> None:
@@ -252,15 +267,37 @@ async def create_app(
         await webhooks.close()  # the audit events of failed checks being appended
 
     async def shutdown(app: web.Application) -> None:
+        if tls is not None:
+            await tls.close()  # stop watching the certificate's files
         await bridges.close()  # before the bus closes: what is unconfirmed comes again
         await outbound.close()  # the senders, before the bus closes
         await node.shutdown()
+        if close_tracing is not None:
+            await close_tracing()  # the spans left are exported
         if limits is not None:
             await limits.close()
 
     app.on_shutdown.append(close_connections)
     app.on_cleanup.append(shutdown)
     return app
+
+
+def _start_tracing(
+    config: ServerConfig, bus: Bus, node: str
+) -> Callable[[], Awaitable[None]] | None:
+    """Trace with OpenTelemetry if `[tracing] enabled`: its close. Off, nothing is imported."""
+    if not config.tracing.enabled:
+        return None
+    try:
+        from hybridbus.server.tracing import start_tracing
+    except ImportError as exc:  # the `tracing` extra is not installed
+        raise InvalidInput(
+            f"[tracing] is enabled but OpenTelemetry cannot load ({exc}): "
+            "pip install -e '.[tracing]'"
+        ) from exc
+    tracer = start_tracing(config.tracing, node=node, engine=config.engine.partition(":")[0])
+    bus.tracer = tracer
+    return tracer.close
 
 
 def _rooms_config(config: ServerConfig) -> RoomsConfig:
@@ -273,7 +310,7 @@ def _rooms_config(config: ServerConfig) -> RoomsConfig:
 
 
 async def _start_grpc(
-    config: ServerConfig, node: Node, access: HttpAccess, metrics: Metrics
+    config: ServerConfig, node: Node, access: HttpAccess, metrics: Metrics, tls: ServerTls | None
 ) -> tuple[int, Callable[[], Awaitable[None]]]:
     """Start the gRPC gateway; its port and its close. Loaded only when `grpc_port` is set."""
     try:
@@ -294,6 +331,7 @@ async def _start_grpc(
             reuse_port=config.reuse_port,
             max_pending_bytes=config.max_pending_bytes,
         ),
+        tls,  # TLS, mutual TLS and reloads as the HTTP listener's
     )
     return await gateway.start(), gateway.close
 
@@ -316,12 +354,19 @@ async def serve(
     signals = (signal.SIGTERM, signal.SIGINT)
     try:
         # Header timeouts and a cap on connections waiting for theirs (slowloris).
-        site = ListenerSite(runner, ListenerConfig.of(config))
+        tls = app.get(TLS_KEY)  # HTTPS and WSS with it (server/tls.py)
+        context = None if tls is None else tls.context
+        site = ListenerSite(runner, ListenerConfig.of(config), ssl_context=context)
         await site.start()
         addresses = [list(address[:2]) for address in runner.addresses]
         log.info(
             "listening",
-            extra={"addresses": addresses, "engine": config.engine, "pid": os.getpid()},
+            extra={
+                "addresses": addresses,
+                "engine": config.engine,
+                "pid": os.getpid(),
+                "tls": tls is not None,
+            },
         )
         app[REGISTRY_KEY].listening(runner.addresses)
         if listening is not None:

@@ -27,6 +27,7 @@ from hybridbus.core.permissions import Policy
 from hybridbus.gateways import openapi
 from hybridbus.gateways.access import HttpAccess
 from hybridbus.gateways.bridges import BridgesGateway
+from hybridbus.gateways.console import ConsoleGateway
 from hybridbus.gateways.groups import GroupsGateway
 from hybridbus.gateways.http import HttpGateway
 from hybridbus.gateways.logs_http import LogsGateway
@@ -92,6 +93,8 @@ async def test_the_document_lists_exactly_the_registered_routes() -> None:
         registry = Registry(LocalStore(), ServerConfig())
         routes += NodesGateway(registry, access.principal).routes()
         routes += BridgesGateway(Bridges(bus, []), guard, access.principal).routes()
+        console = ConsoleGateway(Metrics(), access.principal).routes()
+        routes += [r for r in console if r.path.startswith("/v1/")]  # not its static files
         routes += LogsGateway(bus, Metrics()).routes()
         routes += StatesGateway(StateTopics(bus)).routes()
     registered = {

@@ -67,8 +67,12 @@ def test_the_variables_that_are_not_settings_are_allowed_and_documented() -> Non
     others = {
         "HYBRIDBUS_URL": "ws://127.0.0.1:1/v1/ws",  # the client commands' --url
         "HYBRIDBUS_TOKEN": "eyJ.x.y",  # their --token
+        "HYBRIDBUS_CA": "/tmp/ca.pem",  # their --ca
+        "HYBRIDBUS_CERT": "/tmp/client.pem",  # their --cert
+        "HYBRIDBUS_KEY": "/tmp/client-key.pem",  # their --key
         "HYBRIDBUS_REQUIRE_SERVICES": "1",  # the test suite
         "HYBRIDBUS_REQUIRE_BROWSER": "1",
+        "HYBRIDBUS_CONSOLE_SCREENSHOTS": "/tmp/shots",  # the console tests' screenshots
         "HYBRIDBUS_SERVICES_DIR": "/tmp/services",  # make services
         "HYBRIDBUS_REDIS_URL": "redis://127.0.0.1:1/0",  # the Redis of redis:///name
     }

@@ -12,7 +12,8 @@ carries the tail of the server's log.
 Mosquitto, NATS, Kafka) and `stores` (PostgreSQL, etcd) the classes; the pytest fixtures here
 are registered for every test through tests/conftest.py (`pytest_plugins`):
 function-scoped factories (`redis_server`, `valkey_server`, `redis_cluster`, `rabbitmq_server`,
-`mosquitto_server`, `postgres_server`, `etcd_server`, `nats_server`, `kafka_server`) for tests
+`mosquitto_server`, `postgres_server`, `etcd_server`, `nats_server`, `kafka_server`,
+`otel_collector`) for tests
 that kill or restart a server, and session-scoped shared ones (`rabbitmq`, `kafka`) for the
 slow starters, and `rabbitmq_mqtt` (RabbitMQ with its MQTT 3.1.1 plugin,
 `.mqtt_port`). A missing binary skips the test with the reason, or fails it when
@@ -38,6 +39,7 @@ from tests.services.brokers import (
     RabbitMQMqttServer,
     RabbitMQServer,
 )
+from tests.services.collector import OtelCollector
 from tests.services.redis_servers import RedisCluster, RedisServer, ValkeyServer
 from tests.services.stores import EtcdServer, PostgresServer
 
@@ -47,6 +49,7 @@ __all__ = [
     "KafkaServer",
     "MosquittoServer",
     "NatsServer",
+    "OtelCollector",
     "PostgresServer",
     "RabbitMQMqttServer",
     "RabbitMQServer",
@@ -61,6 +64,7 @@ __all__ = [
     "kafka_server",
     "mosquitto_server",
     "nats_server",
+    "otel_collector",
     "postgres_server",
     "rabbitmq",
     "rabbitmq_mqtt",
@@ -165,6 +169,12 @@ def rabbitmq() -> Iterator[RabbitMQServer]:
 def rabbitmq_mqtt() -> Iterator[RabbitMQMqttServer]:
     """One RabbitMQ with its MQTT plugin (3.1.1) for the session: name topics per test."""
     yield from _shared(RabbitMQMqttServer)
+
+
+@pytest.fixture
+def otel_collector() -> Iterator[Callable[..., OtelCollector]]:
+    """`collector = otel_collector()`: an OpenTelemetry Collector (OTLP in, `.spans()` out)."""
+    yield from _factory(OtelCollector)
 
 
 @pytest.fixture(scope="session")

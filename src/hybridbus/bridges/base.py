@@ -273,6 +273,9 @@ class OutBridge(Bridge[S]):
         super().__init__(settings, bus)
         self.group: Group | None = None
         self._inflight: dict[asyncio.Task[None], GroupDelivery] = {}
+        # The name and attributes of its spans, `kafka out` say (docs/tracing.md).
+        self._span = f"{settings.kind} out"
+        self._traced = {"hybridbus.bridge": self.name, "hybridbus.bridge.kind": settings.kind}
 
     @property
     def reads_log(self) -> bool:
@@ -365,7 +368,15 @@ class OutBridge(Bridge[S]):
     async def _one(self, connection: Any, delivery: GroupDelivery) -> None:
         try:
             try:
-                await self.send(connection, delivery)
+                tracer = self.bus.tracer
+                traced = None
+                if tracer is not None:  # a `kafka out` span, say (docs/tracing.md)
+                    traced = tracer.sending(delivery.event, self._span, self._traced)
+                if traced is None:
+                    await self.send(connection, delivery)
+                else:
+                    with traced:
+                        await self.send(connection, delivery)
             except Permanent as exc:
                 self.failed(exc)
                 await delivery.term(f"{self.settings.kind} bridge {self.name}: {exc}")

@@ -24,6 +24,7 @@ from typing import Any, Final, TextIO
 import msgspec
 
 from hybridbus.client.connection import ClientConfig, connect
+from hybridbus.client.tls import Ca, cli_hint
 from hybridbus.core.codecs import encode_json
 from hybridbus.core.log import Position
 from hybridbus.errors import (
@@ -80,6 +81,7 @@ async def publish(
     source: str,
     id: str | None,
     only_token: bool = False,
+    ca: Ca | None = None,
 ) -> None:
     """Publish one event; print its ack (its `token` is the resume token after it).
 
@@ -88,7 +90,7 @@ async def publish(
     event = {"specversion": "1.0", "id": id or str(uuid.uuid4()), "source": source, "type": type}
     if data is not None:
         event["data"] = data
-    async with connect(url, token=token, config=ClientConfig(request_timeout=10.0)) as c:
+    async with connect(url, token=token, config=ClientConfig(request_timeout=10.0), ca=ca) as c:
         ack = await c.publish(topic, event)
     line = ack.token.encode() if only_token and ack.token else _json.encode(ack)
     sys.stdout.buffer.write(line + b"\n")
@@ -96,7 +98,13 @@ async def publish(
 
 
 async def subscribe(
-    url: str, token: str | None, pattern: str, since: str | None, count: int | None
+    url: str,
+    token: str | None,
+    pattern: str,
+    since: str | None,
+    count: int | None,
+    *,
+    ca: Ca | None = None,
 ) -> None:
     """Print deliveries as JSON lines (missed ones first with `since`), `count` or forever.
 
@@ -107,7 +115,7 @@ async def subscribe(
     if count is not None and count <= 0:
         return
     async with (
-        connect(url, token=token) as c,
+        connect(url, token=token, ca=ca) as c,
         c.subscribe(pattern, since=since) as sub,
     ):
         seen = 0
@@ -126,10 +134,18 @@ async def subscribe(
                 return
 
 
-async def history(url: str, token: str | None, pattern: str, since: str | None, limit: int) -> None:
+async def history(
+    url: str,
+    token: str | None,
+    pattern: str,
+    since: str | None,
+    limit: int,
+    *,
+    ca: Ca | None = None,
+) -> None:
     """Print retained events as JSON lines, then a last line with the resume position."""
     out = sys.stdout.buffer
-    async with connect(url, token=token, config=ClientConfig(request_timeout=10.0)) as c:
+    async with connect(url, token=token, config=ClientConfig(request_timeout=10.0), ca=ca) as c:
         page = await c.history(pattern, since=since, limit=limit)
     # The token after each event: resume with `--since` from any line.
     positions = _start(page, since)
@@ -154,6 +170,9 @@ def _start(page: HistoryPage, since: str | None) -> list[int]:
 def describe(error: BusError) -> str:
     """`error` for a user: the code and its name first (`1110 FORBIDDEN: ...`)."""
     if isinstance(error, ConnectFailed):
+        hint = cli_hint(error.url, str(error))  # --ca, or --cert/--key, if TLS is why
+        if hint is not None:
+            return f"{error} ({hint})"
         return f"{error} (is the server running there? point --url or $HYBRIDBUS_URL at it)"
     if isinstance(error, Disconnected):
         close = error.close_code

@@ -7,6 +7,9 @@ that every client module can import it.
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
+
 import msgspec
 
 from hybridbus.core.backoff import Backoff
@@ -25,6 +28,13 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
     refresh_margin: float = 30.0  # refresh a provider's token this long before it expires
     name: str | None = None
     device: str | None = None
+    # wss:// servers are verified against the system's CAs, or these: a PEM file of CA
+    # certificates, or an ssl.SSLContext (`client.tls`; docs/security.md, "TLS").
+    ca: str | Path | ssl.SSLContext | None = None
+
+    def trusting(self, ca: str | Path | ssl.SSLContext | None) -> ClientConfig:
+        """This config with `ca` in place of its own (unchanged if `ca` is None)."""
+        return self if ca is None else msgspec.structs.replace(self, ca=ca)
 
     def refresh_lead(self, lifetime: float) -> float:
         """How long before expiry to refresh a token that has `lifetime` seconds left.

@@ -44,6 +44,7 @@ from hybridbus.client.presence import Presence
 from hybridbus.client.requests import Request, cancel, retrieve, why
 from hybridbus.client.subscribing import Subscriptions
 from hybridbus.client.subscription import ClientSubscription, Filter
+from hybridbus.client.tls import Ca, client_context
 from hybridbus.client.tokens import TokenProvider, TokenSource
 from hybridbus.core.event import Event, check_event, event_from_dict
 from hybridbus.core.log import Position
@@ -96,6 +97,7 @@ class Client(Collaboration, Presence):
         self._codec = codec
         self._rng = random.Random()
         self._tokens = TokenSource(token, config, self._rng, url)
+        self._ssl = client_context(config.ca)  # None: aiohttp verifies with the system's CAs
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._session: ClientSession | None = None
@@ -387,6 +389,7 @@ class Client(Collaboration, Presence):
                 autoping=True,
                 heartbeat=None,
                 max_msg_size=0,
+                ssl=True if self._ssl is None else self._ssl,  # verified either way
             )
         except (aiohttp.ClientError, OSError) as exc:
             self._last_error = exc
@@ -583,13 +586,14 @@ def connect(
     *,
     token: str | TokenProvider | None = None,
     config: ClientConfig | None = None,
+    ca: Ca | None = None,
 ) -> Opening[Client]:
     """Connect to the server's WebSocket endpoint, e.g. `ws://127.0.0.1:8080/v1/ws`.
 
     `token` is a fixed token, or a `TokenProvider` the client calls for a fresh
     one at every connect and before the current one expires (module docstring).
-    Awaiting it (or entering it) raises `ConnectFailed` at once if the first
-    connection fails, and `Disconnected` if the server refuses it; once
-    connected, the client reconnects by itself after drops.
+    Awaiting it (or entering it) raises `ConnectFailed` at once if the first connection
+    fails, and `Disconnected` if the server refuses it; once connected, the client
+    reconnects by itself after drops. `ca`: see `ClientConfig.ca` (it replaces it).
     """
-    return Opening(Client(url, token, config or ClientConfig()))
+    return Opening(Client(url, token, (config or ClientConfig()).trusting(ca)))

@@ -132,9 +132,13 @@ def install_cors(app: web.Application, policy: CorsPolicy) -> None:
 def origin_refusal(policy: CorsPolicy, request: web.Request) -> web.HTTPForbidden | None:
     """The 403 refusing an upgrade from a browser page not on the list; None to allow.
 
-    A request without an Origin header is not from a browser page: allowed.
+    A request without an Origin header is not from a browser page: allowed. A
+    page of the server's own origin (its scheme and Host: the web console at
+    `/console/`) is allowed too, listed or not, as its requests over HTTP are.
     """
     origin = request.headers.get(hdrs.ORIGIN)
     if origin is None or policy.allows(origin):
+        return None
+    if origin.lower() == f"{request.scheme}://{request.host}".lower():
         return None
     return web.HTTPForbidden(text=f"origin {origin!r} is not allowed (cors_origins)")

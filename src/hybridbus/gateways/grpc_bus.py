@@ -81,6 +81,7 @@ from hybridbus.hub.guard import Guard, Principal
 from hybridbus.hub.subscription import Subscription
 from hybridbus.proto.frames import MAX_HISTORY_LIMIT
 from hybridbus.server.metrics import Metrics
+from hybridbus.server.tls import ServerTls
 
 __all__ = ["GrpcConfig", "GrpcGateway", "Hold"]
 
@@ -250,7 +251,9 @@ class GrpcGateway:
         hold: Hold,
         metrics: Metrics,
         config: GrpcConfig | None = None,
+        tls: ServerTls | None = None,  # TLS (and mutual TLS) with reloads: grpc_tls.py
     ) -> None:
+        self._tls = tls
         self._bus = bus
         self._guard = guard
         self._access = access
@@ -284,7 +287,12 @@ class GrpcGateway:
         _bus_pb2_grpc.add_BusServicer_to_server(self, server)
         address = f"{config.host}:{config.port}"
         try:
-            port = int(server.add_insecure_port(address))
+            if self._tls is None:
+                port = int(server.add_insecure_port(address))
+            else:
+                from hybridbus.gateways.grpc_tls import server_credentials
+
+                port = int(server.add_secure_port(address, server_credentials(self._tls)))
         except RuntimeError as exc:
             raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
         if port == 0:
@@ -439,6 +447,9 @@ class GrpcGateway:
                         packed.append(message)
                     out.add(response(deliveries=Deliveries(deliveries=packed)), size)
                 deliveries.inc(len(batch))
+                tracer = self._bus.tracer
+                if tracer is not None:  # a `deliver` span per sampled delivery (docs/tracing.md)
+                    tracer.delivered(batch, "grpc", f"grpc-{id(out):x}")
                 if live and out.size > bound:
                     return SubscriberTooSlow(
                         f"over {bound} bytes queued for the client; "

@@ -28,6 +28,15 @@ While a connection waits:
 A connection being served — a request in its handler, a WebSocket, an SSE
 stream — is neither timed nor counted here. Closing is aiohttp's own
 `RequestHandler.force_close`, as its keep-alive timeout does.
+
+TLS (an `ssl_context`, `server/tls.py`). The site accepts plain TCP and the
+guard upgrades each connection itself (`loop.start_tls`), so the handshake is
+inside the same wait: a client that never finishes it is closed by the same
+`header_timeout` from accept, and counts against the same cap. aiohttp's
+protocol sees the connection only once it is encrypted; what the TLS layer
+decrypted before the guard heard the handshake ended is held and handed over
+after. A failed handshake (an untrusted client certificate under mutual TLS,
+a client refusing ours) is logged at DEBUG and the connection dropped.
 """
 
 from __future__ import annotations
@@ -36,10 +45,11 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import ssl
 import sys
 from collections import OrderedDict
-from collections.abc import Awaitable
-from typing import Final, cast
+from collections.abc import Awaitable, Coroutine
+from typing import Any, Final, cast
 
 import msgspec
 from aiohttp import web
@@ -108,7 +118,7 @@ def _nofile_soft() -> int | None:
 class _Guard(asyncio.Protocol):
     """One connection: aiohttp's protocol for it, and whether and since when it waits."""
 
-    __slots__ = ("_site", "_timer", "_transport", "_unsent", "handler")
+    __slots__ = ("_early", "_handshake", "_site", "_timer", "_transport", "_unsent", "handler")
 
     def __init__(self, handler: RequestHandler, site: ListenerSite) -> None:
         self.handler = handler
@@ -116,19 +126,95 @@ class _Guard(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._unsent = 0
+        # TLS: the handshake (`start_tls`), and what was decrypted before it ended (None: after).
+        self._handshake: Coroutine[Any, Any, Any] | None = None
+        self._early: list[bytes | None] | None = None
 
     # -- the protocol, forwarded --
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self._transport = cast(asyncio.Transport, transport)
-        self.handler.connection_made(transport)
-        self._site._accepted(self)
+        context = self._site._ssl_context
+        if context is None:
+            self.handler.connection_made(transport)
+            self._site._accepted(self)
+            return
+        self._transport.pause_reading()  # (asyncio honours it; uvloop reads all the same)
+        self._early = []
+        self._site._accepted(self)  # the deadline runs from accept: the handshake is in it
+        self._secure(self._transport, context)
+
+    def _secure(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+        """Put the TLS layer on the accepted connection now; hand it to aiohttp once secure.
+
+        `loop.start_tls` is stepped by hand rather than run as a task: uvloop
+        starts reading as soon as `connection_made` returns, paused or not, so
+        a task starting TLS one loop turn later could find the ClientHello
+        already handed to this guard as plain bytes. Its first step (up to
+        the wait for the handshake) installs the TLS layer before any byte
+        is read; the rest runs when the handshake's future is done.
+        """
+        opening = asyncio.get_running_loop().start_tls(
+            raw,
+            self,
+            context,
+            server_side=True,
+            # A backstop: the guard's deadline (header_timeout) comes first.
+            ssl_handshake_timeout=2 * self._site._config.header_timeout + 1,
+        )
+        self._handshake = opening
+        self._step(raw, opening)
+
+    def _step(self, raw: asyncio.Transport, opening: Coroutine[Any, Any, Any]) -> None:
+        try:
+            waiting = opening.send(None)
+        except StopIteration as done:
+            self._handshake = None
+            self._secured(raw, done.value)
+            return
+        except (OSError, TimeoutError, asyncio.CancelledError) as exc:
+            self._handshake = None
+            log.debug("tls handshake failed: %r", exc)
+            self._dropped(raw)
+            return
+        if not isinstance(waiting, asyncio.Future):  # pragma: no cover - not start_tls's way
+            opening.close()
+            self._handshake = None
+            self._dropped(raw)
+            return
+        waiting.add_done_callback(lambda _: self._step(raw, opening))
+
+    def _secured(self, raw: asyncio.Transport, secure: asyncio.Transport | None) -> None:
+        if secure is None or secure.is_closing():  # pragma: no cover - closed meanwhile
+            self._dropped(raw)
+            return
+        self._transport = secure
+        self.handler.connection_made(secure)
+        early, self._early = self._early, None
+        for data in early or ():
+            if data is None:
+                self.handler.eof_received()
+            else:
+                self.handler.data_received(data)
+
+    def _dropped(self, raw: asyncio.Transport) -> None:
+        """The handshake failed: close the connection aiohttp never saw."""
+        raw.abort()
+        self._early = None
+        self._transport = None
+        self._site._lost(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._early is not None:  # decrypted before the handshake's end reached us
+            self._early.append(data)
+            return
         self.handler.data_received(data)
 
     def eof_received(self) -> None:
+        if self._early is not None:
+            self._early.append(None)
+            return
         self.handler.eof_received()  # None: the transport closes its side, as aiohttp's does
 
     def pause_writing(self) -> None:
@@ -179,21 +265,33 @@ class _Guard(asyncio.Protocol):
         """Close the connection now, whatever it still had to send."""
         self.stop_waiting()
         transport = self._transport
-        self.handler.force_close()
+        if self._handshake is None:  # (aiohttp has not seen a connection still in its handshake)
+            self.handler.force_close()
         if transport is not None:
             transport.abort()
+
+    @property
+    def handshaking(self) -> bool:
+        return self._handshake is not None
 
 
 class ListenerSite(web.BaseSite):
     """A TCP site for an `AppRunner` that times and caps connections waiting for a request.
 
-    Use it where `web.TCPSite` would be: `await ListenerSite(runner, config).start()`.
+    Use it where `web.TCPSite` would be: `await ListenerSite(runner, config).start()`;
+    with an `ssl_context` it serves HTTPS and WSS (module docstring, "TLS").
     """
 
     __slots__ = ("_config", "_guards", "_last_report", "_max_pending", "_waiting", "closed")
 
-    def __init__(self, runner: web.BaseRunner, config: ListenerConfig) -> None:
-        super().__init__(runner, backlog=config.backlog)
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        config: ListenerConfig,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(runner, backlog=config.backlog, ssl_context=ssl_context)
         self._config = config
         self._max_pending = config.max_pending_connections
         # The connections waiting for a request's headers, the one waiting longest first.
@@ -205,7 +303,8 @@ class ListenerSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        return f"http://{self._config.host or '0.0.0.0'}:{self.port}"
+        scheme = "http" if self._ssl_context is None else "https"
+        return f"{scheme}://{self._config.host or '0.0.0.0'}:{self.port}"
 
     @property
     def port(self) -> int:
@@ -262,6 +361,12 @@ class ListenerSite(web.BaseSite):
             backlog=self._backlog,
             reuse_port=self._config.reuse_port or None,
         )
+
+    async def stop(self) -> None:
+        await super().stop()
+        for guard in list(self._guards.values()):  # aiohttp's shutdown does not know them
+            if guard.handshaking:
+                guard.close()
 
     # -- the guards tell the site --
 

@@ -14,6 +14,7 @@ from typing import Any, Final
 from hybridbus.core.topics import MAX_TOPIC_LENGTH
 from hybridbus.gateways import (
     openapi_bridges,
+    openapi_console,
     openapi_groups,
     openapi_logs,
     openapi_nodes,
@@ -536,6 +537,7 @@ def document() -> dict[str, Any]:
                     **openapi_webhooks_out.paths(_problems),
                     **openapi_nodes.paths(_problems),
                     **openapi_bridges.paths(_problems),
+                    **openapi_console.paths(_problems),
                     **openapi_logs.paths(_problems),
                     **openapi_states.paths(_problems),
                 }
@@ -551,6 +553,7 @@ def document() -> dict[str, Any]:
                     **openapi_webhooks_out.SCHEMAS,
                     **openapi_nodes.SCHEMAS,
                     **openapi_bridges.SCHEMAS,
+                    **openapi_console.SCHEMAS,
                     **openapi_logs.SCHEMAS,
                     **openapi_states.SCHEMAS,
                 },
@@ -562,6 +565,7 @@ def document() -> dict[str, Any]:
                     **openapi_webhooks_out.PARAMETERS,
                     **openapi_nodes.PARAMETERS,
                     **openapi_bridges.PARAMETERS,
+                    **openapi_console.PARAMETERS,
                     **openapi_logs.PARAMETERS,
                     **openapi_states.PARAMETERS,
                 },

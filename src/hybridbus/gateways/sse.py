@@ -453,6 +453,9 @@ class SseGateway:
                 frame = encode(delivery)
                 frames.append((frame, delivery.time))
                 stream.size += len(frame)
+            tracer = self._bus.tracer
+            if tracer is not None:  # a `deliver` span per sampled delivery (docs/tracing.md)
+                tracer.delivered(batch, "sse", f"sse-{id(stream):x}")
             limit = self._config.max_pending_bytes
             if stream.size > limit and len(frames) > 1:
                 dropped = len(frames)

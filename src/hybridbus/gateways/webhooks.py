@@ -127,7 +127,22 @@ class WebhooksGateway:
 
     async def receive(self, request: web.Request) -> web.StreamResponse:
         """Verify, route, append: see the module docstring."""
-        response = await self._handle(request)
+        tracer = self._bus.tracer
+        if tracer is None:
+            response = await self._handle(request)
+        else:  # a `webhook in` span, continuing the sender's `traceparent` (docs/tracing.md)
+            headers = request.headers
+            with tracer.receiving(
+                headers.get("traceparent"),
+                headers.get("tracestate"),
+                "webhook in",
+                {"http.route": "/v1/webhooks/{tenant}/{endpoint}", "url.path": request.path},
+            ) as span:
+                response = await self._handle(request)
+                span.end(
+                    "" if response.status < 500 else f"HTTP {response.status}",
+                    {"http.response.status_code": response.status},
+                )
         if response.status == 401:
             # The credential is the request's signature, not a bearer token.
             response.headers.pop("WWW-Authenticate", None)

@@ -39,6 +39,7 @@ from hybridbus.hub.member import Member
 from hybridbus.hub.pages import SharedPages
 from hybridbus.hub.schemas import Schemas
 from hybridbus.hub.subscription import Subscription
+from hybridbus.hub.tracing import Tracer
 
 __all__ = ["Bus", "BusConfig", "EventLike", "History", "Prepared"]
 
@@ -124,6 +125,9 @@ class Bus:
         # The event types' JSON Schemas (hub/schemas.py), checked by `prepare`.
         self.changes = Changes(self)  # registries changed on other nodes (a shared engine)
         self.schemas = Schemas(engine, clock, self.changes)
+        # Spans of each event's way through the node (hub/tracing.py, docs/tracing.md):
+        # set by the server when `[tracing]` is on; None costs one check per call.
+        self.tracer: Tracer | None = None
 
     async def start(self) -> None:
         """Open the engine, load the schemas and consumer groups, start routing appends."""
@@ -172,6 +176,8 @@ class Bus:
         """
         if self._closed:
             raise BusClosed("the bus is closed")
+        if self.tracer is not None:
+            return (await self.append([self.prepare(topic, event)]))[0]
         ack = await self.engine.append(*self.prepare(topic, event))
         if self._lagging:
             self._lagging = False
@@ -228,6 +234,11 @@ class Bus:
             schemed = self.schemas.check(tenant_of(topic), checked)
             if schemed is not checked:
                 checked, payload = schemed, encode_msgpack(schemed)
+        tracer = self.tracer
+        if tracer is not None:  # its `publish` span; a sampled one may stamp `traceparent`
+            traced = tracer.publishing(topic, checked)
+            if traced is not checked:
+                checked, payload = traced, encode_msgpack(traced)
         if len(payload) > self.config.max_event_size:
             raise EventTooLarge(len(payload), self.config.max_event_size)
         return topic, checked, payload
@@ -243,7 +254,17 @@ class Bus:
             raise BusClosed("the bus is closed")
         if not batch:
             return []
-        acks = await self.engine.append_many(batch, dedupe=dedupe)
+        tracer = self.tracer
+        if tracer is not None:
+            handle = tracer.appending([event for _, event, _ in batch])
+            try:
+                acks = await self.engine.append_many(batch, dedupe=dedupe)
+            except BaseException as exc:
+                tracer.appended(handle, None, exc)
+                raise
+            tracer.appended(handle, acks, None)
+        else:
+            acks = await self.engine.append_many(batch, dedupe=dedupe)
         if self._lagging:
             self._lagging = False
             await asyncio.sleep(0)
@@ -253,6 +274,8 @@ class Bus:
         """The engine's listener: hand each delivery to the subscriptions it matches."""
         if self.engine.epoch != self._epoch:
             self._epoch_changed()
+        tracer = self.tracer
+        started = tracer.now() if tracer is not None else 0
         routes = self._routes
         now = 0.0
         for delivery in deliveries:
@@ -269,6 +292,8 @@ class Bus:
             for sub in subs:
                 if sub.push(delivery):
                     self._lagging = True
+        if tracer is not None:  # a `fan-out` span per sampled delivery
+            tracer.routed(deliveries, routes, started)
         pages = self._pages
         if pages.active:
             pages.routed(deliveries)

@@ -9,6 +9,10 @@ one `publish` frame per batch), `grpc://` / `grpcs://` (one client-streaming
 `file:///path` (formatted lines appended to a file). Must not queue, retry
 or decide what to ship: the `Shipper` does.
 
+The secure schemes (`wss://`, `grpcs://`, `https://`) verify the server's
+certificate against the system's CAs, or `ca=` (a PEM file of CA
+certificates, or an `ssl.SSLContext`: `hybridbus.client.tls`).
+
 A transport's `send(topic, events)` gets a tenant-relative topic
 (`logs/<service>/<instance>`): the WebSocket client's topics are relative to
 its token's tenant; HTTP and gRPC topics are absolute, so those transports
@@ -26,7 +30,7 @@ import binascii
 import io
 import json
 from pathlib import Path
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
 from hybridbus.core.codecs import encode_json, encode_json_batch
@@ -34,6 +38,9 @@ from hybridbus.core.event import Event
 from hybridbus.core.logs import record_from_data
 from hybridbus.errors import InvalidInput, RemoteError
 from hybridbus.logs.formatters import Formatter, JsonFormatter
+
+if TYPE_CHECKING:  # (hybridbus.client loads aiohttp: each transport loads what it uses)
+    from hybridbus.client.tls import Ca
 
 __all__ = [
     "FileTransport",
@@ -111,18 +118,19 @@ def _tenant(url: str, tenant: str | None, token: str | None) -> str:
 class WebSocketTransport:
     """Publishes each batch in one frame through `hybridbus.client` (it reconnects by itself)."""
 
-    def __init__(self, url: str, *, token: str | None = None) -> None:
+    def __init__(self, url: str, *, token: str | None = None, ca: Ca | None = None) -> None:
         parts = urlsplit(url)
         if parts.path in ("", "/"):
             url = urlunsplit(parts._replace(path="/v1/ws"))
         self.url = url
         self.token = token
+        self.ca = ca
         self._client: Any = None
 
     async def open(self) -> None:
         from hybridbus.client import connect
 
-        self._client = await connect(self.url, token=self.token)
+        self._client = await connect(self.url, token=self.token, ca=self.ca)
 
     async def send(self, topic: str, events: list[Event]) -> None:
         client = self._client
@@ -193,12 +201,16 @@ class HttpTransport:
         token: str | None = None,
         tenant: str | None = None,
         timeout: float = 30.0,
+        ca: Ca | None = None,
     ) -> None:
         parts = urlsplit(url)
         self.base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         self.token = token
         self.tenant = _tenant(url, tenant, token)
         self.timeout = timeout
+        from hybridbus.client.tls import client_context
+
+        self._ssl = client_context(ca)  # None: aiohttp verifies with the system's CAs
         self._session: Any = None
 
     async def open(self) -> None:
@@ -208,7 +220,9 @@ class HttpTransport:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         self._session = aiohttp.ClientSession(
-            headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout)
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            connector=aiohttp.TCPConnector(ssl=True if self._ssl is None else self._ssl),
         )
 
     async def _post(self, topic: str, events: list[Event]) -> tuple[int, dict[str, Any]]:
@@ -287,12 +301,16 @@ class GrpcTransport:
         token: str | None = None,
         tenant: str | None = None,
         timeout: float = 30.0,
+        ca: Ca | None = None,
     ) -> None:
         parts = urlsplit(url)
         if not parts.hostname or parts.port is None:
             raise InvalidInput(f"a gRPC log URL is grpc://host:port, not {url!r}")
         self.target = f"{parts.hostname}:{parts.port}"
         self.secure = parts.scheme == "grpcs"
+        from hybridbus.client.tls import ca_pem
+
+        self._roots = ca_pem(ca)  # None: grpc verifies with the system's CAs
         self.token = token
         self.tenant = _tenant(url, tenant, token)
         self.timeout = timeout
@@ -306,7 +324,8 @@ class GrpcTransport:
 
         _, bus_grpc, _ = generated()
         if self.secure:
-            self._channel = grpc.aio.secure_channel(self.target, grpc.ssl_channel_credentials())
+            credentials = grpc.ssl_channel_credentials(root_certificates=self._roots)
+            self._channel = grpc.aio.secure_channel(self.target, credentials)
         else:
             self._channel = grpc.aio.insecure_channel(self.target)
         self._stub = bus_grpc.BusStub(self._channel)

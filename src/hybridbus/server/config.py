@@ -13,7 +13,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -24,19 +24,32 @@ from hybridbus.core.webhooks_out import Subscription
 from hybridbus.engine.base import EngineConfig, RetentionRule
 from hybridbus.errors import InvalidInput
 
-__all__ = ["ENV_PREFIX", "OTHER_VARIABLES", "ServerConfig", "engine_config", "load_config"]
+__all__ = [
+    "ENV_PREFIX",
+    "OTHER_VARIABLES",
+    "ServerConfig",
+    "TracingConfig",
+    "engine_config",
+    "load_config",
+    "tls_problem",
+]
 
 ENV_PREFIX: Final = "HYBRIDBUS_"
 # The `HYBRIDBUS_*` variables that are not server settings (docs/configuration.md lists
-# them): the client commands' --url and --token defaults, and the test suite's switches.
+# them): the client commands' --url, --token, --ca, --cert and --key defaults, and the test
+# suite's switches.
 # Any other `HYBRIDBUS_*` variable must name a setting.
 OTHER_VARIABLES: Final = (
     "HYBRIDBUS_URL",
     "HYBRIDBUS_TOKEN",
     "HYBRIDBUS_REQUIRE_SERVICES",
     "HYBRIDBUS_REQUIRE_BROWSER",
+    "HYBRIDBUS_CONSOLE_SCREENSHOTS",
     "HYBRIDBUS_SERVICES_DIR",
     "HYBRIDBUS_REDIS_URL",
+    "HYBRIDBUS_CA",
+    "HYBRIDBUS_CERT",
+    "HYBRIDBUS_KEY",
 )
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -45,6 +58,24 @@ OriginPattern = Annotated[str, msgspec.Meta(pattern=ORIGIN_PATTERN)]
 MAX_LIFETIME: Final = 10 * 366 * 86400.0  # the most `max_token_lifetime` may be: ten years
 # The node registry's URL: empty (follow the engine), "local", or a store's URL.
 REGISTRY_PATTERN: Final = r"^(|local|(rediss?(\+cluster)?|etcds?)://\S+)$"
+
+
+class TracingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The `[tracing]` table: OpenTelemetry traces of each event (docs/tracing.md)."""
+
+    # Off: opentelemetry is not even imported (the `tracing` extra is needed when on).
+    enabled: bool = False
+    # The share of new traces recorded (0-1); an event or request that carries a
+    # `traceparent` follows its sampled flag instead.
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    service_name: Annotated[str, msgspec.Meta(min_length=1)] = "hybridbus"
+    # Where spans are exported with OTLP: "" is the protocol's default (grpc:
+    # http://localhost:4317, http: http://localhost:4318/v1/traces). protocol "none":
+    # spans are sampled and `traceparent` stamped and carried, but exported nowhere.
+    otlp_endpoint: str = ""
+    protocol: Literal["grpc", "http", "none"] = "grpc"
+    # Sent with every export (an API key of the tracing backend, say).
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -76,6 +107,16 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # Seconds a node's lease on a consumer group lives unrenewed (renewed every third of
     # it): one node coordinates each group on a shared engine (docs/groups.md, "Many nodes").
     group_lease_ttl: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 10.0
+    # -- TLS (docs/security.md, "TLS") --
+    # PEM files: the certificate chain and its private key (both or neither; unencrypted
+    # key) serve HTTPS/WSS on `port` and TLS on `grpc_port`. With tls_client_ca too, every
+    # client must present a certificate signed by it (mutual TLS). The files are checked
+    # every tls_reload_interval seconds (0: never) and a changed pair is served to new
+    # handshakes without a restart; a broken one is refused (logged), the old one stays.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    tls_reload_interval: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 5.0
     # Seconds an HTTP connection has to send a request's line and headers (from being
     # accepted, or from the end of its previous response), and a request body.
     header_timeout: Seconds = 10.0
@@ -175,6 +216,8 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     state_idle_unload: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     # Seconds to flush outboxes and close connections on SIGTERM/SIGINT.
     shutdown_timeout: Seconds = 10.0
+    # OpenTelemetry traces ([tracing] table; docs/tracing.md): off by default.
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
     log_level: str = "info"
     log_format: str = "json"
 
@@ -185,6 +228,20 @@ _FIELDS: Final = frozenset(ServerConfig.__struct_fields__)
 def engine_config(config: ServerConfig) -> EngineConfig:
     """The engine settings of the config file (the engine URL's query parameters win)."""
     return EngineConfig(retention=tuple(config.retention))
+
+
+def tls_problem(config: ServerConfig) -> str | None:
+    """What is wrong with the TLS settings taken together (None: nothing).
+
+    Checked once every layer is merged: the certificate may come from the file
+    and its key from the environment.
+    """
+    if (config.tls_cert is None) != (config.tls_key is None):
+        missing = "tls_key" if config.tls_key is None else "tls_cert"
+        return f"{missing} is not set: TLS needs both tls_cert and tls_key"
+    if config.tls_client_ca is not None and config.tls_cert is None:
+        return "tls_client_ca (mutual TLS) needs tls_cert and tls_key"
+    return None
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -236,4 +293,8 @@ def load_config(
         except msgspec.ValidationError as exc:
             raise InvalidInput(f"bad setting in {origin}: {exc}") from exc
         merged.update(values)
-    return msgspec.convert(merged, ServerConfig, strict=False)
+    config = msgspec.convert(merged, ServerConfig, strict=False)
+    problem = tls_problem(config)
+    if problem is not None:
+        raise InvalidInput(problem)
+    return config

@@ -239,6 +239,9 @@ class Subscriptions:
             connection = self._connection
             connection.session.push_many(pushes)
             connection.pushed(len(batch), batch[0].time)
+            tracer = connection.node.bus.tracer
+            if tracer is not None:  # a `deliver` span per sampled delivery (docs/tracing.md)
+                tracer.delivered(batch, connection.transport_name, connection.id)
 
     def _encode(
         self, entry: Entry, batch: list[Delivery], *, cached: bool

@@ -32,6 +32,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
 from hybridbus.core.ratelimit import TokenBucket
+from hybridbus.core.tracecontext import trace_headers
 from hybridbus.core.webhooks import SigningKey
 from hybridbus.core.webhooks_out import (
     BODY_KEPT,
@@ -47,6 +48,7 @@ from hybridbus.core.webhooks_out import (
 from hybridbus.errors import BusClosed, DeliveryGone, EngineError, InvalidSettings, NotCoordinator
 from hybridbus.hub.group import Group
 from hybridbus.hub.member import GroupDelivery, Member
+from hybridbus.hub.tracing import Tracer
 
 __all__ = ["GuardedResolver", "Lookup", "OnAttempt", "RefusedAddress", "Sender"]
 
@@ -127,8 +129,10 @@ class Sender:
         allow_private: bool,
         on_gone: Callable[[Subscription], None],
         on_attempt: OnAttempt | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.sub = sub
+        self._tracer = tracer  # a `webhook out` span per sampled delivery (docs/tracing.md)
         self._on_attempt = on_attempt
         self._keys = keys
         self._group = group
@@ -201,11 +205,23 @@ class Sender:
         started = time.monotonic()
         status, body, error = 0, b"", ""
         kind: Outcome
+        tracer = self._tracer
+        traced = None
+        if tracer is not None:
+            attributes = {"hybridbus.webhook": sub.full_name, "http.request.method": "POST"}
+            traced = tracer.sending(event, "webhook out", attributes)
         try:
             check_url(sub.url, allow_private=self._allow_private)  # literal addresses skip DNS
             headers, payload = build_request(
                 sub.mode, self._keys, event, relative, d.dedupe_key, time.time()
             )
+            # W3C Trace Context: the span's, else the event's own `traceparent` extension.
+            if traced is not None:
+                headers["traceparent"] = traced.traceparent
+                if traced.tracestate:
+                    headers["tracestate"] = traced.tracestate
+            elif event.extensions:
+                headers.update(trace_headers(event.extensions))
             async with self._session.post(
                 sub.url,
                 data=payload,
@@ -230,6 +246,8 @@ class Sender:
         except (aiohttp.ClientError, OSError) as exc:
             kind, error = "error", f"connection: {type(exc).__name__}: {exc}"
         latency = time.monotonic() - started
+        if traced is not None:
+            traced.end(error, {"http.response.status_code": status, "hybridbus.outcome": kind})
         self._attempts.add(
             Attempt(
                 time=time.time(),

@@ -363,6 +363,7 @@ class Outbound:
                 allow_private=self.allow_private,
                 on_gone=self._gone,
                 on_attempt=self._on_attempt,
+                tracer=self.bus.tracer,
             )
             registered.sender = sender
             sender.start()
