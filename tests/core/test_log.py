@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import re
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hybridbus.core.codecs import encode_msgpack
 from hybridbus.core.event import Event
-from hybridbus.core.log import MAX_POSITION, Cursor, Delivery, Position, is_exact
-from hybridbus.errors import ErrorCode, InvalidPosition
+from hybridbus.core.log import (
+    MAX_POSITION,
+    UNDECODED,
+    Cursor,
+    Delivery,
+    Position,
+    StoredDelivery,
+    is_exact,
+)
+from hybridbus.errors import EngineCorrupt, ErrorCode, InvalidPosition
 
 epochs = st.from_regex(r"[A-Za-z0-9_]{1,64}", fullmatch=True)
 shard_positions = st.lists(st.integers(0, MAX_POSITION), min_size=1, max_size=8).map(tuple)
@@ -237,3 +247,35 @@ def test_delivery_expiry() -> None:
 )
 def test_is_exact(since: Position, epoch: str, shards: int, exact: bool) -> None:
     assert is_exact(since, epoch, shards) is exact
+
+
+def test_a_stored_delivery_decodes_its_event_when_asked_for_and_once() -> None:
+    event = msgspec.structs.replace(EVENT, partitionkey="p-1", extensions={"traceparent": "00-ab"})
+    payload = encode_msgpack(event)
+    stored = StoredDelivery("a/b", 1, 0, 7, 0.0, UNDECODED, None, payload)
+    assert stored.identity() == (event.source, event.id, "p-1")
+    assert msgspec.structs.astuple(stored)[5] is None  # still undecoded
+    assert stored.event == event
+    assert stored.event is stored.event
+    assert stored.identity() == Delivery("a/b", 1, 0, 7, 0.0, event).identity()
+    assert isinstance(stored, Delivery) and stored.payload == payload
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"\xc1 not msgpack", msgspec.msgpack.encode({"source": "/s"}), msgspec.msgpack.encode([1])],
+)
+def test_a_stored_delivery_of_bytes_that_do_not_decode_is_corrupt(payload: bytes) -> None:
+    stored = StoredDelivery("a/b", 1, 0, 7, 0.0, UNDECODED, None, payload)
+    with pytest.raises(EngineCorrupt, match="position 7"):
+        stored.identity()
+    with pytest.raises(EngineCorrupt, match="position 7"):
+        _ = stored.event
+
+
+def test_a_stored_delivery_whose_keys_decode_but_not_its_event_is_corrupt_when_asked() -> None:
+    payload = msgspec.msgpack.encode({"id": "1", "source": "/s", "type": "", "data": 1})
+    stored = StoredDelivery("a/b", 1, 0, 7, 0.0, UNDECODED, None, payload)
+    assert stored.identity() == ("/s", "1", None)
+    with pytest.raises(EngineCorrupt, match="type"):
+        _ = stored.event

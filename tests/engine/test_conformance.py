@@ -503,3 +503,30 @@ async def test_restart_keeps_revocations_iff_durable(
     second = await make_engine(name="revoked")
     found = by_key(await second.engine.revocations())
     assert found == ({r.key: r for r in stored} if durable else {})
+
+
+async def test_deliveries_carry_the_events_stored_bytes(make_engine: MakeEngine) -> None:
+    """`Delivery.payload` is the event's MessagePack as appended, read or live.
+
+    An engine with `read_stored` (a consumer group's read) gives the same
+    deliveries, each event decoded from its bytes only when asked for.
+    """
+    opened = await make_engine()
+    engine = opened.engine
+    events = [make_event(partitionkey=f"k{n}" if n % 2 else None) for n in range(5)]
+    for event in events:
+        await engine.append("t/a", event, encode_msgpack(event))
+    assert [d.payload for d in opened.seen] == [encode_msgpack(e) for e in events]
+    page = await engine.read("t/#", None, 10)
+    assert [d.payload for d in page.deliveries] == [encode_msgpack(e) for e in events]
+    assert [d.event for d in page.deliveries] == events
+    read_stored = getattr(engine, "read_stored", None)
+    if read_stored is not None:
+        stored = await read_stored("t/#", None, 10)
+        assert [d.position for d in stored.deliveries] == [d.position for d in page.deliveries]
+        assert stored.positions == page.positions and stored.more == page.more
+        assert [d.identity() for d in stored.deliveries] == [
+            (e.source, e.id, e.partitionkey) for e in events
+        ]
+        assert [d.payload for d in stored.deliveries] == [encode_msgpack(e) for e in events]
+        assert [d.event for d in stored.deliveries] == events

@@ -384,6 +384,8 @@ async def test_an_undecodable_payload_is_corrupt(
     await engine.append("a", make_event(), b"\xc1 not msgpack")
     with pytest.raises(EngineCorrupt, match="position 1"):
         await engine.read("a", None, 10)
+    with pytest.raises(EngineCorrupt, match="position 1"):  # a group's read: at once too
+        await engine.read_stored("a", None, 10)
 
 
 async def test_a_file_that_is_not_a_database_is_corrupt(tmp_path: Path) -> None:

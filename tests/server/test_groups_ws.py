@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
-from tests.servers import MSGPACK, WsClient, event, running_server
+from tests.servers import JSON, MSGPACK, WsClient, event, running_server
 
+from hybridbus.core.codecs import decode_msgpack, encode_msgpack
+from hybridbus.core.log import Delivery, StoredDelivery
 from hybridbus.server.auth import Identity
 
 SHORT = {"ack_wait": 0.5, "ordered": False}
@@ -320,3 +324,54 @@ async def test_a_deleted_group_ends_the_membership_with_group_left() -> None:
         # The membership is over: leaving it now is "not a member" (1014), joining works again.
         assert await error_code(c, "group_leave", group="billing") == 1014
         await join(c, settings=SHORT)
+
+
+@pytest.mark.parametrize("engine", ["memory", "sqlite"])
+async def test_a_msgpack_member_is_pushed_the_stored_event_bytes_as_they_are(
+    engine: str, tmp_path: Path
+) -> None:
+    """The log's MessagePack of an event is what a MessagePack member gets (no re-encoding).
+
+    The stored map here has an extension as a top-level key, which the log
+    and the wire both take (protocol.md §3.3) but an encoding of the decoded
+    event would put under `x-extensions`: the push carries the map as stored.
+    """
+    url = "memory://" if engine == "memory" else f"sqlite://{tmp_path}"
+    stored = msgspec.msgpack.encode(
+        {"id": "s1", "source": "/test", "type": "t", "data": {"n": 1}, "traceparent": "00-ab"}
+    )
+    decoded = decode_msgpack(stored)
+    assert decoded.extensions == {"traceparent": "00-ab"}
+    assert encode_msgpack(decoded) != stored  # the server's own encoding would differ
+    async with running_server(engine=url) as server:
+        await server.node.bus.engine.append("acme/invoices/1", decoded, stored)
+        async with WsClient.open(server.url, MSGPACK) as c:
+            await join(c, settings={**SHORT, "start": "earliest"})  # a backlog: read from the log
+            push = await c.push("group_event")
+            assert push["event"] == msgspec.msgpack.decode(stored)
+            await server.node.bus.engine.append("acme/invoices/2", decoded, stored)
+            live = await c.push("group_event")  # caught up: the append's delivery
+            assert live["event"] == msgspec.msgpack.decode(stored)
+            ids = [push["delivery"], live["delivery"]]
+            assert (await c.request("ack", group="billing", deliveries=ids))["type"] == "reply"
+        async with WsClient.open(server.url) as j:  # JSON: the event is encoded as JSON
+            reply = await j.request("history", pattern="invoices/1")
+            assert reply["result"]["events"][0]["event"]["traceparent"] == "00-ab"
+
+
+@pytest.mark.parametrize(("protocol", "undecoded"), [(MSGPACK, True), (JSON, False)])
+async def test_a_group_leaves_its_events_undecoded_only_for_members_that_take_their_bytes(
+    protocol: str, undecoded: bool, tmp_path: Path
+) -> None:
+    """sqlite: a group of MessagePack members reads `StoredDelivery`s, one of JSON members not."""
+    async with running_server(engine=f"sqlite://{tmp_path}") as server:
+        async with WsClient.open(server.url) as p:
+            for n in range(3):
+                await publish(p, f"invoices/{n}", f"e{n}")
+        async with WsClient.open(server.url, protocol) as c:
+            await join(c, settings={**SHORT, "start": "earliest"})
+            pushes = await group_events(c, 3)
+            assert sorted(p["event"]["id"] for p in pushes) == ["e0", "e1", "e2"]
+            group = server.node.bus.groups.get("acme/billing")
+            kinds = {type(e.delivery) for e in group.core.entries.values()}
+            assert kinds == ({StoredDelivery} if undecoded else {Delivery})

@@ -142,7 +142,7 @@ class GroupCore:
 
     def take(self, delivery: Delivery, now: float) -> Entry:
         """Add the next matching delivery of the log (in log order) as a WAITING entry."""
-        partitionkey = delivery.event.partitionkey
+        partitionkey = delivery.identity()[2]
         entry = fresh_entry(delivery, delivery.topic if partitionkey is None else partitionkey, now)
         self._add(entry, now)
         shard = delivery.shard
@@ -170,7 +170,7 @@ class GroupCore:
             position = delivery.position
             if position <= cursor[shard]:
                 continue
-            partitionkey = delivery.event.partitionkey
+            partitionkey = delivery.identity()[2]
             key = delivery.topic if partitionkey is None else partitionkey
             entry = Entry(shard, position, delivery.topic, delivery.offset, key, delivery, now)
             entries[shard, position] = entry

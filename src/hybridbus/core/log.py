@@ -1,9 +1,11 @@
 """The log's vocabulary: deliveries, acks, pages, positions and the recovery rule.
 
-Owns: the values every engine returns and the hub hands to subscribers, the
-resume token (`Position`) and its text form, the `Cursor` that makes delivery
-exactly-once across the history→live hand-over, and the pure rule that says
-whether recovery from a position is exact. Must not do I/O.
+Owns: the values every engine returns and the hub hands to subscribers (a
+`StoredDelivery` is a delivery whose event is decoded from its stored bytes
+only when asked for), the resume token (`Position`) and its text form, the
+`Cursor` that makes delivery exactly-once across the history→live hand-over,
+and the pure rule that says whether recovery from a position is exact. Must
+not do I/O.
 
 Model. Each engine keeps one append-only log per shard. An appended event gets
 a gap-free per-topic `offset` (1, 2, 3...) and a `position` in its shard's log
@@ -18,14 +20,25 @@ an `InvalidPosition` here, before any engine sees it.
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, cast
 
 import msgspec
 
+from hybridbus.core.codecs import decode_msgpack
 from hybridbus.core.event import Event
-from hybridbus.errors import InvalidPosition
+from hybridbus.errors import EngineCorrupt, InvalidEvent, InvalidPosition
 
-__all__ = ["MAX_POSITION", "Ack", "Cursor", "Delivery", "Page", "Position", "is_exact"]
+__all__ = [
+    "MAX_POSITION",
+    "UNDECODED",
+    "Ack",
+    "Cursor",
+    "Delivery",
+    "Page",
+    "Position",
+    "StoredDelivery",
+    "is_exact",
+]
 
 
 class Delivery(msgspec.Struct, frozen=True, gc=False):
@@ -33,6 +46,12 @@ class Delivery(msgspec.Struct, frozen=True, gc=False):
 
     `time` is when it was appended and `expires` when it expires (Unix
     seconds; None: never). An expired delivery is never handed to anyone.
+    `payload` is the event's MessagePack as the log holds it (what
+    `core.codecs.encode_msgpack` made of it when it was appended: the
+    MessagePack wire's encoding of the event), when the engine has it at
+    hand; None when it has not. A server sends it to a MessagePack client as
+    it is, instead of encoding the event again. (A `StoredDelivery` is one
+    whose event is decoded from `payload` only when asked for.)
     """
 
     topic: str
@@ -42,10 +61,85 @@ class Delivery(msgspec.Struct, frozen=True, gc=False):
     time: float
     event: Event
     expires: float | None = None
+    payload: bytes | None = None
 
     def expired(self, now: float) -> bool:
         """True if this delivery's event has expired at `now`."""
         return self.expires is not None and self.expires <= now
+
+    def identity(self) -> tuple[str, str, str | None]:
+        """The event's `source`, `id` and `partitionkey` (what a consumer group keys it by)."""
+        event = self.event
+        return event.source, event.id, event.partitionkey
+
+
+class _Identity(msgspec.Struct, frozen=True, gc=False):
+    """What `StoredDelivery.identity` reads of a stored event (its other keys are skipped)."""
+
+    id: str
+    source: str
+    partitionkey: str | None = None
+
+
+_identity_decoder: Final = msgspec.msgpack.Decoder(_Identity)
+# The slot of `Delivery.event`: `StoredDelivery.event` (a property) reads and fills it.
+_EVENT_SLOT: Final = Delivery.__dict__["event"]
+# What a `StoredDelivery` holds in its `event` slot until the event is decoded.
+UNDECODED: Final = cast(Event, None)
+
+
+class StoredDelivery(Delivery, frozen=True, gc=False):
+    """A delivery read from the log with its stored bytes, its event decoded when first asked for.
+
+    Made by an engine's `read_stored` as `StoredDelivery(topic, offset,
+    shard, position, time, UNDECODED, expires, payload)` (`payload` is
+    required). For a reader that mostly passes the stored bytes on (a
+    consumer group whose members speak MessagePack): `identity` reads only
+    `source`, `id` and `partitionkey` of the bytes (once; about a third of a
+    whole decode), `event` decodes them whole (once). Bytes that do not
+    decode raise `EngineCorrupt` there.
+    """
+
+    keys: tuple[str, str, str | None] | None = None
+
+    def identity(self) -> tuple[str, str, str | None]:
+        """As `Delivery.identity`, without decoding the whole event."""
+        keys = self.keys
+        if keys is None:
+            event = _EVENT_SLOT.__get__(self, StoredDelivery)
+            if event is not None:
+                keys = (event.source, event.id, event.partitionkey)
+            else:
+                try:
+                    found = _identity_decoder.decode(self.payload)  # type: ignore[arg-type]
+                except (msgspec.DecodeError, TypeError) as exc:
+                    raise self._corrupt(exc) from exc
+                keys = (found.source, found.id, found.partitionkey)
+            msgspec.structs.force_setattr(self, "keys", keys)
+        return keys
+
+    def _corrupt(self, exc: BaseException) -> EngineCorrupt:
+        return EngineCorrupt(
+            f"the event at position {self.position} of shard {self.shard} cannot be decoded: {exc}"
+        )
+
+
+def _stored_event(self: StoredDelivery) -> Event:
+    event: Event | None = _EVENT_SLOT.__get__(self, StoredDelivery)
+    if event is None:
+        payload = self.payload
+        if payload is None:
+            raise self._corrupt(ValueError("no stored bytes"))
+        try:
+            event = decode_msgpack(payload)
+        except InvalidEvent as exc:
+            raise self._corrupt(exc) from exc
+        _EVENT_SLOT.__set__(self, event)
+    return event
+
+
+# A property in the subclass shadows the field's slot of the base (the slot still holds it).
+setattr(StoredDelivery, "event", property(_stored_event, doc="The event (decoded once)."))  # noqa: B010
 
 
 class Ack(msgspec.Struct, frozen=True, gc=False):

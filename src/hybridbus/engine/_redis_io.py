@@ -276,6 +276,7 @@ def decode_entry(
             float(fields[b"m"]),
             event,
             float(expires) if expires is not None else None,
+            payload,
         )
     except (InvalidEvent, KeyError, ValueError) as exc:
         raise EngineCorrupt(

@@ -147,7 +147,7 @@ def settle_appends(
     for request in batch:
         mine: list[Step] = []
         top = 0
-        for topic, event, _ in request.items:
+        for topic, event, payload in request.items:
             offset = next(steps)
             if offset.__class__ is not int:  # a duplicate: where its original is
                 at, offset, original = offset
@@ -167,6 +167,7 @@ def settle_appends(
                     now,
                     event,
                     expiry.timestamp() if expiry is not None else None,
+                    payload,
                 ),
             )
             position += 1

@@ -30,7 +30,7 @@ import msgspec
 from hybridbus.core.codecs import decode_msgpack
 from hybridbus.core.dedupe import DedupeIndex
 from hybridbus.core.event import Event
-from hybridbus.core.log import Ack, Delivery, Page
+from hybridbus.core.log import UNDECODED, Ack, Delivery, Page, StoredDelivery
 from hybridbus.core.revocation import Revocation
 from hybridbus.core.topics import is_pattern, matches, tenant_of
 from hybridbus.engine._sqlite_groups import GroupNames
@@ -254,7 +254,9 @@ class Store:
                     log_rows.append((position, topic, offset, now, expires, payload, source, id_))
                     ack = Ack(topic, offset, 0, position, epoch)
                     acks.append(ack)
-                    deliveries.append(Delivery(topic, offset, 0, position, now, event, expires))
+                    deliveries.append(
+                        Delivery(topic, offset, 0, position, now, event, expires, payload)
+                    )
                     if window > 0:
                         seen[key] = ack
                         remember.append((tenant, source, id_, position))
@@ -439,24 +441,49 @@ def _deliveries(rows: list[_Row]) -> list[Delivery]:
             raise EngineCorrupt(
                 f"sqlite engine: the event at position {position} cannot be decoded: {exc}"
             ) from exc
-        out.append(Delivery(topic, offset, 0, position, time, event, expires))
+        out.append(Delivery(topic, offset, 0, position, time, event, expires, payload))
     return out
 
 
-def read_page(conn: sqlite3.Connection, pattern: str, after: int, limit: int, now: float) -> Page:
-    """One consistent read: records, head, epoch and exactness from one snapshot."""
+def _stored_deliveries(rows: list[_Row]) -> list[Delivery]:
+    """`_deliveries`, each event left as its stored bytes (`StoredDelivery`).
+
+    Only `source`, `id` and `partitionkey` are read here: bytes that are not
+    even a MessagePack map of them are `EngineCorrupt` at once, as in `_deliveries`.
+    """
+    out: list[Delivery] = []
+    for position, topic, offset, time, expires, payload in rows:
+        delivery = StoredDelivery(topic, offset, 0, position, time, UNDECODED, expires, payload)
+        delivery.identity()
+        out.append(delivery)
+    return out
+
+
+def read_page(
+    conn: sqlite3.Connection,
+    pattern: str,
+    after: int,
+    limit: int,
+    now: float,
+    stored: bool = False,
+) -> Page:
+    """One consistent read: records, head, epoch and exactness from one snapshot.
+
+    `stored`: the deliveries are `StoredDelivery`s (their events decoded when asked for).
+    """
     try:
         conn.execute("BEGIN")
         try:
-            return _read_snapshot(conn, pattern, after, limit, now)
+            page = _read_snapshot(conn, pattern, after, limit, now, stored)
         finally:
             conn.execute("COMMIT")
     except sqlite3.Error as exc:
         raise wrap_error(exc, f"cannot read {pattern!r}") from exc
+    return page
 
 
 def _read_snapshot(
-    conn: sqlite3.Connection, pattern: str, after: int, limit: int, now: float
+    conn: sqlite3.Connection, pattern: str, after: int, limit: int, now: float, stored: bool
 ) -> Page:
     epoch: str = conn.execute(_GET_META, ("epoch",)).fetchone()[0]
     newest: int = conn.execute(_GET_META, ("position",)).fetchone()[0]
@@ -510,4 +537,5 @@ def _read_snapshot(
         last = rows[-1][0] if rows else after
     else:
         last = max(newest, after)
-    return Page(epoch, _deliveries(rows), (last,), more, exact)
+    deliveries = _stored_deliveries(rows) if stored else _deliveries(rows)
+    return Page(epoch, deliveries, (last,), more, exact)

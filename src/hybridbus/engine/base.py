@@ -30,6 +30,12 @@ Contract shared by every engine (the conformance suite in
   append, age by sweeps. Expired events (`expirytime` passed) are never returned by `read`
   and are removed in sweeps. A read that would have returned an event
   removed by count, age or size retention says `exact=False`.
+- Stored bytes: a delivery carries its event's MessagePack as appended
+  (`Delivery.payload`, the `payload` of the append) when the engine has it at
+  hand (every engine here does). An engine may also offer `read_stored` (the
+  arguments and answer of `read`; its deliveries may be
+  `core.log.StoredDelivery`s, each event decoded from its bytes only when
+  asked for): a consumer group reads the log with it where there is one.
 - The epoch changes whenever history is lost: every start of a memory engine,
   every `reset`.
 - Revocations (`core.revocation`) are stored apart from the log: `revoke` is

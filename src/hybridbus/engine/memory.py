@@ -140,7 +140,7 @@ class MemoryEngine:
         if self._closed:
             raise BusClosed("the engine is closed")
         now = self._clock()
-        ack, delivery = self._append(topic, event, len(payload), now)
+        ack, delivery = self._append(topic, event, payload, now)
         if delivery is not None and self._listener is not None:
             self._listener((delivery,))
         return ack
@@ -155,7 +155,7 @@ class MemoryEngine:
         deliveries: list[Delivery] = []
         append = self._append
         for topic, event, payload in items:
-            ack, delivery = append(topic, event, len(payload), now, dedupe)
+            ack, delivery = append(topic, event, payload, now, dedupe)
             acks.append(ack)
             if delivery is not None:
                 deliveries.append(delivery)
@@ -164,9 +164,11 @@ class MemoryEngine:
         return acks
 
     def _append(
-        self, topic: str, event: Event, size: int, now: float, dedupe: bool = True
+        self, topic: str, event: Event, payload: bytes, now: float, dedupe: bool = True
     ) -> tuple[Ack, Delivery | None]:
-        """Append one event of `size` bytes at `now`: its ack, and its delivery (None: a duplicate).
+        """Append one event (`payload`: its MessagePack) at `now`: its ack, and its delivery.
+
+        The delivery is None for a duplicate. It keeps `payload` (`Delivery.payload`).
 
         `dedupe=False` (a replay) appends it even if its key is in the window,
         and remembers it as the key's newest event.
@@ -189,7 +191,8 @@ class MemoryEngine:
         if expirytime is not None:
             expires = expirytime.timestamp()
             self._expiring += 1
-        delivery = Delivery(topic, offset, 0, position, now, event, expires)
+        delivery = Delivery(topic, offset, 0, position, now, event, expires, payload)
+        size = len(payload)
         state.deliveries.append(delivery)
         state.sizes.append(size)
         state.bytes += size

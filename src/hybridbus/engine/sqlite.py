@@ -215,16 +215,20 @@ class SqliteEngine:
         self._submit(req.AppendMany(items, future, dedupe))
         return await future
 
-    async def read(self, pattern: str, after: Sequence[int] | None, limit: int) -> Page:
+    async def read(
+        self, pattern: str, after: Sequence[int] | None, limit: int, stored: bool = False
+    ) -> Page:
         """Up to `limit` deliveries matching `pattern` past `after`, from one snapshot."""
-        if after is None:
-            start = 0
-        elif len(after) != 1:
+        if after is not None and len(after) != 1:
             raise InvalidPosition(f"the sqlite engine has 1 shard, not {len(after)}")
-        else:
-            start = after[0]
-        page: Page = await self._on_reader(store.read_page, pattern, start, limit, self._clock())
+        start = 0 if after is None else after[0]
+        now = self._clock()
+        page: Page = await self._on_reader(store.read_page, pattern, start, limit, now, stored)
         return page
+
+    async def read_stored(self, pattern: str, after: Sequence[int] | None, limit: int) -> Page:
+        """`read` of `StoredDelivery`s, for a group (its events decoded only if asked for)."""
+        return await self.read(pattern, after, limit, True)
 
     async def topics(self, prefix: str, after: str, limit: int) -> list[TopicInfo]:
         """Up to `limit` topics starting with `prefix`, after `after`, by name (on the reader)."""

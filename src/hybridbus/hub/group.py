@@ -238,14 +238,18 @@ class Group:
 
     async def _read(self) -> None:
         engine = self.groups.engine
+        read_stored = getattr(engine, "read_stored", None)
         core = self.core
         try:
             while not self._closed and self.members and core.room and self.core is core:
                 self._aside = []
                 self._missed = False
-                page = await engine.read(
-                    self.settings.pattern, tuple(core.cursor), min(core.room, _PAGE)
-                )
+                # Members that all take the stored bytes (MessagePack connections) need
+                # no decoded events: the engine leaves them undecoded if it can.
+                read = engine.read
+                if read_stored is not None and all(m.stored for m in self.members.values()):
+                    read = read_stored
+                page = await read(self.settings.pattern, tuple(core.cursor), min(core.room, _PAGE))
                 if self.core is not core:
                     return  # reset while reading
                 if page.epoch != self.epoch:

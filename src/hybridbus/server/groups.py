@@ -3,9 +3,10 @@
 Owns: joining a group for a client (`group_join`: through the node's
 `GroupGuard`, which checks `consume` / `manage` and creates a missing group),
 one member per joined group whose listener turns the `GroupDelivery`s of each
-dispatch pass into `group_event` pushes queued on the connection at once (the
-event's encoding shared with subscribers' pushes of it while the group is
-caught up, its topic relative to the tenant), leaving
+dispatch pass into `group_event` pushes queued on the connection at once (in
+MessagePack the event's stored bytes as they are; else its encoding shared
+with subscribers' pushes of it while the group is caught up; its topic
+relative to the tenant), leaving
 (`group_leave`, also while the join is under way), settling deliveries by id
 (`ack`, `nack`, `extend`, `term` — from any connection, a member or not, with
 `consume` on the group's pattern), and ending every membership when the
@@ -42,6 +43,7 @@ from hybridbus.errors import BusError, NotCoordinator, UnknownGroup
 from hybridbus.hub.group import Group
 from hybridbus.hub.guard import Principal
 from hybridbus.hub.member import GroupDelivery, Member
+from hybridbus.proto.codec import MSGPACK
 from hybridbus.proto.frames import (
     GroupAck,
     GroupCommand,
@@ -179,6 +181,7 @@ class Memberships:
             return
         entry.member = member
         member.on_end = lambda error: self._ended(entry, error)
+        member.stored = session.codec is MSGPACK  # pushed the events' stored bytes
         if self._closed:
             _quit(entry)
             return
@@ -233,11 +236,14 @@ class Memberships:
     def _push(self, entry: _Entry, deliveries: list[GroupDelivery]) -> None:
         """Queue the `group_event` pushes of `deliveries`, in order, at once.
 
-        A caught-up group's events were just pushed to subscribers too: their
-        encoding comes from the node's encode-once cache. A group reading a
-        backlog shares with nobody: each event is encoded within its push,
-        sparing the cache's bookkeeping (on a miss, about half as much again as
-        the encoding) and, in MessagePack, the event's bytes of its own.
+        In MessagePack, an event the engine read with its stored bytes
+        (`Delivery.payload`: the MessagePack wire's encoding of the event, as
+        the log keeps it) is sent as those bytes, not encoded again. Else: a
+        caught-up group's events were just pushed to subscribers too, and
+        their encoding comes from the node's encode-once cache; a group
+        reading a backlog shares with nobody, and each event is encoded
+        within its push, sparing the cache's bookkeeping (on a miss, about
+        half as much again as the encoding).
         """
         connection = self._connection
         session = connection.session
@@ -245,12 +251,14 @@ class Memberships:
         encode = codec.encode_group_push
         member = entry.member
         shared = member is None or member.group.caught_up
+        stored = codec is MSGPACK
         event_bytes = connection.node.pushes.event_bytes
         cut = len(connection.admitted.prefix)
         name = entry.name
         encoded = []
         for delivery in deliveries:
             d = delivery.delivery
+            payload = d.payload
             encoded.append(
                 encode(
                     name,
@@ -259,7 +267,11 @@ class Memberships:
                     delivery.dedupe_key,
                     d.topic[cut:],
                     d.offset,
-                    event_bytes(codec, d) if shared else d.event,
+                    payload
+                    if stored and payload is not None
+                    else event_bytes(codec, d)
+                    if shared
+                    else d.event,
                 )
             )
         session.push_many(encoded)
