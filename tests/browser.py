@@ -12,8 +12,9 @@ JSON-like Python (CDP `returnByValue`; BiDi remote values deserialized the same 
 a page exception, or a protocol error (e.g. while a page loads), raises RuntimeError.
 `init_script` runs in every document of the tab before the page's own scripts.
 
-- Chromium (`/usr/bin/chromium`, Debian's `chromium`): the Chrome DevTools Protocol, `Cdp`
-  of tests/gateways/test_browser.py, on the DevTools port the browser writes to its profile.
+- Chromium (`/usr/bin/chromium`, Debian's `chromium`): the Chrome DevTools Protocol (`Cdp`,
+  flat sessions; `Cdp.tab()` opens a tab), on the DevTools port the browser writes to its
+  profile. Tests that drive CDP themselves take the `chromium` fixture (its DevTools URL).
 - Firefox (`/usr/bin/firefox-esr`, Debian's `firefox-esr`): WebDriver BiDi, Firefox's remote
   protocol (no geckodriver): `--remote-debugging-port=0` and a fresh profile whose user.js
   stops first-run pages, updates, telemetry and any network but loopback; the port is read
@@ -21,6 +22,10 @@ a page exception, or a protocol error (e.g. while a page loads), raises RuntimeE
   WebSocket (Firefox allows one session at a time, so pages of one Firefox open one after
   another): `session.new`, `browsingContext.create`/`setViewport`/`navigate` (wait
   "complete")/`captureScreenshot`/`close`, `script.addPreloadScript`, `script.evaluate`.
+
+Also the pieces every browser test needs: `page_server(html, static)` (a page, and
+directories, served on a free port of 127.0.0.1), `serving(app)` (any aiohttp app so) and
+`until(page, expression)` (a page script's value once truthy).
 
 A missing browser skips the test, unless HYBRIDBUS_REQUIRE_BROWSER=1 (CI, .ci/run), which
 makes it a failure.
@@ -39,19 +44,33 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-from tests.gateways.test_browser import START_TIMEOUT, Cdp
+from aiohttp import web
 from tests.servers import TIMEOUT
 from websockets.asyncio.client import ClientConnection, connect
 
-__all__ = ["KINDS", "START_TIMEOUT", "Browser", "Page", "browser", "launch", "open_page"]
+__all__ = [
+    "KINDS",
+    "START_TIMEOUT",
+    "Browser",
+    "Cdp",
+    "Page",
+    "browser",
+    "chromium",
+    "launch",
+    "open_page",
+    "page_server",
+    "serving",
+    "until",
+]
 
+START_TIMEOUT = 60.0  # a cold browser on a loaded 2-core machine
 KINDS = ("chromium", "firefox")
 BINARIES = {"chromium": ("chromium",), "firefox": ("firefox-esr", "firefox")}
 PACKAGES = {"chromium": "chromium", "firefox": "firefox-esr"}
@@ -230,6 +249,57 @@ def browser(
         yield running
 
 
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A headless Chromium for the module: the URL of its DevTools WebSocket (for `Cdp`)."""
+    with launch("chromium", tmp_path_factory.mktemp("chromium-profile")) as running:
+        yield running.url
+
+
+class Cdp:
+    """A Chrome DevTools Protocol client over one browser WebSocket (flat sessions)."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self._ids = itertools.count(1)
+
+    async def call(self, method: str, session: str | None = None, **params: Any) -> Any:
+        id = next(self._ids)
+        message: dict[str, Any] = {"id": id, "method": method, "params": params}
+        if session is not None:
+            message["sessionId"] = session
+        await self._ws.send(json.dumps(message))
+        while True:
+            reply = json.loads(await self._ws.recv())
+            if reply.get("id") == id:  # events and other sessions' messages are dropped
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+
+    async def evaluate(self, session: str, expression: str) -> Any:
+        """The value of a JavaScript expression in the page (a promise is awaited)."""
+        result = await self.call(
+            "Runtime.evaluate",
+            session,
+            expression=expression,
+            awaitPromise=True,
+            returnByValue=True,
+        )
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"the page threw: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    @asynccontextmanager
+    async def tab(self, url: str = "about:blank") -> AsyncIterator[str]:
+        """A new tab at `url` (not waited for), attached: its session id; closed after."""
+        target = (await self.call("Target.createTarget", url=url))["targetId"]
+        try:
+            attached = await self.call("Target.attachToTarget", targetId=target, flatten=True)
+            yield attached["sessionId"]
+        finally:
+            await self.call("Target.closeTarget", targetId=target)
+
+
 class Page(Protocol):
     """One tab, the same for every browser."""
 
@@ -279,11 +349,7 @@ class CdpPage:
 async def _chromium_page(url: str, init_script: str | None) -> AsyncIterator[CdpPage]:
     async with connect(url, max_size=None, open_timeout=TIMEOUT) as ws:
         cdp = Cdp(ws)
-        target = (await cdp.call("Target.createTarget", url="about:blank"))["targetId"]
-        try:
-            session = (await cdp.call("Target.attachToTarget", targetId=target, flatten=True))[
-                "sessionId"
-            ]
+        async with cdp.tab() as session:
             await cdp.call(
                 "Emulation.setDeviceMetricsOverride",
                 session,
@@ -296,8 +362,6 @@ async def _chromium_page(url: str, init_script: str | None) -> AsyncIterator[Cdp
             if init_script is not None:
                 await cdp.call("Page.addScriptToEvaluateOnNewDocument", session, source=init_script)
             yield CdpPage(cdp, session)
-        finally:
-            await cdp.call("Target.closeTarget", targetId=target)
 
 
 class Bidi:
@@ -415,3 +479,42 @@ async def open_page(browser: Browser, *, init_script: str | None = None) -> Asyn
     opened = _chromium_page if browser.kind == "chromium" else _firefox_page
     async with opened(browser.url, init_script) as page:
         yield page
+
+
+async def until(page: Page, expression: str, timeout: float = START_TIMEOUT) -> Any:
+    """The value of `expression` in `page` once truthy, polled (errors while a page loads are
+    waited out); TimeoutError after `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        while True:
+            with contextlib.suppress(RuntimeError):  # between documents
+                if value := await page.eval(expression):
+                    return value
+            await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[int]:
+    """`app` on a free port of 127.0.0.1 while the block runs: the port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def page_server(html: str, static: Mapping[str, Path] = {}) -> AsyncIterator[int]:
+    """`html` at /, and each directory of `static` at its prefix (e.g. "/client/"): the port
+    on 127.0.0.1 (reached as localhost or 127.0.0.1)."""
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(text=html, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    for prefix, directory in static.items():
+        app.router.add_static(prefix, directory)
+    async with serving(app) as port:
+        yield port

@@ -110,6 +110,11 @@ class _Formatter(argparse.HelpFormatter):
         )
 
 
+def _file_option(parser: argparse.ArgumentParser, flag: str, variable: str, help: str) -> None:
+    """An option naming a file, by default the environment's `variable` (unset or empty: none)."""
+    parser.add_argument(flag, default=os.environ.get(variable) or None, metavar="FILE", help=help)
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of `hybridbus`."""
     root = argparse.ArgumentParser(
@@ -169,25 +174,25 @@ def parser() -> argparse.ArgumentParser:
             "an anonymous client); see `hybridbus token`"
         ),
     )
-    client.add_argument(
+    _file_option(
+        client,
         "--ca",
-        default=os.environ.get(CA_VARIABLE) or None,
-        metavar="FILE",
-        help="trust a wss:// or https:// server whose certificate this PEM file's CA signed "
+        CA_VARIABLE,
+        "trust a wss:// or https:// server whose certificate this PEM file's CA signed "
         f"(default: ${CA_VARIABLE}, else the system's CAs); never unverified",
     )
-    client.add_argument(
+    _file_option(
+        client,
         "--cert",
-        default=os.environ.get(CERT_VARIABLE) or None,
-        metavar="FILE",
-        help="present this PEM client certificate to a server that requires one (mutual "
+        CERT_VARIABLE,
+        "present this PEM client certificate to a server that requires one (mutual "
         f"TLS); its key is in --key, or in the same file (default: ${CERT_VARIABLE})",
     )
-    client.add_argument(
+    _file_option(
+        client,
         "--key",
-        default=os.environ.get(KEY_VARIABLE) or None,
-        metavar="FILE",
-        help=f"the PEM private key of --cert, unencrypted (default: ${KEY_VARIABLE})",
+        KEY_VARIABLE,
+        f"the PEM private key of --cert, unencrypted (default: ${KEY_VARIABLE})",
     )
     epilog = f"{_ENVIRONMENT}\n\n{EXIT_STATUSES}"
     publish = commands.add_parser(
@@ -375,21 +380,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dev_tls(config: ServerConfig) -> ServerConfig:
     """`serve --dev-tls`: the config with a development certificate (made unless still good)."""
-    import tempfile
-
     from hybridbus.app import parse_url
-    from hybridbus.server.dev_tls import dev_certificates
+    from hybridbus.server.dev_tls import dev_certificates, dev_directory
 
     if config.tls_cert is not None:
         raise InvalidInput("--dev-tls makes its own certificate: not with tls_cert and tls_key")
     scheme, path, _, _ = parse_url(config.engine)
-    if scheme == "sqlite":  # beside the data: the same CA across restarts
-        directory = Path(path) / "dev-tls"
-    else:  # one per user, kept across restarts and shared by --workers
-        directory = Path(tempfile.gettempdir()) / f"hybridbus-dev-tls-{os.getuid()}"
-        directory.mkdir(mode=0o700, exist_ok=True)
-        if directory.stat().st_uid != os.getuid() or directory.is_symlink():
-            raise InvalidInput(f"--dev-tls: {directory} belongs to someone else")
+    directory = dev_directory(path if scheme == "sqlite" else None)
     try:
         files = dev_certificates(directory)
     except OSError as exc:

@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from tests import browser as browsers
-from tests.browser import START_TIMEOUT, Browser, Page, open_page
+from tests.browser import Browser, Page, open_page, page_server
 from tests.clients.harness import CLIENT, Harness, js_harness, mint
 from tests.servers import event
 
@@ -93,35 +92,15 @@ window.begin = async (url, token, pattern) => {
 
 
 @contextlib.asynccontextmanager
-async def page_server() -> AsyncIterator[int]:
-    """The page at /, clients/js/src/ at /client/: its port on 127.0.0.1."""
-
-    async def index(request: web.Request) -> web.Response:
-        return web.Response(text=PAGE, content_type="text/html")
-
-    app = web.Application()
-    app.router.add_get("/", index)
-    app.router.add_static("/client/", CLIENT / "src")
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        yield runner.addresses[0][1]
-    finally:
-        await runner.cleanup()
-
-
-@contextlib.asynccontextmanager
 async def loaded(browser: Browser, data: Path) -> AsyncIterator[tuple[Harness, Page]]:
     """The harness and a tab with the page loaded (its module run)."""
-    async with js_harness(data) as harness, page_server() as port, open_page(browser) as page:
+    async with (
+        js_harness(data) as harness,
+        page_server(PAGE, {"/client/": CLIENT / "src"}) as port,
+        open_page(browser) as page,
+    ):
         await page.goto(f"http://127.0.0.1:{port}/")
-        async with asyncio.timeout(START_TIMEOUT):
-            while True:  # the module ran: its functions are defined
-                with contextlib.suppress(RuntimeError):
-                    if await page.eval("typeof window.begin") == "function":
-                        break
-                await asyncio.sleep(0.05)
+        await browsers.until(page, "typeof window.begin === 'function'")  # the module ran
         yield harness, page
 
 

@@ -41,7 +41,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from tests import browser as browsers
-from tests.browser import START_TIMEOUT, Browser, open_page
+from tests.browser import Browser, open_page
 from tests.clients.harness import CLIENT, parse_tap, run_node
 from tests.gateways.tls_support import Pki
 from tests.servers import Server, running_server
@@ -224,9 +224,7 @@ async def test_chromium_loads_an_https_page_and_connects_over_wss(
             open_page(chromium) as page,
         ):
             await page.goto(page_url)
-            async with asyncio.timeout(START_TIMEOUT):
-                while await page.eval("typeof window.run") != "function":  # the module ran
-                    await asyncio.sleep(0.05)
+            await browsers.until(page, "typeof window.run === 'function'")  # the module ran
             async with asyncio.timeout(60):
                 done = await page.eval(f"run({json.dumps(server.url)}, 'tls/web')")
                 refused = await page.eval(f"run({json.dumps(untrusted.url)}, 'tls/web')")

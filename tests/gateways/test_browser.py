@@ -5,8 +5,8 @@ page from a small page server on other ports than the hybridbus server's, and
 the page calls the server the way a web application does: an `EventSource`
 with `?token=`, `fetch` POST publish with `Authorization: Bearer`, `fetch`
 history, a `WebSocket`. The test drives the browser over the Chrome DevTools
-Protocol with the `websockets` library (`Runtime.evaluate` with
-`awaitPromise`) and asserts that everything works from an allowed origin
+Protocol (`Cdp` and the `chromium` fixture of tests/browser.py: `Runtime.evaluate`
+with `awaitPromise`) and asserts that everything works from an allowed origin
 (`http://localhost:<port>`, allowed by the pattern `http://localhost:*`) and
 that the browser blocks everything from a disallowed one
 (`http://127.0.0.1:<port>`), the server having published nothing for it.
@@ -19,143 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
-import os
-import shutil
-import signal
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import jwt
 import pytest
-from aiohttp import web
+from tests import browser as browsers
+from tests.browser import START_TIMEOUT, Cdp, page_server
 from tests.servers import TIMEOUT, Server, running_server
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 pytestmark = pytest.mark.slow
+chromium = browsers.chromium  # the fixture: a headless Chromium, its DevTools URL
 
 SECRET = "browser-test-secret-browser-test-secret!"
 TENANT = "acme"
-START_TIMEOUT = 60.0  # a cold Chromium on a loaded 2-core machine
-
-
-def chromium_path() -> str:
-    """The browser, or a skip (a failure when HYBRIDBUS_REQUIRE_BROWSER=1)."""
-    found = shutil.which("chromium") or (
-        "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
-    )
-    if found is None:
-        if os.environ.get("HYBRIDBUS_REQUIRE_BROWSER") == "1":
-            pytest.fail("HYBRIDBUS_REQUIRE_BROWSER=1 but chromium is not installed")
-        pytest.skip(
-            "chromium is not installed (apt-get install chromium); "
-            "HYBRIDBUS_REQUIRE_BROWSER=1 makes this a failure"
-        )
-    return found
-
-
-@pytest.fixture(scope="module")
-def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A headless Chromium for this module: the URL of its DevTools WebSocket."""
-    binary = chromium_path()
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    log = (profile.parent / "chromium.log").open("wb")
-    process = subprocess.Popen(
-        [
-            binary,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-quic",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-extensions",
-            f"--user-data-dir={profile}",
-            "--remote-debugging-address=127.0.0.1",
-            "--remote-debugging-port=0",
-            "about:blank",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,  # its own process group: its helpers go with it
-    )
-    try:
-        active = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + START_TIMEOUT
-        while not (active.exists() and len(active.read_text().splitlines()) >= 2):
-            if process.poll() is not None:
-                pytest.fail(f"chromium exited with {process.returncode} before listening")
-            if time.monotonic() > deadline:
-                pytest.fail(f"chromium did not listen within {START_TIMEOUT:g} s")
-            time.sleep(0.05)
-        port, path = active.read_text().splitlines()[:2]
-        yield f"ws://127.0.0.1:{port}{path}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # its group: the pid is its group's id
-        process.wait(timeout=30)
-        log.close()
-
-
-class Cdp:
-    """A Chrome DevTools Protocol client over one browser WebSocket (flat sessions)."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self._ws = ws
-        self._ids = itertools.count(1)
-
-    async def call(self, method: str, session: str | None = None, **params: Any) -> Any:
-        id = next(self._ids)
-        message: dict[str, Any] = {"id": id, "method": method, "params": params}
-        if session is not None:
-            message["sessionId"] = session
-        await self._ws.send(json.dumps(message))
-        while True:
-            reply = json.loads(await self._ws.recv())
-            if reply.get("id") == id:  # events and other sessions' messages are dropped
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply["result"]
-
-    async def evaluate(self, session: str, expression: str) -> Any:
-        """The value of a JavaScript expression in the page (a promise is awaited)."""
-        result = await self.call(
-            "Runtime.evaluate",
-            session,
-            expression=expression,
-            awaitPromise=True,
-            returnByValue=True,
-        )
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"the page threw: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    @contextlib.asynccontextmanager
-    async def page(self, url: str) -> AsyncIterator[str]:
-        """A new tab at `url`, loaded and its `run` defined: its session id."""
-        target = (await self.call("Target.createTarget", url=url))["targetId"]
-        try:
-            session = (await self.call("Target.attachToTarget", targetId=target, flatten=True))[
-                "sessionId"
-            ]
-            async with asyncio.timeout(START_TIMEOUT):
-                while True:
-                    with contextlib.suppress(RuntimeError):  # still navigating
-                        ready = "document.readyState === 'complete' && typeof run === 'function'"
-                        if await self.evaluate(session, ready) is True:
-                            break
-                    await asyncio.sleep(0.05)
-            yield session
-        finally:
-            await self.call("Target.closeTarget", targetId=target)
 
 
 # What a web application does. Every step reports instead of throwing.
@@ -247,24 +127,6 @@ async function run(api, ws, token, tenant, tag) {
 """
 
 
-@contextlib.asynccontextmanager
-async def page_server() -> AsyncIterator[int]:
-    """The page, served on a free port of 127.0.0.1 (reached as localhost or 127.0.0.1)."""
-
-    async def index(request: web.Request) -> web.Response:
-        return web.Response(text=PAGE, content_type="text/html")
-
-    app = web.Application()
-    app.router.add_get("/", index)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        yield runner.addresses[0][1]
-    finally:
-        await runner.cleanup()
-
-
 def token(sub: str = "ann") -> str:
     now = int(time.time())
     claims = {"sub": sub, "tenantid": TENANT, "roles": ["user"], "iat": now, "exp": now + 600}
@@ -280,15 +142,29 @@ async def browser_setup(chromium: str) -> AsyncIterator[tuple[Server, int, Cdp]]
             cors_origins=["http://localhost:*"],
             ws_check_origin=True,
         ) as server,
-        page_server() as page_port,
+        page_server(PAGE) as page_port,
         connect(chromium, max_size=None, open_timeout=TIMEOUT) as ws,
     ):
         yield server, page_port, Cdp(ws)
 
 
+@contextlib.asynccontextmanager
+async def loaded(cdp: Cdp, url: str) -> AsyncIterator[str]:
+    """A new tab at `url`, loaded and its `run` defined: its session id."""
+    async with cdp.tab(url) as session:
+        async with asyncio.timeout(START_TIMEOUT):
+            while True:
+                with contextlib.suppress(RuntimeError):  # still navigating
+                    ready = "document.readyState === 'complete' && typeof run === 'function'"
+                    if await cdp.evaluate(session, ready) is True:
+                        break
+                await asyncio.sleep(0.05)
+        yield session
+
+
 async def run_page(cdp: Cdp, page: str, server: Server, tag: str) -> dict[str, Any]:
     args = json.dumps([server.http, server.url, token(), TENANT, tag])[1:-1]
-    async with cdp.page(page) as session, asyncio.timeout(60):
+    async with loaded(cdp, page) as session, asyncio.timeout(60):
         result = await cdp.evaluate(session, f"run({args})")
     assert isinstance(result, dict), result
     return result

@@ -33,7 +33,7 @@ import httpx
 import pytest
 from aiohttp import web
 from tests import browser as browsers
-from tests.browser import START_TIMEOUT, Browser, open_page
+from tests.browser import Browser, open_page
 from tests.gateways.test_console import CLOUDEVENT, bearer, console_server, token
 from tests.servers import Server, WsClient, event
 
@@ -62,22 +62,14 @@ class Page:
 
     async def until(self, expression: str, what: str, timeout: float = 20.0) -> Any:
         """The value of `expression` once truthy (polled), else fail naming `what`."""
-        value = None
         try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    with contextlib.suppress(RuntimeError):  # e.g. while a page loads
-                        value = await self.js(expression)
-                    if value:
-                        break
-                    await asyncio.sleep(0.05)
+            return await browsers.until(self.inner, expression, timeout)
         except TimeoutError:
             text = await self.js("document.body.innerText")
             pytest.fail(
                 f"{what}: not within {timeout:g} s in {self.inner.kind}; the page shows:\n"
                 f"{text[:3000]}"
             )
-        return value
 
     async def text(self, selector: str) -> str:
         found = await self.js(f"document.querySelector({json.dumps(selector)})?.innerText ?? ''")
@@ -126,12 +118,7 @@ async def console_page(browser: Browser, server: Server) -> AsyncIterator[Page]:
     async with open_page(browser, init_script=WATCH_CSP) as tab:
         await tab.goto(f"{server.http}/console/")
         page = Page(tab)
-        async with asyncio.timeout(START_TIMEOUT):
-            while True:
-                with contextlib.suppress(RuntimeError):  # still navigating
-                    if await page.js("document.body?.dataset.state === 'login'") is True:
-                        break
-                await asyncio.sleep(0.05)
+        await browsers.until(tab, "document.body?.dataset.state === 'login'")
         yield page
         violations = await page.js("window.cspViolations")
         assert violations == [], violations  # the page keeps to its own policy
@@ -336,13 +323,8 @@ async def webhook_peer() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    finally:
-        await runner.cleanup()
+    async with browsers.serving(app) as port:
+        yield f"http://127.0.0.1:{port}/hook"
 
 
 @asynccontextmanager

@@ -5,7 +5,7 @@ at the repository's root; its import map loads yjs and y-websocket from
 tests/js/node_modules), against a server with `make serve`'s settings
 (examples/dev.toml: anonymous clients in tenant `public`). Chromium is driven
 over the DevTools protocol (`Cdp` and the `chromium` fixture of
-tests/gateways/test_browser.py): it types into the page's textarea with
+tests/browser.py): it types into the page's textarea with
 `Input.insertText` and Backspace — emoji and CJK among it — while a stock Node
 `y-websocket` provider (tests/yjs/node.py) makes random edits of the same
 `Y.Text`; the textarea, the page's `Y.Text`, the Node client's and the server's
@@ -34,15 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.gateways import test_browser
-from tests.gateways.test_browser import START_TIMEOUT, Cdp
+from tests import browser as browsers
+from tests.browser import START_TIMEOUT, Cdp
 from tests.servers import TIMEOUT, Server, running_server
 from tests.yjs.node import NodeClient, node_client, require_node
 from tests.yjs.test_documents import server_text
 from websockets.asyncio.client import connect
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
-chromium = test_browser.chromium  # the fixture: a headless Chromium, its DevTools URL
+chromium = browsers.chromium  # the fixture: a headless Chromium, its DevTools URL
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV_CONFIG = ROOT / "examples" / "dev.toml"
@@ -92,10 +92,7 @@ async def page_server() -> AsyncIterator[int]:
 @contextlib.asynccontextmanager
 async def example_page(cdp: Cdp, url: str) -> AsyncIterator[str]:
     """A tab on the example at `url`, its provider synced: the tab's session id."""
-    target = (await cdp.call("Target.createTarget", url="about:blank"))["targetId"]
-    try:
-        attached = await cdp.call("Target.attachToTarget", targetId=target, flatten=True)
-        session: str = attached["sessionId"]
+    async with cdp.tab() as session:
         await cdp.call("Page.enable", session)
         await cdp.call("Page.addScriptToEvaluateOnNewDocument", session, source=OPENED)
         await cdp.call("Page.navigate", session, url=url)
@@ -109,8 +106,6 @@ async def example_page(cdp: Cdp, url: str) -> AsyncIterator[str]:
             shown = await evaluate_when_loaded(cdp, session, status)
             raise AssertionError(f"the page did not sync (status: {shown})") from None
         yield session
-    finally:
-        await cdp.call("Target.closeTarget", targetId=target)
 
 
 async def evaluate_when_loaded(cdp: Cdp, session: str, expression: str) -> Any:

@@ -11,18 +11,15 @@ buckets; `Node.hold`: streams count with the user's connections and end at
 revocation and at the token's expiry).
 
 Theory of operation. A streaming call (`Subscribe`, `Ingest`) is held by
-its principal for as long as it runs: its work runs as a task beside an
-`ending` future the holder (the node) completes at revocation or expiry,
-and at shutdown this gateway does (1210). Whichever finishes first wins; an
-ending cancels the work and ends the call with the ending's status — even a
-write stalled on a client that stopped reading.
+its principal for as long as it runs, and ends early at revocation, expiry or
+shutdown (1210): `gateways.grpc_streams.Ending`.
 
 `Subscribe` writes `subscribed`, then each batch the subscription hands out
 (what its `filter`, if any, lets through: the hub's subscription applies it),
-a message per delivery, each write waiting for HTTP/2 flow control: a reader
-that does not keep up lets the subscription's bounded queue fill, and it
-ends with 1201 (ABORTED: resubscribe from the last token), as a WebSocket or
-SSE subscriber does.
+a message per delivery, through an `Outbox` (gateways.grpc_streams) bounded
+in bytes: a reader that does not keep up lets it fill, and the call ends
+with 1201 (ABORTED: resubscribe from the last token), as a WebSocket or SSE
+subscriber does.
 If continuity breaks in the middle of a recovery after `subscribed` said
 `recovered: true`, the call ends with 1200 (ABORTED) before the gap.
 
@@ -41,7 +38,6 @@ answered, never appended twice).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -76,6 +72,7 @@ from hybridbus.gateways.grpc_codec import (
     status_of,
     trailers_of,
 )
+from hybridbus.gateways.grpc_streams import Ending, Outbox
 from hybridbus.hub.bus import Bus, Prepared
 from hybridbus.hub.guard import Guard, Principal
 from hybridbus.hub.subscription import Subscription
@@ -112,85 +109,6 @@ class GrpcConfig(msgspec.Struct, frozen=True, kw_only=True):
     ingest_batch: int = 512  # events of an Ingest call appended in one engine call at most
     keepalive: float = 25.0  # HTTP/2 pings on idle connections, to notice clients gone
     grace: float = 1.0  # seconds calls get to finish once the server stops
-
-
-class _Outbox:
-    """The responses of a Subscribe waiting to be written, and the task writing them in order."""
-
-    def __init__(self, context: Any) -> None:
-        self._context = context
-        self._queue: collections.deque[tuple[Any, int]] = collections.deque()
-        self.size = 0  # bytes of the responses not yet written
-        self._ready = asyncio.Event()  # something to write
-        self._moved = asyncio.Event()  # a write finished
-        self._task = asyncio.ensure_future(self._write())
-
-    def add(self, message: Any, size: int) -> None:
-        self._queue.append((message, size))
-        self.size += size
-        self._ready.set()
-
-    async def below(self, size: int) -> None:
-        """Wait until at most `size` bytes wait (0: none); the writer's failure is raised here."""
-        moved = self._moved
-        while True:
-            moved.clear()
-            if self.size <= size and (size or not self._queue):
-                return
-            if self._task.done():
-                self._task.result()  # raises why the writer stopped
-                return
-            await moved.wait()
-
-    async def _write(self) -> None:
-        queue = self._queue
-        try:
-            while True:
-                if not queue:
-                    self._ready.clear()
-                    await self._ready.wait()
-                    continue
-                message, size = queue[0]
-                await self._context.write(message)
-                queue.popleft()
-                self.size -= size
-                self._moved.set()
-        finally:
-            self._moved.set()  # wakes a waiter when the writer stops, for whatever reason
-
-    async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
-        self._queue.clear()
-        self.size = 0
-
-
-class _Ending:
-    """How a held call ends early: the holder's `end(error)`, or the gateway's shutdown."""
-
-    __slots__ = ("future",)
-
-    def __init__(self) -> None:
-        self.future: asyncio.Future[BusError] = asyncio.get_running_loop().create_future()
-
-    def end(self, error: BusError) -> None:
-        if not self.future.done():
-            self.future.set_result(error)
-
-    async def run(self, work: Awaitable[Any]) -> Any:
-        """`work`'s result, or the ending's error raised if it comes first (work cancelled)."""
-        task = asyncio.ensure_future(work)
-        try:
-            await asyncio.wait((task, self.future), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-        if self.future.done() and not (task.done() and not task.cancelled()):
-            raise self.future.result()
-        return task.result()
 
 
 class _Refused(Exception):
@@ -260,7 +178,7 @@ class GrpcGateway:
         self._hold = hold
         self._config = config or GrpcConfig()
         self._server: Any = None
-        self._endings: set[_Ending] = set()
+        self._endings: set[Ending] = set()
         self._readers: set[asyncio.Future[None]] = set()  # of Ingest calls ending
         self._closed = False
         self.port = 0
@@ -322,7 +240,7 @@ class GrpcGateway:
     @contextlib.asynccontextmanager
     async def _held(self, principal: Principal) -> Any:
         """The call held by `principal` (counted; ended at revocation, expiry, shutdown)."""
-        ending = _Ending()
+        ending = Ending()
         release = self._hold(principal.identity, ending.end)  # may refuse: 1122
         self._endings.add(ending)
         self._connections.inc()
@@ -412,7 +330,7 @@ class GrpcGateway:
         most = max(1, per_response)
         limit = self._config.max_page_bytes
         bound = self._config.max_pending_bytes
-        out = _Outbox(context)
+        out = Outbox(context)
         paced = True  # history (and what it left queued) goes at the client's pace
         try:
             while True:

@@ -3,64 +3,45 @@
 
 import { h, fill, table, num, when, say } from "../dom.js";
 import { segment } from "../api.js";
+import { PolledView } from "./polled.js";
 
-const EVERY = 2000;
-
-export class GroupsView {
+export class GroupsView extends PolledView {
   constructor(ctx, root) {
-    this.ctx = ctx;
-    this.timer = null;
+    super(ctx, { every: 2000, list: "groups-list" });
     this.selected = null;
-    this.status = h("div", { class: "status" });
-    this.list = h("div", { id: "groups-list" });
     this.detail = h("div", { id: "groups-detail" });
-    fill(root,
-      h("p", { class: "hint" },
-        "The groups you may consume from or manage, every 2 s. Lag: log positions behind the ",
-        "head (an upper bound on events not taken yet); pending: taken, not settled."),
-      this.status, this.list, this.detail);
+    this.layout(root,
+      ["The groups you may consume from or manage, every 2 s. Lag: log positions behind the ",
+        "head (an upper bound on events not taken yet); pending: taken, not settled."],
+      { below: this.detail });
   }
 
-  start() {
-    this.refresh();
-    this.timer = setInterval(() => this.refresh(), EVERY);
-  }
-
-  stop() {
-    clearInterval(this.timer);
-    this.timer = null;
-  }
-
-  async refresh() {
+  async load() {
     const api = this.ctx.api;
-    try {
-      const body = await api.get("/v1/groups");
-      say(this.status, "");
-      fill(this.list, table(
-        [
-          { label: "Group", value: (g) => g.name, class: "name" },
-          { label: "Pattern", value: (g) => api.relative(g.pattern) },
-          { label: "Members", value: (g) => num(g.members.length), class: "num" },
-          { label: "Lag", value: (g) => num(g.lag), class: "num lag" },
-          { label: "Pending", value: (g) => num(g.pending), class: "num pending" },
-          { label: "Leased", value: (g) => num(g.leased), class: "num" },
-          { label: "Dead letters", value: (g) => num(g.dead_letters), class: "num dead" },
-          { label: "Acked", value: (g) => num(g.acked), class: "num" },
-          {
-            label: "",
-            value: (g) => [
-              h("button", { class: "small", onclick: () => { this.selected = g.name; this.refresh(); } }, "pending"),
-              h("button", { class: "small", onclick: () => this.ctx.show("dead", g.name) }, "dead letters"),
-            ],
-          },
-        ],
-        body.groups,
-        "no groups you may consume from or manage",
-      ));
-      if (this.selected) await this.pending(this.selected);
-    } catch (error) {
-      say(this.status, error.message, "error");
-    }
+    const body = await api.get("/v1/groups");
+    say(this.status, "");
+    fill(this.list, table(
+      [
+        { label: "Group", value: (g) => g.name, class: "name" },
+        { label: "Pattern", value: (g) => api.relative(g.pattern) },
+        { label: "Members", value: (g) => num(g.members.length), class: "num" },
+        { label: "Lag", value: (g) => num(g.lag), class: "num lag" },
+        { label: "Pending", value: (g) => num(g.pending), class: "num pending" },
+        { label: "Leased", value: (g) => num(g.leased), class: "num" },
+        { label: "Dead letters", value: (g) => num(g.dead_letters), class: "num dead" },
+        { label: "Acked", value: (g) => num(g.acked), class: "num" },
+        {
+          label: "",
+          value: (g) => [
+            h("button", { class: "small", onclick: () => { this.selected = g.name; this.refresh(); } }, "pending"),
+            h("button", { class: "small", onclick: () => this.ctx.show("dead", g.name) }, "dead letters"),
+          ],
+        },
+      ],
+      body.groups,
+      "no groups you may consume from or manage",
+    ));
+    if (this.selected) await this.pending(this.selected);
   }
 
   async pending(name) {

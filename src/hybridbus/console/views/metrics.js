@@ -5,8 +5,7 @@
 
 import { h, fill, say, num, duration } from "../dom.js";
 import { LineChart } from "../chart.js";
-
-const EVERY = 2000;
+import { PolledView } from "./polled.js";
 
 /** The `q` quantile (0..1) of the observations between two cumulative bucket lists. */
 export function quantile(q, before, after) {
@@ -30,12 +29,10 @@ export function quantile(q, before, after) {
 
 const rate = (value) => `${num(value, value < 10 ? 1 : 0)}/s`;
 
-export class MetricsView {
+export class MetricsView extends PolledView {
   constructor(ctx, root) {
-    this.ctx = ctx;
-    this.timer = null;
+    super(ctx, { every: 2000, status: "metrics-status" });
     this.previous = null;
-    this.status = h("div", { class: "status", id: "metrics-status" });
     this.canvases = {};
     const canvas = (name) => (this.canvases[name] = h("canvas", { class: "chart", id: `chart-${name}` }));
     this.charts = null;
@@ -45,13 +42,7 @@ export class MetricsView {
 
   start() {
     if (!this.charts) this.build();
-    this.poll();
-    this.timer = setInterval(() => this.poll(), EVERY);
-  }
-
-  stop() {
-    clearInterval(this.timer);
-    this.timer = null;
+    super.start();
   }
 
   build() {
@@ -75,13 +66,9 @@ export class MetricsView {
     }
   }
 
-  async poll() {
-    try {
-      if (this.ctx.api.admin) await this.pollStats();
-      else await this.pollTopics();
-    } catch (error) {
-      say(this.status, error.message, "error");
-    }
+  async load() {
+    if (this.ctx.api.admin) await this.pollStats();
+    else await this.pollTopics();
   }
 
   async pollStats() {

@@ -4,79 +4,59 @@
 // rate is computed by polling: (offset now - offset at the previous poll) / seconds between.
 
 import { h, fill, table, num, say } from "../dom.js";
+import { PolledView } from "./polled.js";
 
-const EVERY = 2000; // ms between two polls while the view is shown
 const LIMIT = 1000;
 
-export class TopicsView {
+export class TopicsView extends PolledView {
   constructor(ctx, root) {
-    this.ctx = ctx;
+    super(ctx, { every: 2000, list: "topics-list" });
     this.previous = new Map(); // topic -> [offset, time ms]
     this.rates = new Map();
-    this.timer = null;
     this.prefix = h("input", { id: "topics-prefix", placeholder: "prefix (e.g. docs/)", size: 30 });
-    this.status = h("div", { class: "status" });
-    this.list = h("div", { id: "topics-list" });
-    fill(
-      root,
-      h("div", { class: "toolbar" },
-        h("label", {}, "Prefix ", this.prefix),
-        h("button", { onclick: () => { this.previous.clear(); this.refresh(); } }, "Show")),
-      h("p", { class: "hint" },
-        "Latest offset: the topic's newest event. Rate: events per second between the last two ",
-        "polls (every 2 s)."),
-      this.status,
-      this.list,
-    );
-  }
-
-  start() {
-    this.refresh();
-    this.timer = setInterval(() => this.refresh(), EVERY);
-  }
-
-  stop() {
-    clearInterval(this.timer);
-    this.timer = null;
-  }
-
-  async refresh() {
-    const api = this.ctx.api;
-    try {
-      const body = await api.get("/v1/topics", {
-        prefix: api.absolute(this.prefix.value.trim()),
-        limit: LIMIT,
+    this.layout(root,
+      ["Latest offset: the topic's newest event. Rate: events per second between the last two ",
+        "polls (every 2 s)."],
+      {
+        above: h("div", { class: "toolbar" },
+          h("label", {}, "Prefix ", this.prefix),
+          h("button", { onclick: () => { this.previous.clear(); this.refresh(); } }, "Show")),
       });
-      const now = Date.now();
-      for (const info of body.topics) {
-        const before = this.previous.get(info.topic);
-        if (before) {
-          const seconds = (now - before[1]) / 1000;
-          this.rates.set(info.topic, seconds > 0 ? (info.offset - before[0]) / seconds : 0);
-        }
-        this.previous.set(info.topic, [info.offset, now]);
+  }
+
+  async load() {
+    const api = this.ctx.api;
+    const body = await api.get("/v1/topics", {
+      prefix: api.absolute(this.prefix.value.trim()),
+      limit: LIMIT,
+    });
+    const now = Date.now();
+    for (const info of body.topics) {
+      const before = this.previous.get(info.topic);
+      if (before) {
+        const seconds = (now - before[1]) / 1000;
+        this.rates.set(info.topic, seconds > 0 ? (info.offset - before[0]) / seconds : 0);
       }
-      this.ctx.onTopics?.(body.topics, this.rates);
-      say(this.status, body.more ? `the first ${LIMIT} topics` : `${body.topics.length} topics`);
-      fill(this.list, table(
-        [
-          { label: "Topic", value: (t) => api.relative(t.topic), class: "topic" },
-          { label: "Latest offset", value: (t) => num(t.offset), class: "num" },
-          { label: "Rate (events/s)", value: (t) => this.rate(t.topic), class: "num" },
-          {
-            label: "",
-            value: (t) => [
-              h("button", { class: "small", onclick: () => this.ctx.show("stream", api.relative(t.topic)) }, "stream"),
-              h("button", { class: "small", onclick: () => this.ctx.show("presence", api.relative(t.topic)) }, "presence"),
-            ],
-          },
-        ],
-        body.topics,
-        "no topics you may see under this prefix",
-      ));
-    } catch (error) {
-      say(this.status, error.message, "error");
+      this.previous.set(info.topic, [info.offset, now]);
     }
+    this.ctx.onTopics?.(body.topics, this.rates);
+    say(this.status, body.more ? `the first ${LIMIT} topics` : `${body.topics.length} topics`);
+    fill(this.list, table(
+      [
+        { label: "Topic", value: (t) => api.relative(t.topic), class: "topic" },
+        { label: "Latest offset", value: (t) => num(t.offset), class: "num" },
+        { label: "Rate (events/s)", value: (t) => this.rate(t.topic), class: "num" },
+        {
+          label: "",
+          value: (t) => [
+            h("button", { class: "small", onclick: () => this.ctx.show("stream", api.relative(t.topic)) }, "stream"),
+            h("button", { class: "small", onclick: () => this.ctx.show("presence", api.relative(t.topic)) }, "presence"),
+          ],
+        },
+      ],
+      body.topics,
+      "no topics you may see under this prefix",
+    ));
   }
 
   rate(topic) {
