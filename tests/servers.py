@@ -98,8 +98,7 @@ async def running_server(
     await runner.setup()
     try:
         tls = app.get(TLS_KEY)  # as `hybridbus serve` listens (with tls_cert: HTTPS, WSS)
-        context = None if tls is None else tls.context
-        site = ListenerSite(runner, ListenerConfig.of(config), ssl_context=context)
+        site = ListenerSite(runner, ListenerConfig.of(config), tls=tls)
         await site.start()
         port = runner.addresses[0][1]
         yield Server(port, app)

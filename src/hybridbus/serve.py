@@ -89,7 +89,8 @@ METRICS_KEY: Final = web.AppKey("hybridbus.metrics", Metrics)
 REGISTRY_KEY: Final = web.AppKey("hybridbus.registry", Registry)
 GRPC_PORT_KEY: Final = web.AppKey("hybridbus.grpc_port", int)  # set when gRPC is on
 ROOMS_KEY: Final = web.AppKey("hybridbus.rooms", Rooms)  # the Yjs rooms
-TLS_KEY: Final = web.AppKey("hybridbus.tls", ServerTls)  # set when tls_cert is
+# The app's certificate (set when tls_cert is): the app watches it; the listener serves it.
+TLS_KEY: Final = web.AppKey("hybridbus.tls", ServerTls)
 
 
 async def create_app(
@@ -354,9 +355,8 @@ async def serve(
     signals = (signal.SIGTERM, signal.SIGINT)
     try:
         # Header timeouts and a cap on connections waiting for theirs (slowloris).
-        tls = app.get(TLS_KEY)  # HTTPS and WSS with it (server/tls.py)
-        context = None if tls is None else tls.context
-        site = ListenerSite(runner, ListenerConfig.of(config), ssl_context=context)
+        tls = app.get(TLS_KEY)  # HTTPS and WSS with it, the newest after a reload
+        site = ListenerSite(runner, ListenerConfig.of(config), tls=tls)
         await site.start()
         addresses = [list(address[:2]) for address in runner.addresses]
         log.info(

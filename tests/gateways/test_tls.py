@@ -12,7 +12,9 @@ log transports, the CLI) for their `ca` option.
     a certificate for another host          refused (host name mismatch)
     mutual TLS                              no client cert / a stranger's: refused; ours: works
     reload                                  new handshakes: the new certificate; a WebSocket
-                                            open before stays up; a broken file: the old one
+                                            open before stays up; a broken file: the old one;
+                                            RSA -> P-256 -> RSA: only the new one served; a
+                                            client CA replaced: the old one's clients refused
     slowloris over TLS                      a handshake never finished: closed by
                                             header_timeout; handshaking ones are capped
     `hybridbus serve --dev-tls`             a subprocess: curl --cacert <printed CA> /healthz;
@@ -49,6 +51,7 @@ from hybridbus.core.event import event_from_dict
 from hybridbus.errors import ConnectFailed, InvalidInput
 from hybridbus.gateways.grpc_gen import bus_pb2, bus_pb2_grpc
 from hybridbus.logs.transports import GrpcTransport, HttpTransport, WebSocketTransport
+from hybridbus.serve import TLS_KEY
 from hybridbus.server.config import ServerConfig, load_config
 from hybridbus.server.tls import server_tls
 
@@ -353,6 +356,55 @@ async def test_reload_without_restart(
             await until(switched)
             async with grpc_channel(server, pki.other_ca) as channel:
                 assert (await grpc_publish(channel, "after")).offset >= 1
+
+
+async def test_reload_to_a_certificate_of_another_key_type(pki: Pki, tmp_path: Path) -> None:
+    """Only the new certificate is served, whatever the key type of the one before.
+
+    OpenSSL holds one certificate per key type in a context: loading a P-256
+    one into a context serving an RSA one keeps both, and a client offering
+    both signature algorithms (Python's default, preferring ECDSA) is still
+    served the old P-256 one after a reload back to RSA.
+    """
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copyfile(pki.server_rsa.cert, cert)
+    shutil.copyfile(pki.server_rsa.key, key)
+    settings = tls(pki, tls_cert=str(cert), tls_key=str(key), tls_reload_interval=0)
+    context = pki.context()  # offers ECDSA and RSA signature algorithms
+    async with running_server(**{**settings, "grpc_port": None}) as server:
+        watcher = server.app[TLS_KEY]
+        assert await peer_serial(server.port, context) == pki.server_rsa.serial
+        for pair in (pki.server, pki.server_rsa):  # RSA -> P-256 -> RSA
+            replace(pair.key, key)
+            replace(pair.cert, cert)
+            assert watcher.reload()
+            assert await peer_serial(server.port, context) == pair.serial
+
+
+async def health_status(server: Server, context: ssl.SSLContext) -> int | None:
+    """GET /healthz over a new connection presenting what `context` does; None if refused."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        try:
+            async with http.get(f"{server.http}/healthz", ssl=context) as r:
+                await r.read()
+                return r.status
+        except (aiohttp.ClientError, ssl.SSLError, ConnectionError):
+            return None
+
+
+async def test_reload_replaces_the_client_ca(pki: Pki, tmp_path: Path) -> None:
+    """A client CA taken out of `tls_client_ca` is no longer trusted once reloaded."""
+    client_ca = tmp_path / "client-ca.pem"
+    shutil.copyfile(pki.ca, client_ca)
+    settings = tls(pki, tls_client_ca=str(client_ca), tls_reload_interval=0, grpc_port=None)
+    ours, strangers = pki.context(client=pki.client), pki.context(client=pki.stranger)
+    async with running_server(**settings) as server:
+        assert await health_status(server, ours) == 200
+        assert await health_status(server, strangers) is None
+        replace(pki.other_ca, client_ca)  # the stranger's CA instead of ours
+        assert server.app[TLS_KEY].reload()
+        assert await health_status(server, ours) is None
+        assert await health_status(server, strangers) == 200
 
 
 # -- slowloris over TLS ------------------------------------------------------------------------

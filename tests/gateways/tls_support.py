@@ -4,6 +4,7 @@
 `hybridbus serve --dev-tls`): two CAs (`ca`,
 and `other_ca` that nobody trusts), server certificates for 127.0.0.1 and
 localhost (`server`, and `server2` for reloads, both signed by `ca`;
+`server_rsa`, the same with an RSA key where the others have P-256 ones;
 `server_other_ca`, signed by `other_ca`), one for another host only
 (`wrong_host`), and client certificates for mutual TLS (`client` by `ca`,
 `stranger` by `other_ca`). `serial(der)` reads a certificate's serial number;
@@ -45,8 +46,10 @@ def _ca(directory: Path, label: str) -> tuple[_Ca, Path]:
     return ca, file
 
 
-def _issue(ca: _Ca, directory: Path, label: str, names: list[str], *, client: bool) -> Pair:
-    cert, key = issue(ca, label, names, datetime.timedelta(days=1), client=client)
+def _issue(
+    ca: _Ca, directory: Path, label: str, names: list[str], *, client: bool, rsa: bool = False
+) -> Pair:
+    cert, key = issue(ca, label, names, datetime.timedelta(days=1), client=client, rsa=rsa)
     cert_file, key_file = directory / f"{label}.pem", directory / f"{label}-key.pem"
     cert_file.write_bytes(cert.public_bytes(_PEM))
     key_file.write_bytes(private_pem(key))
@@ -61,6 +64,7 @@ class Pki:
     other_ca: Path
     server: Pair
     server2: Pair
+    server_rsa: Pair
     server_other_ca: Pair
     wrong_host: Pair
     client: Pair
@@ -76,6 +80,7 @@ class Pki:
             other_ca=other_file,
             server=_issue(ca, directory, "server", here, client=False),
             server2=_issue(ca, directory, "server2", here, client=False),
+            server_rsa=_issue(ca, directory, "server-rsa", here, client=False, rsa=True),
             server_other_ca=_issue(other, directory, "server-other-ca", here, client=False),
             wrong_host=_issue(ca, directory, "wrong-host", ["other.example"], client=False),
             client=_issue(ca, directory, "client", ["client.example"], client=True),

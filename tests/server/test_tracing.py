@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -109,10 +110,12 @@ def traceparent_of(span: ReadableSpan) -> str:
     return format_traceparent(span.context.trace_id, span.context.span_id, True)
 
 
-async def stored(server: Server, pattern: str = "acme/#") -> list[dict[str, Any]]:
-    """The events the log holds (HTTP history), CloudEvents JSON."""
+async def stored(
+    server: Server, pattern: str = "acme/#", limit: int = 100
+) -> list[dict[str, Any]]:
+    """The events the log holds (HTTP history, the first `limit`), CloudEvents JSON."""
     async with httpx.AsyncClient(base_url=server.http, timeout=10.0) as c:
-        page = await c.get("/v1/events", params={"pattern": pattern})
+        page = await c.get("/v1/events", params={"pattern": pattern, "limit": limit})
     assert page.status_code == 200, page.text
     return [d["event"] for d in page.json()["events"]]
 
@@ -120,9 +123,11 @@ async def stored(server: Server, pattern: str = "acme/#") -> list[dict[str, Any]
 async def test_an_http_publish_makes_the_chain_and_stamps_the_event() -> None:
     async with (
         traced_server() as (server, memory),
-        WsClient.open(server.url) as ws,
+        WsClient.open(server.url, connect_first=False) as ws,
         httpx.AsyncClient(base_url=server.http, timeout=10.0) as c,
     ):
+        hello = await ws.request("connect")
+        assert hello["type"] == "reply", hello
         assert (await ws.request("subscribe", pattern="orders/#"))["type"] == "reply"
         sent = event()
         response = await c.post("/v1/topics/acme/orders/1/events", json=sent, headers=CE_JSON)
@@ -142,8 +147,32 @@ async def test_an_http_publish_makes_the_chain_and_stamps_the_event() -> None:
         assert attributes["hybridbus.duplicate"] is False
         assert dict(append.attributes or {})["hybridbus.offset"] == push["offset"]
         assert dict(fanout.attributes or {})["hybridbus.subscribers"] == 1
-        assert dict(deliver.attributes or {})["hybridbus.way"] == "websocket"
+        delivered = dict(deliver.attributes or {})
+        assert delivered["hybridbus.way"] == "websocket"
+        # The connection as the client knows itself: its connect reply's client id.
+        assert delivered["hybridbus.connection"] == hello["result"]["client"]
         assert publish.start_time <= append.start_time <= fanout.end_time <= deliver.end_time
+
+
+async def test_a_resumed_session_is_named_by_its_client_id() -> None:
+    """The `deliver` span names a WebSocket by its client id, kept across a resumed session."""
+    async with (
+        traced_server() as (server, memory),
+        WsClient.open(server.url, connect_first=False) as first,
+    ):
+        hello = (await first.request("connect"))["result"]
+        client, token = hello["client"], hello["session"]
+        async with WsClient.open(server.url, connect_first=False) as again:
+            resumed = (await again.request("connect", session=token))["result"]
+            # A new connection (with an id of its own), the session's client id.
+            assert resumed["resumed"] is True and resumed["client"] == client
+            assert (await again.request("subscribe", pattern="r/#"))["type"] == "reply"
+            reply = await again.request("publish", topic="r/1", event=event())
+            assert reply["type"] == "reply", reply
+            await again.events(1)
+        spans = await finished(memory, 4)
+        *_, deliver = chain(spans, "publish", "append", "fan-out", "deliver")
+        assert dict(deliver.attributes or {})["hybridbus.connection"] == client
 
 
 async def test_a_websocket_publish_continues_the_events_traceparent_to_sse() -> None:
@@ -154,6 +183,7 @@ async def test_a_websocket_publish_continues_the_events_traceparent_to_sse() -> 
         c.stream("GET", "/v1/sse", params={"pattern": "acme/docs/#"}) as sse,
     ):
         assert sse.status_code == 200
+        host, port = sse.extensions["network_stream"].get_extra_info("client_addr")
         lines = sse.aiter_lines()
         await until(lambda: server.sample("hybridbus_subscriptions", transport="sse") >= 1)
         sent = event(traceparent=THEIRS, tracestate="vendor=1")
@@ -174,6 +204,8 @@ async def test_a_websocket_publish_continues_the_events_traceparent_to_sse() -> 
         assert publish.parent is not None and publish.parent.span_id == theirs.span_id
         assert publish.parent.is_remote
         assert dict(deliver.attributes or {})["hybridbus.way"] == "sse"
+        # The stream's connection by the client's address (the stream has no client id).
+        assert dict(deliver.attributes or {})["hybridbus.connection"] == f"{host}:{port}"
         (kept,) = await stored(server)
         assert (kept["traceparent"], kept["tracestate"]) == (THEIRS, "vendor=1")
 
@@ -213,7 +245,10 @@ async def test_a_grpc_publish_and_subscribe_make_the_chain() -> None:
         spans = await finished(memory, 4)
         publish, *_, deliver = chain(spans, "publish", "append", "fan-out", "deliver")
         assert delivered.extensions["traceparent"] == traceparent_of(publish)
-        assert dict(deliver.attributes or {})["hybridbus.way"] == "grpc"
+        attributes = dict(deliver.attributes or {})
+        assert attributes["hybridbus.way"] == "grpc"
+        # The call's HTTP/2 connection by the client's address (host:port).
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", str(attributes["hybridbus.connection"]))
 
 
 async def test_sampling_zero_makes_no_spans_and_stamps_nothing() -> None:
@@ -231,6 +266,26 @@ async def test_sampling_zero_makes_no_spans_and_stamps_nothing() -> None:
         first, second = await stored(server)
         assert "traceparent" not in first  # not sampled: not stamped
         assert second["traceparent"] == unsampled  # the caller's, as it was
+
+
+async def test_a_ratio_records_that_share_of_new_traces_each_stamped_and_whole() -> None:
+    """`sample_ratio = 0.5`: about half of 200 new traces, drawn before any span is made."""
+    async with (
+        traced_server(tracing=on(sample_ratio=0.5)) as (server, memory),
+        httpx.AsyncClient(base_url=server.http, timeout=10.0) as http,
+    ):
+        for _ in range(200):
+            answer = await http.post("/v1/topics/acme/r/1/events", json=event(), headers=CE_JSON)
+            assert answer.status_code in (200, 201), answer.text
+        events = await stored(server, limit=200)
+        assert len(events) == 200
+        stamped = [e for e in events if "traceparent" in e]
+        assert 60 <= len(stamped) <= 140, len(stamped)  # binomial(200, 0.5): 6+ sigma
+        spans = await finished(memory, 3 * len(stamped))
+        publishes = {s.context.trace_id for s in spans if s.name == "publish"}
+        assert publishes == {parse_traceparent(e["traceparent"]).trace_id for e in stamped}
+        await asyncio.sleep(0.1)  # nothing more comes: an undrawn event made no span
+        assert len([s for s in memory.get_finished_spans() if s.name == "publish"]) == len(stamped)
 
 
 async def test_a_signed_webhook_continues_the_senders_trace_and_a_webhook_out_carries_it() -> None:

@@ -10,7 +10,8 @@ script; connections to this origin and WebSockets), `nosniff`, no framing,
 no referrer, and `index.html` never cached; and two guarded JSON routes:
 
     GET /v1/whoami    who the credentials are: tenant, user, roles, admin, expiry
-    GET /v1/stats     the node's counters for the console's charts (admins only)
+    GET /v1/stats     the node's counters for the console's charts (admins only):
+                      `Metrics.snapshot` (server/metrics.py says what each one is)
 
 Must not hold any data in the static files (every number the console shows
 comes from the authenticated API, fetched with the user's own token, so what
@@ -24,10 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from aiohttp import hdrs, web
 
@@ -36,7 +36,7 @@ from hybridbus.gateways.httputil import guarded, json_response
 from hybridbus.hub.guard import Principal
 from hybridbus.server.metrics import Metrics
 
-__all__ = ["CONTENT_SECURITY_POLICY", "ConsoleGateway", "client_dir", "console_dir", "stats"]
+__all__ = ["CONTENT_SECURITY_POLICY", "ConsoleGateway", "client_dir", "console_dir"]
 
 PrincipalOf = Callable[[web.Request], Awaitable[Principal]]
 
@@ -114,50 +114,6 @@ def _read(root: Path, relative: str) -> tuple[Path, bytes] | None:
         return found, found.read_bytes()
     except OSError:
         return None
-
-
-def _samples(metric: Any, suffix: str = "") -> Iterable[tuple[dict[str, str], float]]:
-    """(labels, value) of a prometheus_client metric's samples named `<name><suffix>`."""
-    for family in metric.collect():
-        for sample in family.samples:
-            if sample.name == family.name + suffix:
-                yield sample.labels, float(sample.value)
-
-
-def _by(metric: Any, label: str, suffix: str = "_total") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for labels, value in _samples(metric, suffix):
-        key = labels.get(label, "")
-        out[key] = out.get(key, 0.0) + value
-    return out
-
-
-def stats(metrics: Metrics) -> dict[str, Any]:
-    """The node's counters as the console charts them (docs/console.md, "Metrics")."""
-    buckets = [[labels["le"], value] for labels, value in _samples(metrics.latency, "_bucket")]
-    count = sum(value for _, value in _samples(metrics.latency, "_count"))
-    total = sum(value for _, value in _samples(metrics.latency, "_sum"))
-    attempts = _by(metrics.webhook_attempts, "outcome")
-    drops = _by(metrics.drops, "reason")
-    refused = sum(_by(metrics.webhook_refused, "code").values())
-    return {
-        "time": time.time(),
-        "connections": _by(metrics.connections, "transport", ""),
-        "subscriptions": _by(metrics.subscriptions, "transport", ""),
-        "publishes": sum(_by(metrics.publishes, "gateway").values()),
-        "duplicates": sum(_by(metrics.duplicates, "gateway").values()),
-        "deliveries": sum(_by(metrics.deliveries, "transport").values()),
-        "drops": drops,
-        "disconnects": _by(metrics.disconnects, "code"),
-        "webhook_attempts": attempts,
-        "webhook_refused": refused,
-        # What the error chart counts: deliveries dropped, inbound webhooks
-        # refused, outbound attempts that did not deliver.
-        "errors": sum(drops.values())
-        + refused
-        + sum(n for outcome, n in attempts.items() if outcome != "delivered"),
-        "latency": {"buckets": buckets, "count": count, "sum": total},
-    }
 
 
 class ConsoleGateway:
@@ -238,8 +194,8 @@ class ConsoleGateway:
         )
 
     async def stats(self, request: web.Request) -> web.Response:
-        """The node's counters (`stats`): admins only, they span every tenant."""
+        """The node's counters (`Metrics.snapshot`): admins only, they span every tenant."""
         principal = await self._principal(request)
         if not principal.identity.admin:
             raise Forbidden("only admins may read the node's counters")
-        return json_response(stats(self._metrics))
+        return json_response(self._metrics.snapshot())

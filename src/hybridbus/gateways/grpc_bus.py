@@ -42,6 +42,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
+from urllib.parse import unquote
 
 import grpc
 import msgspec
@@ -76,6 +77,7 @@ from hybridbus.gateways.grpc_streams import Ending, Outbox
 from hybridbus.hub.bus import Bus, Prepared
 from hybridbus.hub.guard import Guard, Principal
 from hybridbus.hub.subscription import Subscription
+from hybridbus.hub.tracing import trace_delivered
 from hybridbus.proto.frames import MAX_HISTORY_LIMIT
 from hybridbus.server.metrics import Metrics
 from hybridbus.server.tls import ServerTls
@@ -134,6 +136,12 @@ def _credential(context: Any) -> str | None:
         return value.strip()
     key = metadata.get("x-api-key")
     return key.strip() if key is not None else None
+
+
+def _address(peer: str) -> str:
+    """`host:port` of grpc's peer (`ipv4:127.0.0.1:5000`, `ipv6:%5B::1%5D:5000`); else as is."""
+    family, _, address = peer.partition(":")
+    return unquote(address) if family in ("ipv4", "ipv6") else peer
 
 
 def _answered(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -331,6 +339,7 @@ class GrpcGateway:
         limit = self._config.max_page_bytes
         bound = self._config.max_pending_bytes
         out = Outbox(context)
+        peer = _address(context.peer())  # the call's HTTP/2 connection, for `deliver` spans
         paced = True  # history (and what it left queued) goes at the client's pace
         try:
             while True:
@@ -365,9 +374,7 @@ class GrpcGateway:
                         packed.append(message)
                     out.add(response(deliveries=Deliveries(deliveries=packed)), size)
                 deliveries.inc(len(batch))
-                tracer = self._bus.tracer
-                if tracer is not None:  # a `deliver` span per sampled delivery (docs/tracing.md)
-                    tracer.delivered(batch, "grpc", f"grpc-{id(out):x}")
+                trace_delivered(self._bus.tracer, batch, "grpc", peer)
                 if live and out.size > bound:
                     return SubscriberTooSlow(
                         f"over {bound} bytes queued for the client; "

@@ -29,9 +29,11 @@ A connection being served — a request in its handler, a WebSocket, an SSE
 stream — is neither timed nor counted here. Closing is aiohttp's own
 `RequestHandler.force_close`, as its keep-alive timeout does.
 
-TLS (an `ssl_context`, `server/tls.py`). The site accepts plain TCP and the
-guard upgrades each connection itself (`loop.start_tls`), so the handshake is
-inside the same wait: a client that never finishes it is closed by the same
+TLS (`tls`, the server's `ServerTls`: `server/tls.py`). The site accepts
+plain TCP and the guard upgrades each connection itself (`loop.start_tls`)
+with the context `tls.context` is when it is accepted — so a reloaded
+certificate serves the next connection, and the handshake is inside the same
+wait: a client that never finishes it is closed by the same
 `header_timeout` from accept, and counts against the same cap. aiohttp's
 protocol sees the connection only once it is encrypted; what the TLS layer
 decrypted before the guard heard the handshake ended is held and handed over
@@ -56,6 +58,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from hybridbus.server.config import ServerConfig
+from hybridbus.server.tls import ServerTls
 
 __all__ = ["ListenerConfig", "ListenerSite", "raise_nofile_limit"]
 
@@ -135,25 +138,51 @@ class _Guard(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self._transport = cast(asyncio.Transport, transport)
-        context = self._site._ssl_context
-        if context is None:
+        tls = self._site.tls
+        if tls is None:
             self.handler.connection_made(transport)
             self._site._accepted(self)
             return
         self._transport.pause_reading()  # (asyncio honours it; uvloop reads all the same)
         self._early = []
         self._site._accepted(self)  # the deadline runs from accept: the handshake is in it
-        self._secure(self._transport, context)
+        self._secure(self._transport, tls.context)  # the newest certificate (reloads)
 
     def _secure(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
         """Put the TLS layer on the accepted connection now; hand it to aiohttp once secure.
 
-        `loop.start_tls` is stepped by hand rather than run as a task: uvloop
-        starts reading as soon as `connection_made` returns, paused or not, so
-        a task starting TLS one loop turn later could find the ClientHello
-        already handed to this guard as plain bytes. Its first step (up to
-        the wait for the handshake) installs the TLS layer before any byte
-        is read; the rest runs when the handshake's future is done.
+        Why by hand. The TLS layer must be the raw transport's protocol before
+        the first byte is read: a byte read earlier reaches this guard as
+        plain data, and a ClientHello taken for the start of an HTTP request
+        is a handshake lost. uvloop starts reading as soon as `connection_made`
+        returns, whether `pause_reading` was called in it or not, so a task
+        running `loop.start_tls` — its first step one loop turn later — could
+        come too late. Here the coroutine is driven as a task would drive it,
+        but its first step runs now, inside `connection_made`.
+
+        What it depends on, in `start_tls` of both asyncio
+        (`BaseEventLoop.start_tls`) and uvloop (`Loop.start_tls`):
+
+        - everything that must come before reading happens synchronously,
+          before its one `await`: it makes the `SSLProtocol`, sets it as the
+          raw transport's protocol (every byte read from then on goes to the
+          TLS layer), and schedules the layer's `connection_made` and the
+          transport's `resume_reading` with `call_soon`;
+        - that `await` is on the handshake's waiter, a future of this loop, so
+          `send(None)` yields that future; resuming with `send(None)` once it
+          is done (`_step`) is what a task does. The coroutine's return value,
+          the TLS transport, comes as `StopIteration.value`; a failed
+          handshake (an alert, a bad certificate, `ssl_handshake_timeout`)
+          raises out of `send`;
+        - nothing in it needs a current task (no `asyncio.current_task`, no
+          `asyncio.timeout`): it runs with none;
+        - a connection lost during the handshake (the guard's `close` aborts
+          it) ends it with an error or with no transport: dropped either way.
+
+        tests/gateways/test_tls.py checks it under both loops: every test
+        with `running_server` under asyncio, and `test_serve_dev_tls` under
+        uvloop (`hybridbus serve`: 20 handshakes sending the ClientHello at
+        once).
         """
         opening = asyncio.get_running_loop().start_tls(
             raw,
@@ -279,19 +308,17 @@ class ListenerSite(web.BaseSite):
     """A TCP site for an `AppRunner` that times and caps connections waiting for a request.
 
     Use it where `web.TCPSite` would be: `await ListenerSite(runner, config).start()`;
-    with an `ssl_context` it serves HTTPS and WSS (module docstring, "TLS").
+    with `tls` it serves HTTPS and WSS, each connection with the context
+    `tls.context` is when it is accepted (module docstring, "TLS").
     """
 
-    __slots__ = ("_config", "_guards", "_last_report", "_max_pending", "_waiting", "closed")
+    __slots__ = ("_config", "_guards", "_last_report", "_max_pending", "_waiting", "closed", "tls")
 
     def __init__(
-        self,
-        runner: web.BaseRunner,
-        config: ListenerConfig,
-        *,
-        ssl_context: ssl.SSLContext | None = None,
+        self, runner: web.BaseRunner, config: ListenerConfig, *, tls: ServerTls | None = None
     ) -> None:
-        super().__init__(runner, backlog=config.backlog, ssl_context=ssl_context)
+        super().__init__(runner, backlog=config.backlog)  # (its ssl_context: none, TLS is ours)
+        self.tls = tls
         self._config = config
         self._max_pending = config.max_pending_connections
         # The connections waiting for a request's headers, the one waiting longest first.
@@ -303,7 +330,7 @@ class ListenerSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        scheme = "http" if self._ssl_context is None else "https"
+        scheme = "http" if self.tls is None else "https"
         return f"{scheme}://{self._config.host or '0.0.0.0'}:{self.port}"
 
     @property

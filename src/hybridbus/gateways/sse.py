@@ -113,6 +113,7 @@ from hybridbus.gateways.sse_stream import (
 )
 from hybridbus.hub.bus import Bus
 from hybridbus.hub.subscription import Subscription
+from hybridbus.hub.tracing import trace_delivered
 from hybridbus.proto.frames import HistoryEvent
 from hybridbus.server.metrics import Metrics
 
@@ -145,6 +146,16 @@ async def hold_nothing(request: web.Request, end: End) -> Release:
     `hybridbus serve` uses `gateways.access.HttpAccess.holding(node.hold)` instead.
     """
     return _release_nothing
+
+
+def _peer(request: web.Request) -> str:
+    """`host:port` of the client's end of the stream's HTTP connection (else its address)."""
+    transport = request.transport
+    peer = None if transport is None else transport.get_extra_info("peername")
+    if not isinstance(peer, tuple) or len(peer) < 2:  # gone, or not TCP
+        return request.remote or "?"
+    host = str(peer[0])
+    return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
 
 
 class SseConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -318,10 +329,11 @@ class SseGateway:
         first = preamble + frame(b"subscribed", subscribed, str(start))
         await self._write(stream, response, first)
         encode = self._encoder(start, envelope)
+        peer = _peer(stream.request)  # names the stream in `deliver` spans
         loop = asyncio.get_running_loop()
 
         def notify() -> None:  # inside the publisher's route: only note it
-            loop.call_soon(self._drain, stream, encode)
+            loop.call_soon(self._drain, stream, encode, peer)
 
         # Recovery: each batch is written before the next is taken.
         while not stream.stopped and not sub.attach(notify):
@@ -439,7 +451,7 @@ class SseGateway:
         while frames and not stream.stopped:
             await self._write_some(stream, response)
 
-    def _drain(self, stream: Stream, encode: Callable[[Delivery], bytes]) -> None:
+    def _drain(self, stream: Stream, encode: Callable[[Delivery], bytes], peer: str) -> None:
         """Take what the live subscription queued into the stream's frames (a loop callback)."""
         sub = stream.sub
         if stream.stopped or sub is None or not sub.live:
@@ -453,9 +465,7 @@ class SseGateway:
                 frame = encode(delivery)
                 frames.append((frame, delivery.time))
                 stream.size += len(frame)
-            tracer = self._bus.tracer
-            if tracer is not None:  # a `deliver` span per sampled delivery (docs/tracing.md)
-                tracer.delivered(batch, "sse", f"sse-{id(stream):x}")
+            trace_delivered(self._bus.tracer, batch, "sse", peer)
             limit = self._config.max_pending_bytes
             if stream.size > limit and len(frames) > 1:
                 dropped = len(frames)

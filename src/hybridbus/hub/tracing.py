@@ -17,6 +17,12 @@ The chain of one event (each a child of the one before):
           fan-out         routing to the node's subscribers (their count)
             deliver       queued for one connection (WebSocket, SSE, gRPC)
             kafka out     (any bridge's `<kind> out`) / webhook out: sent on (PRODUCER/CLIENT)
+
+The ways out make their `deliver` spans with one call, `trace_delivered`,
+naming the connection by what the node knows it as: a WebSocket's client id
+(the `client` of its connect reply, kept across a resumed session), else the
+peer's address (`host:port`) — an SSE stream's HTTP connection, a gRPC call's
+HTTP/2 connection.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import Protocol
 from hybridbus.core.event import Event
 from hybridbus.core.log import Ack, Delivery
 
-__all__ = ["Attributes", "Sending", "Tracer"]
+__all__ = ["Attributes", "Sending", "Tracer", "trace_delivered"]
 
 # A span's attributes as the call sites give them.
 Attributes = Mapping[str, str | int | bool]
@@ -103,3 +109,16 @@ class Tracer(Protocol):
         The `publish` spans started meanwhile in this task are its children.
         """
         ...
+
+
+def trace_delivered(
+    tracer: Tracer | None, deliveries: Sequence[Delivery], way: str, to: str
+) -> None:
+    """The `deliver` spans of `deliveries`, just queued for connection `to` over `way`.
+
+    The one call each way out (`websocket`, `sse`, `grpc`) makes after it
+    queued a batch for a client; `to` as the module docstring says. With
+    tracing off (`tracer` None) it returns at once.
+    """
+    if tracer is not None:
+        tracer.delivered(deliveries, way, to)

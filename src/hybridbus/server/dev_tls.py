@@ -27,7 +27,9 @@ from hybridbus.errors import InvalidInput
 
 if TYPE_CHECKING:  # cryptography is imported when a certificate is made, not at start-up
     from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 __all__ = ["DevCertificates", "dev_certificates", "dev_directory", "issue", "new_ca", "private_pem"]
 
@@ -93,19 +95,26 @@ def issue(
     lifetime: datetime.timedelta,
     *,
     client: bool = False,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    rsa: bool = False,
+) -> tuple[x509.Certificate, PrivateKey]:
     """A certificate signed by `ca` for `names` (IP addresses or DNS names) and its new key.
 
     For a server (extended key usage serverAuth), or with `client` for mutual TLS (clientAuth).
+    The key is P-256, or RSA-2048 with `rsa` (the TLS tests reload between the two).
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     ca_cert, ca_key = ca
     now = datetime.datetime.now(datetime.UTC) - _SKEW
-    key = ec.generate_private_key(ec.SECP256R1())
+    key: PrivateKey = (
+        rsa_keys.generate_private_key(public_exponent=65537, key_size=2048)
+        if rsa
+        else ec.generate_private_key(ec.SECP256R1())
+    )
     alt: list[x509.GeneralName] = []
     for name in names:
         try:
@@ -132,7 +141,7 @@ def issue(
     return cert, key
 
 
-def private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def private_pem(key: PrivateKey) -> bytes:
     """`key` as unencrypted PKCS#8 PEM."""
     from cryptography.hazmat.primitives import serialization
 

@@ -6,8 +6,10 @@ collide), and the cheap ways to count on the delivery path: a latency
 histogram that takes many equal observations at once (`Latency`) and a
 `Tally` of the frames written in one loop turn, recorded once at its end
 instead of once per frame; and the consumer groups' figures, read from
-`hub.groups.Groups` when `/metrics` is scraped (`GroupCollector`). Must not
-decide anything: components only count through it.
+`hub.groups.Groups` when `/metrics` is scraped (`GroupCollector`); and the
+node's counters as one JSON-ready summary (`Metrics.snapshot`, what the
+console's `/v1/stats` answers). Must not decide anything: components only
+count through it.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import (
@@ -154,6 +156,23 @@ class Tally:
             observe = self._latency.observe
             for oldest, count in frames.items():
                 observe(max(0.0, now - oldest), count)
+
+
+def _samples(metric: Any, suffix: str = "") -> Iterable[tuple[dict[str, str], float]]:
+    """(labels, value) of a metric's samples named `<name><suffix>` (a counter's: `_total`)."""
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name == family.name + suffix:
+                yield sample.labels, float(sample.value)
+
+
+def _by(metric: Any, label: str, suffix: str = "_total") -> dict[str, float]:
+    """A metric's values summed by one of its labels."""
+    out: dict[str, float] = {}
+    for labels, value in _samples(metric, suffix):
+        key = labels.get(label, "")
+        out[key] = out.get(key, 0.0) + value
+    return out
 
 
 def group_lag(info: GroupInfo, head: Sequence[int], epoch: str) -> int:
@@ -311,3 +330,47 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format of every metric."""
         return generate_latest(self.registry)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The node's counters now, as JSON (`GET /v1/stats`, the console's charts).
+
+        Each number is since the node started; a reader turns two snapshots
+        into rates and percentiles (docs/console.md, "Metrics"):
+
+            time              Unix time of the snapshot, seconds
+            connections       open connections by transport (a gauge)
+            subscriptions     active subscriptions by transport (a gauge)
+            publishes         events published and acknowledged, every gateway
+            duplicates        publishes answered as duplicates, every gateway
+            deliveries        events delivered to clients, every transport
+            drops             deliveries dropped, by reason
+            disconnects       connections closed, by close code
+            webhook_attempts  outbound webhook attempts, by outcome (every subscription)
+            webhook_refused   inbound webhooks refused before publishing
+            errors            drops + webhook_refused + outbound attempts not `delivered`
+            latency           append -> delivery histogram: `buckets` ([le, cumulative
+                              count], the last "+Inf"), `count`, `sum` (seconds)
+        """
+        attempts = _by(self.webhook_attempts, "outcome")
+        drops = _by(self.drops, "reason")
+        refused = sum(_by(self.webhook_refused, "code").values())
+        failed = sum(n for outcome, n in attempts.items() if outcome != "delivered")
+        latency = self.latency
+        return {
+            "time": time.time(),
+            "connections": _by(self.connections, "transport", ""),
+            "subscriptions": _by(self.subscriptions, "transport", ""),
+            "publishes": sum(_by(self.publishes, "gateway").values()),
+            "duplicates": sum(_by(self.duplicates, "gateway").values()),
+            "deliveries": sum(_by(self.deliveries, "transport").values()),
+            "drops": drops,
+            "disconnects": _by(self.disconnects, "code"),
+            "webhook_attempts": attempts,
+            "webhook_refused": refused,
+            "errors": sum(drops.values()) + refused + failed,
+            "latency": {
+                "buckets": [[labels["le"], n] for labels, n in _samples(latency, "_bucket")],
+                "count": sum(n for _, n in _samples(latency, "_count")),
+                "sum": sum(n for _, n in _samples(latency, "_sum")),
+            },
+        }

@@ -37,6 +37,7 @@ from hybridbus.core.log import Delivery
 from hybridbus.core.topics import is_pattern
 from hybridbus.errors import BusError, ErrorCode
 from hybridbus.hub.subscription import Subscription
+from hybridbus.hub.tracing import trace_delivered
 from hybridbus.proto.frames import Subscribe, SubscribeResult, Unsubscribe, UnsubscribeResult
 
 if TYPE_CHECKING:
@@ -239,9 +240,9 @@ class Subscriptions:
             connection = self._connection
             connection.session.push_many(pushes)
             connection.pushed(len(batch), batch[0].time)
-            tracer = connection.node.bus.tracer
-            if tracer is not None:  # a `deliver` span per sampled delivery (docs/tracing.md)
-                tracer.delivered(batch, connection.transport_name, connection.id)
+            info = connection.info  # its connect's: pushes follow it
+            client = connection.id if info is None else info.client
+            trace_delivered(connection.node.bus.tracer, batch, connection.transport_name, client)
 
     def _encode(
         self, entry: Entry, batch: list[Delivery], *, cached: bool

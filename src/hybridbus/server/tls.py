@@ -3,26 +3,28 @@
 Owns: `ServerTls`, made at start from the settings `tls_cert`, `tls_key` and
 `tls_client_ca` (a missing, unreadable or broken file, or a key that does not
 match its certificate, is refused with `InvalidInput` naming the setting); the
-`ssl.SSLContext` the HTTP listener serves with (`context`: TLS 1.2 or newer,
-ALPN http/1.1, with a client CA every client must present a certificate signed
-by it); the PEM bytes the gRPC listener hands to grpc (`material`, read by its
-certificate fetcher on grpc's own threads: `gateways/grpc_tls.py`); and
-watching the files. Must not accept connections (`gateways/listener.py` does)
-nor import grpc.
+`ssl.SSLContext` the HTTP listener serves with (`context`, read by the listener
+for each connection it accepts: TLS 1.2 or newer, ALPN http/1.1, with a client
+CA every client must present a certificate signed by it); the PEM bytes the
+gRPC listener hands to grpc (`material`, read by its certificate fetcher on
+grpc's own threads: `gateways/grpc_tls.py`); and watching the files. Must not
+accept connections (`gateways/listener.py` does) nor import grpc.
 
 Reloading. Every `interval` seconds (`tls_reload_interval`, 0: never) the
 files' (inode, size, mtime) are compared with those last loaded — replacing a
-file by `mv` or rewriting it both count. When one changed, the new pair is
-first loaded into a throwaway context; only if that works is it loaded into
-the live one (`load_cert_chain`), and each handshake from then on is served
-the new certificate, while established connections keep theirs. The bytes are
-read before and after the check: files caught in the middle of being written
-(they differ) wait for the next look. A pair that does not load is refused:
-logged (ERROR, once per change) and the old certificate stays. A changed
-client CA is *added* to those the HTTP listener trusts (OpenSSL cannot forget
-one: removing a CA takes a restart); the gRPC listener takes the file as it
-is. All of it runs on the event loop: the files are small and local, and
-OpenSSL's context must not change under a handshake of another thread.
+file by `mv` or rewriting it both count. When one changed, a new context is
+made from the files as they are now and, if they load, replaces `context`:
+each handshake from then on is served by it alone, while established
+connections keep the context they were made with. A context is never changed
+once made — loading a certificate into a live one would keep the old
+certificate too when its key type differs (OpenSSL holds one per type: an RSA
+one and an ECDSA one), and could only add client CAs, never take one away.
+The bytes are read before and after the new context is made: files caught in
+the middle of being written (they differ) wait for the next look. A pair that
+does not load is refused: logged (ERROR, once per change) and the old context
+stays. The client CA file is taken as it is now by both listeners: a CA no
+longer in it is no longer trusted for new handshakes. All of it runs on the
+event loop: the files are small and local.
 """
 
 from __future__ import annotations
@@ -105,9 +107,14 @@ class ServerTls:
         self._stamp = _stamp(self._paths)
         self._refused: Stamp | None = None  # the files' stamp when they last failed to load
         self._material = self._load_material(0)
-        self.context = self._new_context()
+        self._context = self._new_context()
         self._task: asyncio.Task[None] | None = None
         log.info("tls certificate loaded", extra=self._describe())
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        """The context new handshakes are served with now (a new one after each reload)."""
+        return self._context
 
     @property
     def material(self) -> Material:
@@ -186,7 +193,7 @@ class ServerTls:
             return False
         try:
             before = self._load_material(self._material.generation + 1)
-            self._fill(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))  # the check: a throwaway
+            context = self._new_context()
             after = self._load_material(before.generation)
         except InvalidInput as exc:
             self._refused = stamp
@@ -196,11 +203,6 @@ class ServerTls:
             return False
         if before != after or _stamp(self._paths) != stamp:
             return False  # being written: the next look takes them
-        try:
-            self._fill(self.context)
-        except InvalidInput as exc:  # changed between the check and now: the next look
-            log.error("tls certificate not reloaded: %s", exc)  # noqa: TRY400
-            return False
-        self._stamp, self._material = stamp, after
+        self._stamp, self._material, self._context = stamp, after, context
         log.info("tls certificate reloaded", extra=self._describe())
         return True

@@ -1,7 +1,7 @@
 """OpenTelemetry at the server's edge: the `Tracer` of hub/tracing.py on the OpenTelemetry SDK.
 
 Owns: the ONE place hybridbus imports opentelemetry — the tracer provider
-(its resource, the parent-based ratio sampler, the OTLP exporter over gRPC or
+(its resource, the parent-based sampler and the draw of new traces, the OTLP exporter over gRPC or
 HTTP, batched), the spans of an event's way through the node (hub/tracing.py
 draws the chain) and how they find their parents. Must not be imported unless
 `[tracing] enabled` (serve.py imports it then only: off, opentelemetry is not
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence, Sized
 from contextvars import Token
@@ -38,7 +39,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import (
     NonRecordingSpan,
     Span,
@@ -163,8 +164,11 @@ class _Sending:
 class OtelTracer:
     """The `hub.tracing.Tracer` on an OpenTelemetry `TracerProvider` (module docstring)."""
 
-    def __init__(self, provider: TracerProvider, *, engine: str = "") -> None:
+    def __init__(self, provider: TracerProvider, *, engine: str = "", ratio: float = 1.0) -> None:
         self.provider = provider
+        # The share of new traces recorded (`sample_ratio`), drawn here for each root
+        # (`_draw`): an event that will not be recorded costs no span at all.
+        self._ratio = ratio
         self._tracer = provider.get_tracer("hybridbus")
         self._engine = engine
         # id(event) -> (the event, its publish span): kept until appended (bounded).
@@ -179,8 +183,19 @@ class OtelTracer:
 
     # -- publish, append ---------------------------------------------------------------
 
+    def _draw(self) -> bool:
+        """Whether a new trace is recorded: `sample_ratio` of them, at random."""
+        return self._ratio >= 1.0 or random.random() < self._ratio
+
     def publishing(self, topic: str, event: Event) -> Event:
         parent = _remote(event)
+        if parent is not None:
+            recorded = parent.trace_flags.sampled
+        else:
+            current = trace.get_current_span().get_span_context()
+            recorded = current.trace_flags.sampled if current.is_valid else self._draw()
+        if not recorded:  # what the parent-based sampler would say: no span is made at all
+            return event
         span = self._tracer.start_span(
             "publish",
             context=_parented(parent),
@@ -336,6 +351,11 @@ class OtelTracer:
         remote = None
         if parent is not None:
             remote = _context_of(parent.trace_id, parent.span_id, parent.flags, tracestate)
+        elif not self._draw():  # a new trace not recorded: its spans are not either
+            ids = self.provider.id_generator
+            remote = SpanContext(
+                ids.generate_trace_id(), ids.generate_span_id(), True, TraceFlags(0)
+            )
         span = self._tracer.start_span(
             name,
             context=_parented(remote),
@@ -354,7 +374,9 @@ def start_tracing(
     `exporter` replaces the configured one (tests).
     """
     resource = Resource.create({"service.name": config.service_name, "service.instance.id": node})
-    sampler = ParentBased(TraceIdRatioBased(config.sample_ratio))
+    # A root's draw is the tracer's own (`OtelTracer._draw`, before any span is made);
+    # every other span follows its parent.
+    sampler = ParentBased(ALWAYS_ON)
     provider = TracerProvider(sampler=sampler, resource=resource, shutdown_on_exit=False)
     if exporter is None and config.protocol != "none":
         exporter = _exporter(config)
@@ -366,7 +388,7 @@ def start_tracing(
         config.protocol,
         config.otlp_endpoint or _DEFAULT_ENDPOINTS.get(config.protocol, ""),
     )
-    return OtelTracer(provider, engine=engine)
+    return OtelTracer(provider, engine=engine, ratio=config.sample_ratio)
 
 
 def _exporter(config: TracingConfig) -> SpanExporter:
