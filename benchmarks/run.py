@@ -17,6 +17,7 @@
     python -m benchmarks.run changes         # edit -> follower's mirror, 1M lines (~2 min)
     python -m benchmarks.run logs            # log lines/s in and to a tail, gRPC/WS/HTTP (~5 min)
     python -m benchmarks.run yjs             # Yjs rooms beside pycrdt-websocket, Node (~9 min)
+    python -m benchmarks.run overhead        # the cost of TLS and tracing on fan-out (~6 min)
     python -m benchmarks.run --quick         # one short run of each case, a smoke test
 
 The default groups take about two minutes on a 2-core machine; `server` (see
@@ -41,6 +42,7 @@ from benchmarks import (
     codec,
     fanout,
     logs,
+    overhead,
     publish,
     redis_engine,
     redis_notify,
@@ -80,6 +82,7 @@ GROUPS: dict[str, Callable[[Settings, Callable[[str], None]], list[Result]]] = {
     "changes": changes.run,  # a one-line edit in a 1,000,000-line file to a follower
     "logs": logs.run,  # live logs in by gRPC, WebSocket, HTTP NDJSON and to a tail (issue 14)
     "yjs": yjs.run,  # Yjs rooms beside pycrdt-websocket and the Node server (issue 15)
+    "overhead": overhead.run,  # TLS and tracing on fan-out, ratios to plain (issue 16)
 }
 # `server` takes about 2 minutes on its own (servers and 1,000-10,000 client
 # connections as subprocesses): it runs only when named, as does `groups` (about 3
@@ -169,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         out = RESULTS_DIR / "logs.json"
     if out is None and not args.quick and groups == ["yjs"]:
         out = RESULTS_DIR / "yjs.json"
+    if out is None and not args.quick and groups == ["overhead"]:
+        out = RESULTS_DIR / "overhead.json"
 
     started = datetime.now(UTC)
     load_at_start = load_average()
@@ -209,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             payload["logs"] = logs.extra()
         if "yjs" in groups:
             payload["yjs"] = yjs.extra()
+        if "overhead" in groups:
+            payload["overhead"] = overhead.extra()
         write_json(out, payload)
         print(f"results written to {out}")
 

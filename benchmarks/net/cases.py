@@ -144,6 +144,8 @@ def profiled(server: ServerProcess, svg: Path | None) -> Iterator[None]:
 FANOUT_KINDS = {
     "hybridbus": ("hybridbus", "t"),
     "hybridbus-auth": ("hybridbus-auth", "t"),
+    "hybridbus-traced": ("hybridbus-traced", "t"),
+    "hybridbus-sampled": ("hybridbus-sampled", "t"),
     "centrifugo": ("centrifugo", "t"),
     "nats": ("nats", "t"),
     "bare-coalesced": ("bare", "t"),
@@ -160,6 +162,8 @@ def fanout_run(kind: str, plan: Plan, svg: Path | None = None) -> dict[str, Any]
         events = max(20, events // 8)
     elif kind == "socketio":
         events = max(20, events // 40)
+    elif kind == "hybridbus-traced":  # a span per delivery: ~10x fewer deliveries/s
+        events = max(20, events // 8)
     with ServerProcess(server_kind) as server, profiled(server, svg):
         meter = _Meter(server)
         got = run_client(

@@ -15,6 +15,9 @@ Every event carries the same data, `{"doc":0,"seq":N,"op":"insert",…,"ts":<sen
 as a CloudEvent (~330 bytes as a hybridbus push). Subscribers never decode JSON: once set
 up, a connection's raw reads go to a `Scan`, which counts events by a marker, reads the
 `ts` of each for latencies, answers heartbeats and spots errors (`rawws` says why).
+
+With a CA file (`kind_for(..., ca=...)`, the load client's option `"ca"`) every kind but
+NATS speaks TLS: `wss://` and `https://`, verifying the server's certificate against it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -123,9 +127,12 @@ class Kind:
     path = "/"
     subprotocol: str | None = None
 
-    def __init__(self, name: str, port: int) -> None:
+    def __init__(self, name: str, port: int, ca: str | None = None) -> None:
         self.name = name
         self.port = port
+        # `ca`: the server speaks TLS (wss://, https://) with a certificate that CA signed.
+        self.tls = ssl.create_default_context(cafile=ca) if ca else None
+        self.http = f"{'https' if ca else 'http'}://127.0.0.1:{port}"
         self.seq = 0
         self.ids = 100
         self.session: Any = None
@@ -133,7 +140,8 @@ class Kind:
     async def __aenter__(self) -> Kind:
         import aiohttp
 
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        connector = aiohttp.TCPConnector(limit=0, ssl=self.tls or True)
+        self.session = aiohttp.ClientSession(connector=connector)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -149,7 +157,7 @@ class Kind:
 
     # -- connections ------------------------------------------------------------------
     async def open(self) -> Any:
-        ws = await connect(self.port, self.path, self.subprotocol)
+        ws = await connect(self.port, self.path, self.subprotocol, self.tls)
         await self.handshake(ws)
         return ws
 
@@ -343,7 +351,7 @@ class Centrifugo(Kind):
             for _ in range(count)
         )
         async with self.session.post(
-            f"http://127.0.0.1:{self.port}/api/batch",
+            f"{self.http}/api/batch",
             data='{"commands":[' + commands + "]}",
             headers={"X-API-Key": API_KEY, "Content-Type": "application/json"},
         ) as response:
@@ -514,13 +522,14 @@ class Nats(Kind):
         pub.write(self._pub(channel, ts))
 
 
-def kind_for(name: str, port: int) -> Kind:
+def kind_for(name: str, port: int, ca: str | None = None) -> Kind:
+    """The client of server `name` on `port`; with `ca`, over TLS trusting that CA file."""
     if name.startswith("hybridbus"):
-        return Hybridbus(name, port)
+        return Hybridbus(name, port, ca)
     classes: dict[str, type[Kind]] = {
         "centrifugo": Centrifugo,
         "bare": Bare,
         "socketio": SocketIO,
         "nats": Nats,
     }
-    return classes[name](name, port)
+    return classes[name](name, port, ca)

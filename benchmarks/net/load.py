@@ -431,7 +431,7 @@ async def _main(role: str, kind_name: str, port: int, opts: dict[str, Any]) -> d
         from benchmarks.net.durable import durable
 
         return await durable(kind_name, port, opts)
-    async with kind_for(kind_name, port) as kind:
+    async with kind_for(kind_name, port, opts.get("ca")) as kind:  # "ca": over TLS
         return await ROLES[role](kind, opts)
 
 

@@ -47,6 +47,8 @@ SERVER_KINDS: Final = (
     "hybridbus",  # memory://
     "hybridbus-sqlite",  # sqlite:// in the run's temp dir, synchronous=full
     "hybridbus-auth",  # memory://, every client with a JWT and rules
+    "hybridbus-traced",  # memory://, [tracing] on: every event sampled (docs/tracing.md)
+    "hybridbus-sampled",  # memory://, [tracing] on: 1% of the events sampled
     "bare",
     "socketio",
     "nats",
@@ -157,6 +159,16 @@ max_connections_per_user = 0
 allow = "*"
 topics = "#"
 """
+# "hybridbus-traced" / "-sampled": the open configuration with OpenTelemetry tracing on
+# (the `tracing` extra), every event or 1% of them sampled; `protocol = "none"`: the spans
+# are made, stamped and ended but not exported (an exporter's batch thread is not counted).
+_TRACING_CONFIG: Final = """
+[tracing]
+enabled = true
+protocol = "none"
+sample_ratio = {ratio}
+"""
+_SAMPLE_RATIO: Final = {"hybridbus-traced": 1.0, "hybridbus-sampled": 0.01}
 _AUTH_CONFIG: Final = f"""
 jwt_secret = "{BENCH_SECRET}"
 max_connections_per_user = 0
@@ -249,6 +261,8 @@ class ServerProcess:
         if kind.startswith("hybridbus"):
             config = self.dir / "hybridbus.toml"
             text = _AUTH_CONFIG if kind == "hybridbus-auth" else _OPEN_CONFIG
+            if kind in _SAMPLE_RATIO:  # spans made and ended, exported nowhere
+                text += _TRACING_CONFIG.format(ratio=_SAMPLE_RATIO[kind])
             for key, value in options.items():  # e.g. ping_interval
                 text = f"{key} = {json.dumps(value)}\n" + text
             config.write_text(text)
@@ -412,6 +426,9 @@ class ClientProcess:
     def close(self) -> None:
         self.kill()
         self._err.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
     def __enter__(self) -> ClientProcess:
         return self

@@ -10,7 +10,8 @@ and handed out one by one (`recv`); then `scan()` hands the raw bytes of every l
 because server frames are unmasked and uncompressed (no extension is offered): event
 text appears verbatim in the byte stream.
 
-Client frames are masked, as RFC 6455 requires.
+Client frames are masked, as RFC 6455 requires. Over TLS (`wss://`) the same: the
+scanner sees the decrypted bytes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import base64
 import os
 import socket
+import ssl
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -170,7 +172,10 @@ class RawWs(asyncio.Protocol):
         self._end()
 
 
-async def connect(port: int, path: str, protocol: str | None = None) -> RawWs:
+async def connect(
+    port: int, path: str, protocol: str | None = None, tls: ssl.SSLContext | None = None
+) -> RawWs:
+    """A WebSocket to 127.0.0.1:`port` (`wss://` with `tls`: the client's context)."""
     key = base64.b64encode(os.urandom(16)).decode()
     lines = [
         f"GET {path} HTTP/1.1",
@@ -184,7 +189,13 @@ async def connect(port: int, path: str, protocol: str | None = None) -> RawWs:
         lines.append(f"Sec-WebSocket-Protocol: {protocol}")
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     loop = asyncio.get_running_loop()
-    _, ws = await loop.create_connection(lambda: RawWs(request), "127.0.0.1", port)
+    _, ws = await loop.create_connection(
+        lambda: RawWs(request),
+        "127.0.0.1",
+        port,
+        ssl=tls,
+        server_hostname="127.0.0.1" if tls is not None else None,
+    )
     got = await asyncio.wait_for(ws.upgraded, 30)
     if protocol and got != protocol:
         ws.close()
