@@ -86,9 +86,10 @@ class RelayServer:
         self.grpc_port = free_port()
         self._err: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
         argv = [PYTHON, "-m", "benchmarks.logs_procs", "relay-server", str(self.grpc_port)]
+        raise_nofile()  # inherited: no preexec_fn (unsafe after fork with grpc's threads loaded)
         self.proc = subprocess.Popen(
             server_prefix() + argv, cwd=ROOT, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=self._err, preexec_fn=raise_nofile,
+            stdout=subprocess.DEVNULL, stderr=self._err,
         )
         self.pid = self.proc.pid
         try:
@@ -114,6 +115,7 @@ class Tail:
         cores = client_cores()
         prefix = ["taskset", "-c", cores] if cores else []
         self._err: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
+        raise_nofile()  # inherited: no preexec_fn (unsafe after fork with grpc's threads loaded)
         self.proc = subprocess.Popen(
             prefix + argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=self._err, env={**os.environ, "NO_COLOR": "1"},

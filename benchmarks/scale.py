@@ -106,6 +106,7 @@ class Node:
         config = self.dir / "hybridbus.toml"
         config.write_text(_CONFIG)
         self._log: IO[bytes] = (self.dir / "server.log").open("wb")
+        raise_nofile()  # inherited: no preexec_fn (unsafe after fork with grpc's threads loaded)
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "hybridbus", "serve", "--config", str(config), "--engine", engine,
              "--host", "127.0.0.1", "--port", str(self.port)],
@@ -114,7 +115,6 @@ class Node:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=raise_nofile,
         )  # fmt: skip
         self.pid = self.proc.pid
         deadline = time.monotonic() + 30

@@ -232,6 +232,7 @@ class ServerProcess:
         argv = self._argv(kind, options)
         env = {**os.environ, "HYBRIDBUS_LOG_LEVEL": "warning"}
         self._log: IO[bytes] = (self.dir / "server.log").open("wb")
+        raise_nofile()  # inherited: no preexec_fn (unsafe after fork with grpc's threads loaded)
         self.proc = subprocess.Popen(
             server_prefix() + argv,
             cwd=ROOT,
@@ -239,7 +240,6 @@ class ServerProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=raise_nofile,
         )
         self.pid = self.proc.pid  # taskset execs the server: the same PID
         deadline = time.monotonic() + 30
@@ -367,13 +367,13 @@ class ClientProcess:
             json.dumps(options),
         ]
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
+        raise_nofile()  # inherited: no preexec_fn (unsafe after fork with grpc's threads loaded)
         self.proc = subprocess.Popen(
             argv,
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._err,
-            preexec_fn=raise_nofile,
         )
         self._out = bytearray()
 
