@@ -16,6 +16,11 @@ started fresh for each round and killed by PID:
   what y-websocket 3.1 clients speak), `node .../src/server.js`, no persistence
   (benchmarks/js/, `npm ci --prefix benchmarks/js`).
 
+Beside them, the **transport floor** (benchmarks/yjs_floor.py): a bare aiohttp
+WebSocket server on uvloop, pinned and killed the same way, that only reads the
+replay's messages (no Yjs, nothing stored or sent on): what any Python server on
+aiohttp pays to take the trace off a socket, `yjs.replay.transport_floor`.
+
 benchmarks/yjs_install.sh installs both peers; a peer that is not installed is
 skipped (and said so). Against each server, the clients (benchmarks/yjs_client.py,
 one subprocess pinned to the other core) run three phases; see that module:
@@ -65,9 +70,10 @@ from benchmarks.net.procs import (
 from benchmarks.yjs_client import frame_updates
 from benchmarks.yjs_trace import Edit, final_text, load
 
-__all__ = ["SERVERS", "extra", "installed", "make_updates", "raw_pycrdt_cpu", "run"]
+__all__ = ["FLOOR", "SERVERS", "extra", "installed", "make_updates", "raw_pycrdt_cpu", "run"]
 
 SERVERS: Final = ("hybridbus", "pycrdt-websocket", "y-websocket-server")
+FLOOR: Final = "transport-floor"  # benchmarks/yjs_floor.py: aiohttp reading, no Yjs
 PEER_VENV: Final = ROOT / ".bench" / "yjs-venv"
 NODE_SERVER: Final = (
     ROOT / "benchmarks" / "js" / "node_modules" / "@y" / "websocket-server" / "src" / "server.js"
@@ -103,7 +109,10 @@ class _PeerProcess:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{server}-"))
         env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port)}
-        if server == "pycrdt-websocket":
+        if server == FLOOR:
+            env["PYTHONPATH"] = str(ROOT)
+            argv = [sys.executable, "-m", "benchmarks.yjs_floor", str(self.port)]
+        elif server == "pycrdt-websocket":
             argv = [
                 str(PEER_VENV / "bin" / "python"),
                 str(ROOT / "benchmarks" / "yjs_peer_pycrdt.py"),
@@ -112,6 +121,7 @@ class _PeerProcess:
         else:
             argv = ["node", str(NODE_SERVER)]
         self._log: IO[bytes] = (self.dir / "server.log").open("wb")
+        raise_nofile()  # inherited: no preexec_fn (unsafe after fork with grpc's threads loaded)
         self.proc = subprocess.Popen(
             server_prefix() + argv,
             cwd=self.dir,
@@ -119,7 +129,6 @@ class _PeerProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=raise_nofile,
         )
         self.pid = self.proc.pid  # taskset execs the server: the same PID
         deadline = time.monotonic() + 30
@@ -193,6 +202,20 @@ def _client(server: str, url: str, pid: int, plan: dict[str, Any], work: Path) -
     return figures
 
 
+def measure_floor(plan: dict[str, Any], work: Path) -> dict[str, Any]:
+    """The transport floor: the replay's messages read by a bare aiohttp server."""
+    peer = _PeerProcess(FLOOR)
+    try:
+        figures = _client(FLOOR, f"ws://127.0.0.1:{peer.port}/", peer.pid, plan, work)
+        floor: dict[str, Any] = figures["floor"]
+        return floor
+    except Exception:
+        sys.stderr.write(peer.log_tail())
+        raise
+    finally:
+        peer.stop()
+
+
 def measure(server: str, plan: dict[str, Any], work: Path) -> dict[str, Any]:
     """One round against `server`: a fresh server, the three phases, the server killed."""
     if server == "hybridbus":
@@ -224,6 +247,7 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> list[Result]:
             log(f"  {server} skipped: {why}")
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in servers}
     raw: list[float] = []
+    floor: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bench-yjs-", dir=settings.tmpdir) as tmp:
         work = Path(tmp)
@@ -242,6 +266,9 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> list[Result]:
             log(f"  round {round_ + 1} of {settings.runs}: raw pycrdt, {', '.join(servers)}")
             raw.append(raw_pycrdt_cpu(updates))
             log(f"    {'raw pycrdt':<20} {raw[-1]:7.2f} s CPU")
+            floor.append(measure_floor({**plan, "floor": True}, work))
+            cpu = floor[-1]["server_cpu_s"]
+            log(f"    {FLOOR:<20} {cpu:7.2f} s CPU ({cpu / raw[-1]:.2f}x raw)")
             for server in servers:  # round-robin: a busy moment spoils one run of a few
                 if server in failed:
                     continue
@@ -271,11 +298,14 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> list[Result]:
         plan={k: v for k, v in plan.items() if k not in ("updates", "final_text")},
         versions=_versions(),
     )
-    return _results([s for s in servers if s not in failed], runs, raw)
+    return _results([s for s in servers if s not in failed], runs, raw, floor)
 
 
 def _results(
-    servers: list[str], runs: dict[str, list[dict[str, Any]]], raw: list[float]
+    servers: list[str],
+    runs: dict[str, list[dict[str, Any]]],
+    raw: list[float],
+    floor: list[dict[str, Any]],
 ) -> list[Result]:
     results = [
         Result(
@@ -284,6 +314,23 @@ def _results(
             "raw pycrdt: apply the trace's updates, CPU",
             "s",
             raw,
+            is_peer=True,
+        ),
+        Result(
+            f"yjs.replay.{FLOOR}",
+            "yjs",
+            "transport floor: a bare aiohttp server reading the replay's messages, CPU",
+            "s",
+            [f["server_cpu_s"] for f in floor],
+            is_peer=True,
+            details=floor,
+        ),
+        Result(
+            f"yjs.replay_x_raw.{FLOOR}",
+            "yjs",
+            "transport floor CPU / raw pycrdt",
+            "x",
+            [f["server_cpu_s"] / x for f, x in zip(floor, raw, strict=True)],
             is_peer=True,
         ),
     ]

@@ -27,6 +27,10 @@ updates: what a provider sends for the same edits), so that 50 of them and the
    message that brings it. Figures: the delivery latencies (ms; p50 / p99 over
    every delivery), the server's CPU time per keystroke.
 Every phase is bounded by `time_limit` seconds.
+
+With `floor` in the plan, only the replay's sending half runs, against the bare
+aiohttp server of benchmarks/yjs_floor.py (the transport floor): every message
+sent, then a sync step 1 whose reply says the server read them all.
 """
 
 from __future__ import annotations
@@ -297,9 +301,31 @@ async def _keystrokes(
     }
 
 
+async def _floor(
+    session: aiohttp.ClientSession, base: str, pid: int, plan: dict[str, Any]
+) -> dict[str, Any]:
+    """The replay's sending half alone, against the transport floor (benchmarks/yjs_floor.py)."""
+    messages = read_updates(Path(plan["updates"]).read_bytes())
+    ws = await session.ws_connect(base + "trace", max_msg_size=0, autoping=True)
+    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    for message in messages:
+        await ws.send_bytes(message)
+    await ws.send_bytes(EMPTY_STEP1)  # answered after every message before it
+    reply = await ws.receive()
+    cpu1, t1 = cpu_seconds(pid), time.perf_counter()
+    await ws.close()
+    if reply.type is not aiohttp.WSMsgType.BINARY or _sync_payload(reply.data) is None:
+        raise RuntimeError(f"the floor server answered {reply!r}")
+    return {"edits": len(messages), "server_cpu_s": cpu1 - cpu0, "wall_s": t1 - t0}
+
+
 async def run(plan: dict[str, Any]) -> dict[str, Any]:
     base, pid, limit = plan["url"], plan["pid"], plan["time_limit"]
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+    if plan.get("floor"):
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with asyncio.timeout(limit):
+                return {"floor": await _floor(session, base, pid, plan)}
     async with aiohttp.ClientSession(timeout=timeout) as session:
         async with asyncio.timeout(limit):
             replay, sender = await _replay(session, base, pid, plan)

@@ -94,7 +94,9 @@ def test_bench_yjs_every_phase_runs_in_a_smoke_run(tmp_path: Path) -> None:
     results = {r["id"]: r for r in payload["results"]}
     cases = ("replay", "replay_x_raw", "full_sync", "keys_p50", "keys_p99", "keys_cpu")
     expected = {f"yjs.{case}.{server}" for case in cases for server in servers}
-    assert set(results) == expected | {"yjs.replay.raw_pycrdt"}
+    floor = {f"yjs.replay.{yjs.FLOOR}", f"yjs.replay_x_raw.{yjs.FLOOR}"}
+    assert set(results) == expected | {"yjs.replay.raw_pycrdt"} | floor
+    assert results[f"yjs.replay.{yjs.FLOOR}"]["details"][0]["edits"] == yjs.SMOKE_EDITS
     for id_, result in results.items():
         assert len(result["runs"]) == 1
         assert result["runs"][0] > 0, id_

@@ -24,6 +24,7 @@ from hybridbus.core.yjs_protocol import (
     encode_sync_step2,
     encode_sync_update,
     read_varuint,
+    update_of,
     write_varuint,
 )
 from hybridbus.errors import ErrorCode, YjsMessageInvalid
@@ -120,3 +121,33 @@ def test_any_bytes_decode_or_raise_the_typed_error(wire: bytes) -> None:
         decode_messages(wire)
     except YjsMessageInvalid:
         pass
+
+
+@pytest.mark.parametrize("size", [1, 126, 127, 128, 129, 16383, 16384, 20000])
+@pytest.mark.parametrize("kind", [SyncUpdate, SyncStep2])
+def test_one_update_a_frame_decodes_at_every_length_of_its_length(
+    size: int, kind: type[SyncUpdate] | type[SyncStep2]
+) -> None:
+    """The common frame (one update) has a shortcut: it reads as the general path does,
+    and a frame whose length field does not match the frame is not taken by it."""
+    update = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    encode = encode_sync_update if kind is SyncUpdate else encode_sync_step2
+    wire = encode(update)
+    assert decode_messages(wire) == [kind(update)]
+    assert decode_messages(wire + wire) == [kind(update), kind(update)]
+    assert decode_messages(wire + encode_query_awareness()) == [kind(update), QueryAwareness()]
+    with pytest.raises(YjsMessageInvalid):
+        decode_messages(wire[:-1])
+    # The gateway's shortcut for the same frame, for an update under 16 KiB (its length in
+    # one or two bytes); a larger one goes the general way.
+    assert update_of(wire) == (update if size < 16384 else None)
+    assert update_of(wire + wire) is None
+    assert update_of(wire[:-1]) is None
+    assert update_of(encode_sync_step1(update)) is None
+
+
+@given(st.binary(max_size=64))
+def test_the_one_update_shortcut_reads_what_decoding_reads(wire: bytes) -> None:
+    update = update_of(wire)
+    if update is not None:
+        assert decode_messages(wire) in ([SyncUpdate(update)], [SyncStep2(update)])

@@ -59,6 +59,7 @@ __all__ = [
     "encode_sync_step2",
     "encode_sync_update",
     "read_varuint",
+    "update_of",
     "write_varuint",
 ]
 
@@ -71,6 +72,8 @@ SYNC_STEP2: Final = 1
 SYNC_UPDATE: Final = 2
 AUTH_PERMISSION_DENIED: Final = 0
 AUTH_TOKEN: Final = 1
+
+_UPDATE_STEPS: Final = (SYNC_UPDATE, SYNC_STEP2)
 
 # lib0 reads varuints into a JavaScript number: at most 2**53 - 1 (8 bytes of 7 bits).
 MAX_VARUINT: Final = 2**53 - 1
@@ -219,16 +222,46 @@ def _read_string(data: bytes | memoryview, at: int) -> tuple[str, int]:
 # -- decoding ----------------------------------------------------------------------------
 
 
+def update_of(frame: bytes) -> bytes | None:
+    """The update of a frame that is exactly one sync update or step 2 under 16 KiB, else None.
+
+    The common frame, read without building messages; any other frame (or a
+    malformed one) is None: `decode_messages` reads it (or raises).
+    """
+    end = len(frame)
+    if end > 3 and frame[0] == MESSAGE_SYNC and frame[1] in _UPDATE_STEPS:
+        size = frame[2]
+        at = 3
+        if size >= 0x80:
+            size = (size & 0x7F) | (frame[3] << 7) if frame[3] < 0x80 else -1
+            at = 4
+        if at + size == end:
+            return bytes(frame[at:])
+    return None
+
+
 def decode_messages(frame: bytes) -> list[Message]:
     """Every message of one WebSocket frame, in order; raises `YjsMessageInvalid`.
 
     An awareness entry's state must be JSON (it is relayed to every client of
     the room, whose `JSON.parse` would throw on anything else).
     """
+    end = len(frame)
+    if end > 3 and frame[0] == MESSAGE_SYNC:  # the common frame: one update of < 16 KiB
+        size = frame[2]
+        at = 3
+        if size >= 0x80:
+            size = (size & 0x7F) | (frame[3] << 7) if frame[3] < 0x80 else -1
+            at = 4
+        if at + size == end:
+            step = frame[1]
+            if step == SYNC_UPDATE:
+                return [SyncUpdate(bytes(frame[at:]))]
+            if step == SYNC_STEP2:
+                return [SyncStep2(bytes(frame[at:]))]
     data = memoryview(frame)
     messages: list[Message] = []
     at = 0
-    end = len(data)
     if end == 0:
         raise YjsMessageInvalid("an empty frame")
     while at < end:

@@ -49,6 +49,7 @@ from hybridbus.core.yjs_protocol import (
     SyncUpdate,
     YjsCloseCode,
     decode_messages,
+    update_of,
 )
 from hybridbus.errors import (
     AccessError,
@@ -79,6 +80,7 @@ PATH: Final = "/v1/yjs/{room}"
 _CUT_GRACE: Final = 1.0  # seconds a closing socket gets before it is aborted
 _TOO_LARGE: Final = b"a message over max_frame_size"
 _MOST_WAIT: Final = 1.0  # seconds one wait for the publish rate lasts before taking again
+_UPDATES: Final = (SyncUpdate, SyncStep2)  # a tuple: `A | B` makes a union at each call
 
 
 def close_code_of(error: BaseException) -> YjsCloseCode:
@@ -245,15 +247,28 @@ class YjsGateway:
             room = await self._rooms.join(topic, peer)
             if first:
                 await self._charge(principal, peer, first)
-                room.receive(peer, first)
-            while True:
-                message = await ws.receive()
+                if room.receive(peer, first):
+                    await room.room_for_more()
+            receive, take = ws.receive, node.guard.take
+            while True:  # per message: no task, no wait unless the rate or the room says so
+                message = await receive()
                 kind = message.type
                 if kind is WSMsgType.BINARY:
-                    messages = decode_messages(message.data)
-                    await self._charge(principal, peer, messages)
-                    room.receive(peer, messages)
-                    await room.room_for_more()  # the room's queue is bounded: read on after
+                    data = message.data
+                    update = update_of(data) if writable else None
+                    if update is not None:  # the common message: one update, no dispatch
+                        try:
+                            take(principal)
+                        except RateLimited:
+                            await self._charge(principal, peer, [SyncUpdate(update)])
+                        full = room.update(peer, update)
+                    else:
+                        messages = decode_messages(data)
+                        if writable and not self._take(principal, messages):
+                            await self._charge(principal, peer, messages)
+                        full = room.receive(peer, messages)
+                    if full:  # the room's queue is at its bound: read on once it is not
+                        await room.room_for_more()
                 elif kind is WSMsgType.TEXT:
                     raise YjsMessageInvalid("a text message: Yjs messages are binary")
                 else:
@@ -272,6 +287,19 @@ class YjsGateway:
                 self._rooms.leave(room, peer)
             if release is not None:
                 release()
+
+    def _take(self, principal: Principal, messages: list[Message]) -> bool:
+        """Take one publish per update `messages` hold at once; False: over the rate, none taken."""
+        count = 0
+        for message in messages:
+            if isinstance(message, _UPDATES):
+                count += 1
+        if count:
+            try:
+                self._node.guard.take(principal, count)
+            except RateLimited:
+                return False
+        return True
 
     async def _charge(self, principal: Principal, peer: Peer, messages: list[Message]) -> None:
         """Take one publish per update `messages` hold; over the rate, wait (reading nothing).

@@ -12,8 +12,15 @@ Theory of operation. A room of tenant `t` named `r` is the log topic
 type `hybridbus.yjs.update` (its `data` the update's bytes) BEFORE it is
 applied to the room's document, broadcast, or echoed back to its sender
 (the echo is the acknowledgement: an update the sender saw come back is in
-the log). Updates arriving together are appended in one engine call (a group
-commit), in order, by the room's writer task. A room follows its topic
+the log). Updates arriving together (what the sockets sent while the previous
+append was stored) are merged into one update (`rooms_peers.merge_all`, in
+order) and appended as one event by the room's writer task, then applied once
+and broadcast as one message: per edit, the log, the document and the sockets
+cost a fraction of what one event per update did. A group stays under half
+`max_event_size` (larger batches: several events, one engine call); a group
+that does not merge (an update that does not decode) is appended update by
+update, as before, and the one that does not apply closes its sender 4400.
+A room follows its topic
 through a bus subscription, so updates another node appended (or anybody
 published with that type) reach its document and its clients; its own come
 back that way too and are skipped by their `source`, unique per room object.
@@ -85,6 +92,7 @@ from hybridbus.server.rooms_peers import (
     RoomsConfig,
     Sink,
     encode_updates,
+    merge_all,
     room_topic,
 )
 from hybridbus.server.rooms_relay import AwarenessRelay
@@ -107,6 +115,12 @@ _COVERS: Final = "yjscovers"  # the snapshot's extension: the token it holds eve
 _CONTENT_TYPE: Final = "application/octet-stream"
 _HISTORY_PAGE: Final = 100  # snapshots read per page while looking for the newest
 _UNLOAD_SNAPSHOT_TIMEOUT: Final = 5.0
+_NOT_APPLIED: Final = "an update that does not apply"
+_UPDATES: Final = (SyncUpdate, SyncStep2)  # a tuple: `A | B` makes a union at each call
+
+# One log event of a batch: the peers whose updates it holds, its update (merged),
+# how many client updates it holds, the event as `Bus.append` takes it.
+_Row = tuple[list[Peer], bytes, int, Prepared]
 
 
 class Room:
@@ -236,16 +250,20 @@ class Room:
         self.peers.discard(peer)
         self._local_awareness(self.awareness.leave(peer))
 
-    def receive(self, peer: Peer, messages: Iterable[Message]) -> None:
-        """Handle what `peer` sent; raises `YjsMessageInvalid` (close the socket 4400)."""
+    def receive(self, peer: Peer, messages: Iterable[Message]) -> bool:
+        """Handle what `peer` sent; raises `YjsMessageInvalid` (close the socket 4400).
+
+        True when the writer's queue is at its bound: read nothing more from
+        the sockets before `room_for_more` returns.
+        """
         for message in messages:
-            if isinstance(message, SyncUpdate | SyncStep2):
+            if isinstance(message, _UPDATES):
                 if not peer.writable:
                     peer.sink.send(
                         encode_permission_denied(f"read-only: no publish on {self.topic}")
                     )
                     continue
-                self._enqueue(peer, message)
+                self._enqueue(peer, message.update)
             elif isinstance(message, SyncStep1):
                 if self._writer is not None:  # answered after the updates before it
                     self._enqueue(peer, message)
@@ -256,8 +274,18 @@ class Room:
             elif isinstance(message, QueryAwareness):
                 peer.sink.send(encode_awareness(self.awareness.values()))
             # AuthToken after the handshake, PermissionDenied from a client: nothing to do.
+        return self._incoming.full
 
-    def _enqueue(self, peer: Peer, message: SyncUpdate | SyncStep2 | SyncStep1) -> None:
+    def update(self, peer: Peer, update: bytes) -> bool:
+        """One update from `peer`, which may write: the common message, without `receive`'s
+        dispatch. True when the writer's queue is at its bound (as `receive`)."""
+        incoming = self._incoming
+        incoming.add((peer, update))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write(), name=f"yjs {self.topic}")
+        return incoming.full
+
+    def _enqueue(self, peer: Peer, message: bytes | SyncStep1) -> None:
         self._incoming.add((peer, message))
         if self._writer is None:
             self._writer = asyncio.create_task(self._write(), name=f"yjs {self.topic}")
@@ -312,30 +340,26 @@ class Room:
     async def _write(self) -> None:
         """Append what clients sent (one engine call a batch), then apply and broadcast it.
 
-        A sync step 1 queued behind updates is answered once they are applied,
-        so its step 2 holds every update its sender (or anybody) sent before it.
+        A batch's updates are merged into one (`_rows`): one log event, one
+        apply, one broadcast message for the lot. A sync step 1 queued
+        behind updates is answered once they are applied, so its step 2
+        holds every update its sender (or anybody) sent before it.
         """
         bus = self.bus
         try:
             while self._incoming and not self._appending:
                 batch = self._incoming.take()
-                prepared: list[Prepared] = []
                 kept: list[tuple[Peer, bytes]] = []
                 steps1: list[tuple[Peer, SyncStep1]] = []
                 for peer, message in batch:
                     if isinstance(message, SyncStep1):
                         steps1.append((peer, message))
-                        continue
-                    update = message.update
-                    try:
-                        prepared.append(bus.prepare(self.topic, self._event(UPDATE_TYPE, update)))
-                    except EventTooLarge as exc:
-                        peer.sink.close(YjsCloseCode.MESSAGE_TOO_LARGE, str(exc))
-                        continue
-                    kept.append((peer, update))
+                    else:
+                        kept.append((peer, message))
+                rows = self._rows(kept)
                 self._appending = True
                 try:
-                    await bus.append(prepared)
+                    await bus.append([prepared for _, _, _, prepared in rows])
                 except BusError as exc:
                     # Not durable: not applied, not echoed. The senders reconnect and sync again.
                     log.warning("room %s: appending updates failed: %s", self.topic, exc)
@@ -347,14 +371,17 @@ class Room:
                 finally:
                     self._appending = False
                 applied: list[bytes] = []
-                for peer, update in kept:
+                count = 0
+                for peers, update, holds, _ in rows:
                     try:
                         self.doc.apply_update(update)
                     except ValueError:
-                        peer.sink.close(YjsCloseCode.BAD_MESSAGE, "an update that does not apply")
+                        for peer in set(peers):
+                            peer.sink.close(YjsCloseCode.BAD_MESSAGE, _NOT_APPLIED)
                         continue
                     applied.append(update)
-                self._applied(applied)
+                    count += holds
+                self._applied(applied, count)
                 for peer, step1 in steps1:
                     self._answer_step1(peer, step1)
                 if self._compact_due:
@@ -364,6 +391,42 @@ class Room:
             self._writer = None
             if self._incoming and not self.closed:
                 self._writer = asyncio.create_task(self._write(), name=f"yjs {self.topic}")
+
+    def _rows(self, kept: list[tuple[Peer, bytes]]) -> list[_Row]:
+        """The log events of a batch's updates: merged into one, if they merge and fit.
+
+        Updates are grouped in order up to half `max_event_size` of bytes (a
+        merged update is no larger than its parts, give or take a header);
+        a group that does not merge (an update that does not decode) or whose
+        event is still too large is stored update by update, as sent.
+        """
+        rows: list[_Row] = []
+        budget = self.bus.config.max_event_size // 2
+        start = size = 0
+        for at, (_, update) in enumerate(kept):
+            if at > start and size + len(update) > budget:
+                self._group(kept[start:at], rows)
+                start, size = at, 0
+            size += len(update)
+        if start < len(kept):
+            self._group(kept[start:], rows)
+        return rows
+
+    def _group(self, group: list[tuple[Peer, bytes]], rows: list[_Row]) -> None:
+        if len(group) > 1:
+            merged = merge_all([update for _, update in group])
+            if merged is not None:
+                with contextlib.suppress(EventTooLarge):
+                    prepared = self.bus.prepare(self.topic, self._event(UPDATE_TYPE, merged))
+                    rows.append(([peer for peer, _ in group], merged, len(group), prepared))
+                    return
+        for peer, update in group:
+            try:
+                prepared = self.bus.prepare(self.topic, self._event(UPDATE_TYPE, update))
+            except EventTooLarge as exc:
+                peer.sink.close(YjsCloseCode.MESSAGE_TOO_LARGE, str(exc))
+                continue
+            rows.append(([peer], update, 1, prepared))
 
     def _event(self, type: str, data: bytes, **extensions: Any) -> Event:
         return Event(
@@ -419,13 +482,14 @@ class Room:
         if applied:
             self._applied(applied)
 
-    def _applied(self, updates: list[bytes]) -> None:
+    def _applied(self, updates: list[bytes], count: int | None = None) -> None:
+        """`updates` (holding `count` client updates, default one each) are in the document."""
         if not updates:
             return
         self._out_updates.extend(updates)
         self._schedule_flush()
         first = self.since_snapshot == 0
-        self.since_snapshot += len(updates)
+        self.since_snapshot += len(updates) if count is None else count
         self.bytes_since_snapshot += sum(map(len, updates))
         # Proportional: a snapshot costs its size, so one is due only once the updates
         # since the last are as large as it (and `compact_every` of them came).
