@@ -246,22 +246,12 @@ def decode_messages(frame: bytes) -> list[Message]:
     An awareness entry's state must be JSON (it is relayed to every client of
     the room, whose `JSON.parse` would throw on anything else).
     """
-    end = len(frame)
-    if end > 3 and frame[0] == MESSAGE_SYNC:  # the common frame: one update of < 16 KiB
-        size = frame[2]
-        at = 3
-        if size >= 0x80:
-            size = (size & 0x7F) | (frame[3] << 7) if frame[3] < 0x80 else -1
-            at = 4
-        if at + size == end:
-            step = frame[1]
-            if step == SYNC_UPDATE:
-                return [SyncUpdate(bytes(frame[at:]))]
-            if step == SYNC_STEP2:
-                return [SyncStep2(bytes(frame[at:]))]
+    update = update_of(frame)  # the common frame: one update of < 16 KiB
+    if update is not None:
+        return [SyncUpdate(update) if frame[1] == SYNC_UPDATE else SyncStep2(update)]
     data = memoryview(frame)
     messages: list[Message] = []
-    at = 0
+    at, end = 0, len(frame)
     if end == 0:
         raise YjsMessageInvalid("an empty frame")
     while at < end:
