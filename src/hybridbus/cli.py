@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hybridbus.client.tls import client_context  # (the package loads aiohttp)
 
         try:  # one context, trusting --ca and presenting --cert, for every client to take
-            args.ca = client_context(args.ca, args.cert, args.key)
+            args.ca_file, args.ca = args.ca, client_context(args.ca, args.cert, args.key)
         except InvalidInput as exc:
             parser().exit(2, f"hybridbus {args.command}: --cert/--key: {exc}\n")
     if args.command == "serve":

@@ -116,10 +116,10 @@ def run(args: argparse.Namespace) -> int:
 
     processors = None
     try:
-        if args.cert is not None and args.url.startswith("grpc"):
-            # (GrpcTransport takes CA certificates only: it would not present it)
-            return _say("--cert/--key: not over gRPC yet (a wss:// or https:// URL)", BAD_ARGUMENTS)
         tls = {"ca": args.ca} if args.ca and not args.url.startswith("file:") else {}
+        if args.cert is not None and args.url.startswith("grpc"):
+            # grpc takes PEM files, not the SSLContext `main` made of --ca/--cert/--key
+            tls = {"ca": args.ca_file, "cert": args.cert, "key": args.key}
         way = transport(args.url, token=args.token, tenant=args.tenant, **tls)
         tailer = _tailer(args) if args.file is not None else None
         if args.processors is not None:

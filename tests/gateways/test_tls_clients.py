@@ -7,7 +7,8 @@ this process; the CLI runs as a subprocess (`python -m hybridbus`), as a user ru
                                         exit 3, saying to pass --cert/--key
     with --cert/--key, or the env       publish, subscribe --since (WebSocket) and groups
     ($HYBRIDBUS_CERT, $HYBRIDBUS_KEY)   (HTTPS): work
-    `hybridbus log` with --cert/--key   ships over wss:// (refused over grpcs://: exit 2)
+    `hybridbus log` with --cert/--key   ships over wss:// and over grpcs:// (refused there
+                                        without them)
     bad arguments                       --key without --cert, an unreadable certificate,
                                         a key that is not the certificate's: exit 2,
                                         naming the flag
@@ -23,6 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.gateways.grpc_support import grpc_port
 from tests.gateways.tls_support import Pki
 from tests.servers import running_server
 
@@ -69,6 +71,7 @@ async def test_the_cli_presents_a_client_certificate(pki: Pki) -> None:
         "tls_cert": str(pki.server.cert),
         "tls_key": str(pki.server.key),
         "tls_client_ca": str(pki.ca),
+        "grpc_port": 0,
     }
     async with running_server(**settings) as server:
         url = ("--url", server.url, "--ca", str(pki.ca))
@@ -98,8 +101,15 @@ async def test_the_cli_presents_a_client_certificate(pki: Pki) -> None:
         line = "shipped over mutual TLS"
         shipped = await run("log", "--source", "api", "--instance", "i1", *url, *mine, input=line)
         assert shipped.returncode == 0, shipped
+        # Over gRPC too: the certificate goes into the channel's credentials.
+        grpc = ("--url", f"grpcs://127.0.0.1:{grpc_port(server)}?tenant=acme", "--ca", str(pki.ca))
+        over = "shipped over gRPC with mutual TLS"
+        shipped = await run("log", "--source", "api", "--instance", "i1", *grpc, *mine, input=over)
+        assert shipped.returncode == 0, shipped
+        refused = await run("log", "--source", "api", "--instance", "i1", *grpc, input="no")
+        assert refused.returncode != 0, refused
         page = await server.node.bus.history("acme/logs/#", limit=10)
-        assert [d.event.data["message"] for d in page.deliveries] == [line]
+        assert [d.event.data["message"] for d in page.deliveries] == [line, over]
         # A certificate from a CA the server does not trust: refused like none.
         stranger = ("--cert", str(pki.stranger.cert), "--key", str(pki.stranger.key))
         refused = await run("publish", "mtls/1", "--data", "3", *url, *stranger)
@@ -118,5 +128,5 @@ def test_bad_client_certificate_arguments_exit_2(pki: Pki, tmp_path: Path) -> No
     done = cli("publish", "x/1", *url, env={"HYBRIDBUS_CERT": str(missing)})
     assert done.returncode == 2 and str(missing) in done.stderr, done
     grpc = ("--url", "grpcs://127.0.0.1:9?tenant=acme", "--cert", str(pki.client.cert))
-    done = cli("log", "--source", "api", *grpc, "--key", str(pki.client.key), input="x")
-    assert done.returncode == 2 and "gRPC" in done.stderr, done  # not presented: refused
+    done = cli("log", "--source", "api", *grpc, "--key", str(pki.stranger.key), input="x")
+    assert done.returncode == 2 and "--cert" in done.stderr, done  # not its key: refused

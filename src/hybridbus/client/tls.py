@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from hybridbus.errors import InvalidInput
 
-__all__ = ["Ca", "ca_pem", "cli_hint", "client_context"]
+__all__ = ["Ca", "ca_pem", "cli_hint", "client_context", "client_pem"]
 
 Ca = str | Path | ssl.SSLContext  # a PEM file of CA certificates, or a context
 
@@ -94,6 +94,19 @@ def ca_pem(ca: Ca | None) -> bytes | None:
         return "".join(ssl.DER_cert_to_PEM_cert(der) for der in ders).encode()
     client_context(ca)  # the same check and error as the other clients
     return Path(ca).read_bytes()
+
+
+def client_pem(cert: str | Path, key: str | Path | None = None) -> tuple[bytes, bytes]:
+    """A client certificate (chain) and its key as PEM bytes, for grpc's channel credentials.
+
+    Checked as `client_context` checks them (the same errors); the key is the
+    certificate file's own when `key` is None.
+    """
+    _load_client_certificate(ssl.create_default_context(), cert, key)
+    try:
+        return Path(cert).read_bytes(), Path(key or cert).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cert {cert}: cannot read it: {exc.strerror}") from None
 
 
 def cli_hint(url: str, reason: str) -> str | None:

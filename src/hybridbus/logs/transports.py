@@ -302,15 +302,19 @@ class GrpcTransport:
         tenant: str | None = None,
         timeout: float = 30.0,
         ca: Ca | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
     ) -> None:
         parts = urlsplit(url)
         if not parts.hostname or parts.port is None:
             raise InvalidInput(f"a gRPC log URL is grpc://host:port, not {url!r}")
         self.target = f"{parts.hostname}:{parts.port}"
         self.secure = parts.scheme == "grpcs"
-        from hybridbus.client.tls import ca_pem
+        from hybridbus.client.tls import ca_pem, client_pem
 
         self._roots = ca_pem(ca)  # None: grpc verifies with the system's CAs
+        # For mutual TLS: the client certificate (chain) and its key, as PEM bytes.
+        self._mine = None if cert is None else client_pem(cert, key)
         self.token = token
         self.tenant = _tenant(url, tenant, token)
         self.timeout = timeout
@@ -324,7 +328,10 @@ class GrpcTransport:
 
         _, bus_grpc, _ = generated()
         if self.secure:
-            credentials = grpc.ssl_channel_credentials(root_certificates=self._roots)
+            chain, private = self._mine or (None, None)
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=self._roots, private_key=private, certificate_chain=chain
+            )
             self._channel = grpc.aio.secure_channel(self.target, credentials)
         else:
             self._channel = grpc.aio.insecure_channel(self.target)
