@@ -46,26 +46,23 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 from pycrdt import Doc, Text
 
 from benchmarks.harness import Result, Settings
 from benchmarks.net.procs import (
     ROOT,
+    Launched,
     ServerProcess,
     client_cores,
     free_port,
-    raise_nofile,
-    server_prefix,
 )
 from benchmarks.yjs_client import frame_updates
 from benchmarks.yjs_trace import Edit, final_text, load
@@ -102,7 +99,7 @@ def installed(server: str) -> str | None:
     return None
 
 
-class _PeerProcess:
+class _PeerProcess(Launched):
     """A peer server subprocess: pinned to core 0, waited for on its port, killed by PID."""
 
     def __init__(self, server: str) -> None:
@@ -120,42 +117,7 @@ class _PeerProcess:
             ]
         else:
             argv = ["node", str(NODE_SERVER)]
-        self._log: IO[bytes] = (self.dir / "server.log").open("wb")
-        raise_nofile()  # inherited: no preexec_fn (unsafe after fork with grpc's threads loaded)
-        self.proc = subprocess.Popen(
-            server_prefix() + argv,
-            cwd=self.dir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.pid = self.proc.pid  # taskset execs the server: the same PID
-        deadline = time.monotonic() + 30
-        while True:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=1),
-            ):
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = self.log_tail()
-                self.stop()
-                raise RuntimeError(f"{server} did not start on port {self.port}:\n{tail}")
-            time.sleep(0.05)
-        time.sleep(0.1)
-
-    def log_tail(self, size: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return (self.dir / "server.log").read_text(errors="replace")[-size:]
-        return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.pid, signal.SIGKILL)
-        self.proc.wait()
-        self._log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self._launch(server, argv, cwd=self.dir, env=env)
 
 
 def make_updates(edits: Sequence[Edit]) -> list[bytes]:

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, Self
 
 __all__ = [
     "API_KEY",
@@ -220,22 +220,19 @@ def _centrifugo_config(port: int) -> dict[str, Any]:
 # -- servers -------------------------------------------------------------------------
 
 
-class ServerProcess:
-    """A server subprocess we own: started, waited for on its port, killed by PID."""
+class Launched:
+    """A server process we own, pinned (`server_prefix`), its output in `<dir>/server.log`:
+    started and waited for on `port` (`_launch`), killed by PID (`stop`), `dir` removed."""
 
-    def __init__(self, kind: str, **options: Any) -> None:
-        if kind not in SERVER_KINDS:
-            raise ValueError(f"unknown server kind {kind!r}")
-        self.kind = kind
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
-        argv = self._argv(kind, options)
-        env = {**os.environ, "HYBRIDBUS_LOG_LEVEL": "warning"}
+    port: int
+    dir: Path
+
+    def _launch(self, name: str, argv: list[str], *, cwd: Path, env: dict[str, str]) -> None:
         self._log: IO[bytes] = (self.dir / "server.log").open("wb")
         raise_nofile()  # inherited: no preexec_fn (unsafe after fork with grpc's threads loaded)
         self.proc = subprocess.Popen(
             server_prefix() + argv,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -252,9 +249,41 @@ class ServerProcess:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = self.log_tail()
                 self.stop()
-                raise RuntimeError(f"{kind} server did not start on port {self.port}:\n{tail}")
+                raise RuntimeError(f"{name} did not start on port {self.port}:\n{tail}")
             time.sleep(0.05)
         time.sleep(0.1)
+
+    def log_tail(self, size: int = 3000) -> str:
+        with contextlib.suppress(OSError):
+            return (self.dir / "server.log").read_text(errors="replace")[-size:]
+        return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+        self.proc.wait()
+        self._log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ServerProcess(Launched):
+    """A server subprocess of one of `SERVER_KINDS`."""
+
+    def __init__(self, kind: str, **options: Any) -> None:
+        if kind not in SERVER_KINDS:
+            raise ValueError(f"unknown server kind {kind!r}")
+        self.kind = kind
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
+        argv = self._argv(kind, options)
+        env = {**os.environ, "HYBRIDBUS_LOG_LEVEL": "warning"}
+        self._launch(f"{kind} server", argv, cwd=ROOT, env=env)
 
     def _argv(self, kind: str, options: dict[str, Any]) -> list[str]:
         port = str(self.port)
@@ -322,23 +351,6 @@ class ServerProcess:
     def rss_kib(self) -> int:
         return rss_kib(self.pid)
 
-    def log_tail(self, size: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return (self.dir / "server.log").read_text(errors="replace")[-size:]
-        return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.pid, signal.SIGKILL)
-        self.proc.wait()
-        self._log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # -- clients -------------------------------------------------------------------------
