@@ -30,16 +30,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 from benchmarks import redis_engine
 from benchmarks.harness import Result, Settings, median
@@ -48,10 +44,10 @@ from benchmarks.net.procs import (
     PYTHON,
     ROOT,
     ClientProcess,
+    Launched,
     ServerProcess,
     cpu_seconds,
     free_port,
-    raise_nofile,
 )
 
 __all__ = ["Sizes", "extra", "run"]
@@ -97,7 +93,7 @@ def extra() -> dict[str, Any]:
     return dict(_extra)
 
 
-class Node:
+class Node(Launched):
     """`hybridbus serve --engine <engine>` in a subprocess of its own, killed by PID."""
 
     def __init__(self, engine: str, node_id: str) -> None:
@@ -105,40 +101,13 @@ class Node:
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-node-{node_id}-"))
         config = self.dir / "hybridbus.toml"
         config.write_text(_CONFIG)
-        self._log: IO[bytes] = (self.dir / "server.log").open("wb")
-        raise_nofile()  # inherited: no preexec_fn (unsafe after fork with grpc's threads loaded)
-        self.proc = subprocess.Popen(
-            [PYTHON, "-m", "hybridbus", "serve", "--config", str(config), "--engine", engine,
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT,
-            env={**os.environ, "HYBRIDBUS_LOG_LEVEL": "warning", "HYBRIDBUS_NODE_ID": node_id},
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        self.pid = self.proc.pid
-        deadline = time.monotonic() + 30
-        while True:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=1),
-            ):
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = (self.dir / "server.log").read_text(errors="replace")[-3000:]
-                self.stop()
-                raise RuntimeError(f"node {node_id} did not start on port {self.port}:\n{tail}")
-            time.sleep(0.05)
+        argv = [PYTHON, "-m", "hybridbus", "serve", "--config", str(config), "--engine", engine,
+                "--host", "127.0.0.1", "--port", str(self.port)]  # fmt: skip
+        env = {**os.environ, "HYBRIDBUS_LOG_LEVEL": "warning", "HYBRIDBUS_NODE_ID": node_id}
+        self._launch(f"node {node_id}", argv, cwd=ROOT, env=env, pinned=False)
 
     def cpu_s(self) -> float:
         return cpu_seconds(self.pid)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.pid, signal.SIGKILL)
-        self.proc.wait()
-        self._log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @contextlib.contextmanager

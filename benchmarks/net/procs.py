@@ -221,17 +221,20 @@ def _centrifugo_config(port: int) -> dict[str, Any]:
 
 
 class Launched:
-    """A server process we own, pinned (`server_prefix`), its output in `<dir>/server.log`:
-    started and waited for on `port` (`_launch`), killed by PID (`stop`), `dir` removed."""
+    """A server process we own: started (pinned by `server_prefix`, unless told not) and
+    waited for on `port` (`_launch`), its output in `<dir>/server.log`, killed by PID
+    (`stop`), `dir` removed."""
 
     port: int
     dir: Path
 
-    def _launch(self, name: str, argv: list[str], *, cwd: Path, env: dict[str, str]) -> None:
+    def _launch(
+        self, name: str, argv: list[str], *, cwd: Path, env: dict[str, str], pinned: bool = True
+    ) -> None:
         self._log: IO[bytes] = (self.dir / "server.log").open("wb")
         raise_nofile()  # inherited: no preexec_fn (unsafe after fork with grpc's threads loaded)
         self.proc = subprocess.Popen(
-            server_prefix() + argv,
+            (server_prefix() if pinned else []) + argv,
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
