@@ -28,7 +28,8 @@ def kcat_produce(
     partition: int | None = None,
 ) -> None:
     """Each of `lines` a record of `topic` (with `keyed`, `key:value` lines)."""
-    argv = ["kcat", "-b", servers, "-P", "-t", topic, "-X", "acks=all"]
+    # idempotent, so a retry (a broker restarting) cannot reorder a partition's records
+    argv = ["kcat", "-b", servers, "-P", "-t", topic, "-X", "enable.idempotence=true"]
     if partition is not None:
         argv += ["-p", str(partition)]
     for name, value in headers:
