@@ -167,8 +167,8 @@ class Follower:
     def _forget(self, rel: str) -> None:
         """Drop the kept text of `rel` (closing its file's mapping)."""
         text = self.texts.pop(rel, None)
-        if text is not None and isinstance(text.data, mmap.mmap):
-            text.data.close()
+        if text is not None and isinstance(text.buffer, mmap.mmap):
+            text.buffer.close()
 
     def _write_diff(self, change: Change, payload: bytes) -> None:
         """A line diff on the file's kept text: a big file is spliced in place, mapped in memory.
@@ -185,25 +185,26 @@ class Follower:
         if text is None:
             if path.stat().st_size >= KEEP_TEXT:
                 with path.open("r+b") as f:
-                    text = self.texts[rel] = Text(mmap.mmap(f.fileno(), 0))
+                    text = self.texts[rel] = Text.mapped(mmap.mmap(f.fileno(), 0))
             else:
-                text = Text(bytearray(path.read_bytes()))
-        start, end, added = text.locate(hunk)
-        data = text.data
-        if isinstance(data, mmap.mmap) and len(data) + len(added) - (end - start) > 0:
-            try:
-                _splice(data, start, end, added)
-            except (OSError, ValueError):
-                self._forget(rel)
-                raise
-            text.replaced(start, end, len(added))
-        else:  # a small file, or a mapped one about to be emptied (a mapping cannot be)
-            content = data if isinstance(data, bytearray) else bytearray(data)
-            if content is not data:
+                text = Text(path.read_bytes())
+        mapped = text.buffer
+        if isinstance(mapped, mmap.mmap):
+            start, end, added = text.locate(hunk)
+            if len(mapped) - (end - start) + len(added) > 0:
+                try:
+                    _splice(mapped, start, end, added)
+                except (OSError, ValueError):
+                    self._forget(rel)
+                    raise
+                text.replaced(start, end, len(added))
+            else:  # about to be emptied (a mapping cannot be): written below
+                content = text.content()
                 self._forget(rel)
                 text = Text(content)
-            content[start:end] = added
-            text.replaced(start, end, len(added))
+        if text.buffer is None:  # a small file (or an emptied one): from the changed line on
+            start = text.apply(hunk)
+            content = text.content()
             fd = os.open(path, os.O_WRONLY)
             try:
                 with memoryview(content) as view:

@@ -1,15 +1,15 @@
 """`Watcher`: publish a directory's file changes as change events (watchfiles).
 
 Owns: the watched tree's state (each file's bytes, as a `textdiff.Text` for
-text, so a save is diffed against what was kept: memcmp from both ends,
-only the changed lines split and rehashed), turning watchfiles' coalesced
-batches into created / modified / deleted / moved changes (a delete and a
-create of the same content in one batch is a move), `.gitignore` (pathspec;
-`.git/` and `.hybridbus/` always ignored), the Lamport clock, publishing
-each change's chunks in order on `<topic>/files`, resolving a target to the
-instances online then, and answering full-copy requests (`<topic>/requests`)
-with a `snapshot` change in the same order. Must not decide encodings
-(`core.changes`) nor know the server: it is a client.
+text — one piece per chunk of lines — so a save is diffed against what was
+kept: memcmp from both ends, only the changed lines split and rehashed),
+turning watchfiles' coalesced batches into created / modified / deleted /
+moved changes (a delete and a create of the same content in one batch is a
+move), `.gitignore` (pathspec; `.git/` and `.hybridbus/` always ignored), the
+Lamport clock, publishing each change's chunks in order on `<topic>/files`,
+resolving a target to the instances online then, and answering full-copy
+requests (`<topic>/requests`) with a `snapshot` change in the same order.
+Must not decide encodings (`core.changes`) nor know the server: it is a client.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import mmap
 import os
 import uuid
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 
@@ -61,15 +61,14 @@ class _File:
     __slots__ = ("_data", "hash", "text")
 
     def __init__(self, path: str, data: bytes) -> None:
-        self.text = Text(bytearray(data)) if format_of(path, data) != "binary" else None
+        self.text = Text(data) if format_of(path, data) != "binary" else None
         self._data = data if self.text is None else b""
         self.hash = self.text.hash if self.text is not None else tree_hash(data)
 
     @property
-    def data(self) -> bytes | bytearray:
-        if self.text is None:
-            return self._data
-        return cast("bytearray", self.text.data)  # the watcher keeps a bytearray, never a mapping
+    def data(self) -> bytes:
+        """The whole content (for text, joined from the kept pieces: a copy)."""
+        return self._data if self.text is None else self.text.content()
 
 
 def _is_text(lines: tuple[bytes, ...]) -> bool:
@@ -164,7 +163,7 @@ class Watcher:
 
     async def _publish_full(self, rel: str, kind: str) -> Change:
         state = self.files[rel]
-        data = bytes(state.data)
+        data = state.data
         fmt = format_of(rel, data)
         encoding, _, payload = encode_change(fmt, None, data, None)
         change = self._change(kind, rel, format=fmt, encoding=encoding, after=state.hash)
@@ -185,8 +184,8 @@ class Watcher:
         """Publish what happened to `rel` since it was last seen; the change, if any.
 
         A plain text file is compared in place (`_edit_in_place`): the cost of
-        a save is a memcmp of the file against the kept bytes, a memmove of
-        the kept bytes' tail and the changed lines' split and hash; only the
+        a save is a memcmp of the file against the kept pieces, then the
+        changed lines' split and hash (nothing after them moves); only the
         changed lines are checked to be UTF-8 still.
         """
         path = self.root / rel
@@ -205,7 +204,7 @@ class Watcher:
                     old.hash = old.text.hash
                     return await self._modified(rel, "text", before, old, b"", hunk)
                 # No longer text: `old` is the new content now; published whole below.
-                content = bytes(old.text.data)
+                content = old.text.content()
                 self.files[rel] = state = _File(rel, content)
                 return await self._modified(rel, format_of(rel, content), before, state, b"", None)
         try:
@@ -220,9 +219,10 @@ class Watcher:
         if old is None:
             self.files[rel] = _File(rel, data)
             return await self._publish_full(rel, "created")
-        if len(data) == len(old.data) and old.data == data:
+        old_data = old.data
+        if old_data == data:
             return None
-        before, old_data = old.hash, bytes(old.data)
+        before = old.hash
         fmt = format_of(rel, data)
         hunk = None
         if old.text is not None and fmt != "binary":
@@ -239,7 +239,7 @@ class Watcher:
         if fmt == "text" and hunk is not None:
             encoding, style, payload = "diff", None, hunk.render()
         else:
-            encoding, style, payload = encode_change(fmt, old_data, bytes(state.data), hunk)
+            encoding, style, payload = encode_change(fmt, old_data, state.data, hunk)
         change = self._change(
             "modified", rel, format=fmt, encoding=encoding, style=style,
             before=before, after=state.hash,

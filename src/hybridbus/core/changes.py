@@ -222,9 +222,9 @@ def decode_change(change: Change, old: bytes | None, payload: bytes) -> bytes:
     if change.encoding == "diff":
         from hybridbus.core.textdiff import Text
 
-        text = Text(bytearray(old))
+        text = Text(old)
         text.apply(Hunk.parse(payload))
-        return bytes(text.data)
+        return text.content()
     raise ValueError(f"no content in a change encoded {change.encoding!r}")
 
 
