@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real servers the test suite starts on free loopback ports (tests/services/):
-# Redis 7, Valkey 8 (bookworm-backports), RabbitMQ, Mosquitto, PostgreSQL 15, etcd, NATS and
-# kcat from Debian's packages, Kafka 4.4.0's jars from Maven Central into
+# Redis 7, Valkey 8 (bookworm-backports), RabbitMQ, Mosquitto, PostgreSQL 15, etcd, NATS,
+# kcat and rsync (the code-change benchmark's peer) from Debian's packages, Kafka 4.4.0's jars from Maven Central into
 # ${HYBRIDBUS_SERVICES_DIR:-$HOME/.cache/hybridbus/services}/kafka/libs, and grpcurl and an
 # OpenTelemetry Collector (tests/services/otelcol) built from the Go module proxy into
 # .../services/bin.
@@ -33,6 +33,7 @@ have mosquitto_pub || need+=(mosquitto-clients)
 have etcd || need+=(etcd-server)
 have nats-server || need+=(nats-server)
 have kcat || need+=(kcat)
+have rsync || need+=(rsync)  # benchmarks/changes.py's peer
 have java || need+=(default-jre-headless)
 have mvn || need+=(maven)
 
