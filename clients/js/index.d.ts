@@ -272,6 +272,91 @@ export class Group implements AsyncIterableIterator<GroupDelivery> {
   [Symbol.asyncIterator](): Group;
 }
 
+/** One client's awareness state on a topic (docs/protocol.md §5.11). */
+export interface AwarenessState {
+  client: string;
+  /** Its whole state: key → JSON value. */
+  state: Record<string, any>;
+  /** The stamp of its last change (compare the stamps of one client). */
+  lamport: number;
+  user: string | null;
+}
+
+/** A change of another client's awareness state; `removed`: its connection closed (`state` is empty). */
+export interface AwarenessChange extends AwarenessState {
+  topic: string;
+  removed: boolean;
+}
+
+/**
+ * Awareness on one topic: `client.awareness(topic)`. This client's state (`set`, set again
+ * after every reconnect) and the others' (`watch`, `on("change")`, iterating; watched again
+ * after every reconnect, the differences reported as changes).
+ */
+export class Awareness implements AsyncIterableIterator<AwarenessChange> {
+  readonly topic: string;
+  /** This client's state on the topic, as the server took it. */
+  readonly own: Readonly<Record<string, any>>;
+  readonly watching: boolean;
+  readonly ended: boolean;
+  /** Merge `changes` into this client's state (`null` removes a key); the Lamport stamp. 1643/1644 when over the limits. */
+  set(changes: Record<string, unknown>, options?: { lamport?: number }): Promise<number>;
+  /** Watch the others' states; resolves with them (1110 without `presence` on the topic). */
+  watch(): Promise<Map<string, AwarenessState>>;
+  unwatch(): Promise<void>;
+  /** The others' current states, by client id. */
+  states(): Map<string, AwarenessState>;
+  /** Listen to the others' changes (starts watching); returns what removes the listener. */
+  on(type: "change", listener: (change: AwarenessChange) => void): () => void;
+  off(type: "change", listener: (change: AwarenessChange) => void): void;
+  /** Clear this client's state, stop watching, end the iterator; the client forgets the view. */
+  close(): Promise<void>;
+  /** Up to `limit` changes (at most one per client: the newest), waiting up to `wait` ms for the first. */
+  take(limit?: number, wait?: number): Promise<AwarenessChange[]>;
+  next(): Promise<IteratorResult<AwarenessChange, undefined>>;
+  /** Leaving a `for await` loop closes the view. */
+  return(): Promise<IteratorResult<AwarenessChange, undefined>>;
+  [Symbol.asyncIterator](): Awareness;
+}
+
+/** A state document went to `version`; `patch` made it (null: a whole new `document`). */
+export interface StateChange {
+  topic: string;
+  version: number;
+  patch: unknown;
+  document: any;
+}
+
+export interface PatchOptions {
+  /** Compare and set: only if the document is at this version (else 1640 `STATE_CONFLICT`). */
+  ifVersion?: number;
+  /** The patch's place in Lamport order (1641 `PATCH_TOO_OLD` if before the reorder window). */
+  lamport?: number;
+}
+
+/**
+ * A state topic's document, kept current across reconnects: `await client.stateTopic(topic)`.
+ * Every change in version order, never a gap, never a repeat.
+ */
+export class StateTopic implements AsyncIterableIterator<StateChange> {
+  readonly topic: string;
+  /** The document at `version`. */
+  readonly document: any;
+  readonly version: number;
+  readonly ended: boolean;
+  /** Merge `patch` (RFC 7396); the new version, once `document` holds it. 1640/1641/1642 when refused. */
+  patch(patch: unknown, options?: PatchOptions): Promise<number>;
+  on(type: "change", listener: (change: StateChange) => void): () => void;
+  off(type: "change", listener: (change: StateChange) => void): void;
+  /** Unsubscribe; the iterator is done. */
+  close(): Promise<void>;
+  take(limit?: number, wait?: number): Promise<StateChange[]>;
+  next(): Promise<IteratorResult<StateChange, undefined>>;
+  /** Leaving a `for await` loop closes the view. */
+  return(): Promise<IteratorResult<StateChange, undefined>>;
+  [Symbol.asyncIterator](): StateTopic;
+}
+
 export interface ReconnectInfo {
   attempt: number;
   /** Milliseconds until the attempt. */
@@ -309,6 +394,12 @@ export class Client {
   history(pattern: string, options?: HistoryOptions): Promise<HistoryResult>;
   presence(topic: string, options?: { limit?: number; cursor?: string }): Promise<PresenceResult>;
   group(name: string, pattern?: string | null, options?: GroupOptions): Promise<Group>;
+  /** The awareness view of `topic` (one per topic until closed). */
+  awareness(topic: string): Awareness;
+  /** Subscribe to the state document of `topic` (1013 if this client already does). */
+  stateTopic(topic: string): Promise<StateTopic>;
+  /** Merge `patch` into the state document of `topic`; its new version. */
+  patch(topic: string, patch: unknown, options?: PatchOptions): Promise<number>;
   refresh(token?: string): Promise<number | null>;
   ping(): Promise<void>;
 }
@@ -338,4 +429,6 @@ export declare function codeName(code: number): string;
 export declare function reconnectAllowed(code: number | null | undefined): boolean;
 export declare function retriable(code: number): boolean;
 export declare function parseToken(token: string): { epoch: string; positions: number[] } | null;
+/** RFC 7396: `target` with the merge patch `patch` applied (neither is changed). */
+export declare function mergePatch(target: unknown, patch: unknown): any;
 export declare function formatToken(position: { epoch: string; positions: number[] }): string;

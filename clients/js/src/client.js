@@ -9,7 +9,7 @@
  * id and the server stores it once), writing (commands coalesced into one
  * frame per turn of the event loop, split at `max_frame_size`), the client's
  * state and events, and its end. Subscriptions and groups are `registry.js`'s,
- * the token `tokens.js`'s.
+ * awareness and state topics `collab.js`'s, the token `tokens.js`'s.
  *
  * Like the Python client (src/hybridbus/client/connection.py), reconnecting is
  * for connections that once worked: if the first connection fails, `connect()`
@@ -23,6 +23,7 @@
  * @module
  */
 
+import { Collab } from "./collab.js";
 import { CloseCode, ErrorCode, HybridbusError, disconnected, reconnectAllowed } from "./errors.js";
 import { Registry } from "./registry.js";
 import { SUBPROTOCOL, speak } from "./socket.js";
@@ -38,6 +39,7 @@ export const VERSION = "0.1.0";
  *   resolve: (result: any) => void,
  *   reject: (error: Error) => void,
  *   replay: boolean,
+ *   answered?: (result: any) => void,
  *   timer?: ReturnType<typeof setTimeout>,
  *   done?: boolean,
  * }} Request
@@ -123,6 +125,16 @@ export class Client {
       report: (error) => this._emit("error", error),
       presence: (change) => this._emit("presence", change),
       failure: () => this._failure ?? (this._closed ? disconnected(null, "the client is closed") : null),
+      timeout: this._timeout,
+      queueSize: options.queueSize ?? 10_000,
+    });
+    this._collab = new Collab({
+      live: () => this._live,
+      send: (message) => this._command(message),
+      request: (message, opts) => this._request(message, opts),
+      report: (error) => this._emit("error", error),
+      failure: () => this._failure ?? (this._closed ? disconnected(null, "the client is closed") : null),
+      self: () => this.info?.client ?? null,
       timeout: this._timeout,
       queueSize: options.queueSize ?? 10_000,
     });
@@ -306,6 +318,7 @@ export class Client {
     if (result.max_frame_size > 0) this._maxFrame = result.max_frame_size;
     this._scheduleRefresh(result.expires ?? null);
     this._registry.connected();
+    this._collab.connected(); // before what waits: a replayed set or patch lands after them
     const waiting = this._waiting;
     this._waiting = [];
     for (const request of waiting) if (!request.done) this._issue(request);
@@ -328,6 +341,7 @@ export class Client {
     }
     this._waiting.unshift(...again);
     this._registry.disconnected();
+    this._collab.disconnected();
   }
 
   /**
@@ -345,6 +359,7 @@ export class Client {
     this._pending.clear();
     this._waiting = [];
     this._registry.failAll(error, quietly);
+    this._collab.failAll(error, quietly);
     this._first?.reject(error);
     this._setState("closed");
     if (!quietly) this._emit("error", error);
@@ -370,7 +385,7 @@ export class Client {
           ? new HybridbusError(m.code, m.message ?? "", { retriable: m.retriable, node: m.node, url: m.url })
           : null;
       const result = m.result ?? {};
-      if (this._registry.replied(m.id, result, error)) {
+      if (this._registry.replied(m.id, result, error) || this._collab.replied(m.id, result, error)) {
         this._schedule(); // a presence watch may follow a subscribe reply
         return null;
       }
@@ -381,7 +396,7 @@ export class Client {
       }
       return null; // (or the answer to a command that timed out meanwhile)
     }
-    const violation = this._registry.pushed(m);
+    const violation = this._collab.pushed(m) ? null : this._registry.pushed(m);
     this._schedule();
     return violation;
   }
@@ -404,8 +419,10 @@ export class Client {
    * Send a command; resolves with its result. Sent again on the next connection if this one
    * ends before the answer (unless `replay` is false).
    *
+   * `answered` sees the result in the turn the answer arrived in, before the pushes after it.
+   *
    * @param {Record<string, any>} message
-   * @param {{replay?: boolean}} [options]
+   * @param {{replay?: boolean, answered?: (result: any) => void}} [options]
    * @returns {Promise<any>}
    */
   _request(message, options = {}) {
@@ -413,7 +430,13 @@ export class Client {
     if (failure) return Promise.reject(failure);
     return new Promise((resolve, reject) => {
       /** @type {Request} */
-      const request = { build: (id) => ({ ...message, id }), resolve, reject, replay: options.replay ?? true };
+      const request = {
+        build: (id) => ({ ...message, id }),
+        resolve,
+        reject,
+        replay: options.replay ?? true,
+        answered: options.answered,
+      };
       request.timer = setTimeout(() => {
         for (const [id, pending] of this._pending) if (pending === request) this._pending.delete(id);
         this._waiting = this._waiting.filter((r) => r !== request);
@@ -442,8 +465,12 @@ export class Client {
     if (request.done) return;
     request.done = true;
     clearTimeout(request.timer);
-    if (error) request.reject(error);
-    else request.resolve(result);
+    if (error) {
+      request.reject(error);
+    } else {
+      request.answered?.(result);
+      request.resolve(result);
+    }
   }
 
   /**
@@ -519,6 +546,41 @@ export class Client {
    */
   group(name, pattern = null, options = {}) {
     return this._registry.group(name, pattern, options);
+  }
+
+  /**
+   * The awareness view of `topic` (docs/protocol.md §5.11): this client's state on it
+   * (`set`), the others' (`watch`, `on("change")`, `states()`); one view per topic.
+   *
+   * @param {string} topic
+   */
+  awareness(topic) {
+    return this._collab.awareness(topic);
+  }
+
+  /**
+   * Subscribe to the state document of `topic` (docs/protocol.md §5.12); resolves with the
+   * `StateTopic` once the server answered: its `document` and `version`, kept current across
+   * reconnects. (Not `state`: that is the client's connection state.)
+   *
+   * @param {string} topic
+   */
+  stateTopic(topic) {
+    return this._collab.state(topic);
+  }
+
+  /**
+   * Merge `patch` (RFC 7396) into the state document of `topic`; resolves with its new
+   * version (1640 `STATE_CONFLICT` when `ifVersion` is not the version). A subscribed
+   * document's `patch` also waits until the document holds it.
+   *
+   * @param {string} topic
+   * @param {any} patch
+   * @param {{ifVersion?: number, lamport?: number}} [options]
+   * @returns {Promise<number>}
+   */
+  patch(topic, patch, options = {}) {
+    return this._collab.patch(topic, patch, options);
   }
 
   // -- tokens --------------------------------------------------------------------------------

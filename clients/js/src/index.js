@@ -17,8 +17,11 @@
  * @module
  */
 
+export { Awareness } from "./awareness.js";
 export { Client, SUBPROTOCOL, VERSION } from "./client.js";
 export { CloseCode, ErrorCode, HybridbusError, codeName, reconnectAllowed, retriable } from "./errors.js";
 export { Group, GroupDelivery } from "./group.js";
+export { mergePatch } from "./mergepatch.js";
 export { formatToken, parseToken } from "./position.js";
+export { StateTopic } from "./state.js";
 export { Subscription } from "./subscription.js";

@@ -4,7 +4,11 @@ import {
   Client,
   ErrorCode,
   HybridbusError,
+  mergePatch,
   parseToken,
+  type Awareness,
+  type AwarenessChange,
+  type AwarenessState,
   type ClientState,
   type Delivery,
   type Group,
@@ -12,6 +16,8 @@ import {
   type HistoryResult,
   type PresenceResult,
   type PublishResult,
+  type StateChange,
+  type StateTopic,
   type Subscription,
   type TlsOptions,
 } from "@hybridbus/client";
@@ -87,6 +93,37 @@ export async function usage(): Promise<void> {
   await g.ack(...held);
   await g.leave();
 
+  const aw: Awareness = client.awareness("docs/42");
+  const stamp: number = await aw.set({ cursor: { line: 3, ch: 14 }, status: null }, { lamport: 7 });
+  const offChange = aw.on("change", (c: AwarenessChange) => console.log(c.client, c.state, c.removed, c.lamport, c.user));
+  offChange();
+  const others: Map<string, AwarenessState> = await aw.watch();
+  const now: Map<string, AwarenessState> = aw.states();
+  for await (const change of aw) {
+    const removed: boolean = change.removed;
+    console.log(removed, change.topic);
+    break;
+  }
+  const seen: AwarenessChange[] = await aw.take(10, 100);
+  const mine: Readonly<Record<string, any>> = aw.own;
+  await aw.unwatch();
+  await aw.close();
+
+  const doc: StateTopic = await client.stateTopic("boards/1");
+  const version: number = doc.version;
+  const title: unknown = doc.document?.title;
+  doc.on("change", (c: StateChange) => console.log(c.version, c.patch, c.document));
+  const next: number = await doc.patch({ title: "Q4", draft: null }, { ifVersion: version });
+  await client.patch("boards/1", { title: "Q5" }, { lamport: 3 });
+  for await (const change of doc) {
+    console.log(change.version, change.patch);
+    break;
+  }
+  const changes: StateChange[] = await doc.take(10, 100);
+  await doc.close();
+  const merged = mergePatch({ a: 1 }, { a: null, b: [1] });
+  console.log(stamp, others.size, now.size, seen, mine, title, next, changes, merged, doc.ended, aw.ended);
+
   const expires: number | null = await client.refresh();
   try {
     await client.publish("docs/+", { type: "t" });
@@ -106,3 +143,11 @@ export async function usage(): Promise<void> {
 new Client("ws://x").subscribe("a").pattern = "b";
 // @ts-expect-error: publish needs an event type
 void new Client("ws://x").publish("a", { data: 1 });
+// @ts-expect-error: a state topic's version is read-only
+void clientForTypes().stateTopic("b").then((d) => (d.version = 3));
+// @ts-expect-error: an awareness view has only "change" events
+new Client("ws://x").awareness("a").on("end", () => {});
+
+function clientForTypes(): Client {
+  return new Client("ws://x");
+}
