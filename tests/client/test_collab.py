@@ -48,7 +48,8 @@ async def test_a_clients_own_state_comes_back_after_a_drop() -> None:
         removed = await asyncio.wait_for(anext(seen), 5)
         assert removed.removed
         back = await asyncio.wait_for(anext(seen), 5)  # sent again by alice's client
-        assert back.state == {"cursor": 7} and back.client != first.client
+        assert back.state == {"cursor": 7} and back.lamport > first.lamport
+        assert back.client == first.client  # the presence id, which her resumed session keeps
 
 
 async def test_state_snapshot_patches_cas_and_resume_after_a_drop() -> None:

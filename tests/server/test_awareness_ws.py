@@ -81,3 +81,34 @@ async def test_limits_are_refused_with_their_codes_and_a_writer_may_need_subscri
             await viewer.request("ping")
         except Closed:  # pragma: no cover - the connection must stay open
             raise AssertionError("a refusal closed the connection") from None
+
+
+async def test_a_resumed_session_keeps_its_awareness_state_and_id_without_a_removal() -> None:
+    """A state goes by the client's presence id, which a resumed session keeps, so watchers
+    can match it with presence; the session's states go on with it to its new connection
+    (the old one, let go, removes nothing): the watcher sees the next change as a change,
+    with no removal in between, and the removal when the new connection closes."""
+    async with (
+        running_server(session_grace=10.0) as server,
+        WsClient.open(server.url) as watcher,
+        WsClient.open(server.url, connect_first=False) as old,
+    ):
+        connected = (await old.request("connect"))["result"]
+        who, token = connected["client"], connected["session"]
+        await old.request("awareness_set", topic="docs/1", state={"cursor": 1})
+        [state] = (await watcher.request("awareness_watch", topic="docs/1"))["result"]["clients"]
+        assert state["client"] == who
+        async with WsClient.open(server.url, connect_first=False) as new:
+            result = (await new.request("connect", session=token))["result"]
+            assert result["resumed"] is True and result["client"] == who
+            await old.closed()  # the server let the old connection go
+            [held] = (await watcher.request("awareness_watch", topic="docs/1"))["result"]["clients"]
+            assert (held["client"], held["state"]) == (who, {"cursor": 1})  # still there
+            await new.request("awareness_set", topic="docs/1", state={"cursor": 2})
+            push = await watcher.push("awareness")
+            assert (push["client"], push["state"]) == (who, {"cursor": 2})
+            assert not push.get("removed") and push["lamport"] > state["lamport"]
+            await watcher.request("ping")
+            assert [p for p in watcher.pushes if p["type"] == "awareness"] == []
+        removed = await watcher.push("awareness")  # the new connection closed: now it goes
+        assert removed["client"] == who and removed["removed"] is True

@@ -4,8 +4,10 @@ Owns: the awareness rooms of this node (one `core.awareness.Awareness` per
 ABSOLUTE topic), the `awareness_set` / `awareness_watch` / `awareness_unwatch`
 commands, the `awareness` pushes to the watchers of a topic (every watcher
 but the client whose state changed; its own connection has the stamp in the
-reply), ONE loop timer per room for its pending conflated updates, and the
-`removed` push at once when a connection that held a state closes, and the
+reply; a client is named by its presence id, the `client` of its connect
+reply, which a resumed session keeps, and its states go on with the session
+to its newer connection), ONE loop timer per room for its pending conflated
+updates, and the `removed` push at once when a connection that held a state closes, and the
 states of other nodes' clients in the topics watched here (the `AwarenessTarget`
 of `server.awareness_relay`: their updates, removals, and all of a node's
 states dropped when it goes). Must not touch the log: awareness is ephemeral,
@@ -110,16 +112,30 @@ class AwarenessRooms:
             room = self._rooms.get(topic)
             if room is not None:
                 self._unwatched(topic, room, connection)
+        client = _client(connection)
         for topic in self._held.pop(connection, ()):
             room = self._rooms.get(topic)
             if room is None:
                 continue
-            room.connections.pop(connection.id, None)
-            user = room.users.pop(connection.id, None)
-            update = room.awareness.remove(connection.id)
+            if room.connections.get(client) is not connection:
+                continue  # its session resumed on a newer connection, which holds the state now
+            del room.connections[client]
+            user = room.users.pop(client, None)
+            update = room.awareness.remove(client)
             if update is not None:
                 self._send(topic, room, update, user)
             self._maybe_drop(topic, room)
+
+    def moved(self, old: Connection, new: Connection) -> None:
+        """`old`'s session went on on `new`: the states `old` held are `new`'s (nobody is told)."""
+        topics = self._held.pop(old, set())
+        client = _client(old)
+        for topic in topics:
+            room = self._rooms.get(topic)
+            if room is not None and room.connections.get(client) is old:
+                room.connections[client] = new
+        if topics:
+            self._held.setdefault(new, set()).update(topics)
 
     # -- inside ----------------------------------------------------------------------
 
@@ -132,7 +148,7 @@ class AwarenessRooms:
     def _set(self, connection: Connection, topic: str, command: AwarenessSet) -> int:
         room = self._room(topic)
         loop = asyncio.get_running_loop()
-        client = connection.id
+        client = _client(connection)
         try:
             stamp, update = room.awareness.set(client, command.state, loop.time(), command.lamport)
         except BaseException:
@@ -176,7 +192,7 @@ class AwarenessRooms:
             entry = Entry(update.client, update.lamport, update.state, user, update.removed)
             self.relay.send(topic, entry)
         for watcher in tuple(room.watchers):
-            if watcher.id == update.client or watcher.session.closed:
+            if _client(watcher) == update.client or watcher.session.closed:
                 continue
             principal = watcher.principal
             if principal is None:
@@ -266,3 +282,9 @@ class AwarenessRooms:
         stamp = entry.lamport + 1 if lamport is None else lamport
         update = Update(entry.client, {}, stamp, removed=True)
         self._send(topic, room, update, entry.user, local=False)
+
+
+def _client(connection: Connection) -> str:
+    """The id a connection's states go by: its presence id, which a resumed session keeps."""
+    info = connection.info
+    return info.client if info is not None else connection.id

@@ -298,8 +298,13 @@ class Connection:
         self.session.push(self.session.codec.encode(message))
         self.flush()
 
-    def close_moved(self) -> None:
-        """Its session went on on a newer connection of the same client: close this one."""
+    def close_moved(self, to: Connection | None) -> None:
+        """Its session went on on `to`, a newer connection of the same client (None: on
+        another node): close this one. Its awareness states go on with the session to `to`
+        (no removal, no push); to another node, they go (its client sets them there again).
+        """
+        if to is not None:
+            self.node.awareness.moved(self, to)
         self.close(CloseCode.NORMAL, "the session continued on another connection")
 
     # -- for the pumps and command tasks ----------------------------------------------

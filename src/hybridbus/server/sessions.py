@@ -209,7 +209,7 @@ class Sessions:
         old, session.connection = session.connection, None
         if old is not None:  # its old connection is not dead to this node yet
             self._presence.hold(id, "active")
-            old.close_moved()
+            old.close_moved(None)
         self._presence.release(id)
 
     def records(self) -> dict[str, SessionRecord]:
@@ -259,7 +259,7 @@ class Sessions:
             if old is not None and old is not connection:
                 # Its old connection is not dead to the server yet: the session moves on.
                 self._presence.hold(found.id, "active")
-                old.close_moved()
+                old.close_moved(connection)
             self._degraded.pop(found.id, None)
             found.connection = connection
             found.identity = identity
