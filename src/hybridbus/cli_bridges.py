@@ -3,7 +3,7 @@
 Owns: those two commands' arguments and what they do. `bridge` reads the
 settings file as `hybridbus serve` does (flags > `HYBRIDBUS_*` > the file),
 opens the bus on its `engine` and runs only its `[[bridges]]` (no listener),
-logging as the server does, until SIGTERM or SIGINT: then it stops them
+logging and tracing (`[tracing]`) as the server does, until SIGTERM or SIGINT: then it stops them
 (what is not confirmed yet comes again at the next start) and exits 0.
 `bridges` asks `GET /v1/bridges` (docs/bridges.md) and prints a table, or
 JSON lines. Must not hold bridge logic (`bridges.registry` runs them).
@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ from hybridbus.cli_http import OK, listing, print_json, table
 
 if TYPE_CHECKING:
     from hybridbus.bridges.settings import BridgeSettings
-    from hybridbus.engine.base import EngineConfig
+    from hybridbus.server.config import ServerConfig
 
 __all__ = ["add_parsers", "run", "run_standalone"]
 
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 def run_standalone(args: argparse.Namespace) -> int:
     """Run `hybridbus bridge CONFIG`; the exit status (2: bad settings, 1: cannot start)."""
     from hybridbus.errors import BusError, InvalidInput
-    from hybridbus.server.config import engine_config, load_config
+    from hybridbus.server.config import load_config
     from hybridbus.server.logs import configure_logging
 
     try:
@@ -130,8 +131,8 @@ def run_standalone(args: argparse.Namespace) -> int:
         return 2
     failure: BaseException | None = None
     try:
-        asyncio.run(_standalone(config.engine, chosen, engine_config(config)))
-    except (OSError, BusError) as exc:
+        asyncio.run(_standalone(config, chosen))
+    except (OSError, BusError) as exc:  # InvalidInput too: [tracing] without OpenTelemetry
         failure = exc
     if failure is not None:
         log.error("cannot run the bridges: %s", failure, extra={"error": type(failure).__name__})
@@ -140,19 +141,24 @@ def run_standalone(args: argparse.Namespace) -> int:
     return OK
 
 
-async def _standalone(
-    engine: str, settings: Sequence[BridgeSettings], engine_settings: EngineConfig
-) -> None:
+async def _standalone(config: ServerConfig, settings: Sequence[BridgeSettings]) -> None:
     from hybridbus.app import open as open_bus
     from hybridbus.bridges.registry import Bridges
+    from hybridbus.server.config import engine_config
+    from hybridbus.server.tracing_start import trace
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for number in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(number, stop.set)
-    bus = await open_bus(engine, engine=engine_settings)  # the same retention as the server
+    engine = config.engine
+    bus = await open_bus(engine, engine=engine_config(config))  # the same retention as the server
+    close_tracing = None
     try:
+        # [tracing] as the server's (docs/tracing.md): this process's spans, `<kind> out` ...
+        node = config.node_id or f"{socket.gethostname()}-{os.getpid()}-bridges"
+        close_tracing = trace(bus, config.tracing, node=node, engine=engine.split(":")[0])
         bridges = Bridges(bus, settings)
         await bridges.start()
         log.info("bridges running", extra={"engine": engine, "pid": os.getpid()})
@@ -162,4 +168,6 @@ async def _standalone(
             await bridges.close()
     finally:
         await bus.close()
+        if close_tracing is not None:
+            await close_tracing()  # the spans left are exported
     log.info("stopped")

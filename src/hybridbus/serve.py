@@ -51,7 +51,6 @@ from hybridbus.gateways.webhooks import WebhooksConfig, WebhooksGateway
 from hybridbus.gateways.webhooks_out import WebhooksOutGateway
 from hybridbus.gateways.websocket import WebSocketGateway
 from hybridbus.gateways.yjs import YjsGateway
-from hybridbus.hub.bus import Bus
 from hybridbus.server.access import ApiKeys
 from hybridbus.server.auth import Authenticator
 from hybridbus.server.awareness_relay import TopicAwarenessRelay
@@ -68,6 +67,7 @@ from hybridbus.server.rooms import RoomsConfig
 from hybridbus.server.rooms_node import Rooms
 from hybridbus.server.rooms_relay import AwarenessRelay
 from hybridbus.server.tls import ServerTls, server_tls
+from hybridbus.server.tracing_start import trace
 from hybridbus.server.webhooks_out import Outbound
 
 __all__ = [
@@ -106,7 +106,8 @@ async def create_app(
     # The node registry (server/registry.py): this node's entry under a heartbeat lease.
     registry = registry_of(config, lambda: node.connections, SERVER_VERSION)
     bus = await open_bus(config.engine, engine=engine_config(config))
-    close_tracing = _start_tracing(config, bus, registry.id)  # [tracing] (docs/tracing.md)
+    # [tracing] (docs/tracing.md): off, OpenTelemetry is not imported
+    close_tracing = trace(bus, config.tracing, node=registry.id, engine=config.engine.split(":")[0])
     # One node coordinates each consumer group on a shared engine (docs/groups.md).
     coordination = bus.groups.coordination
     coordination.node, coordination.ttl = registry.id, config.group_lease_ttl
@@ -281,24 +282,6 @@ async def create_app(
     app.on_shutdown.append(close_connections)
     app.on_cleanup.append(shutdown)
     return app
-
-
-def _start_tracing(
-    config: ServerConfig, bus: Bus, node: str
-) -> Callable[[], Awaitable[None]] | None:
-    """Trace with OpenTelemetry if `[tracing] enabled`: its close. Off, nothing is imported."""
-    if not config.tracing.enabled:
-        return None
-    try:
-        from hybridbus.server.tracing import start_tracing
-    except ImportError as exc:  # the `tracing` extra is not installed
-        raise InvalidInput(
-            f"[tracing] is enabled but OpenTelemetry cannot load ({exc}): "
-            "pip install -e '.[tracing]'"
-        ) from exc
-    tracer = start_tracing(config.tracing, node=node, engine=config.engine.partition(":")[0])
-    bus.tracer = tracer
-    return tracer.close
 
 
 def _rooms_config(config: ServerConfig) -> RoomsConfig:

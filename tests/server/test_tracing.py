@@ -421,7 +421,41 @@ def test_the_tracing_table_is_read_and_checked(tmp_path: Path) -> None:
     )
     assert tracing.headers == {"x-api-key": "k"}
     assert load_config(None).tracing == TracingConfig()  # off by default
-    for bad in ("sample_ratio = 2.0", 'protocol = "zipkin"', "sampled = true"):
+    for bad in (
+        "sample_ratio = 2.0",
+        'protocol = "zipkin"',
+        "sampled = true",
+        "max_queue_size = 0",
+        "max_queue_size = 100\nmax_export_batch_size = 101",
+        "schedule_delay = 0",
+    ):
         path.write_text(f"[tracing]\n{bad}\n")
         with pytest.raises(InvalidInput, match="tracing"):
             load_config(path)
+
+
+class _Slow(InMemorySpanExporter):
+    """An exporter that takes its time: finished spans wait in the processor's queue."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> Any:
+        import time
+
+        time.sleep(0.2)
+        return super().export(spans)
+
+
+@pytest.mark.parametrize(("queue", "kept"), [(16, False), (4096, True)])
+async def test_the_export_queue_holds_max_queue_size_spans(queue: int, kept: bool) -> None:
+    """A sampled fan-out makes a span per delivery: past `max_queue_size` waiting spans the
+    SDK drops new ones; a queue sized for it keeps every one."""
+    from hybridbus.server.tracing import start_tracing
+
+    exporter = _Slow()
+    config = on(max_queue_size=queue, max_export_batch_size=min(queue, 512), schedule_delay=0.05)
+    tracer = start_tracing(config, node="n", exporter=exporter)
+    with tracer.provider.get_tracer("t").start_as_current_span("burst"):
+        for n in range(1000):
+            tracer.provider.get_tracer("t").start_span(f"s{n}").end()
+    await tracer.close()  # exports what is left
+    got = len(exporter.get_finished_spans())
+    assert (got == 1001) is kept, got

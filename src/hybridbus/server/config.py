@@ -76,6 +76,17 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     protocol: Literal["grpc", "http", "none"] = "grpc"
     # Sent with every export (an API key of the tracing backend, say).
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+    # The exporter's queue of finished spans (the SDK's BatchSpanProcessor): past
+    # `max_queue_size` spans waiting, new ones are dropped (a sampled fan-out to many
+    # subscribers makes a span per delivery); sent `max_export_batch_size` at a time,
+    # at the latest `schedule_delay` seconds after the first waits.
+    max_queue_size: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 2048
+    max_export_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 512
+    schedule_delay: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+
+    def __post_init__(self) -> None:
+        if self.max_export_batch_size > self.max_queue_size:
+            raise ValueError("[tracing] max_export_batch_size must be at most max_queue_size")
 
 
 class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -381,7 +381,13 @@ def start_tracing(
     if exporter is None and config.protocol != "none":
         exporter = _exporter(config)
     if exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        batches = BatchSpanProcessor(
+            exporter,
+            max_queue_size=config.max_queue_size,
+            max_export_batch_size=config.max_export_batch_size,
+            schedule_delay_millis=config.schedule_delay * 1000,
+        )
+        provider.add_span_processor(batches)
     log.info(
         "tracing on: sample ratio %g, export %s %s",
         config.sample_ratio,
