@@ -33,15 +33,16 @@ deliveries on, so what waits for it is bounded in bytes (`max_pending_bytes`,
 as a WebSocket's outbox): past it the call ends 1201 (ABORTED). (5) close 4530
 past `max_pending_bytes`, then aborted: tests/yjs/test_access.py.
 
-Ways in that take a request body — an HTTP publish and an inbound webhook
-(`POST /v1/webhooks/...`, signed, no token) — share their limits, and a gRPC
-Publish answers the same codes:
+Ways in that take a request body — an HTTP publish, NDJSON log lines (`POST
+/v1/logs/...`), a state topic's merge patch (`PATCH /v1/states/...`) and an
+inbound webhook (`POST /v1/webhooks/...`, signed, no token) — share their
+limits, and a gRPC Publish answers the same codes:
 
-    property                                  http        webhook     grpc Publish
-    a body over the limit                     413 1004    413 1004    INVALID_ARGUMENT 1004
-    a body slower than body_timeout           408         408         — (HTTP/2 streams)
-    over the rate                             429 1121 + Retry-After  RESOURCE_EXHAUSTED 1121
-                                                                      + retry-after
+    property                          http, logs, state, webhook     grpc Publish
+    a body over the limit             413 1004                       INVALID_ARGUMENT 1004
+    a body slower than body_timeout   408                            — (HTTP/2 streams)
+    over the rate                     429 1121 + Retry-After         RESOURCE_EXHAUSTED 1121
+                                                                     + retry-after
 """
 
 from __future__ import annotations
@@ -500,28 +501,45 @@ async def test_a_client_that_leaves_frees_its_slot_within_seconds(way: Way) -> N
 
 # -- the limits of the ways that take a body -------------------------------------------------------
 
-Bodied = Literal["http", "webhook"]
-BODIED: tuple[Bodied, ...] = ("http", "webhook")
+Bodied = Literal["http", "logs", "state", "webhook"]
+BODIED: tuple[Bodied, ...] = ("http", "logs", "state", "webhook")
+# How each sends its body: an event, NDJSON log lines, a merge patch (PATCH), a signed webhook.
+METHOD = {"http": "POST", "logs": "POST", "state": "PATCH", "webhook": "POST"}
+
+
+def body_of(way: Bodied, n: int) -> bytes:
+    """A valid body for `way` (the `n`th)."""
+    if way == "logs":
+        return json.dumps({"msg": f"line {n}", "level": "info"}).encode() + b"\n"
+    if way == "state":
+        return json.dumps({"n": n}).encode()
+    return json.dumps(event(f"e{n}")).encode()
 
 
 @contextlib.asynccontextmanager
 async def bodied(way: Bodied, **settings: Any) -> AsyncIterator[tuple[Server, str, Any]]:
     """A server whose `way` is limited to 1 request/s (burst 1) and 4 KiB (webhook) bodies.
 
-    Yields the server, the path to POST to, and `sign(body) -> headers`.
+    Yields the server, the path to send to (`METHOD[way]`), and `sign(body) -> headers`.
+    An HTTP publish, NDJSON log lines (`POST /v1/logs/...`) and a state topic's merge
+    patch (`PATCH /v1/states/...`) are publishes: the publish rate limits them.
     """
     from hybridbus.core.webhook_routes import Endpoint
     from hybridbus.core.webhooks import new_secret, signing_key, standard_headers
 
     secret = new_secret()
     hook = Endpoint(name="in", tenant="acme", secrets=[secret], rate=1.0, max_body_size=4096)
-    if way == "http":
+    if way != "webhook":
         settings.update(publish_rate=1.0, publish_burst=1.0)
+        path, kind = {
+            "http": ("/v1/topics/acme/x/events", "application/cloudevents+json"),
+            "logs": ("/v1/logs/api/host-1", "application/x-ndjson"),
+            "state": ("/v1/states/acme/boards/1", "application/merge-patch+json"),
+        }[way]
 
         def sign(body: bytes) -> dict[str, str]:
-            return {"content-type": "application/cloudevents+json"}
+            return {"content-type": kind}
 
-        path = "/v1/topics/acme/x/events"
     else:
 
         def sign(body: bytes) -> dict[str, str]:
@@ -534,12 +552,14 @@ async def bodied(way: Bodied, **settings: Any) -> AsyncIterator[tuple[Server, st
         yield server, path, sign
 
 
-async def raw_post(port: int, path: str, headers: dict[str, str], length: int, sent: bytes) -> str:
-    """POST announcing `length` bytes of body, send `sent` only; the status line and body read."""
+async def raw_post(
+    port: int, path: str, headers: dict[str, str], length: int, sent: bytes, method: str = "POST"
+) -> str:
+    """A request announcing `length` bytes of body, sending `sent` only; what came back."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        request = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n{head}\r\n"
+        request = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n{head}\r\n"
         writer.write(request.encode() + sent)
         await writer.drain()
         async with asyncio.timeout(10):
@@ -551,7 +571,7 @@ async def raw_post(port: int, path: str, headers: dict[str, str], length: int, s
 @pytest.mark.parametrize("way", BODIED)
 async def test_a_body_over_the_limit_is_413(way: Bodied) -> None:
     async with bodied(way) as (server, path, sign):
-        answer = await raw_post(server.port, path, sign(b""), 9 << 20, b"")  # http's: 8 MiB
+        answer = await raw_post(server.port, path, sign(b""), 9 << 20, b"", METHOD[way])  # 8 MiB
         assert answer.startswith("HTTP/1.1 413"), answer
         assert '"code":1004' in answer and PROBLEM in answer
 
@@ -560,7 +580,7 @@ async def test_a_body_over_the_limit_is_413(way: Bodied) -> None:
 async def test_a_body_slower_than_the_body_timeout_is_408(way: Bodied) -> None:
     async with bodied(way, body_timeout=0.5) as (server, path, sign):
         started = time.monotonic()
-        answer = await raw_post(server.port, path, sign(b"{}"), 100, b"{")
+        answer = await raw_post(server.port, path, sign(b"{}"), 100, b"{", METHOD[way])
         assert answer.startswith("HTTP/1.1 408"), answer
         assert PROBLEM in answer and 0.4 < time.monotonic() - started < 5
 
@@ -570,8 +590,8 @@ async def test_over_the_rate_is_429_with_retry_after(way: Bodied) -> None:
     async with bodied(way) as (server, path, sign), httpx.AsyncClient(base_url=server.http) as c:
         statuses = []
         for n in range(2):
-            body = json.dumps(event(f"e{n}")).encode()
-            response = await c.post(path, content=body, headers=sign(body))
+            body = body_of(way, n)
+            response = await c.request(METHOD[way], path, content=body, headers=sign(body))
             statuses.append(response.status_code)
         assert statuses[0] in (200, 201) and statuses[1] == 429, response.text
         assert response.json()["code"] == ErrorCode.RATE_LIMITED
