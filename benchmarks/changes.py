@@ -2,16 +2,21 @@
 
 End to end on one machine: a server (in-process, memory engine), a
 `Watcher` and a `Follower` (both `hybridbus.changes`, each on its own client
-connection); each round edits one random line of the watched file (a longer
+connection), on uvloop (as the server and the CLIs run when it is
+installed); each round edits one random line of the watched file (a longer
 or shorter line: the mirror's tail moves) and waits for the follower's
 callback, which runs once the mirror file is written (the time is taken
 there, not when the benchmark's own coroutine next runs: the follower's
-state file and ack come after it). Two ways the edit
-reaches the watcher, each measured:
+state file and ack come after it). Three ways the edit reaches the watcher,
+each measured:
 
-- `editor`: the editor says what changed (`Watcher.edited`, what an IDE
-  plugin does through `<topic>/edits`), then saves; the save, compared,
-  publishes nothing. Timed from the edit to the mirror written.
+- `editor`: the editor says what changed, in the watcher's process
+  (`Watcher.edited`), then saves; the save, compared, publishes nothing.
+  Timed from the edit to the mirror written.
+- `edits`: the same from an editor that is a client of its own (an IDE
+  plugin): it publishes the hunk on `<topic>/edits` over a third connection
+  and the watcher, subscribed there, applies and publishes it — one hop more.
+  Timed from the editor's publish to the mirror written.
 - `save`: the editor saves; the watcher is called for the path (as
   watchfiles would after its debounce, which is not counted) and compares the
   file, mapped in memory, with what it kept. Timed from that call.
@@ -38,7 +43,7 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.harness import Result, Settings
+from benchmarks.harness import Result, Settings, run_async
 
 __all__ = ["run"]
 
@@ -82,6 +87,7 @@ async def _measure(
         running_server() as server,
         hybridbus.client.connect(server.url) as wc,
         hybridbus.client.connect(server.url) as fc,
+        hybridbus.client.connect(server.url) as ec,
     ):
         tracemalloc.start()
         watcher = Watcher(wc, src, WatchConfig(topic="changes/bench"))
@@ -104,15 +110,26 @@ async def _measure(
         while not (mirror / "big.py").exists():
             await asyncio.sleep(0.05)
         done.clear()
+        editing = asyncio.create_task(watcher._edits())  # what `Watcher.run` starts
+        await asyncio.sleep(0.2)  # subscribed
         # One untimed edit loads the follower's kept text.
         for n in range(edits + 1):
             i = rng.randrange(lines)
             old = rows[i]
             rows[i] = b"    value_%07d = compute(%d)  # edited, round %d\n" % (i, i, n * 7 % 1000)
             data = b"".join(rows)
-            if way == "editor":
+            if way in ("editor", "edits"):
                 clock = time.perf_counter()
-                await watcher.edited("big.py", Hunk(i, (old,), (rows[i],)))
+                if way == "editor":
+                    await watcher.edited("big.py", Hunk(i, (old,), (rows[i],)))
+                else:
+                    hunk = Hunk(i, (old,), (rows[i],)).render().decode()
+                    await ec.publish(
+                        "changes/bench/edits",
+                        {"id": f"edit-{n}", "source": "/bench/editor",
+                         "type": "dev.hybridbus.change.edit",
+                         "data": {"path": "big.py", "hunk": hunk}},
+                    )
                 await asyncio.wait_for(done.wait(), 30)
                 elapsed = written[0] - clock
                 (src / "big.py").write_bytes(data)  # the save: compared, nothing published
@@ -128,7 +145,8 @@ async def _measure(
             done.clear()
         assert (mirror / "big.py").read_bytes() == data
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        editing.cancel()
+        await asyncio.gather(task, editing, return_exceptions=True)
     return latencies, kept / len(data)
 
 
@@ -168,7 +186,7 @@ def run(settings: Settings, log: Callable[[str], None]) -> list[Result]:
     rsync = shutil.which("rsync") is not None
     if not rsync:
         log("  changes: no rsync installed here: the save's peer is not measured")
-    for way in ("editor", "save", "rsync"):
+    for way in ("editor", "edits", "save", "rsync"):
         if way == "rsync" and not rsync:
             continue
         p50s, p99s = [], []
@@ -177,13 +195,18 @@ def run(settings: Settings, log: Callable[[str], None]) -> list[Result]:
                 if way == "rsync":
                     latencies = _rsync(lines, edits, Path(tmp))
                 else:
-                    latencies, per_byte = asyncio.run(_measure(lines, edits, Path(tmp), way))
+                    latencies, per_byte = run_async(_measure(lines, edits, Path(tmp), way))
                     memory.append(per_byte)
             p50, p99 = _percentiles(latencies)
             p50s.append(p50)
             p99s.append(p99)
             log(f"  changes ({way}): p50 {p50:.2f} ms, p99 {p99:.2f} ms")
-        what = "rsync's delta after the save (the peer)" if way == "rsync" else f"by the {way}"
+        what = {
+            "editor": "by the editor (in process)",
+            "edits": "by the editor (a client: <topic>/edits)",
+            "save": "by the save",
+            "rsync": "rsync's delta after the save (the peer)",
+        }[way]
         peer = rsync and way == "save"
         results += [
             Result(f"changes.{way}_p50", "changes",

@@ -16,7 +16,7 @@ import pytest
 from benchmarks import changes
 
 
-@pytest.mark.parametrize("way", ["editor", "save"])
+@pytest.mark.parametrize("way", ["editor", "edits", "save"])
 async def test_bench_changes_runs_every_round_to_an_identical_mirror(
     tmp_path: Path, way: str
 ) -> None:
