@@ -12,18 +12,16 @@
  * @module
  */
 
+import { Waiting } from "./inbox.js";
+
 /**
  * @template T
  */
-export class Changes {
+export class Changes extends Waiting {
   constructor() {
+    super();
     /** @type {Map<unknown, T>} */
     this._items = new Map();
-    /** @type {Array<() => void>} */
-    this._wakers = [];
-    this._ended = false;
-    /** @type {Error | null} */
-    this._error = null;
   }
 
   /** How many changes wait for the application. */
@@ -45,47 +43,6 @@ export class Changes {
   /** Forget what waits. */
   clear() {
     this._items.clear();
-  }
-
-  /**
-   * End the queue: what is in it is still read, then `next()` rejects with `error` (or is
-   * done, without one).
-   *
-   * @param {Error | null} [error]
-   */
-  end(error = null) {
-    if (this._ended) return;
-    this._ended = true;
-    this._error = error;
-    this._wake();
-  }
-
-  _wake() {
-    for (const wake of this._wakers.splice(0)) wake();
-  }
-
-  /**
-   * Resolves when something was put or the queue ended, or after `wait` ms.
-   *
-   * @param {number} [wait]
-   * @returns {Promise<void>}
-   */
-  _changed(wait) {
-    return new Promise((resolve) => {
-      /** @type {ReturnType<typeof setTimeout> | undefined} */
-      let timer;
-      const wake = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      this._wakers.push(wake);
-      if (wait !== undefined) {
-        timer = setTimeout(() => {
-          this._wakers = this._wakers.filter((w) => w !== wake);
-          resolve();
-        }, wait);
-      }
-    });
   }
 
   /** @returns {T | undefined} the first change waiting, taken out */

@@ -3,8 +3,8 @@
  *
  * Owns: items waiting for the application, the one-shot errors placed between
  * them (a gap: `next()` rejects once at that point, the items after it follow),
- * and how the queue ends (quietly, or with an error every later `next()`
- * rejects with). Must not know about connections: subscriptions and groups
+ * and how a queue ends (quietly, or with an error every later `next()` rejects
+ * with: `Waiting`, which `changes.js` shares). Must not know about connections: subscriptions and groups
  * feed it.
  *
  * @module
@@ -21,12 +21,11 @@ function isRaise(item) {
 }
 
 /**
- * @template T
+ * The waiting and ending an application's queues share (`Inbox`, and the keyed
+ * `Changes` of awareness and state views): who waits for the next item, and the end.
  */
-export class Inbox {
+export class Waiting {
   constructor() {
-    /** @type {unknown[]} */
-    this._items = [];
     /** @type {Array<() => void>} */
     this._wakers = [];
     this._ended = false;
@@ -34,32 +33,9 @@ export class Inbox {
     this._error = null;
   }
 
-  /** How many items wait for the application. */
-  get size() {
-    return this._items.length;
-  }
-
   /** Whether the queue ended (the items still in it can be read). */
   get ended() {
     return this._ended;
-  }
-
-  /** @param {T} item */
-  put(item) {
-    if (this._ended) return;
-    this._items.push(item);
-    this._wake();
-  }
-
-  /**
-   * `next()` rejects with `error` once, at this point of the queue.
-   *
-   * @param {Error} error
-   */
-  raise(error) {
-    if (this._ended) return;
-    this._items.push({ [RAISE]: error });
-    this._wake();
   }
 
   /**
@@ -101,6 +77,40 @@ export class Inbox {
         }, wait);
       }
     });
+  }
+}
+
+/**
+ * @template T
+ */
+export class Inbox extends Waiting {
+  constructor() {
+    super();
+    /** @type {unknown[]} */
+    this._items = [];
+  }
+
+  /** How many items wait for the application. */
+  get size() {
+    return this._items.length;
+  }
+
+  /** @param {T} item */
+  put(item) {
+    if (this._ended) return;
+    this._items.push(item);
+    this._wake();
+  }
+
+  /**
+   * `next()` rejects with `error` once, at this point of the queue.
+   *
+   * @param {Error} error
+   */
+  raise(error) {
+    if (this._ended) return;
+    this._items.push({ [RAISE]: error });
+    this._wake();
   }
 
   /** @returns {Promise<IteratorResult<T, undefined>>} */
