@@ -8,7 +8,7 @@
  *
  * Owns: `Awareness`, one topic's view: this client's own state (`own`, merged
  * from the `awareness_set` answers, and set again on every new connection:
- * the server removes a connection's states when it closes), the others'
+ * the server removes a connection's states when it sees it close), the others'
  * states while watched (the watch reply's full set, then `awareness` pushes;
  * after a reconnect the watch is sent again and its full set compared with
  * what was held: a client no longer there is reported `removed`, one whose
@@ -17,12 +17,9 @@
  * client's collaboration views (`collab.js`) send its commands and feed it.
  *
  * This client's own state is left out of the others'. The server names an
- * awareness state by its connection's id, which is the connect reply's
- * `client` only until a session is resumed (then `client` stays the
- * session's, the connection's id is new), so the view also knows its own
- * state by the stamps the server gave its sets: an entry with one of them and
- * the state that stamp was given to is this client's (on this connection, or
- * on one that dropped and that the server has not removed yet).
+ * awareness state by the client's presence id, the connect reply's `client`
+ * (`client.info.client`), which a resumed session keeps and a new session
+ * changes: an entry under the current one is this client's.
  *
  * @module
  */
@@ -37,9 +34,6 @@ import { jsonEqual } from "./mergepatch.js";
  * @typedef {{resolve: (states: Map<string, AwarenessState>) => void, reject: (error: Error) => void}} Opening
  * @typedef {import("./collab.js").Collab} Collab
  */
-
-/** How many of this client's recent stamps a view remembers (module docstring). */
-const MINE = 32;
 
 /**
  * @param {string} topic
@@ -73,8 +67,6 @@ export class Awareness {
     this._openings = [];
     /** @type {Set<Promise<unknown>>} `set` commands awaiting their answer */
     this._setting = new Set();
-    /** @type {Map<number, Record<string, any>>} this client's recent stamps → its state then */
-    this._mine = new Map();
     this._ended = false;
   }
 
@@ -112,12 +104,11 @@ export class Awareness {
     /** @type {Record<string, any>} */
     const message = { type: "awareness_set", topic: this.topic, state: changes };
     if (options.lamport !== undefined) message.lamport = options.lamport;
-    const answered = (/** @type {any} */ result) => {
+    const answered = () => {
       for (const [key, value] of Object.entries(changes)) {
         if (value === null) delete this.own[key];
         else this.own[key] = value;
       }
-      this._stamped(result.lamport);
     };
     const sent = this._owner._request(message, { answered }).then((result) => /** @type {number} */ (result.lamport));
     const tracked = sent.catch(() => {});
@@ -292,25 +283,12 @@ export class Awareness {
   }
 
   /**
-   * The server gave this client's state (`own` now) the stamp `lamport`.
-   *
-   * @param {number} lamport
-   */
-  _stamped(lamport) {
-    this._mine.set(lamport, { ...this.own });
-    const oldest = this._mine.keys().next().value;
-    if (this._mine.size > MINE && oldest !== undefined) this._mine.delete(oldest);
-  }
-
-  /**
    * Whether a state the server tells of is this client's own (module docstring).
    *
-   * @param {{client: string, state?: Record<string, any>, lamport: number}} entry
+   * @param {{client: string}} entry
    */
   _isMine(entry) {
-    if (entry.client === this._owner._self()) return true;
-    const state = this._mine.get(entry.lamport);
-    return state !== undefined && jsonEqual(state, entry.state ?? {});
+    return entry.client === this._owner._self();
   }
 
   /** @param {AwarenessChange} change */
@@ -324,9 +302,8 @@ export class Awareness {
   /** A new connection: this client's state again, then the watch again. */
   _connected() {
     if (Object.keys(this.own).length) {
-      this._owner._send({ type: "awareness_set", topic: this.topic, state: { ...this.own } }, (result, error) => {
+      this._owner._send({ type: "awareness_set", topic: this.topic, state: { ...this.own } }, (_result, error) => {
         if (error) this._owner._report(error);
-        else this._stamped(result.lamport);
       });
     }
     if (this._watching) this._owner._watch(this);
@@ -385,10 +362,10 @@ export class Awareness {
     /** @type {AwarenessState} */
     const state = { client: push.client, state: push.state ?? {}, lamport: push.lamport, user: push.user ?? null };
     const removed = Boolean(push.removed);
+    if (this._isMine(state)) return; // the server pushes none of this client's own
     if (removed) {
-      if (!this._states.delete(push.client)) return; // one never reported (this client's, gone)
+      if (!this._states.delete(push.client)) return; // one never reported
     } else {
-      if (this._isMine(state)) return; // a dropped connection of this client's, not removed yet
       this._states.set(push.client, state);
     }
     this._emit(this._change(state, removed));

@@ -31,7 +31,8 @@ import { StateTopic } from "./state.js";
  *   `answered` sees the result in the turn it arrived in)
  * @property {(error: Error) => void} report an error nobody awaits
  * @property {() => HybridbusError | null} failure what ended the client, if anything did
- * @property {() => string | null} self this connection's client id
+ * @property {() => string | null} self this client's presence id (the connect reply's `client`,
+ *   which names its awareness states; kept by a resumed session)
  * @property {number} timeout ms to wait for an answer
  * @property {number} queueSize changes a state document's iterator holds
  */

@@ -125,7 +125,7 @@ test("awareness is conflated: a burst of sets reaches a watcher as a few pushes,
   assert.deepEqual(await theirs.take(10, 100), []); // done
 });
 
-test("awareness across a drop: the state is set again, the watch renewed, the gone reported removed", needsServer, async (t) => {
+test("awareness across a drop: the state is set again (same id; a new session, a new id), the watch renewed, the gone reported removed", needsServer, async (t) => {
   const alice = await connected(t, {}, PROXY_URL); // through the cuttable link: sets a cursor
   const carol = await connected(t, { token: await token({ sub: "carol" }) }, PROXY_URL); // watches through it
   const bob = await connected(t, { token: await token({ sub: "bob" }) }); // watches straight
@@ -149,21 +149,38 @@ test("awareness across a drop: the state is set again, the watch renewed, the go
   await dave.close(); // gone while carol could not hear it
   await control("resume");
   await waitFor(() => alice.state === "connected" && carol.state === "connected", 10_000, "the reconnects");
-  // Awareness names a state by its connection: alice's new one (her session, and so her
-  // `info.client`, continued).
+  // Awareness names a state by the presence id, which alice's resumed session keeps: her
+  // state is set again under the same id.
   assert.equal(alice.info.client, oldAlice);
-  const found = () => [...bob.awareness(topic).states().values()].find((s) => s.state.cursor === 1 && s.client !== oldAlice);
-  await waitFor(() => found(), 5000, "alice's state set again");
-  const newAlice = found().client;
-  assert.equal(found().user, "ann");
-  await waitFor(() => watched.states().get(newAlice)?.state.cursor === 1, 5000, "carol's watch renewed");
-  assert.deepEqual([...watched.states().keys()], [newAlice]);
-  const removed = byCarol.filter((c) => c.removed).map((c) => c.client).sort();
-  assert.deepEqual(removed, [oldAlice, daveId].sort());
+  const hersFor = (view) => view.states().get(oldAlice)?.state.cursor === 1;
+  await waitFor(() => hersFor(bob.awareness(topic)), 5000, "alice's state set again");
+  assert.equal(bob.awareness(topic).states().get(oldAlice)?.user, "ann");
+  await waitFor(() => hersFor(watched), 5000, "carol's watch renewed");
+  assert.deepEqual([...watched.states().keys()], [oldAlice]);
+  // Dave left meanwhile: reported removed (alice too if carol's watch was answered before
+  // her state was set again; then her state came back as a change).
+  const removed = byCarol.filter((c) => c.removed).map((c) => c.client);
+  assert.ok(removed.includes(daveId), `dave removed: ${removed}`);
+  assert.ok(removed.every((id) => id === daveId || id === oldAlice), `removed: ${removed}`);
   assert.deepEqual({ ...alice.awareness(topic).own }, { cursor: 1 });
-  // Alice watching after the resume: her own state (under the new connection's id) is left out.
+  // Alice watching after the resume: her own state (her id) is left out.
   const hers = await alice.awareness(topic).watch();
   assert.deepEqual([...hers.keys()], []);
+
+  // A session that cannot be resumed (none is presented): a new presence id. Her state is
+  // set again under it, the old one is removed, and she still knows her own.
+  alice.session = null;
+  await control("drop");
+  await waitFor(() => alice.state === "connected" && alice.info.client !== oldAlice, 10_000, "a new session");
+  const newAlice = alice.info.client;
+  await waitFor(() => bob.awareness(topic).states().get(newAlice)?.state.cursor === 1, 5000, "set under the new id");
+  await waitFor(() => !bob.awareness(topic).states().has(oldAlice), 5000, "the old id removed");
+  await waitFor(() => watched.states().get(newAlice)?.state.cursor === 1, 5000, "carol sees the new id");
+  assert.deepEqual([...watched.states().keys()], [newAlice]);
+  const again = await alice.awareness(topic).watch();
+  assert.deepEqual([...again.keys()], []);
+  await new Promise((resolve) => setTimeout(resolve, 200)); // a push of her own would come now
+  assert.deepEqual([...alice.awareness(topic).states().keys()], []);
 });
 
 test("a state topic: the snapshot, every patch in order, compare-and-set refused with 1640", needsServer, async (t) => {

@@ -1,12 +1,23 @@
 """Awareness and state topics in the Python client: `c.awareness(t)`, `c.state(t)`, `c.patch`.
 
-Owns: the client's awareness views (its own state per topic, sent again
-after a reconnect since the server removes it when a connection closes; the
-others' states, watched and re-watched) and state views (the document and
-its version, kept by applying the server's `state` pushes in order, resumed
-after a reconnect from the version held: the patches after it or a new
-snapshot), and the `Collaboration` mixin that gives `Client` those methods.
-Must not do I/O itself: commands go through the client's request path.
+Owns: the client's awareness views (its own state per topic, `own`, sent
+again after a reconnect since the server removes it when it saw the
+connection close; the others' states, `states`, watched and re-watched —
+this client's own, named by its presence id `c.info.client`, is never among
+them) and state views (the document and its version, kept by applying the
+server's `state` pushes in order, resumed after a reconnect from the version
+held: the patches after it or a new snapshot; a gap subscribes again from
+the version held), and the `Collaboration` mixin that gives `Client` those
+methods. Must not do I/O itself: commands go through the client's request
+path.
+
+Order. After a reconnect the views send their state, watches and
+subscriptions in the turn the connect is answered, before the commands the
+drop left unanswered are sent again: a replayed `awareness_set` lands after
+the state held (the newest set wins), a replayed `state_patch` after the
+resubscribe. A subscribe's or watch's reply is applied in the turn it is
+read, before the pushes read after it; pushes that come while a subscribe is
+awaited wait for its reply (those newer than its version are taken then).
 
     aw = c.awareness("docs/42")
     await aw.set("cursor", {"line": 3, "ch": 14})
@@ -31,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -46,6 +57,7 @@ from hybridbus.proto.frames import (
     AwarenessSetResult,
     AwarenessUnwatch,
     AwarenessWatch,
+    ConnectResult,
     StatePatch,
     StatePatchResult,
     StatePush,
@@ -57,7 +69,8 @@ from hybridbus.proto.frames import (
 __all__ = ["AwarenessChange", "ClientAwareness", "ClientState", "Collaboration", "StateChange"]
 
 Issue = Callable[[ClientSession], int]
-RequestFn = Callable[[Issue], Awaitable[Any]]
+Answered = Callable[[Any], None]  # a command's result, in the turn it came in
+Failed = Callable[[BaseException], None]  # its refusal, or its connection lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +96,11 @@ class StateChange:
 class ClientAwareness:
     """Awareness on one topic (see the module docstring); `c.awareness(topic)` gives it."""
 
-    def __init__(self, topic: str, request: RequestFn) -> None:
+    def __init__(self, topic: str, owner: Collaboration) -> None:
         self.topic = topic
-        self._request = request
+        self._owner = owner
         self.own: dict[str, Any] = {}  # this client's state, sent again after a reconnect
-        self.states: dict[str, AwarenessChange] = {}  # the others', by client id
+        self.states: dict[str, AwarenessChange] = {}  # the others' (never this client's)
         self._pending: dict[str, AwarenessChange] = {}
         self._wake = asyncio.Event()
         self._watching = False
@@ -100,40 +113,32 @@ class ClientAwareness:
         """Merge `changes` into this client's state (a None value removes its key)."""
         state = dict(changes)
         topic = self.topic
-        result: AwarenessSetResult = await self._request(
-            lambda s: s.command(lambda id: AwarenessSet(id=id, topic=topic, state=state))
+
+        def answered(_: Any) -> None:  # `own` follows the server's order of the sets
+            for key, value in state.items():
+                if value is None:
+                    self.own.pop(key, None)
+                else:
+                    self.own[key] = value
+
+        result: AwarenessSetResult = await self._owner._request(
+            lambda s: s.command(lambda id: AwarenessSet(id=id, topic=topic, state=state)),
+            answered,
         )
-        for key, value in state.items():
-            if value is None:
-                self.own.pop(key, None)
-            else:
-                self.own[key] = value
         return result.lamport
 
     async def watch(self) -> dict[str, AwarenessChange]:
         """Watch the others' states (done by the first iteration too); the states now."""
-        topic = self.topic
-        result: AwarenessResult = await self._request(
-            lambda s: s.command(lambda id: AwarenessWatch(id=id, topic=topic))
-        )
-        self._watching = True
-        now = {
-            c.client: AwarenessChange(c.client, c.state, c.lamport, c.user) for c in result.clients
-        }
-        for client, old in self.states.items():
-            if client not in now:
-                self._queue(AwarenessChange(client, {}, old.lamport, old.user, removed=True))
-        for change in now.values():
-            if self.states.get(change.client) != change:
-                self._queue(change)
-        self.states = now
-        return dict(now)
+        await self._owner._request(self._watch_command, self._watched)
+        return dict(self.states)
 
     async def unwatch(self) -> None:
         """No more changes of the others' states."""
         topic = self.topic
         self._watching = False
-        await self._request(lambda s: s.command(lambda id: AwarenessUnwatch(id=id, topic=topic)))
+        await self._owner._request(
+            lambda s: s.command(lambda id: AwarenessUnwatch(id=id, topic=topic))
+        )
 
     def __aiter__(self) -> ClientAwareness:
         return self
@@ -147,9 +152,39 @@ class ClientAwareness:
         client = next(iter(self._pending))
         return self._pending.pop(client)
 
+    # -- inside ----------------------------------------------------------------------
+
+    def _watch_command(self, session: ClientSession) -> int:
+        topic = self.topic
+        return session.command(lambda id: AwarenessWatch(id=id, topic=topic))
+
+    def _watched(self, result: AwarenessResult) -> None:
+        """The watch reply, in the turn it came in: every state now but this client's."""
+        self._watching = True
+        me = self._owner._collab_self()
+        now = {
+            c.client: AwarenessChange(c.client, c.state, c.lamport, c.user)
+            for c in result.clients
+            if c.client != me
+        }
+        for client, old in self.states.items():
+            if client not in now:
+                self._queue(AwarenessChange(client, {}, old.lamport, old.user, removed=True))
+        for change in now.values():
+            if self.states.get(change.client) != change:
+                self._queue(change)
+        self.states = now
+
+    def _queue(self, change: AwarenessChange) -> None:
+        self._pending.pop(change.client, None)  # the newest only, at the end
+        self._pending[change.client] = change
+        self._wake.set()
+
     # -- from the client -----------------------------------------------------------
 
     def pushed(self, push: AwarenessPush) -> None:
+        if push.client == self._owner._collab_self():
+            return  # this client's own (the server pushes none; its state is `own`)
         change = AwarenessChange(push.client, push.state, push.lamport, push.user, push.removed)
         if push.removed:
             self.states.pop(push.client, None)
@@ -157,33 +192,41 @@ class ClientAwareness:
             self.states[push.client] = change
         self._queue(change)
 
-    def _queue(self, change: AwarenessChange) -> None:
-        self._pending.pop(change.client, None)  # the newest only, at the end
-        self._pending[change.client] = change
-        self._wake.set()
-
-    async def reconnected(self) -> None:
+    def reconnected(self) -> None:
+        """A new connection: this client's state and the watch again, before any replay."""
         if self.own:
-            await self.update(dict(self.own))
+            own, topic = dict(self.own), self.topic
+            self._owner._command(
+                lambda s: s.command(lambda id: AwarenessSet(id=id, topic=topic, state=own))
+            )
         if self._watching:
-            await self.watch()
+            self._owner._command(self._watch_command, self._watched)
 
 
 class ClientState:
     """A state topic's document, kept current (see the module docstring); `c.state(topic)`."""
 
-    def __init__(self, topic: str, request: RequestFn, forget: Callable[[ClientState], None]):
+    def __init__(
+        self, topic: str, owner: Collaboration, forget: Callable[[ClientState], None]
+    ) -> None:
         self.topic = topic
-        self._request = request
+        self._owner = owner
         self._forget = forget
         self.value: Any = None
         self.version = 0
         self._changes: deque[StateChange] = deque()
         self._wake = asyncio.Event()
-        self._open = False
+        self._open = False  # a subscribe was answered: pushes follow the version held
+        self._closed = False
+        # A subscribe's reply is awaited: the pushes meanwhile wait for it (those newer
+        # than its version are taken after it).
+        self._waiting = False
+        self._early: list[StatePush] = []
+        self._asked = 0  # resubscribes sent: a refusal is only the newest one's to act on
 
     async def __aenter__(self) -> ClientState:
-        await self._subscribe(None)
+        self._waiting, self._early = True, []
+        await self._owner._request(self._subscribe_command(None), self._subscribed)
         return self
 
     async def __aexit__(
@@ -192,11 +235,13 @@ class ClientState:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._open = False
+        self._open = self._waiting = False
+        self._closed = True
+        self._early = []
         self._forget(self)
         topic = self.topic
         try:
-            await self._request(
+            await self._owner._request(
                 lambda s: s.command(lambda id: StateUnsubscribe(id=id, topic=topic))
             )
         except BusError:  # the client was closed, or the server refused: nothing to end then
@@ -211,27 +256,54 @@ class ClientState:
             await self._wake.wait()
         return self._changes.popleft()
 
-    async def _subscribe(self, since: int | None) -> None:
+    # -- inside ----------------------------------------------------------------------
+
+    def _subscribe_command(self, since: int | None) -> Issue:
         topic = self.topic
-        result: StateResult = await self._request(
-            lambda s: s.command(lambda id: StateSubscribe(id=id, topic=topic, since=since))
-        )
-        self._open = True
+        return lambda s: s.command(lambda id: StateSubscribe(id=id, topic=topic, since=since))
+
+    def _resubscribe(self) -> None:
+        """Subscribe again from the version held (sent now if connected, else on reconnect)."""
+        self._waiting, self._early = True, []
+        self._asked += 1
+        asked = self._asked
+
+        def refused(_: BaseException) -> None:  # refused, or lost with its connection
+            if asked == self._asked:  # (not a later one's)
+                self._waiting, self._early = False, []
+
+        self._owner._command(self._subscribe_command(self.version), self._subscribed, refused)
+
+    def _subscribed(self, result: StateResult) -> None:
+        """A subscribe's reply, in the turn it came in (before the pushes after it)."""
+        if self._closed:
+            return
+        first = not self._open
+        self._open, self._waiting = True, False
+        early, self._early = self._early, []
         if result.snapshot:
-            changed = since is not None and (result.version, result.document) != (
+            changed = not first and (result.version, result.document) != (
                 self.version,
                 self.value,
             )
             self.value, self.version = result.document, result.version
             if changed:
                 self._emit(StateChange(result.version, None, result.document))
-            return
-        for version, patch in result.patches:
-            self._apply(version, patch)
+        else:
+            for version, patch in result.patches:
+                self._apply(version, patch)
+            if self.version < result.version and not self._waiting:
+                self._resubscribe()  # not what §5.12 promises: start over from what is held
+        for push in early:
+            if push.version > self.version:
+                self.pushed(push)
 
     def _apply(self, version: int, patch: Any) -> None:
         if version <= self.version:
             return  # seen already
+        if version != self.version + 1:
+            self._resubscribe()  # one is missing: the server sends what follows ours
+            return
         self.value = merge_patch.apply(self.value, patch)
         self.version = version
         self._emit(StateChange(version, patch, self.value))
@@ -243,17 +315,22 @@ class ClientState:
     # -- from the client -------------------------------------------------------------
 
     def pushed(self, push: StatePush) -> None:
-        if not self._open:
+        if self._closed:
             return
-        if push.snapshot:
+        if self._waiting:
+            self._early.append(push)
+        elif not self._open:
+            return
+        elif push.snapshot:
             self.value, self.version = push.document, push.version
             self._emit(StateChange(push.version, None, push.document))
         else:
             self._apply(push.version, push.patch)
 
-    async def reconnected(self) -> None:
-        if self._open:
-            await self._subscribe(self.version)
+    def reconnected(self) -> None:
+        """A new connection: subscribe again from the version held, before any replay."""
+        if self._open and not self._closed:
+            self._resubscribe()
 
 
 class Collaboration:
@@ -261,16 +338,22 @@ class Collaboration:
 
     _collab_awareness: dict[str, ClientAwareness]
     _collab_states: dict[str, ClientState]
+    info: ConnectResult | None  # the client's last connect reply
 
-    async def _request(self, issue: Issue) -> Any:
-        raise NotImplementedError  # the Client's
+    async def _request(self, issue: Issue, answered: Answered | None = None) -> Any:
+        raise NotImplementedError  # the Client's: `answered` sees the result in its turn
+
+    def _command(
+        self, issue: Issue, answered: Answered | None = None, failed: Failed | None = None
+    ) -> None:
+        raise NotImplementedError  # the Client's: on this connection only, nobody awaits it
 
     def awareness(self, topic: str) -> ClientAwareness:
         """Awareness on `topic` (relative to the token's tenant); one view per topic."""
         views = self._collab_views()[0]
         view = views.get(topic)
         if view is None:
-            view = views[topic] = ClientAwareness(topic, self._request)
+            view = views[topic] = ClientAwareness(topic, self)
         return view
 
     def state(self, topic: str) -> ClientState:
@@ -281,7 +364,7 @@ class Collaboration:
             if states.get(topic) is view:
                 del states[topic]
 
-        view = ClientState(topic, self._request, forget)
+        view = ClientState(topic, self, forget)
         states[topic] = view
         return view
 
@@ -304,6 +387,11 @@ class Collaboration:
 
     # -- for the client ------------------------------------------------------------
 
+    def _collab_self(self) -> str | None:
+        """This client's presence id, which names its awareness states (None: not connected)."""
+        info = self.info
+        return info.client if info is not None else None
+
     def _collab_views(self) -> tuple[dict[str, ClientAwareness], dict[str, ClientState]]:
         try:
             return self._collab_awareness, self._collab_states
@@ -324,20 +412,11 @@ class Collaboration:
                 state.pushed(push)
 
     def _collab_reconnected(self) -> None:
-        """A new connection: send own states, watches and state subscriptions again."""
+        """A new connection: own states, watches and state subscriptions again — now, in
+        this turn, so they go before the commands a drop left unanswered (a replayed
+        `awareness_set` lands after the state held, a replayed `state_patch` after the
+        resubscribe)."""
         awareness, states = self._collab_views()
         views: list[ClientAwareness | ClientState] = [*awareness.values(), *states.values()]
         for view in views:
-            task = asyncio.ensure_future(view.reconnected())
-            _AGAIN.add(task)
-            task.add_done_callback(_done)
-
-
-# Tasks sending views again after a reconnect (kept referenced until done).
-_AGAIN: set[asyncio.Future[None]] = set()
-
-
-def _done(task: asyncio.Future[None]) -> None:
-    _AGAIN.discard(task)
-    if not task.cancelled():
-        task.exception()  # a failure (the client closed) is the view's next request's to raise
+            view.reconnected()

@@ -84,7 +84,9 @@ class Client(Collaboration, Presence):
     """A connection to a hybridbus server that survives drops. Use `connect()`.
 
     `expires` is when the connection's token expires (Unix time; None: never
-    or unknown), as of the last connect or refresh reply.
+    or unknown), as of the last connect or refresh reply. `info` is the last
+    connect reply: `info.client` is this client's presence id, which a resumed
+    session keeps and a new session changes (awareness names states by it).
     """
 
     def __init__(self, url: str, token: str | TokenProvider | None, config: ClientConfig) -> None:
@@ -117,6 +119,7 @@ class Client(Collaboration, Presence):
         self.resumes = 0  # of which continued the session (docs/protocol.md, "Sessions")
         self.session: str | None = None  # the session token the next connect presents
         self.expires: float | None = None
+        self.info: ConnectResult | None = None  # the last connect reply (class docstring)
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -293,17 +296,53 @@ class Client(Collaboration, Presence):
         await asyncio.shield(found[1])
         return found[0]._groups
 
-    async def _request(self, issue: Callable[[ClientSession], int]) -> Any:
-        return (await self._request_many([issue]))[0]
+    async def _request(
+        self,
+        issue: Callable[[ClientSession], int],
+        answered: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """One command's result; `answered` sees it in the turn it came in (before the
+        pushes read after it), the awaiting caller a turn later."""
+        future = asyncio.get_running_loop().create_future()
+        return (await self._await_requests([Request(issue, future, answered=answered)]))[0]
 
     async def _request_many(self, issues: list[Callable[[ClientSession], int]]) -> list[Any]:
         """Commands issued together (one frame); their results in order, or the first error."""
+        loop = asyncio.get_running_loop()
+        return await self._await_requests(
+            [Request(issue, loop.create_future()) for issue in issues]
+        )
+
+    def _command(
+        self,
+        issue: Callable[[ClientSession], int],
+        answered: Callable[[Any], None] | None = None,
+        failed: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        """Send a command on this connection now, for it only (not sent again after a drop:
+        who sent it does again on the next connection); nobody awaits it. `answered` sees
+        its result in the turn it came in, `failed` its refusal or its loss. Between
+        connections nothing is sent."""
+        session = self.live()
+        if session is None:
+            return
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(future: asyncio.Future[Any]) -> None:
+            error = asyncio.CancelledError() if future.cancelled() else future.exception()
+            if error is not None and failed is not None:
+                failed(error)
+
+        future.add_done_callback(done)
+        request = Request(issue, future, replay=False, answered=answered)
+        self._requests[request.issue(session)] = request
+        self._kick()
+
+    async def _await_requests(self, requests: list[Request]) -> list[Any]:
         if self._closed:
             raise Disconnected(1000, "the client is closed")
         if self._failure is not None:
             raise self._failure
-        loop = asyncio.get_running_loop()
-        requests = [Request(issue, loop.create_future()) for issue in issues]
         session = self._session
         if session is not None and self._ready.is_set():
             issued = 0
@@ -464,6 +503,8 @@ class Client(Collaboration, Presence):
         elif isinstance(event, Replied):
             command, result = event.command, event.result
             if isinstance(command, Connect):
+                if isinstance(result, ConnectResult):
+                    self.info = result  # before `_connected`: the views know their own id
                 self._connected(session)
                 if isinstance(result, ConnectResult):
                     self._expiry(session, result.expires)
@@ -475,8 +516,8 @@ class Client(Collaboration, Presence):
                 self._groups.joined(event.id, result)
             else:
                 request = self._requests.pop(event.id, None)
-                if request is not None and not request.future.done():
-                    request.future.set_result(result)
+                if request is not None:
+                    request.resolve(result)
                 if isinstance(command, Refresh) and isinstance(result, RefreshResult):
                     self._expiry(session, result.expires)
         elif isinstance(event, Failed):

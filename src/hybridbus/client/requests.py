@@ -1,7 +1,8 @@
 """A command the client awaits: what sends it, and the future its reply resolves.
 
 Owns: `Request` (a command issued on a session, sent again on the next
-connection after a drop unless it is for one connection only), `retrieve`,
+connection after a drop unless it is for one connection only, and resolved
+with its result: `answered` first, in the turn it is read), `retrieve`,
 and the small task and reason helpers of `client.connection` (`cancel`, `why`).
 Must not do I/O or know the connection: `client.connection` keeps the
 requests in flight and resolves them.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -18,11 +20,18 @@ from hybridbus.proto.client import ClientSession
 
 __all__ = ["Request", "cancel", "retrieve", "why"]
 
+log = logging.getLogger("hybridbus.client")
+
 
 class Request:
-    """A command awaited; `issue` sends it on a session, again after a drop if `replay`."""
+    """A command awaited; `issue` sends it on a session, again after a drop if `replay`.
 
-    __slots__ = ("future", "issue", "replay")
+    `answered` (optional) sees the result in the turn it is read, before the
+    pushes read after it and before whoever awaits `future` resumes (the
+    collaboration views apply a reply before the pushes that follow it).
+    """
+
+    __slots__ = ("answered", "future", "issue", "replay")
 
     def __init__(
         self,
@@ -30,10 +39,23 @@ class Request:
         future: asyncio.Future[Any],
         *,
         replay: bool = True,
+        answered: Callable[[Any], None] | None = None,
     ) -> None:
         self.issue = issue
         self.future = future
         self.replay = replay
+        self.answered = answered
+
+    def resolve(self, result: object) -> None:
+        """The command's result came: `answered` first, then the awaiting side."""
+        if self.future.done():
+            return
+        if self.answered is not None:
+            try:
+                self.answered(result)
+            except Exception:  # a view's bug must not end the connection's loop
+                log.exception("handling the answer to a command failed")
+        self.future.set_result(result)
 
 
 def retrieve(future: asyncio.Future[Any]) -> None:
