@@ -255,6 +255,7 @@ def test_every_argument_of_every_command_has_help() -> None:
     assert set(found) == {
         "serve", "publish", "subscribe", "history", "token", "key", "groups", "dlq", "schemas",
         "webhooks", "nodes", "bridge", "bridges", "watch", "follow", "changes", "tail", "log",
+        "presence",
     }  # fmt: skip
     for name, command in found.items():
         for action in command._actions:
@@ -270,7 +271,9 @@ def help_of(*argv: str) -> str:
     return " ".join(done.stdout.split())  # argparse wraps lines where it likes
 
 
-@pytest.mark.parametrize("command", [(), ("publish",), ("subscribe",), ("history",)])
+@pytest.mark.parametrize(
+    "command", [(), ("publish",), ("subscribe",), ("history",), ("presence",)]
+)
 def test_help_names_the_environment_and_the_exit_statuses(command: tuple[str, ...]) -> None:
     text = help_of(*command)
     for needed in ("HYBRIDBUS_URL", "HYBRIDBUS_TOKEN", "--url", "exit status", "3 "):

@@ -10,6 +10,7 @@ Must not hold server logic: `hybridbus serve` hands over to `hybridbus.serve`.
     hybridbus publish TOPIC --data JSON|@file|- [--type T] [--source S] [--id ID]
     hybridbus subscribe PATTERN [--since TOKEN] [--count N]     (JSON lines)
     hybridbus history TOPIC|PATTERN [--since TOKEN] [--limit N]  (JSON lines)
+    hybridbus presence TOPIC [--watch] [--json]        (the members, then their changes)
     hybridbus token --sub USER --tenant T [--role R ...] [--ttl 1h] [--device D]
                     [--sid S] [--app A] [--topic PATTERN ...] [--admin] [--kid KID]
                     [--issuer ISS] [--audience AUD]
@@ -94,8 +95,8 @@ exit status:
        (docs/errors.md), or a terminal close code, e.g. "4501 UNAUTHORIZED: ..."
   2    bad arguments
   3    cannot connect: nothing answers at the URL. Only the first connection
-       fails like this, at once; once connected, subscribe reconnects by
-       itself and says so on stderr
+       fails like this, at once; once connected, subscribe, tail and
+       presence --watch reconnect by themselves and say so on stderr
   130  interrupted (Ctrl-C)"""
 
 
@@ -270,6 +271,29 @@ def parser() -> argparse.ArgumentParser:
     history.add_argument(
         "--limit", type=int, default=100, metavar="N", help="at most N events (default: 100)"
     )
+    presence = commands.add_parser(
+        "presence",
+        parents=[client],
+        help="print who is in a topic (and, with --watch, who joins and leaves)",
+        description=(
+            "Print the members of a topic (the clients subscribed to exactly it) as a "
+            "table: client id, user, device, name and state (active, or degraded while "
+            "its connection is gone and its session waits for it). With --watch, then "
+            "print a line per change — join, leave, degraded, active — until Ctrl-C, "
+            "reconnecting by itself (said on stderr) without missing or repeating one."
+        ),
+        epilog=epilog,
+        formatter_class=_Formatter,
+    )
+    presence.add_argument("topic", help="a topic (no wildcards), relative to your tenant")
+    presence.add_argument(
+        "--watch", action="store_true", help="then print each change until Ctrl-C"
+    )
+    presence.add_argument(
+        "--json",
+        action="store_true",
+        help='JSON lines instead: one object per member, and per change with "change"',
+    )
     _add_token_parser(commands)
     _add_key_parser(commands)
     cli_groups.add_parsers(commands, client, epilog, _Formatter)
@@ -373,6 +397,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             name,
             commands.history(
                 args.url, args.token, args.pattern, args.since, args.limit, ca=args.ca
+            ),
+        )
+    if name == "presence":
+        return commands.run(
+            name,
+            commands.presence(
+                args.url, args.token, args.topic, watch=args.watch, as_json=args.json, ca=args.ca
             ),
         )
     raise AssertionError(f"unhandled command {name!r}")  # argparse refuses others

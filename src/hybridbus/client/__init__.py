@@ -16,12 +16,15 @@ after a reconnect. `c.subscribe(pattern, filter=Filter(level="warn"))` has the
 server send only what the filter lets through. `c.awareness(topic)` shows and follows
 cursors and other ephemeral state; `c.state(topic)` and `c.patch(...)` keep a JSON document
 changed by merge patches (`hybridbus.client.collab`, docs/collaboration.md).
+`c.presence_watch(topic)` keeps a topic's members current and yields their
+joins, leaves and degraded/active changes (`hybridbus.client.presence_watch`).
 Imports `proto` and `core` only, never the server.
 """
 
 from hybridbus.client.collab import AwarenessChange, ClientAwareness, ClientState, StateChange
 from hybridbus.client.connection import Client, ClientConfig, TokenProvider, connect
 from hybridbus.client.groups import ClientDelivery, ClientGroup
+from hybridbus.client.presence_watch import ClientPresence, PresenceChange
 from hybridbus.client.subscription import ClientSubscription, Filter
 from hybridbus.errors import ConnectFailed
 from hybridbus.proto.client import HistoryPage, Received
@@ -34,11 +37,13 @@ __all__ = [
     "ClientConfig",
     "ClientDelivery",
     "ClientGroup",
+    "ClientPresence",
     "ClientState",
     "ClientSubscription",
     "ConnectFailed",
     "Filter",
     "HistoryPage",
+    "PresenceChange",
     "PublishResult",
     "Received",
     "StateChange",

@@ -1,4 +1,4 @@
-"""The client side of the `hybridbus` command line: publish, subscribe, history.
+"""The client side of the `hybridbus` command line: publish, subscribe, history, presence.
 
 Owns: turning those commands' arguments into client calls, printing the
 results as JSON lines (one object per line: easy for `jq` and scripts), and
@@ -38,8 +38,18 @@ from hybridbus.errors import (
 )
 from hybridbus.proto.client import HistoryItem, HistoryPage, Received
 from hybridbus.proto.codes import CloseCode
+from hybridbus.proto.frames import ClientInfo
 
-__all__ = ["describe", "failed", "history", "publish", "read_data", "run", "subscribe"]
+__all__ = [
+    "describe",
+    "failed",
+    "history",
+    "presence",
+    "publish",
+    "read_data",
+    "run",
+    "subscribe",
+]
 
 OK: Final = 0
 FAILED: Final = 1  # refused by the server (its code is printed), or bad input
@@ -153,6 +163,70 @@ async def history(
         positions[item.shard] = item.position
         out.write(_line(item, str(Position(page.position.epoch, tuple(positions)))))
     out.write(_json.encode({"position": str(page.position), "more": page.more}) + b"\n")
+    out.flush()
+
+
+_COLUMNS = ("client", "user", "device", "name", "state")
+
+
+async def presence(
+    url: str,
+    token: str | None,
+    topic: str,
+    *,
+    watch: bool = False,
+    as_json: bool = False,
+    ca: Ca | None = None,
+) -> None:
+    """Print `topic`'s members (a table, or JSON lines); with `watch`, then each change.
+
+    A change is a line of its own: `join`, `leave`, `degraded` or `active`
+    and the member (JSON: the member's object with `"change"`). Watching goes
+    on across reconnects (said on stderr) until Ctrl-C.
+    """
+    out = sys.stdout
+    config = ClientConfig(request_timeout=10.0)
+    async with connect(url, token=token, config=config, ca=ca) as c:
+        if not watch:
+            members, cursor = [], None
+            while True:  # a page at a time: a topic may have 10,000 members
+                page = await c.presence_page(topic, limit=1000, cursor=cursor)
+                members += page.clients
+                if (cursor := page.cursor) is None:
+                    break
+            _members(out, members, as_json)
+            return
+        async with c.presence_watch(topic) as room:
+            _members(out, list(room.members.values()), as_json)
+            async for change in room:
+                row = _row(change.info)
+                if as_json:
+                    out.write(_json.encode({"change": change.kind, **row}).decode() + "\n")
+                else:
+                    out.write(f"{change.kind:<9} " + "  ".join(map(_cell, row.values())) + "\n")
+                out.flush()
+
+
+def _row(info: ClientInfo) -> dict[str, str | None]:
+    return {name: getattr(info, name) for name in _COLUMNS}
+
+
+def _cell(value: str | None) -> str:
+    return "-" if value is None else value
+
+
+def _members(out: TextIO, members: list[ClientInfo], as_json: bool) -> None:
+    """The members as JSON lines, or as a table under a header (aligned columns)."""
+    rows = [_row(info) for info in members]
+    if as_json:
+        out.writelines(_json.encode(row).decode() + "\n" for row in rows)
+    else:
+        cells = [[name.upper() for name in _COLUMNS]]
+        cells += [[_cell(value) for value in row.values()] for row in rows]
+        widths = [max(len(line[i]) for line in cells) for i in range(len(_COLUMNS))]
+        for line in cells:
+            out.write("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+            out.write("\n")
     out.flush()
 
 

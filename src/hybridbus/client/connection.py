@@ -67,6 +67,9 @@ from hybridbus.proto.frames import (
     Connect,
     ConnectResult,
     GroupJoin,
+    Join,
+    Leave,
+    PresenceChanged,
     PublishResult,
     Refresh,
     RefreshResult,
@@ -500,6 +503,8 @@ class Client(Collaboration, Presence):
             self._groups.ended(event)
         elif isinstance(event, AwarenessPush | StatePush):
             self._collab_pushed(event)  # client.collab
+        elif isinstance(event, Join | Leave | PresenceChanged):
+            self._presence_pushed(event)  # client.presence_watch
         elif isinstance(event, Replied):
             command, result = event.command, event.result
             if isinstance(command, Connect):
@@ -540,6 +545,7 @@ class Client(Collaboration, Presence):
         self._groups.connected(session)
         if self.connects > 1:
             self._collab_reconnected()  # awareness and state views, again
+            self._presence_reconnected()  # presence watches, again
         waiting, self._waiting = self._waiting, []
         for request in waiting:
             if request.future.done():
@@ -560,6 +566,7 @@ class Client(Collaboration, Presence):
         self._waiting.clear()
         self._subs.fail_all(error, quietly=end_quietly)
         self._groups.fail_all(error, quietly=end_quietly)
+        self._presence_ended(error, quietly=end_quietly)
 
     # -- tokens ------------------------------------------------------------------------
 
