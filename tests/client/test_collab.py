@@ -13,7 +13,7 @@ from tests.servers import running_server
 import hybridbus.client
 from hybridbus.client import Client, ClientConfig
 from hybridbus.core.backoff import Backoff
-from hybridbus.errors import RemoteError
+from hybridbus.errors import Disconnected, InvalidInput, RemoteError
 
 FAST = ClientConfig(backoff=Backoff(base=0.01, cap=0.05), request_timeout=10.0)
 
@@ -221,3 +221,49 @@ async def test_a_clients_own_state_is_own_never_among_the_others() -> None:
         assert set(await mine.watch()) == {bob.info.client}
         seen = await bob.awareness("room").watch()
         assert {c: s.state for c, s in seen.items()} == {alice.info.client: {"cursor": 4}}
+
+
+async def test_the_views_iterators_end_with_the_client() -> None:
+    """A closed client ends its awareness and state views' iterators (quietly); one that
+    failed raises its error from them — nobody waits for ever."""
+    async with running_server() as server:
+        async with hybridbus.client.connect(server.url, config=FAST) as c:
+            aw = c.awareness("room")
+            await aw.watch()
+            doc = await c.state("boards/1").__aenter__()
+            waiting = [asyncio.ensure_future(anext(aw)), asyncio.ensure_future(anext(doc))]
+            await asyncio.sleep(0.05)
+        for task in waiting:  # the client closed
+            with pytest.raises(StopAsyncIteration):
+                await asyncio.wait_for(task, 5)
+        async with hybridbus.client.connect(server.url, config=FAST) as c:
+            aw = c.awareness("room")
+            await aw.watch()
+            waiting = [asyncio.ensure_future(anext(aw))]
+            await asyncio.sleep(0.05)
+            c._fail_all(Disconnected(4501, "refused"))
+            with pytest.raises(Disconnected):
+                await asyncio.wait_for(waiting[0], 5)
+
+
+async def test_one_state_view_per_topic_and_a_refused_one_is_forgotten() -> None:
+    async with (
+        running_server() as server,
+        hybridbus.client.connect(server.url, config=FAST) as c,
+    ):
+        async with c.state("boards/1") as doc:
+            with pytest.raises(InvalidInput, match="open"):
+                c.state("boards/1")
+            assert doc.version == 0
+        async with c.state("boards/1") as again:  # closed: viewed again
+            assert again.version == 0
+    no_subscribe = {"anonymous": [{"allow": ["publish"], "topics": "#"}]}
+    async with (
+        running_server(roles=no_subscribe) as server,
+        hybridbus.client.connect(server.url, config=FAST) as c,
+    ):
+        for _ in range(2):  # refused each time, never "a view is open"
+            with pytest.raises(RemoteError) as refused:
+                async with c.state("boards/1"):
+                    pass
+            assert refused.value.code == 1110

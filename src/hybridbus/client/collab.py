@@ -48,7 +48,7 @@ from types import TracebackType
 from typing import Any
 
 from hybridbus.core import merge_patch
-from hybridbus.errors import BusError
+from hybridbus.errors import BusError, InvalidInput
 from hybridbus.proto.client import ClientSession
 from hybridbus.proto.frames import (
     AwarenessPush,
@@ -104,6 +104,7 @@ class ClientAwareness:
         self._pending: dict[str, AwarenessChange] = {}
         self._wake = asyncio.Event()
         self._watching = False
+        self._ended: _End | None = None  # the client ended: the iterator ends after `_pending`
 
     async def set(self, key: str, value: Any) -> int:
         """Set one key of this client's state (None removes it); the server's Lamport stamp."""
@@ -144,13 +145,20 @@ class ClientAwareness:
         return self
 
     async def __anext__(self) -> AwarenessChange:
-        if not self._watching:
+        if not self._watching and self._ended is None:
             await self.watch()
         while not self._pending:
+            if self._ended is not None:
+                self._ended.stop()
             self._wake.clear()
             await self._wake.wait()
         client = next(iter(self._pending))
         return self._pending.pop(client)
+
+    def ended(self, error: BusError, *, quietly: bool) -> None:
+        """The client ended: the iterator ends too, with `error` unless `quietly`."""
+        self._ended = _End(error, quietly)
+        self._wake.set()
 
     # -- inside ----------------------------------------------------------------------
 
@@ -216,6 +224,7 @@ class ClientState:
         self.version = 0
         self._changes: deque[StateChange] = deque()
         self._wake = asyncio.Event()
+        self._ended: _End | None = None  # the client ended: the iterator ends after `_changes`
         self._open = False  # a subscribe was answered: pushes follow the version held
         self._closed = False
         # A subscribe's reply is awaited: the pushes meanwhile wait for it (those newer
@@ -226,7 +235,12 @@ class ClientState:
 
     async def __aenter__(self) -> ClientState:
         self._waiting, self._early = True, []
-        await self._owner._request(self._subscribe_command(None), self._subscribed)
+        try:
+            await self._owner._request(self._subscribe_command(None), self._subscribed)
+        except BaseException:
+            self._closed, self._waiting, self._early = True, False, []
+            self._forget(self)  # refused (or cancelled): the topic may be viewed again
+            raise
         return self
 
     async def __aexit__(
@@ -252,9 +266,16 @@ class ClientState:
 
     async def __anext__(self) -> StateChange:
         while not self._changes:
+            if self._ended is not None:
+                self._ended.stop()
             self._wake.clear()
             await self._wake.wait()
         return self._changes.popleft()
+
+    def ended(self, error: BusError, *, quietly: bool) -> None:
+        """The client ended: the iterator ends too, with `error` unless `quietly`."""
+        self._ended = _End(error, quietly)
+        self._wake.set()
 
     # -- inside ----------------------------------------------------------------------
 
@@ -333,6 +354,19 @@ class ClientState:
             self._resubscribe()
 
 
+@dataclass(frozen=True, slots=True)
+class _End:
+    """How a view's iterator ends once the client did: quietly, or raising `error`."""
+
+    error: BusError
+    quietly: bool
+
+    def stop(self) -> None:
+        if self.quietly:
+            raise StopAsyncIteration
+        raise self.error
+
+
 class Collaboration:
     """What `Client` gets of this module: `awareness`, `state`, `patch` (module docstring)."""
 
@@ -357,8 +391,14 @@ class Collaboration:
         return view
 
     def state(self, topic: str) -> ClientState:
-        """The state document of `topic`: `async with c.state(topic) as doc`."""
+        """The state document of `topic`: `async with c.state(topic) as doc`.
+
+        One view per topic at a time (the server keeps one subscription per
+        topic and connection): InvalidInput while another is open.
+        """
         states = self._collab_views()[1]
+        if topic in states:
+            raise InvalidInput(f"a state view of {topic!r} is open: use it, or close it first")
 
         def forget(view: ClientState) -> None:
             if states.get(topic) is view:
@@ -410,6 +450,13 @@ class Collaboration:
             state = states.get(push.topic)
             if state is not None:
                 state.pushed(push)
+
+    def _collab_ended(self, error: BusError, *, quietly: bool) -> None:
+        """The client ended: so does every view's iterator."""
+        awareness, states = self._collab_views()
+        views: list[ClientAwareness | ClientState] = [*awareness.values(), *states.values()]
+        for view in views:
+            view.ended(error, quietly=quietly)
 
     def _collab_reconnected(self) -> None:
         """A new connection: own states, watches and state subscriptions again — now, in

@@ -567,6 +567,7 @@ class Client(Collaboration, Presence):
         self._subs.fail_all(error, quietly=end_quietly)
         self._groups.fail_all(error, quietly=end_quietly)
         self._presence_ended(error, quietly=end_quietly)
+        self._collab_ended(error, quietly=end_quietly)
 
     # -- tokens ------------------------------------------------------------------------
 
