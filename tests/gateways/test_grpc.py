@@ -516,3 +516,29 @@ async def _subscribe_until(
         process.terminate()
         await process.wait()
     return found
+
+
+@pytest.mark.parametrize("method", ["Publish", "Ingest", "Subscribe", "History"])
+async def test_a_message_that_does_not_parse_is_invalid_argument_1000(method: str) -> None:
+    # It was UNKNOWN (Publish, History, Subscribe: grpc's own "Unexpected DecodeError",
+    # logged as a servicer failure) or INTERNAL (Ingest).
+    async with serving() as server:
+        target = f"127.0.0.1:{grpc_port(server)}"
+        async with grpc.aio.insecure_channel(target) as channel:
+            path = f"/hybridbus.v1.Bus/{method}"
+            junk = b"\x0a\x05ab"  # field 1, 5 bytes long, then 2 of them
+            if method == "Ingest":
+                answer = channel.stream_unary(path)(iter([junk]), timeout=5)
+            elif method == "Subscribe":
+                answer = channel.unary_stream(path)(junk, timeout=5).read()
+            else:
+                answer = channel.unary_unary(path)(junk, timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await answer
+        said = refused(caught.value)
+        assert (said.status, said.code) == (grpc.StatusCode.INVALID_ARGUMENT, 1000), said
+        if method == "Ingest":
+            assert (said.trailers["hybridbus-index"], said.trailers["hybridbus-accepted"]) == (
+                "0",
+                "0",
+            )

@@ -41,3 +41,13 @@ async def test_get_patch_and_if_match() -> None:
             assert refused.status == 415
         async with http.get("/v1/states/other/boards/7") as foreign:
             assert foreign.status == 403  # another tenant's document
+
+
+async def test_a_patch_nested_past_what_json_decodes_is_400_and_changes_nothing() -> None:
+    async with running_server() as server, aiohttp.ClientSession(server.http) as http:
+        deep = b"[" * 100_000 + b"]" * 100_000  # msgspec: RecursionError, was a 500
+        async with http.patch("/v1/states/acme/deep", data=deep, headers=MERGE) as refused:
+            assert refused.status == 400
+            assert (await refused.json())["code"] == 1000
+        async with http.get("/v1/states/acme/deep") as got:
+            assert (await got.json())["version"] == 0

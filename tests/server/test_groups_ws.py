@@ -10,6 +10,8 @@ group, and leases of a closed connection going to the other member after
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -375,3 +377,18 @@ async def test_a_group_leaves_its_events_undecoded_only_for_members_that_take_th
             group = server.node.bus.groups.get("acme/billing")
             kinds = {type(e.delivery) for e in group.core.entries.values()}
             assert kinds == ({StoredDelivery} if undecoded else {Delivery})
+
+
+@pytest.mark.parametrize("kind", ["term", "nack"])
+async def test_a_settle_cut_short_by_the_close_leaves_nothing_unawaited(kind: str) -> None:
+    # The close cancels the settle's task before it starts: its coroutine was made
+    # beforehand and never awaited ("RuntimeWarning: coroutine 'Group.term' was never
+    # awaited", an error here).
+    async with running_server() as server, WsClient.open(server.url) as client:
+        await join(client)
+        settle = {"type": kind, "id": 7, "group": "billing", "delivery": "x"}
+        # Two frames read at once: the second closes (4500) before the loop runs the task.
+        await client.ws.send(json.dumps(settle))
+        await client.ws.send("not json")
+        assert (await client.closed()).code == 4500
+    gc.collect()

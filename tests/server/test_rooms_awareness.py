@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hybridbus.core.yjs_protocol import AwarenessEntry
+from hybridbus.core.yjs_protocol import MAX_VARUINT, AwarenessEntry, encode_awareness
 from hybridbus.server.rooms_awareness import Remote, RoomAwareness
 
 
@@ -35,3 +35,15 @@ def test_a_state_sent_again_below_its_removal_is_answered_with_the_removal() -> 
     assert refused == [AwarenessEntry(5, 5, "null")]
     assert room.apply(peer, [AwarenessEntry(5, 6, '{"u":5}')]) == [AwarenessEntry(5, 6, '{"u":5}')]
     assert room.local() == [AwarenessEntry(5, 6, '{"u":5}')]
+
+
+def test_a_removal_after_the_largest_clock_stays_at_it_and_encodes() -> None:
+    # A state at 2**53 - 1 (what a varuint holds): its removal at + 1 did not encode, and
+    # the room's send-out callback failed on it for good, updates included.
+    room = RoomAwareness(1024)
+    owner, node = object(), Remote("a")
+    room.apply(owner, [AwarenessEntry(1, MAX_VARUINT, "{}")])
+    room.apply(node, [AwarenessEntry(2, MAX_VARUINT, "{}")])
+    assert room.leave(owner) == [AwarenessEntry(1, MAX_VARUINT, "null")]
+    assert room.replace(node, []) == [AwarenessEntry(2, MAX_VARUINT, "null")]
+    assert encode_awareness([AwarenessEntry(1, MAX_VARUINT, "null")])

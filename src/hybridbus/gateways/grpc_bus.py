@@ -64,12 +64,15 @@ from hybridbus.errors import (
 from hybridbus.gateways.access import HttpAccess
 from hybridbus.gateways.grpc_codec import (
     INDEX_KEY,
+    Malformed,
     Tokens,
     ack_message,
     delivery_message,
     event_of,
     generated,
     message_of,
+    parsed,
+    request_parser,
     status_of,
     trailers_of,
 )
@@ -91,7 +94,8 @@ log = logging.getLogger(__name__)
 Hold = Callable[[Identity, Callable[[AccessError], None]], Callable[[], None]]
 _DEFAULT_LIMIT: Final = 100
 _ACCEPTED_KEY: Final = "hybridbus-accepted"
-_bus_pb2, _bus_pb2_grpc, _ = generated()
+_bus_pb2, _, _ = generated()
+_SERVICE: Final = "hybridbus.v1.Bus"
 
 
 class GrpcConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -149,7 +153,7 @@ def _answered(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable
 
     async def call(self: GrpcGateway, request: Any, context: Any) -> Any:
         try:
-            return await handler(self, request, context)
+            return await handler(self, parsed(request), context)
         except _Refused as exc:
             refusal, more = exc.error, exc.trailers
         except BusError as exc:
@@ -210,7 +214,9 @@ class GrpcGateway:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ]
         )
-        _bus_pb2_grpc.add_BusServicer_to_server(self, server)
+        handlers = self._handlers()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+        server.add_registered_method_handlers(_SERVICE, handlers)
         address = f"{config.host}:{config.port}"
         try:
             if self._tls is None:
@@ -227,6 +233,33 @@ class GrpcGateway:
         self._server, self.port = server, port
         log.info("grpc listening", extra={"addresses": [[config.host, port]]})
         return port
+
+    def _handlers(self) -> dict[str, Any]:
+        """The four calls, as `bus_pb2_grpc.add_BusServicer_to_server` registers them, but
+        with requests that do not parse handed to the call (`Malformed`): refused 1000."""
+        pb = _bus_pb2
+        return {
+            "Publish": grpc.unary_unary_rpc_method_handler(
+                self.Publish,
+                request_deserializer=request_parser(pb.PublishRequest),
+                response_serializer=pb.Ack.SerializeToString,
+            ),
+            "Ingest": grpc.stream_unary_rpc_method_handler(
+                self.Ingest,
+                request_deserializer=request_parser(pb.PublishRequest),
+                response_serializer=pb.IngestResponse.SerializeToString,
+            ),
+            "Subscribe": grpc.unary_stream_rpc_method_handler(
+                self.Subscribe,
+                request_deserializer=request_parser(pb.SubscribeRequest),
+                response_serializer=pb.SubscribeResponse.SerializeToString,
+            ),
+            "History": grpc.unary_unary_rpc_method_handler(
+                self.History,
+                request_deserializer=request_parser(pb.HistoryRequest),
+                response_serializer=pb.HistoryResponse.SerializeToString,
+            ),
+        }
 
     async def close(self) -> None:
         """End every held call (1210: reconnect), refuse new ones, stop the server."""
@@ -416,6 +449,10 @@ class GrpcGateway:
                         break
                     if isinstance(item, BaseException):
                         raise item
+                    if isinstance(item, Malformed):  # refused as an event is: 1000
+                        await self._append(prepared, counts)
+                        at = {INDEX_KEY: str(counts.seen), _ACCEPTED_KEY: str(counts.accepted)}
+                        raise _Refused(item.error, **at)
                     topic: str | None = None
                     events = [item.event] if item.HasField("event") else []
                     events.extend(item.events)  # a batch of the same topic, in order

@@ -4,7 +4,8 @@ Owns: loading the code generated from protos/ (`grpc_gen`, built by
 `make grpc`: a clear error when it is missing), converting an `Event` to and
 from `io.cloudevents.v1.CloudEvent` (the CloudEvents Protobuf Event Format;
 docs/grpc.md, "Events"), building the `hybridbus.v1` messages of acks and
-deliveries with their resume tokens, and the table from a `BusError` to a
+deliveries with their resume tokens, reading requests (one that does not parse
+is `Malformed`, refused 1000 by its call), and the table from a `BusError` to a
 gRPC status code and its trailing metadata. Must not do I/O, serve calls nor
 decide who may do what (`gateways.grpc` does, through the guard).
 
@@ -22,6 +23,7 @@ from typing import Any, Final
 
 import grpc
 import msgspec
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from hybridbus.core.codecs import is_json_content_type
 from hybridbus.core.event import Event, event_from_dict
@@ -47,6 +49,7 @@ __all__ = [
     "CODE_KEY",
     "INDEX_KEY",
     "RETRIABLE_KEY",
+    "Malformed",
     "Tokens",
     "ack_message",
     "cloudevent_of",
@@ -54,6 +57,8 @@ __all__ = [
     "event_of",
     "generated",
     "message_of",
+    "parsed",
+    "request_parser",
     "status_of",
     "trailers_of",
 ]
@@ -108,6 +113,44 @@ _CloudEvent: Final[Callable[..., Any]] = _ce.CloudEvent
 _Value: Final[Callable[..., Any]] = _ce.CloudEvent.CloudEventAttributeValue
 _Ack: Final[Callable[..., Any]] = _bus.Ack
 _Delivery: Final[Callable[..., Any]] = _bus.Delivery
+
+
+# -- requests -------------------------------------------------------------------------------
+
+
+class Malformed:
+    """A request message that does not parse: its call answers `error` (1000).
+
+    grpc's own deserializer would raise, and grpc end the call UNKNOWN,
+    logging a servicer failure.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, kind: str, exc: Exception) -> None:
+        self.error = InvalidInput(f"a {kind} message that does not parse: {exc}")
+
+
+def request_parser(message: Any) -> Callable[[bytes], Any]:
+    """`message.FromString` (a generated message class), answering `Malformed` for bytes
+    that do not parse instead of raising."""
+    parse = message.FromString
+    kind = message.DESCRIPTOR.name
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return Malformed(kind, exc)
+
+    return deserialize
+
+
+def parsed(request: Any) -> Any:
+    """`request`, or its `InvalidInput` (1000) raised if it did not parse."""
+    if isinstance(request, Malformed):
+        raise request.error
+    return request
 
 
 # -- statuses -------------------------------------------------------------------------------

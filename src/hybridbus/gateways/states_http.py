@@ -101,7 +101,7 @@ class StatesGateway:
         body = await read_body(request, _MAX_BODY, self._body_timeout)
         try:
             patch: Any = msgspec.json.decode(body)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise InvalidInput(f"the body is not JSON: {exc}") from exc
         await self._charge(request, 1)
         bus = self._topics.bus

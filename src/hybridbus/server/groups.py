@@ -124,10 +124,10 @@ class Memberships:
     def _settle_in(self, group: Group, command: GroupSettle) -> None:
         if isinstance(command, GroupAck):
             group.ack_ids(command.deliveries)  # a malformed id refuses them all
-            self._settle(command.id, group.durable())
+            self._settle(command.id, group.durable)
         elif isinstance(command, GroupNack):
-            nack = group.nack(command.delivery, command.delay, command.error or "")
-            self._settle(command.id, nack)
+            delivery, delay, error = command.delivery, command.delay, command.error or ""
+            self._settle(command.id, lambda: group.nack(delivery, delay, error))
         elif isinstance(command, GroupExtend):
             failure: BusError | None = None
             for delivery_id in command.deliveries:
@@ -139,7 +139,8 @@ class Memberships:
                 raise failure
             self._connection.session.reply(command.id, SettleResult())
         else:  # GroupTerm
-            self._settle(command.id, group.term(command.delivery, command.reason or ""))
+            delivery, reason = command.delivery, command.reason or ""
+            self._settle(command.id, lambda: group.term(delivery, reason))
 
     def close(self) -> None:
         """The connection ended: leave every group (held deliveries come back after their lease)."""
@@ -290,14 +291,16 @@ class Memberships:
                 raise
             return None
 
-    def _settle(self, id: int, settling: Awaitable[None]) -> None:
+    def _settle(self, id: int, settling: Callable[[], Awaitable[None]]) -> None:
+        # Called in the task: a task cancelled before it starts (the connection closed)
+        # leaves no coroutine never awaited.
         self._connection.spawn(self._run_settle(id, settling))
 
-    async def _run_settle(self, id: int, settling: Awaitable[None]) -> None:
+    async def _run_settle(self, id: int, settling: Callable[[], Awaitable[None]]) -> None:
         connection = self._connection
         session = connection.session
         try:
-            await settling
+            await settling()
         except Exception as exc:
             if not isinstance(exc, BusError):
                 log.exception("settling a delivery of %s failed", connection.id)

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Iterator
 from typing import Final
 
-from hybridbus.core.yjs_protocol import AwarenessEntry
+from hybridbus.core.yjs_protocol import MAX_VARUINT, AwarenessEntry
 from hybridbus.errors import YjsMessageInvalid
 
 __all__ = ["Remote", "RoomAwareness"]
@@ -128,9 +128,9 @@ class RoomAwareness:
         """`owner` is gone: its states are removed; the removals (clock + 1) to tell."""
         removals: list[AwarenessEntry] = []
         for client in list(self._by_owner.get(owner, ())):
-            entry = self.states[client]
-            self._remove(client, entry.clock + 1)
-            removals.append(AwarenessEntry(client, entry.clock + 1, "null"))
+            clock = _after(self.states[client].clock)
+            self._remove(client, clock)
+            removals.append(AwarenessEntry(client, clock, "null"))
         return removals
 
     def replace(self, owner: Remote, entries: list[AwarenessEntry]) -> list[AwarenessEntry]:
@@ -139,9 +139,9 @@ class RoomAwareness:
         removals: list[AwarenessEntry] = []
         for client in list(self._by_owner.get(owner, ())):
             if client not in keep:
-                entry = self.states[client]
-                self._remove(client, entry.clock + 1)
-                removals.append(AwarenessEntry(client, entry.clock + 1, "null"))
+                clock = _after(self.states[client].clock)
+                self._remove(client, clock)
+                removals.append(AwarenessEntry(client, clock, "null"))
         return removals + self.apply(owner, [entry for entry in entries if not entry.removed])
 
     def _set(self, owner: Hashable, entry: AwarenessEntry) -> None:
@@ -168,3 +168,9 @@ class RoomAwareness:
             clients.discard(client)
             if not clients:
                 del self._by_owner[owner]
+
+
+def _after(clock: int) -> int:
+    """The clock of a removal following a state at `clock`: one more, at most what a varuint
+    holds (y-protocols takes a removal at the state's own clock too)."""
+    return min(clock + 1, MAX_VARUINT)
