@@ -75,7 +75,7 @@ async def exchange(port: int, subprotocol: str, sent: list[Any]) -> int | None:
             while True:
                 data = await asyncio.wait_for(ws.recv(), 0.2)
                 messages = (
-                    [decode(line) for line in data.splitlines()]
+                    [decode(line) for line in data.split("\n")]  # not splitlines (U+2028)
                     if subprotocol == JSON
                     else decode(data)
                 )

@@ -373,7 +373,8 @@ def ws_encode(frame: Any, binary: bool) -> str | bytes:
 def decoded(data: str | bytes) -> list[dict[str, Any]]:
     if isinstance(data, bytes):  # MessagePack frames are binary, JSON ones text
         return list(msgspec.msgpack.decode(data))
-    return [json.loads(line) for line in data.splitlines()]
+    # "\n" only: `splitlines` also splits at U+2028, U+0085, ... which JSON leaves unescaped
+    return [json.loads(line) for line in data.split("\n")]
 
 
 def with_deliveries(frame: Any, given: list[str]) -> Any:
