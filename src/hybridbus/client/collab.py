@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from hybridbus.client.requests import CommandPath, Issue
 from hybridbus.core import merge_patch
 from hybridbus.errors import BusError, InvalidInput
 from hybridbus.proto.client import ClientSession
@@ -68,9 +69,6 @@ from hybridbus.proto.frames import (
 
 __all__ = ["AwarenessChange", "ClientAwareness", "ClientState", "Collaboration", "StateChange"]
 
-Issue = Callable[[ClientSession], int]
-Answered = Callable[[Any], None]  # a command's result, in the turn it came in
-Failed = Callable[[BaseException], None]  # its refusal, or its connection lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,20 +365,12 @@ class _End:
         raise self.error
 
 
-class Collaboration:
+class Collaboration(CommandPath):
     """What `Client` gets of this module: `awareness`, `state`, `patch` (module docstring)."""
 
     _collab_awareness: dict[str, ClientAwareness]
     _collab_states: dict[str, ClientState]
     info: ConnectResult | None  # the client's last connect reply
-
-    async def _request(self, issue: Issue, answered: Answered | None = None) -> Any:
-        raise NotImplementedError  # the Client's: `answered` sees the result in its turn
-
-    def _command(
-        self, issue: Issue, answered: Answered | None = None, failed: Failed | None = None
-    ) -> None:
-        raise NotImplementedError  # the Client's: on this connection only, nobody awaits it
 
     def awareness(self, topic: str) -> ClientAwareness:
         """Awareness on `topic` (relative to the token's tenant); one view per topic."""

@@ -18,21 +18,17 @@ which keeps its own presence across a drop (§4.1), is `client.connection`'s.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 from hybridbus.client.presence_watch import PAGE_SIZE, ClientPresence
+from hybridbus.client.requests import CommandPath
 from hybridbus.errors import BusError
-from hybridbus.proto.client import ClientSession
 from hybridbus.proto.frames import ClientInfo, Join, Leave, PresenceChanged, PresenceResult
 
 __all__ = ["Presence"]
 
 
-class Presence:
+class Presence(CommandPath):
     """`presence`, `presence_page` and `presence_watch` for a client with a request path."""
 
-    _request: Callable[[Callable[[ClientSession], int]], Awaitable[Any]]
     _presence_views: dict[str, list[ClientPresence]]
 
     async def presence(self, topic: str) -> list[ClientInfo]:
@@ -77,14 +73,6 @@ class Presence:
         return view
 
     # -- for the client ------------------------------------------------------------
-
-    def _command(
-        self,
-        issue: Callable[[ClientSession], int],
-        answered: Callable[[Any], None] | None = None,
-        failed: Callable[[BaseException], None] | None = None,
-    ) -> None:
-        raise NotImplementedError  # the Client's: on this connection only, nobody awaits it
 
     def failure(self) -> BusError | None:
         raise NotImplementedError  # the Client's: what ended it for good

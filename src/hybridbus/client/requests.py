@@ -1,6 +1,7 @@
 """A command the client awaits: what sends it, and the future its reply resolves.
 
-Owns: `Request` (a command issued on a session, sent again on the next
+Owns: `CommandPath` (the two ways the client's mixins send commands, which
+`Client` implements), `Request` (a command issued on a session, sent again on the next
 connection after a drop unless it is for one connection only, and resolved
 with its result: `answered` first, in the turn it is read), `retrieve`,
 and the small task and reason helpers of `client.connection` (`cancel`, `why`).
@@ -18,7 +19,7 @@ from typing import Any
 
 from hybridbus.proto.client import ClientSession
 
-__all__ = ["Request", "cancel", "retrieve", "why"]
+__all__ = ["CommandPath", "Request", "cancel", "retrieve", "why"]
 
 log = logging.getLogger("hybridbus.client")
 
@@ -56,6 +57,26 @@ class Request:
             except Exception:  # a view's bug must not end the connection's loop
                 log.exception("handling the answer to a command failed")
         self.future.set_result(result)
+
+
+Issue = Callable[[ClientSession], int]
+
+
+class CommandPath:
+    """How the client's mixins (presence, collaboration views) send commands: `Client`'s."""
+
+    async def _request(self, issue: Issue, answered: Callable[[Any], None] | None = None) -> Any:
+        """One command's result (sent again after a drop); `answered` sees it in its turn."""
+        raise NotImplementedError
+
+    def _command(
+        self,
+        issue: Issue,
+        answered: Callable[[Any], None] | None = None,
+        failed: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        """A command on this connection only, nobody awaiting it."""
+        raise NotImplementedError
 
 
 def retrieve(future: asyncio.Future[Any]) -> None:

@@ -127,14 +127,14 @@ class Text:
     )  # fmt: skip
 
     def __init__(self, content: Buffer = b"") -> None:
-        table = _chunks(content)
-        offsets = [0, *accumulate(c[1] for c in table)]
-        self._pieces: list[bytes] | None = [bytes(content[a:b]) for a, b in pairwise(offsets)]
         self._buffer: bytearray | mmap.mmap | None = None
         self._counts: list[int] = []
         self._sizes: list[int] = []
         self._digests: list[bytes] = []
-        self._set(0, 0, table)
+        self._set(0, 0, _chunks(content))
+        self._pieces: list[bytes] | None = [
+            bytes(content[a:b]) for a, b in pairwise(self._offsets)
+        ]
 
     @classmethod
     def mapped(cls, buffer: bytearray | mmap.mmap) -> Text:
